@@ -1,0 +1,407 @@
+"""What every model family offers the trainer and the objectives.
+
+A family wraps one diffusers pipeline and exposes *operations* on it (encode, noise, predict,
+error), never its parts, so objectives and the trainer never touch a UNet directly. Only the
+subclasses in this package know how SD1.5/2.1, SDXL and SD3 differ.
+
+Shapes used throughout:
+    B  prompts (groups) in a batch,  K  images per group, best first (K = 2 for pairs),
+    C, h, w  latent channels and size,  L, D  text tokens and width,  P  pooled width.
+
+Time: objectives see ``t`` as a float tensor ``[B]`` in [0, 1], the noise level normalised
+(0 = clean, 1 = pure noise). Each family converts it to its own scheduler units.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
+from typing import ClassVar, Sequence
+
+import torch
+from torch import Tensor
+
+from diffalign.families.attention import set_attention_backend
+
+
+TIME_SAMPLINGS = ("uniform", "logit_normal", "mode")
+
+
+class FamilyError(ValueError):
+    """A checkpoint that no family can load, or options a family does not support."""
+
+
+@dataclass
+class Conditioning:
+    """Text conditioning for a ``[B, K]`` group of images (DCPO gives each image its own caption).
+
+    Attributes:
+        prompt_embeds: ``[B, K, L, D]`` token embeddings fed to cross/joint attention.
+        pooled: ``[B, K, P]`` pooled text embedding (SDXL, SD3), else ``None``.
+        time_ids: ``[B, K, 6]`` SDXL micro-conditioning (original h, w, crop top, left,
+            target h, w), else ``None``.
+    """
+
+    prompt_embeds: Tensor
+    pooled: Tensor | None = None
+    time_ids: Tensor | None = None
+
+    @property
+    def group_shape(self) -> tuple[int, int]:
+        """``(B, K)``."""
+        return tuple(self.prompt_embeds.shape[:2])
+
+    def flat(self) -> Conditioning:
+        """The same tensors with ``B`` and ``K`` merged into one batch axis of ``B*K``."""
+        return self._map(lambda x: x.flatten(0, 1))
+
+    def to(self, *args, **kwargs) -> Conditioning:
+        """``Tensor.to`` on every tensor (device and/or dtype)."""
+        return self._map(lambda x: x.to(*args, **kwargs))
+
+    def _map(self, fn) -> Conditioning:
+        return replace(self, **{f.name: fn(v) for f in fields(self) if (v := getattr(self, f.name)) is not None})
+
+
+def group_prompts(prompts: Sequence[str] | Sequence[Sequence[str]], group_size: int | None) -> list[list[str]]:
+    """Normalise prompts to a ``[B][K]`` nested list.
+
+    Args:
+        prompts: either ``B`` strings (one prompt shared by the group) or ``B`` lists of ``K``
+            strings (one caption per image, as DCPO uses).
+        group_size: ``K`` to repeat a shared prompt to; ``None`` means 1 for flat prompts.
+    """
+    if isinstance(prompts, str):
+        raise TypeError("prompts must be a list of strings or a list of lists of strings, not one string")
+    if all(isinstance(p, str) for p in prompts):
+        return [[p] * (group_size or 1) for p in prompts]
+    nested = [list(p) for p in prompts]
+    sizes = {len(p) for p in nested}
+    if len(sizes) != 1 or (group_size is not None and sizes != {group_size}):
+        raise ValueError(f"every group needs the same number of captions; got sizes {sorted(sizes)}")
+    return nested
+
+
+class ModelFamily:
+    """Base class: the maths shared by every family, over a loaded diffusers pipeline.
+
+    Subclasses set ``name``, ``pipeline_class``, ``denoiser_name`` and implement ``_encode_text``,
+    ``_predict_flat``, ``_add_noise_flat``, ``_target_flat``, ``loss_weight`` and
+    ``sample_noise_and_time``.
+    """
+
+    name: ClassVar[str]
+    pipeline_class: ClassVar[str]
+    denoiser_name: ClassVar[str]
+    text_components: ClassVar[tuple[str, ...]]
+    default_time_sampling: ClassVar[str]
+    loss_weightings: ClassVar[tuple[str, ...]]
+    prediction_type: str
+
+    def __init__(
+        self,
+        pipe,
+        path: str | None = None,
+        *,
+        time_sampling: str | None = None,
+        logit_mean: float = 0.0,
+        logit_std: float = 1.0,
+        mode_scale: float = 1.29,
+        loss_weighting: str = "none",
+    ):
+        """
+        Args:
+            pipe: the loaded diffusers pipeline.
+            time_sampling: ``"uniform"``, ``"logit_normal"`` or ``"mode"`` (SD3 paper §3.1,
+                through diffusers' ``compute_density_for_timestep_sampling``); ``None`` takes the
+                family's default (uniform for UNets, logit-normal for SD3).
+            logit_mean, logit_std, mode_scale: parameters of those densities.
+            loss_weighting: ``"none"`` (Diffusion-DPO's choice) or a family-specific scheme.
+        """
+        self.pipe = pipe
+        self.path = path
+        self.time_sampling = time_sampling or self.default_time_sampling
+        if self.time_sampling not in TIME_SAMPLINGS:
+            raise FamilyError(f"time_sampling {self.time_sampling!r} is not one of {', '.join(TIME_SAMPLINGS)}")
+        if loss_weighting not in self.loss_weightings:
+            raise FamilyError(
+                f"loss_weighting {loss_weighting!r} does not apply to the {self.name} family; "
+                f"choose one of {', '.join(self.loss_weightings)}"
+            )
+        self.loss_weighting = loss_weighting
+        self._density = dict(logit_mean=logit_mean, logit_std=logit_std, mode_scale=mode_scale)
+
+    # ----------------------------------------------------------------------------- loading
+    @classmethod
+    def from_pretrained(
+        cls,
+        path: str | Path,
+        *,
+        revision: str | None = None,
+        variant: str | None = None,
+        dtype: torch.dtype = torch.float32,
+        device: str | torch.device = "cpu",
+        load_vae: bool = True,
+        load_text_encoders: bool = True,
+        attention: str = "sdpa",
+        **options,
+    ) -> ModelFamily:
+        """Load a pipeline folder or hub id with diffusers' own ``from_pretrained``.
+
+        Args:
+            path: a diffusers pipeline folder (holding ``model_index.json``) or a hub id.
+            dtype: weights' dtype (training keeps fp32 masters and autocasts; inference may use
+                bf16/fp16).
+            load_vae, load_text_encoders: ``False`` skips those components, e.g. when latents and
+                prompt embeddings come from the latent cache.
+            attention: ``"sdpa"`` (default) or ``"xformers"``; see :mod:`.attention`.
+            options: family-specific maths options (time sampling, loss weighting, ...).
+        """
+        import diffusers
+
+        pipeline_cls = getattr(diffusers, cls.pipeline_class)
+        index = read_model_index(path, revision)
+        # Components the pipeline needs but the folder lacks or lists as [null, null] (SD3 saved
+        # without T5) must be passed as None explicitly, or diffusers refuses to load it.
+        skip = {name: None for name in _pipeline_components(pipeline_cls) if (index.get(name) or [None])[0] is None}
+        if not load_vae:
+            skip["vae"] = None
+        if not load_text_encoders:
+            skip.update({c: None for c in cls.text_components})
+        skip.update(cls._skipped_components(options))
+        pipe = pipeline_cls.from_pretrained(
+            str(path), revision=revision, variant=variant, dtype=dtype, **skip
+        )
+        pipe.to(device)
+        pipe.set_progress_bar_config(disable=True)
+        family = cls(pipe, path=str(path), **options)
+        set_attention_backend(family.denoiser, attention)
+        return family
+
+    @classmethod
+    def _skipped_components(cls, options: dict) -> dict:
+        return {}
+
+    # ----------------------------------------------------------------------------- parts
+    @property
+    def denoiser(self) -> torch.nn.Module:
+        """The module that is trained (UNet or transformer)."""
+        return getattr(self.pipe, self.denoiser_name)
+
+    @property
+    def device(self) -> torch.device:
+        return self.denoiser.device
+
+    @property
+    def vae_scale_factor(self) -> int:
+        return self.pipe.vae_scale_factor
+
+    def _require(self, component: str, why: str):
+        module = getattr(self.pipe, component, None)
+        if module is None:
+            raise FamilyError(
+                f"{why} needs the {component}, which was not loaded "
+                f"(load_vae / load_text_encoders=False, or the latent cache is in use)"
+            )
+        return module
+
+    # ----------------------------------------------------------------------------- images
+    @torch.no_grad()
+    def encode_images(self, pixels: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """VAE-encode images and apply the checkpoint's latent scaling (and SD3's shift).
+
+        Args:
+            pixels: ``[..., 3, H, W]`` in [-1, 1], e.g. ``[B, K, 3, H, W]``.
+            generator: for the sample drawn from the VAE posterior (as Diffusion-DPO does).
+
+        Returns:
+            ``[..., C, H/f, W/f]`` latents, ``f`` the VAE scale factor, in the VAE's dtype.
+        """
+        vae = self._require("vae", "encode_images")
+        lead = pixels.shape[:-3]
+        flat = pixels.reshape(-1, *pixels.shape[-3:]).to(vae.device, vae.dtype)
+        latents = vae.encode(flat).latent_dist.sample(generator)
+        latents = (latents - self._vae_shift) * vae.config.scaling_factor
+        return latents.reshape(*lead, *latents.shape[1:])
+
+    @torch.no_grad()
+    def decode(self, latents: Tensor) -> Tensor:
+        """Inverse of :meth:`encode_images`: ``[..., C, h, w]`` latents → ``[..., 3, H, W]`` in [-1, 1]."""
+        vae = self._require("vae", "decode")
+        lead = latents.shape[:-3]
+        flat = latents.reshape(-1, *latents.shape[-3:]).to(vae.device, vae.dtype)
+        flat = flat / vae.config.scaling_factor + self._vae_shift
+        pixels = vae.decode(flat).sample.clamp(-1, 1)
+        return pixels.reshape(*lead, *pixels.shape[1:])
+
+    @property
+    def _vae_shift(self) -> float:
+        return getattr(self.pipe.vae.config, "shift_factor", None) or 0.0
+
+    # ----------------------------------------------------------------------------- prompts
+    @torch.no_grad()
+    def encode_prompts(
+        self,
+        prompts: Sequence[str] | Sequence[Sequence[str]],
+        group_size: int | None = None,
+        image_info: dict[str, Tensor] | None = None,
+    ) -> Conditioning:
+        """Encode one prompt per image with the pipeline's own ``encode_prompt``.
+
+        Identical strings are encoded once (a Diffusion-DPO pair shares its prompt, so this
+        halves the text-encoder work).
+
+        Args:
+            prompts: ``B`` prompts shared by each group, or ``B`` lists of ``K`` captions.
+            group_size: ``K`` when ``prompts`` are shared (default 1).
+            image_info: SDXL only: ``original_size`` and ``crop_top_left``, each ``[B, K, 2]``.
+
+        Returns:
+            :class:`Conditioning` with tensors shaped ``[B, K, ...]``.
+        """
+        grid = group_prompts(prompts, group_size)
+        b, k = len(grid), len(grid[0])
+        flat = [p for row in grid for p in row]
+        unique = list(dict.fromkeys(flat))
+        embeds, pooled = self._encode_text(unique)
+        index = torch.tensor([unique.index(p) for p in flat], device=embeds.device)
+        cond = Conditioning(
+            prompt_embeds=embeds[index].unflatten(0, (b, k)),
+            pooled=None if pooled is None else pooled[index].unflatten(0, (b, k)),
+        )
+        return self._with_image_info(cond, image_info)
+
+    def _encode_text(self, prompts: list[str]) -> tuple[Tensor, Tensor | None]:
+        """``N`` strings → (``[N, L, D]`` embeddings, ``[N, P]`` pooled or ``None``)."""
+        raise NotImplementedError
+
+    def _with_image_info(self, cond: Conditioning, image_info: dict[str, Tensor] | None) -> Conditioning:
+        return cond
+
+    # ----------------------------------------------------------------------------- noise maths
+    def sample_noise_and_time(self, latents: Tensor, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+        """One noise and one time per group, shared by its ``K`` images (as Diffusion-DPO does).
+
+        Args:
+            latents: ``[B, K, C, h, w]``.
+
+        Returns:
+            ``noise [B, K, C, h, w]`` (identical along K) and ``t [B]`` in [0, 1].
+        """
+        b = latents.shape[0]
+        noise = torch.randn((b, 1, *latents.shape[2:]), generator=generator, device=latents.device, dtype=latents.dtype)
+        return noise.expand_as(latents), self._sample_time(b, latents.device, generator)
+
+    def _sample_time(self, batch: int, device, generator) -> Tensor:
+        """Draw ``u ~ density`` in [0, 1) per group and map it to the family's noise levels."""
+        from diffusers.training_utils import compute_density_for_timestep_sampling
+
+        u = compute_density_for_timestep_sampling(
+            self.time_sampling, batch, device=device, generator=generator, **self._density
+        )
+        n = self.num_train_timesteps
+        # As diffusers' SD3 scripts do: u picks one of the scheduler's N discrete training times.
+        return self._time_from_index((u * n).long().clamp(0, n - 1).to(device))
+
+    @property
+    def num_train_timesteps(self) -> int:
+        return self.pipe.scheduler.config.num_train_timesteps
+
+    def _time_from_index(self, index: Tensor) -> Tensor:
+        """Scheduler training index ``[N]`` → normalised time ``[N]`` in [0, 1]."""
+        raise NotImplementedError
+
+    def add_noise(self, latents: Tensor, noise: Tensor, t: Tensor) -> Tensor:
+        """Forward diffusion of ``[B, K, ...]`` latents at group times ``t [B]``."""
+        return self._grouped(self._add_noise_flat, latents, noise, t)
+
+    def target(self, latents: Tensor, noise: Tensor, t: Tensor) -> Tensor:
+        """What the denoiser should predict: epsilon, v, or flow velocity; ``[B, K, ...]``."""
+        return self._grouped(self._target_flat, latents, noise, t)
+
+    def predict(self, model: torch.nn.Module, noisy: Tensor, t: Tensor, cond: Conditioning) -> Tensor:
+        """Run ``model`` (the denoiser, possibly wrapped by accelerate/peft) on a whole group.
+
+        All ``B*K`` images go through **one** forward pass.
+
+        Args:
+            noisy: ``[B, K, C, h, w]``; t: ``[B]``; cond: ``[B, K, ...]``.
+
+        Returns:
+            ``[B, K, C, h, w]`` prediction in the family's parameterisation.
+        """
+        b, k = noisy.shape[:2]
+        if cond.group_shape != (b, k):
+            raise ValueError(f"conditioning is shaped {cond.group_shape} but latents are ({b}, {k})")
+        out = self._predict_flat(model, noisy.flatten(0, 1), t.repeat_interleave(k), cond.flat())
+        return out.unflatten(0, (b, k))
+
+    def loss_weight(self, t: Tensor) -> Tensor:
+        """Per-group weight ``[B]`` of the denoising error (1 unless a weighting is configured)."""
+        raise NotImplementedError
+
+    def denoising_error(
+        self, model: torch.nn.Module, latents: Tensor, cond: Conditioning, noise: Tensor, t: Tensor
+    ) -> Tensor:
+        """Weighted mean-squared denoising error of every image.
+
+        ``err[b, k] = w(t_b) · mean_{c,h,w} (model(x_t, t, c) − target)²``, in fp32.
+
+        Args:
+            latents, noise: ``[B, K, C, h, w]``; cond: ``[B, K, ...]``; t: ``[B]``.
+
+        Returns:
+            ``[B, K]``, differentiable with respect to ``model``'s parameters.
+        """
+        noisy = self.add_noise(latents, noise, t)
+        pred = self.predict(model, noisy, t, cond)
+        target = self.target(latents, noise, t)
+        err = (pred.float() - target.float()).pow(2).mean(dim=(2, 3, 4))
+        return err * self.loss_weight(t).to(err)[:, None]
+
+    @staticmethod
+    def _grouped(fn, latents: Tensor, noise: Tensor, t: Tensor) -> Tensor:
+        b, k = latents.shape[:2]
+        out = fn(latents.flatten(0, 1), noise.flatten(0, 1), t.repeat_interleave(k))
+        return out.unflatten(0, (b, k))
+
+    def _add_noise_flat(self, x0: Tensor, noise: Tensor, t: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def _target_flat(self, x0: Tensor, noise: Tensor, t: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def _predict_flat(self, model, noisy: Tensor, t: Tensor, cond: Conditioning) -> Tensor:
+        raise NotImplementedError
+
+
+def _pipeline_components(pipeline_cls) -> list[str]:
+    params = inspect.signature(pipeline_cls.__init__).parameters
+    return [name for name in params if name != "self" and params[name].default is inspect.Parameter.empty]
+
+
+def read_model_index(path: str | Path, revision: str | None = None) -> dict:
+    """``model_index.json`` of a local folder or hub id, or a :class:`FamilyError` that says why not."""
+    local = Path(path).expanduser()
+    if local.is_dir():
+        index = local / "model_index.json"
+        if not index.is_file():
+            hint = ""
+            if (local / "config.json").is_file():
+                hint = " It holds a config.json: pass the pipeline folder above it, not one component."
+            raise FamilyError(
+                f"{local} is not a diffusers pipeline: it has no model_index.json.{hint} "
+                "Save one with `pipeline.save_pretrained(folder)` or pass a hub id."
+            )
+        return json.loads(index.read_text())
+    from diffusers import DiffusionPipeline
+
+    try:
+        return dict(DiffusionPipeline.load_config(str(path), revision=revision))
+    except Exception as err:  # hub errors come in many types; the message is what matters
+        raise FamilyError(
+            f"could not read model_index.json for {path!r}: it is not a local folder and the hub "
+            f"lookup failed ({type(err).__name__}: {err}). Check the path or id, or unset HF_HUB_OFFLINE."
+        ) from err

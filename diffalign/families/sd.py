@@ -1,0 +1,98 @@
+"""Stable Diffusion 1.x / 2.x: a UNet over VAE latents, one CLIP text encoder, a DDPM forward
+process, epsilon (SD1.5, SD2.1-base) or v prediction (SD2.1-768).
+
+The training maths always uses ``DDPMScheduler`` built from the checkpoint's scheduler config,
+whatever sampler the pipeline ships (SDXL ships Euler, whose ``add_noise`` works in sigma space
+and is not the variance-preserving forward process the UNet was trained on); diffusers' own
+training scripts do the same.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from diffalign.families.base import Conditioning, FamilyError, ModelFamily
+
+
+class SDFamily(ModelFamily):
+    """SD1.5/2.1-style pipelines (``StableDiffusionPipeline``).
+
+    Normalised time ``t = index / (N − 1)`` for the scheduler's ``N`` training timesteps.
+    """
+
+    name = "sd"
+    pipeline_class = "StableDiffusionPipeline"
+    denoiser_name = "unet"
+    text_components = ("text_encoder",)
+    default_time_sampling = "uniform"
+    loss_weightings = ("none", "min_snr")
+
+    def __init__(self, pipe, path: str | None = None, *, snr_gamma: float = 5.0, **options):
+        """
+        Args:
+            snr_gamma: γ of Min-SNR weighting (Hang et al., 2023), used when
+                ``loss_weighting="min_snr"``: ``w = min(SNR, γ)/SNR`` (ε) or ``min(SNR, γ)/(SNR+1)`` (v).
+            options: see :class:`~diffalign.families.base.ModelFamily`.
+        """
+        super().__init__(pipe, path, **options)
+        from diffusers import DDPMScheduler
+
+        self.train_scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
+        self.prediction_type = self.train_scheduler.config.prediction_type
+        if self.prediction_type not in ("epsilon", "v_prediction"):
+            raise FamilyError(
+                f"prediction_type {self.prediction_type!r} in {path}/scheduler is not supported; "
+                "diffalign trains epsilon- and v-prediction UNets"
+            )
+        self.snr_gamma = snr_gamma
+
+    # ----------------------------------------------------------------------------- time
+    def _time_from_index(self, index: Tensor) -> Tensor:
+        return index.float() / (self.num_train_timesteps - 1)
+
+    def timestep_index(self, t: Tensor) -> Tensor:
+        """Normalised time ``[N]`` → integer DDPM timestep ``[N]`` in ``[0, N−1]``."""
+        return (t.float() * (self.num_train_timesteps - 1)).round().long()
+
+    # ----------------------------------------------------------------------------- maths
+    def _add_noise_flat(self, x0: Tensor, noise: Tensor, t: Tensor) -> Tensor:
+        # x_t = sqrt(ᾱ_t)·x0 + sqrt(1 − ᾱ_t)·ε
+        return self.train_scheduler.add_noise(x0, noise, self.timestep_index(t).to(x0.device))
+
+    def _target_flat(self, x0: Tensor, noise: Tensor, t: Tensor) -> Tensor:
+        if self.prediction_type == "epsilon":
+            return noise
+        # v = sqrt(ᾱ_t)·ε − sqrt(1 − ᾱ_t)·x0
+        return self.train_scheduler.get_velocity(x0, noise, self.timestep_index(t).to(x0.device))
+
+    def _predict_flat(self, model, noisy: Tensor, t: Tensor, cond: Conditioning) -> Tensor:
+        dtype = self.denoiser.dtype
+        return model(
+            noisy.to(dtype),
+            self.timestep_index(t).to(noisy.device),
+            encoder_hidden_states=cond.prompt_embeds.to(dtype),
+            added_cond_kwargs=self._added_cond(cond, dtype),
+            return_dict=False,
+        )[0]
+
+    def _added_cond(self, cond: Conditioning, dtype: torch.dtype) -> dict | None:
+        return None
+
+    def loss_weight(self, t: Tensor) -> Tensor:
+        if self.loss_weighting == "none":
+            return torch.ones_like(t, dtype=torch.float32)
+        from diffusers.training_utils import compute_snr
+
+        snr = compute_snr(self.train_scheduler, self.timestep_index(t).to(t.device)).float()
+        clipped = snr.clamp(max=self.snr_gamma)
+        return clipped / snr if self.prediction_type == "epsilon" else clipped / (snr + 1)
+
+    # ----------------------------------------------------------------------------- text
+    def _encode_text(self, prompts: list[str]) -> tuple[Tensor, Tensor | None]:
+        self._require("text_encoder", "encode_prompts")
+        embeds, _ = self.pipe.encode_prompt(
+            prompts, device=self.pipe.text_encoder.device, num_images_per_prompt=1,
+            do_classifier_free_guidance=False,
+        )
+        return embeds, None

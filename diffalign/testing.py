@@ -1,0 +1,245 @@
+"""Tiny, offline, deterministic pipelines for every supported family.
+
+Nothing here touches a model hub: each component is built from a config with a fixed seed and
+the tokenizers from a small vocabulary written by this module. ``save_tiny_pipeline`` writes an
+ordinary diffusers folder (``model_index.json`` and one subfolder per component), so code under
+test goes through the same ``from_pretrained`` path as it would for SDXL or SD3-Medium.
+
+The tests use these through fixtures in ``tests/conftest.py``; the CPU demo reuses them.
+
+Example:
+    >>> from diffalign.testing import save_tiny_pipeline
+    >>> path = save_tiny_pipeline("sdxl", "/tmp/tiny-sdxl")   # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import os
+import string
+from pathlib import Path
+
+import torch
+
+TINY_FAMILIES = ("sd15", "sd21", "sdxl", "sd3")
+"""Names of the tiny pipelines: SD1.5-style (epsilon), SD2.1-style (v), SDXL-style, SD3-style."""
+
+MAX_TOKENS = 77  # CLIP's context length; the tiny encoders keep it so truncation behaves as in SD.
+
+# A few words get their own BPE merges so prompts tokenise into realistic whole-word tokens;
+# everything else still tokenises byte by byte, so no prompt is ever out of vocabulary.
+_WORDS = (
+    "a an the of on in with and photo painting picture image cat dog red blue green yellow "
+    "black white circle square triangle small large big tree house car sky man woman"
+).split()
+
+
+def _bytes_to_unicode() -> dict[int, str]:
+    """GPT-2/CLIP's reversible byte → printable-unicode table (the BPE alphabet)."""
+    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1))
+    printable += list(range(ord("®"), ord("ÿ") + 1))
+    chars = printable[:]
+    extra = 0
+    for b in range(256):
+        if b not in printable:
+            printable.append(b)
+            chars.append(256 + extra)
+            extra += 1
+    return dict(zip(printable, (chr(c) for c in chars)))
+
+
+def clip_vocab_and_merges() -> tuple[dict[str, int], list[str]]:
+    """A small CLIP BPE vocabulary: the 256 byte symbols, their end-of-word forms, and merges
+    that spell the words of ``_WORDS``.
+
+    Returns:
+        ``(vocab, merges)``: token → id (specials first: ``<|startoftext|>`` = 0,
+        ``<|endoftext|>`` = 1) and merge rules ``"a b"`` in priority order.
+    """
+    alphabet = list(_bytes_to_unicode().values())
+    tokens = ["<|startoftext|>", "<|endoftext|>"] + alphabet + [c + "</w>" for c in alphabet]
+    merges: list[str] = []
+    for word in _WORDS:
+        # Merge left to right; the last symbol carries the end-of-word marker, as in CLIP.
+        pieces = list(word[:-1]) + [word[-1] + "</w>"]
+        while len(pieces) > 1:
+            rule = f"{pieces[0]} {pieces[1]}"
+            merged = pieces[0] + pieces[1]
+            if rule not in merges:
+                merges.append(rule)
+            if merged not in tokens:
+                tokens.append(merged)
+            pieces = [merged] + pieces[2:]
+    return {tok: i for i, tok in enumerate(tokens)}, merges
+
+
+def tiny_clip_tokenizer():
+    """A ``CLIPTokenizer`` over :func:`clip_vocab_and_merges` (77 tokens, pads with EOS)."""
+    from transformers import CLIPTokenizer
+
+    vocab, merges = clip_vocab_and_merges()
+    pairs = [tuple(rule.split(" ")) for rule in merges]
+    return CLIPTokenizer(vocab=vocab, merges=pairs, model_max_length=MAX_TOKENS)
+
+
+def tiny_t5_tokenizer():
+    """A ``T5Tokenizer`` (unigram) over lower-case letters, digits and the words of ``_WORDS``."""
+    from transformers import T5Tokenizer
+
+    pieces = ["<pad>", "</s>", "<unk>", "▁"]
+    pieces += sorted(set(string.ascii_lowercase + string.digits + ".,!?-"))
+    pieces += ["▁" + w for w in _WORDS]
+    # Whole words score higher than characters so the unigram model prefers them.
+    vocab = [(p, 0.0) for p in pieces[:3]] + [(p, -1.0 if p.startswith("▁") else -5.0) for p in pieces[3:]]
+    return T5Tokenizer(vocab=vocab, extra_ids=0, model_max_length=MAX_TOKENS)
+
+
+def _seeded(seed: int):
+    torch.manual_seed(seed)
+
+
+def tiny_clip_text_encoder(hidden: int = 32, projection: int | None = None, seed: int = 0):
+    """A 2-layer CLIP text encoder; with ``projection`` it also returns ``text_embeds`` (pooled)."""
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    vocab, _ = clip_vocab_and_merges()
+    config = CLIPTextConfig(
+        vocab_size=len(vocab), hidden_size=hidden, intermediate_size=2 * hidden,
+        num_hidden_layers=2, num_attention_heads=4, max_position_embeddings=MAX_TOKENS,
+        bos_token_id=vocab["<|startoftext|>"], eos_token_id=vocab["<|endoftext|>"],
+        pad_token_id=vocab["<|endoftext|>"], projection_dim=projection or hidden, hidden_act="gelu",
+    )
+    _seeded(seed)
+    cls = CLIPTextModelWithProjection if projection else CLIPTextModel
+    return cls(config).eval()
+
+
+def tiny_t5_encoder(d_model: int = 32, seed: int = 0):
+    """A 1-layer T5 encoder whose width matches the SD3 transformer's ``joint_attention_dim``."""
+    from transformers import T5Config, T5EncoderModel
+
+    config = T5Config(
+        vocab_size=len(tiny_t5_tokenizer()), d_model=d_model, d_kv=8, d_ff=2 * d_model,
+        num_layers=1, num_heads=4, relative_attention_num_buckets=8, pad_token_id=0, eos_token_id=1,
+        decoder_start_token_id=0,
+    )
+    _seeded(seed)
+    return T5EncoderModel(config).eval()
+
+
+def tiny_vae(latent_channels: int = 4, shift_factor: float | None = None, seed: int = 0):
+    """A 2-block ``AutoencoderKL`` (downsamples ×2); SD3 passes its ``shift_factor``."""
+    from diffusers import AutoencoderKL
+
+    _seeded(seed)
+    kwargs = {"shift_factor": shift_factor} if shift_factor is not None else {}
+    return AutoencoderKL(
+        block_out_channels=(8, 16), in_channels=3, out_channels=3, latent_channels=latent_channels,
+        down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
+        norm_num_groups=4, sample_size=32, scaling_factor=0.5, **kwargs,
+    ).eval()
+
+
+def tiny_unet(cross_attention_dim: int = 32, sdxl: bool = False, seed: int = 0):
+    """A two-level ``UNet2DConditionModel``; ``sdxl=True`` adds the ``text_time`` conditioning
+    (6 time ids × ``addition_time_embed_dim`` + the pooled text embedding)."""
+    from diffusers import UNet2DConditionModel
+
+    extra = {}
+    if sdxl:
+        extra = dict(
+            addition_embed_type="text_time", addition_time_embed_dim=8,
+            projection_class_embeddings_input_dim=6 * 8 + cross_attention_dim,
+            attention_head_dim=(2, 4), use_linear_projection=True,
+        )
+    _seeded(seed)
+    return UNet2DConditionModel(
+        sample_size=16, in_channels=4, out_channels=4, layers_per_block=1,
+        block_out_channels=(16, 32), norm_num_groups=8,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=cross_attention_dim, **extra,
+    )
+
+
+def tiny_sd3_transformer(seed: int = 0):
+    """A 1-layer ``SD3Transformer2DModel`` over 4-channel latents, patch size 1 (joint dim 32)."""
+    from diffusers import SD3Transformer2DModel
+
+    _seeded(seed)
+    return SD3Transformer2DModel(
+        sample_size=16, patch_size=1, in_channels=4, out_channels=4, num_layers=1,
+        attention_head_dim=8, num_attention_heads=4, joint_attention_dim=32,
+        caption_projection_dim=32, pooled_projection_dim=32, pos_embed_max_size=32,
+    )
+
+
+def tiny_components(kind: str, seed: int = 0, with_t5: bool = True) -> tuple[type, dict]:
+    """Build the components of a tiny pipeline.
+
+    Args:
+        kind: one of :data:`TINY_FAMILIES`.
+        seed: every module is initialised from ``seed`` (each module re-seeds, so adding one
+            component does not change the others).
+        with_t5: SD3 only; ``False`` leaves ``text_encoder_3``/``tokenizer_3`` out, as users do
+            to save memory.
+
+    Returns:
+        ``(pipeline_class, components)`` ready for ``pipeline_class(**components)``.
+    """
+    import diffusers
+
+    if kind in ("sd15", "sd21"):
+        scheduler = diffusers.DDPMScheduler(
+            beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", num_train_timesteps=1000,
+            steps_offset=1, clip_sample=False, prediction_type="epsilon" if kind == "sd15" else "v_prediction",
+        )
+        return diffusers.StableDiffusionPipeline, dict(
+            unet=tiny_unet(seed=seed), vae=tiny_vae(seed=seed), scheduler=scheduler,
+            text_encoder=tiny_clip_text_encoder(seed=seed), tokenizer=tiny_clip_tokenizer(),
+            safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+        )
+    if kind == "sdxl":
+        scheduler = diffusers.EulerDiscreteScheduler(
+            beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", num_train_timesteps=1000,
+            prediction_type="epsilon", timestep_spacing="leading", steps_offset=1,
+        )
+        return diffusers.StableDiffusionXLPipeline, dict(
+            # The UNet's cross-attention width is the two encoders' hidden sizes concatenated
+            # (16 + 16); its pooled input is text_encoder_2's projection (32).
+            unet=tiny_unet(cross_attention_dim=32, sdxl=True, seed=seed), vae=tiny_vae(seed=seed),
+            scheduler=scheduler, text_encoder=tiny_clip_text_encoder(hidden=16, seed=seed),
+            text_encoder_2=tiny_clip_text_encoder(hidden=16, projection=32, seed=seed + 1),
+            tokenizer=tiny_clip_tokenizer(), tokenizer_2=tiny_clip_tokenizer(),
+        )
+    if kind == "sd3":
+        scheduler = diffusers.FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=3.0)
+        components = dict(
+            transformer=tiny_sd3_transformer(seed=seed),
+            vae=tiny_vae(shift_factor=0.0609, seed=seed), scheduler=scheduler,
+            # CLIP hidden states (16 + 16) are padded to the T5 width (32); pooled = 16 + 16.
+            text_encoder=tiny_clip_text_encoder(hidden=16, projection=16, seed=seed),
+            text_encoder_2=tiny_clip_text_encoder(hidden=16, projection=16, seed=seed + 1),
+            tokenizer=tiny_clip_tokenizer(), tokenizer_2=tiny_clip_tokenizer(),
+            text_encoder_3=tiny_t5_encoder(seed=seed) if with_t5 else None,
+            tokenizer_3=tiny_t5_tokenizer() if with_t5 else None,
+        )
+        return diffusers.StableDiffusion3Pipeline, components
+    raise ValueError(f"unknown tiny pipeline {kind!r}; choose one of {', '.join(TINY_FAMILIES)}")
+
+
+def tiny_pipeline(kind: str, seed: int = 0, with_t5: bool = True):
+    """The tiny pipeline object itself (fp32, CPU), not saved anywhere."""
+    cls, components = tiny_components(kind, seed=seed, with_t5=with_t5)
+    return cls(**components)
+
+
+def save_tiny_pipeline(kind: str, path: str | os.PathLike, seed: int = 0, with_t5: bool = True) -> Path:
+    """Build a tiny pipeline and write it as a diffusers folder (safetensors weights).
+
+    Returns:
+        The folder, loadable with ``DiffusionPipeline.from_pretrained(path)`` and
+        :func:`diffalign.families.load`.
+    """
+    path = Path(path)
+    tiny_pipeline(kind, seed=seed, with_t5=with_t5).save_pretrained(path, safe_serialization=True)
+    return path

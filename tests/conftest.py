@@ -1,0 +1,45 @@
+"""Shared fixtures. Nothing here, nor in any test, reaches a model hub."""
+
+import os
+
+# Set before transformers/diffusers/huggingface_hub are imported anywhere: no test may wait on a hub.
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["HF_DATASETS_OFFLINE"] = "1"
+os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from diffalign.testing import TINY_FAMILIES, save_tiny_pipeline  # noqa: E402
+
+torch.set_num_threads(min(2, torch.get_num_threads()))
+
+
+@pytest.fixture(scope="session")
+def tiny_path(tmp_path_factory):
+    """``tiny_path(kind, with_t5=True) -> folder``: each tiny pipeline saved once per session."""
+    saved = {}
+
+    def get(kind: str, with_t5: bool = True):
+        key = (kind, with_t5)
+        if key not in saved:
+            folder = tmp_path_factory.mktemp(f"tiny-{kind}{'' if with_t5 else '-no-t5'}")
+            saved[key] = save_tiny_pipeline(kind, folder, with_t5=with_t5)
+        return saved[key]
+
+    return get
+
+
+@pytest.fixture(scope="session", params=TINY_FAMILIES)
+def tiny_kind(request):
+    """Each tiny family in turn: sd15 (epsilon), sd21 (v), sdxl, sd3 (flow)."""
+    return request.param
+
+
+@pytest.fixture(scope="session")
+def tiny_family(tiny_kind, tiny_path):
+    """The saved tiny pipeline of ``tiny_kind`` loaded through ``diffalign.families.load``."""
+    from diffalign.families import load
+
+    return load(tiny_path(tiny_kind))

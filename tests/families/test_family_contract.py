@@ -1,0 +1,135 @@
+"""The family contract (DESIGN.md §3.2), checked on every tiny family.
+
+Expected values are computed here from first principles (the noise schedule rebuilt from its
+betas, the flow interpolation written out), never by calling the code under test.
+"""
+
+import pytest
+import torch
+
+B, K = 3, 2
+
+
+def _alphas_cumprod():
+    """SD's "scaled_linear" schedule, as in the tiny configs: β = linspace(√0.00085, √0.012, 1000)²."""
+    betas = torch.linspace(0.00085**0.5, 0.012**0.5, 1000, dtype=torch.float64) ** 2
+    return torch.cumprod(1 - betas, dim=0)
+
+
+def _group(family, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    c = family.denoiser.config.in_channels
+    latents = torch.randn(B, K, c, 8, 8, generator=gen)
+    noise, t = family.sample_noise_and_time(latents, generator=gen)
+    return latents, noise, t
+
+
+def _oracle(value):
+    """A stand-in denoiser that returns ``value`` whatever it is given (diffusers' tuple output)."""
+    return lambda *args, **kwargs: (value,)
+
+
+def test_add_noise_and_target_identities(tiny_family, tiny_kind):
+    latents, noise, t = _group(tiny_family)
+    x_t = tiny_family.add_noise(latents, noise, t)
+    target = tiny_family.target(latents, noise, t)
+    if tiny_kind == "sd3":
+        sigma = t.view(B, 1, 1, 1, 1)
+        torch.testing.assert_close(x_t, (1 - sigma) * latents + sigma * noise)
+        torch.testing.assert_close(target, noise - latents)
+        return
+    index = (t * 999).round().long()
+    abar = _alphas_cumprod()[index].float().view(B, 1, 1, 1, 1)
+    alpha, sigma = abar.sqrt(), (1 - abar).sqrt()
+    torch.testing.assert_close(x_t, alpha * latents + sigma * noise, rtol=1e-5, atol=1e-5)
+    expected = noise if tiny_kind in ("sd15", "sdxl") else alpha * noise - sigma * latents
+    torch.testing.assert_close(target, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_prediction_types(tiny_family, tiny_kind):
+    expected = {"sd15": "epsilon", "sd21": "v_prediction", "sdxl": "epsilon", "sd3": "flow"}[tiny_kind]
+    assert tiny_family.prediction_type == expected
+
+
+def test_noise_and_time_shared_within_group(tiny_family):
+    latents, noise, t = _group(tiny_family)
+    assert noise.shape == latents.shape and t.shape == (B,)
+    assert torch.equal(noise[:, 0], noise[:, 1])
+    assert not torch.equal(noise[0, 0], noise[1, 0])  # but not across groups
+    assert ((t >= 0) & (t <= 1)).all()
+
+
+def test_time_sampling_is_seeded(tiny_family):
+    _, noise_a, t_a = _group(tiny_family, seed=5)
+    _, noise_b, t_b = _group(tiny_family, seed=5)
+    assert torch.equal(noise_a, noise_b) and torch.equal(t_a, t_b)
+
+
+def test_denoising_error_shape_and_gradient(tiny_family):
+    latents, noise, t = _group(tiny_family)
+    cond = tiny_family.encode_prompts(["a red cat", "a dog", "a tree"], group_size=K)
+    tiny_family.denoiser.zero_grad(set_to_none=True)
+    err = tiny_family.denoising_error(tiny_family.denoiser, latents, cond, noise, t)
+    assert err.shape == (B, K) and torch.isfinite(err).all()
+    err.sum().backward()
+    grads = [p.grad for p in tiny_family.denoiser.parameters() if p.requires_grad]
+    assert any(g is not None and g.abs().sum() > 0 for g in grads)
+    tiny_family.denoiser.zero_grad(set_to_none=True)
+
+
+def test_true_target_beats_random_guess(tiny_family):
+    latents, noise, t = _group(tiny_family)
+    cond = tiny_family.encode_prompts(["a cat"] * B, group_size=K)
+    truth = tiny_family.target(latents, noise, t).flatten(0, 1)
+    guess = torch.randn_like(truth)
+    err_truth = tiny_family.denoising_error(_oracle(truth), latents, cond, noise, t)
+    err_guess = tiny_family.denoising_error(_oracle(guess), latents, cond, noise, t)
+    assert torch.allclose(err_truth, torch.zeros_like(err_truth))
+    assert (err_guess > 0.5).all()  # E[(g − target)²] ≥ Var(g) = 1
+
+
+def test_per_image_prompts_reach_the_model(tiny_family):
+    latents, noise, t = _group(tiny_family)
+    # The same image and noise twice in each group, so only the caption can differ.
+    latents = latents[:, :1].expand(B, K, *latents.shape[2:])
+    x_t = tiny_family.add_noise(latents, noise, t)
+    with torch.no_grad():
+        same = tiny_family.predict(tiny_family.denoiser, x_t, t, tiny_family.encode_prompts([["a red cat"] * K] * B))
+        differ = tiny_family.predict(
+            tiny_family.denoiser, x_t, t, tiny_family.encode_prompts([["a red cat", "a blue dog"]] * B)
+        )
+    torch.testing.assert_close(same[:, 0], same[:, 1])
+    assert (differ[:, 0] - differ[:, 1]).abs().max() > 1e-4
+
+
+def test_encode_prompts_shapes(tiny_family, tiny_kind):
+    cond = tiny_family.encode_prompts([["a", "b"], ["c", "d"], ["e", "f"]])
+    assert cond.group_shape == (B, K)
+    assert cond.prompt_embeds.ndim == 4
+    assert (cond.pooled is None) == (tiny_kind in ("sd15", "sd21"))
+    assert (cond.time_ids is None) == (tiny_kind != "sdxl")
+    # Deduplication must not change the result: "a" alone equals "a" encoded next to others.
+    alone = tiny_family.encode_prompts(["a"])
+    torch.testing.assert_close(alone.prompt_embeds[0, 0], cond.prompt_embeds[0, 0])
+
+
+def test_mismatched_groups_are_rejected(tiny_family):
+    latents, noise, t = _group(tiny_family)
+    cond = tiny_family.encode_prompts(["a"] * B, group_size=K + 1)
+    with pytest.raises(ValueError, match="conditioning is shaped"):
+        tiny_family.denoising_error(tiny_family.denoiser, latents, cond, noise, t)
+    with pytest.raises(ValueError, match="same number of captions"):
+        tiny_family.encode_prompts([["a", "b"], ["c"]])
+
+
+def test_images_encode_and_decode(tiny_family, tiny_kind):
+    pixels = torch.rand(2, K, 3, 32, 32) * 2 - 1
+    latents = tiny_family.encode_images(pixels, generator=torch.Generator().manual_seed(1))
+    f = tiny_family.vae_scale_factor
+    assert latents.shape == (2, K, 4, 32 // f, 32 // f)
+    # By hand: (posterior sample − shift) × scale, with SD3's shift and SD's none.
+    vae = tiny_family.pipe.vae
+    raw = vae.encode(pixels.flatten(0, 1)).latent_dist.sample(torch.Generator().manual_seed(1))
+    shift = 0.0609 if tiny_kind == "sd3" else 0.0
+    torch.testing.assert_close(latents.flatten(0, 1), (raw - shift) * 0.5)
+    assert tiny_family.decode(latents).shape == pixels.shape

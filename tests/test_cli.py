@@ -1,0 +1,44 @@
+"""The ``diffalign`` command: real subcommands work, planned ones say they are not yet available."""
+
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from diffalign.cli import main
+
+
+def test_console_script_is_installed():
+    exe = shutil.which("diffalign")
+    assert exe, "pip install -e . should put a diffalign command on PATH"
+    out = subprocess.run([exe, "--help"], capture_output=True, text=True, check=True).stdout
+    for command in ("train", "cache", "build", "score", "evaluate", "demo", "info", "check-config"):
+        assert command in out
+
+
+def test_python_dash_m():
+    out = subprocess.run([sys.executable, "-m", "diffalign", "--version"], capture_output=True, text=True, check=True)
+    assert out.stdout.startswith("diffalign ")
+
+
+@pytest.mark.parametrize("command", ["train", "cache", "build", "score", "evaluate", "demo"])
+def test_planned_commands_do_not_pretend(command, capsys):
+    assert main([command, "--config", "x.yaml"]) == 2
+    assert "not yet available" in capsys.readouterr().err
+
+
+def test_info(tiny_path, capsys):
+    assert main(["info", str(tiny_path("sd21"))]) == 0
+    assert capsys.readouterr().out.split() == ["family:", "sd", "prediction_type:", "v_prediction"]
+    assert main(["info", str(tiny_path("sd21") / "unet")]) == 1
+    assert "no model_index.json" in capsys.readouterr().err
+
+
+def test_check_config(tmp_path, capsys):
+    config = tmp_path / "c.yaml"
+    config.write_text(f"model: {{path: org/model}}\ndata: {{path: {tmp_path}}}\n")
+    assert main(["check-config", str(config), "optim.lr=3e-6"]) == 0
+    assert "lr: 3.0e-06" in capsys.readouterr().out
+    assert main(["check-config", str(config), "optim.lrr=1"]) == 1
+    assert "did you mean 'optim.lr'" in capsys.readouterr().err

@@ -1,0 +1,126 @@
+"""Typed configs: YAML + dotted overrides, and one clear error per problem."""
+
+import pytest
+
+from diffalign.config import (
+    ConfigError, DataConfig, LoRAConfig, ModelConfig, TrainConfig, from_dict, load_config, save_config,
+)
+
+
+@pytest.fixture
+def config_file(tmp_path):
+    data = tmp_path / "prefs"
+    data.mkdir()
+
+    def write(text: str):
+        path = tmp_path / "run.yaml"
+        path.write_text(text.replace("DATA", str(data)))
+        return path
+
+    return write
+
+
+GOOD = """
+model:
+  path: stabilityai/stable-diffusion-xl-base-1.0
+  loss_weighting: min_snr
+data:
+  path: DATA
+  resolution: 1024
+optim:
+  lr: 1e-8          # YAML 1.1 reads this as a string; the float field still takes it
+lora:
+  rank: 16
+objective:
+  name: diffusion_dpo
+  beta: 5000
+"""
+
+
+def test_load_with_defaults(config_file):
+    cfg = load_config(config_file(GOOD))
+    assert isinstance(cfg, TrainConfig)
+    assert cfg.model.path == "stabilityai/stable-diffusion-xl-base-1.0" and cfg.model.family is None
+    assert cfg.optim.lr == 1e-8 and isinstance(cfg.optim.lr, float)
+    assert cfg.optim.betas == (0.9, 0.999)
+    assert cfg.lora == LoRAConfig(rank=16)
+    assert cfg.data.resolution == 1024 and cfg.data.center_crop is True
+    assert cfg.objective == {"name": "diffusion_dpo", "beta": 5000}
+
+
+def test_dotted_overrides(config_file):
+    cfg = load_config(
+        config_file(GOOD),
+        ["optim.lr=1e-5", "lora.target_modules=[to_q,to_v]", "model.family=sdxl", "objective.beta=2500", "seed=7"],
+    )
+    assert cfg.optim.lr == 1e-5
+    assert cfg.lora.target_modules == ["to_q", "to_v"]
+    assert cfg.model.family == "sdxl" and cfg.objective["beta"] == 2500 and cfg.seed == 7
+    assert load_config(config_file(GOOD), ["lora=null"]).lora is None
+
+
+def test_unknown_key_names_key_file_and_suggestion(config_file):
+    path = config_file(GOOD.replace("  rank: 16", "  rnak: 16"))
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    message = str(err.value)
+    assert "lora.rnak: unknown key (did you mean 'lora.rank'?)" in message
+    assert str(path) in message
+
+
+def test_wrong_types_are_all_reported(config_file):
+    path = config_file(GOOD.replace("resolution: 1024", "resolution: big").replace("rank: 16", "rank: 1.5"))
+    with pytest.raises(ConfigError) as err:
+        load_config(path, ["model.dtype=fp64"])
+    message = str(err.value)
+    assert "data.resolution: expected an integer, got 'big' (str)" in message
+    assert "lora.rank: expected an integer, got 1.5 (float)" in message
+    assert "model.dtype: expected one of 'fp32', 'bf16', 'fp16', got 'fp64' (from override 'model.dtype=fp64')" in message
+
+
+def test_bad_override_value_names_the_override(config_file):
+    with pytest.raises(ConfigError, match=r"optim.lr: expected a number, got 'fast' \(str\) \(from override 'optim.lr=fast'\)"):
+        load_config(config_file(GOOD), ["optim.lr=fast"])
+    with pytest.raises(ConfigError, match="not of the form"):
+        load_config(config_file(GOOD), ["optim.lr"])
+
+
+def test_missing_paths_and_keys(config_file, tmp_path):
+    path = config_file(GOOD.replace("path: DATA", f"path: {tmp_path}/nowhere"))
+    with pytest.raises(ConfigError, match=r"data.path: path '.*nowhere' does not exist"):
+        load_config(path)
+    local_model = GOOD.replace("path: stabilityai/stable-diffusion-xl-base-1.0", "path: ./no/such/model")
+    with pytest.raises(ConfigError, match=r"model.path: path './no/such/model' does not exist \(relative to"):
+        load_config(config_file(local_model))
+    with pytest.raises(ConfigError, match="model: missing required key"):
+        from_dict(TrainConfig, {"data": {"path": str(tmp_path)}})
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "absent.yaml")
+
+
+def test_tuple_length_and_mapping_checks(config_file):
+    with pytest.raises(ConfigError, match="optim.betas: expected 2 items, got 3"):
+        load_config(config_file(GOOD), ["optim.betas=[0.9,0.99,0.5]"])
+    with pytest.raises(ConfigError, match="optim: expected a mapping of OptimConfig keys"):
+        load_config(config_file(GOOD), ["optim=3"])
+
+
+def test_save_and_reload_round_trip(config_file, tmp_path):
+    cfg = load_config(config_file(GOOD), ["lora.alpha=4"])
+    save_config(cfg, tmp_path / "saved.yaml")
+    assert load_config(tmp_path / "saved.yaml") == cfg
+
+
+def test_model_options_reach_the_family(tiny_path):
+    from diffalign.families import load
+
+    model = ModelConfig(path=str(tiny_path("sd15")), loss_weighting="min_snr", snr_gamma=3.0, time_sampling="logit_normal")
+    family = load(model.path, **model.family_options())
+    assert (family.loss_weighting, family.snr_gamma, family.time_sampling) == ("min_snr", 3.0, "logit_normal")
+    # The SD3-only keys left at their defaults are dropped for an SD model...
+    sd3_only = ModelConfig(path=str(tiny_path("sd3")), use_t5=False, max_sequence_length=16)
+    assert load(sd3_only.path, **sd3_only.family_options()).pipe.text_encoder_3 is None
+
+
+def test_data_config_requires_existing_folder(tmp_path):
+    assert from_dict(DataConfig, {"path": str(tmp_path)}).resolution == 512
