@@ -122,6 +122,7 @@ class ModelFamily:
         """
         self.pipe = pipe
         self.path = path
+        self.revision: str | None = None
         self.time_sampling = time_sampling or self.default_time_sampling
         if self.time_sampling not in TIME_SAMPLINGS:
             raise FamilyError(f"time_sampling {self.time_sampling!r} is not one of {', '.join(TIME_SAMPLINGS)}")
@@ -177,6 +178,7 @@ class ModelFamily:
         pipe.to(device)
         pipe.set_progress_bar_config(disable=True)
         family = cls(pipe, path=str(path), **options)
+        family.revision = revision
         set_attention_backend(family.denoiser, attention)
         return family
 
@@ -196,7 +198,11 @@ class ModelFamily:
 
     @property
     def vae_scale_factor(self) -> int:
-        return self.pipe.vae_scale_factor
+        """Pixels per latent along each side (from the VAE's config file when it is not loaded:
+        the pipelines then fall back to a hard-coded 8)."""
+        vae = getattr(self.pipe, "vae", None)
+        config = vae.config if vae is not None else self._vae_config()
+        return 2 ** (len(config["block_out_channels"]) - 1)
 
     def _require(self, component: str, why: str):
         module = getattr(self.pipe, component, None)
@@ -219,12 +225,52 @@ class ModelFamily:
         Returns:
             ``[..., C, H/f, W/f]`` latents, ``f`` the VAE scale factor, in the VAE's dtype.
         """
+        mean, std = self.encode_posterior(pixels)
+        return self.latents_from_posterior(mean, std, generator)
+
+    @torch.no_grad()
+    def encode_posterior(self, pixels: Tensor) -> tuple[Tensor, Tensor]:
+        """The VAE posterior of each image, before scaling: ``(mean, std)``, each ``[..., C, h, w]``.
+
+        The latent cache stores these rather than one sample, so cached training still draws a
+        fresh posterior sample each time, exactly as the uncached path does.
+        """
         vae = self._require("vae", "encode_images")
         lead = pixels.shape[:-3]
         flat = pixels.reshape(-1, *pixels.shape[-3:]).to(vae.device, vae.dtype)
-        latents = vae.encode(flat).latent_dist.sample(generator)
-        latents = (latents - self._vae_shift) * vae.config.scaling_factor
-        return latents.reshape(*lead, *latents.shape[1:])
+        posterior = vae.encode(flat).latent_dist
+        return (posterior.mean.reshape(*lead, *posterior.mean.shape[1:]),
+                posterior.std.reshape(*lead, *posterior.std.shape[1:]))
+
+    def latents_from_posterior(self, mean: Tensor, std: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """Draw ``mean + std·ε`` and scale it to the denoiser's latent space: ``(z − shift)·scale``.
+
+        Draws ε as diffusers' ``DiagonalGaussianDistribution.sample`` does, so the same generator
+        gives the same latents whether the posterior came from the VAE or from the cache.
+        """
+        from diffusers.utils.torch_utils import randn_tensor
+
+        eps = randn_tensor(mean.shape, generator=generator, device=mean.device, dtype=mean.dtype)
+        return (mean + std * eps - self._vae_shift) * self.latent_scale
+
+    @property
+    def latent_scale(self) -> float:
+        """The VAE's ``scaling_factor``, read from its config file when the VAE is not loaded."""
+        vae = getattr(self.pipe, "vae", None)
+        if vae is not None:
+            return vae.config.scaling_factor
+        return self._vae_config()["scaling_factor"]
+
+    @property
+    def _vae_shift(self) -> float:
+        vae = getattr(self.pipe, "vae", None)
+        config = vae.config if vae is not None else self._vae_config()
+        return config.get("shift_factor", None) or 0.0
+
+    def _vae_config(self) -> dict:
+        from diffusers import AutoencoderKL
+
+        return AutoencoderKL.load_config(self.path, subfolder="vae", revision=self.revision)
 
     @torch.no_grad()
     def decode(self, latents: Tensor) -> Tensor:
@@ -235,10 +281,6 @@ class ModelFamily:
         flat = flat / vae.config.scaling_factor + self._vae_shift
         pixels = vae.decode(flat).sample.clamp(-1, 1)
         return pixels.reshape(*lead, *pixels.shape[1:])
-
-    @property
-    def _vae_shift(self) -> float:
-        return getattr(self.pipe.vae.config, "shift_factor", None) or 0.0
 
     # ----------------------------------------------------------------------------- prompts
     @torch.no_grad()
@@ -267,11 +309,22 @@ class ModelFamily:
         unique = list(dict.fromkeys(flat))
         embeds, pooled = self._encode_text(unique)
         index = torch.tensor([unique.index(p) for p in flat], device=embeds.device)
-        cond = Conditioning(
-            prompt_embeds=embeds[index].unflatten(0, (b, k)),
-            pooled=None if pooled is None else pooled[index].unflatten(0, (b, k)),
+        return self.make_conditioning(
+            embeds[index].unflatten(0, (b, k)),
+            None if pooled is None else pooled[index].unflatten(0, (b, k)),
+            image_info,
         )
-        return self._with_image_info(cond, image_info)
+
+    def make_conditioning(
+        self, prompt_embeds: Tensor, pooled: Tensor | None = None, image_info: dict[str, Tensor] | None = None
+    ) -> Conditioning:
+        """Conditioning from text embeddings computed earlier (e.g. by the latent cache).
+
+        Args:
+            prompt_embeds: ``[B, K, L, D]``; pooled: ``[B, K, P]`` or ``None``.
+            image_info: as for :meth:`encode_prompts` (SDXL's time ids are built here).
+        """
+        return self._with_image_info(Conditioning(prompt_embeds, pooled), image_info)
 
     def _encode_text(self, prompts: list[str]) -> tuple[Tensor, Tensor | None]:
         """``N`` strings → (``[N, L, D]`` embeddings, ``[N, P]`` pooled or ``None``)."""
