@@ -11,17 +11,17 @@ import sys
 # subcommand -> (help, the issue that brings it)
 _PLANNED = {
     "train": ("train a model with a preference objective", "the trainer issue (#4)"),
-    "cache": ("precompute VAE latents and prompt embeddings for a dataset", "the preference-data issue (#3)"),
-    "build": ("build a preference dataset (pick-a-pic, synthetic, dual captions, filter)", "the dataset issues (#3, #7)"),
     "score": ("score images with reward models", "the reward-model issue (#6)"),
     "evaluate": ("evaluate checkpoints: GenEval, rewards, win-rate, HTML report", "the evaluation issue (#8)"),
     "demo": ("run the CPU toy alignment end to end", "the toy benchmark issue (#5)"),
 }
 
 
-def _not_yet(name: str):
+def _not_yet(command: str, issue: str):
+    """A subcommand that says it has not landed yet, and exits with status 2."""
+
     def run(args: argparse.Namespace) -> int:
-        print(f"diffalign {name} is not yet available: it arrives with {_PLANNED[name][1]}.", file=sys.stderr)
+        print(f"diffalign {command} is not yet available: it arrives with {issue}.", file=sys.stderr)
         return 2
 
     return run
@@ -53,6 +53,74 @@ def _check_config(args: argparse.Namespace) -> int:
     return 0
 
 
+# builders of `diffalign build` not landed yet -> the issue that brings them
+_PLANNED_BUILDERS = {
+    "synthetic": ("synthetic ranked data from generators scored by reward models", "the dataset-builder issue (#7)"),
+    "dual-captions": ("per-image captions for DCPO", "the dataset-builder issue (#7)"),
+    "filter": ("noisy-pair filtering", "the dataset-builder issue (#7)"),
+}
+
+
+def _add_build(sub) -> None:
+    from diffalign.data import pick_a_pic
+
+    build = sub.add_parser("build", help="build a preference dataset")
+    builders = build.add_subparsers(dest="builder", required=True, metavar="BUILDER")
+    pick = builders.add_parser(
+        "pick-a-pic", help="Pick-a-Pic v2 human pairs -> best-first groups",
+        description=pick_a_pic.__doc__.split("\n\n")[0],
+    )
+    pick_a_pic.add_arguments(pick)
+    pick.set_defaults(run=pick_a_pic.run)
+    for name, (help_text, issue) in _PLANNED_BUILDERS.items():
+        planned = builders.add_parser(name, help=f"{help_text} (not yet available)")
+        planned.set_defaults(run=_not_yet(f"build {name}", issue), planned=True)
+
+
+def _add_cache(sub) -> None:
+    cache = sub.add_parser(
+        "cache", help="precompute VAE posteriors and prompt embeddings of a dataset",
+        description="Encode a preference dataset once with a model's VAE and text encoders, so that training "
+        "loads neither. Resumable; split across processes under `accelerate launch`.",
+    )
+    cache.add_argument("data", help="preference dataset folder (the cache goes to DATA/cache/<family>-<resolution>)")
+    cache.add_argument("--model", required=True, help="diffusers pipeline folder or hub id whose VAE and text encoders to use")
+    cache.add_argument("--revision", default=None, help="hub revision of --model")
+    cache.add_argument("--family", choices=["sd", "sdxl", "sd3"], default=None, help="force the family (default: detected)")
+    cache.add_argument("--resolution", type=int, default=512, help="training resolution; images are centre-cropped (default: 512)")
+    cache.add_argument("--batch-size", type=int, default=8, help="images per encoder call (default: 8)")
+    cache.add_argument("--shard-size", type=int, default=256, help="dataset rows per cache shard (default: 256)")
+    cache.add_argument("--dtype", choices=["fp32", "fp16", "bf16"], default="fp32", help="storage dtype of the cached tensors (default: fp32)")
+    cache.add_argument("--model-dtype", choices=["fp32", "fp16", "bf16"], default="fp32", help="dtype the encoders run in (default: fp32)")
+    cache.add_argument("--no-t5", action="store_true", help="SD3: leave the T5 encoder out (its tokens are zeros)")
+    cache.add_argument("--max-sequence-length", type=int, default=256, help="SD3: T5 tokens (default: 256)")
+    cache.add_argument("--no-progress", action="store_true", help="no progress bar")
+    cache.set_defaults(run=_cache)
+
+
+def _cache(args: argparse.Namespace) -> int:
+    import torch
+    from accelerate import PartialState
+
+    from diffalign.data.cache import CacheMismatchError, build_cache
+    from diffalign.data.schema import SchemaError
+    from diffalign.families import FamilyError, load
+
+    dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[args.model_dtype]
+    try:
+        options = {"use_t5": not args.no_t5, "max_sequence_length": args.max_sequence_length}
+        family = load(args.model, family=args.family, revision=args.revision, dtype=dtype,
+                      device=PartialState(cpu=not torch.cuda.is_available()).device, **options)
+        out = build_cache(args.data, family, resolution=args.resolution, batch_size=args.batch_size,
+                          shard_size=args.shard_size, dtype=args.dtype, progress=not args.no_progress)
+    except (CacheMismatchError, FamilyError, SchemaError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    if PartialState().is_main_process:
+        print(f"latent cache written to {out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from diffalign import __version__
 
@@ -70,9 +138,11 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("overrides", nargs="*", help="dotted overrides, e.g. optim.lr=1e-5")
     check.set_defaults(run=_check_config)
 
-    for name, (help_text, _) in _PLANNED.items():
+    _add_build(sub)
+    _add_cache(sub)
+    for name, (help_text, issue) in _PLANNED.items():
         planned = sub.add_parser(name, help=f"{help_text} (not yet available)")
-        planned.set_defaults(run=_not_yet(name), planned=True)
+        planned.set_defaults(run=_not_yet(name, issue), planned=True)
     return parser
 
 

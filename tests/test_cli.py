@@ -1,12 +1,13 @@
 """The ``diffalign`` command: real subcommands work, planned ones say they are not yet available."""
 
+import argparse
 import shutil
 import subprocess
 import sys
 
 import pytest
 
-from diffalign.cli import main
+from diffalign.cli import build_parser, main
 
 
 def test_console_script_is_installed():
@@ -22,10 +23,38 @@ def test_python_dash_m():
     assert out.stdout.startswith("diffalign ")
 
 
-@pytest.mark.parametrize("command", ["train", "cache", "build", "score", "evaluate", "demo"])
+@pytest.mark.parametrize("command", [["train"], ["score"], ["evaluate"], ["demo"], ["build", "synthetic"]])
 def test_planned_commands_do_not_pretend(command, capsys):
-    assert main([command, "--config", "x.yaml"]) == 2
+    assert main([*command, "--config", "x.yaml"]) == 2
     assert "not yet available" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "command, options",
+    [
+        (["build", "pick-a-pic"], ["--out", "--kind", "--split", "--keep-ties", "--dedup-prompts", "--limit",
+                                   "--shard-size", "--strict", "--overwrite", "--no-progress"]),
+        (["cache"], ["--model", "--revision", "--family", "--resolution", "--batch-size", "--shard-size", "--dtype",
+                     "--model-dtype", "--no-t5", "--max-sequence-length", "--no-progress"]),
+    ],
+)
+def test_help_describes_every_option(command, options, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main([*command, "--help"])
+    assert exit_.value.code == 0
+    text = capsys.readouterr().out
+    for option in options:
+        assert option in text, option
+    parser = _subparser(build_parser(), command)
+    undocumented = [a.dest for a in parser._actions if not a.help]
+    assert not undocumented, f"options without help: {undocumented}"
+
+
+def _subparser(parser, names):
+    for name in names:
+        action = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+        parser = action.choices[name]
+    return parser
 
 
 def test_info(tiny_path, capsys):

@@ -1,0 +1,15 @@
+"""Preference data: the on-disk format, builders' reusable parts, the group loader and the
+latent cache.
+
+- :mod:`.schema`: columns and the schema check; :mod:`.dataset`: :class:`PreferenceDataset`.
+- :mod:`.writer`: resumable, atomic shard writing; :mod:`.sources`: streaming source readers.
+- :mod:`.pick_a_pic`: the Pick-a-Pic v2 builder.
+- :mod:`.loader`: :class:`GroupDataset`, :func:`collate_groups`, :func:`family_inputs`.
+- :mod:`.cache`: :func:`build_cache`, :class:`LatentCache`.
+"""
+
+from diffalign.data.dataset import PreferenceDataset
+from diffalign.data.loader import GroupDataset, collate_groups, family_inputs
+from diffalign.data.schema import SchemaError
+
+__all__ = ["GroupDataset", "PreferenceDataset", "SchemaError", "collate_groups", "family_inputs"]

@@ -1,0 +1,250 @@
+"""The latent cache: VAE posteriors and prompt embeddings computed once, so training never loads
+the VAE encoder or the text encoders.
+
+Layout, beside the dataset's ``data/``::
+
+    my_prefs/cache/sdxl-1024/
+      cache.json              family, model, revision, fingerprint, resolution, dtype, shards
+      shard-00000.safetensors rows [0, S): latent_mean/latent_std [n, K, C, h, w],
+                              original_size/crop_top_left [n, K, 2], valid [n],
+                              caption_index [n, K] into prompt_embeds [U, L, D] (+ pooled [U, P])
+
+The cache keeps the posterior's mean and std rather than one sample, so cached training draws
+a fresh latent each step exactly as uncached training does (and the same generator gives the
+same latents either way). Captions are de-duplicated per shard: a Pick-a-Pic pair stores its
+prompt's embedding once.
+
+Shards are written atomically and skipped when present, so a killed run continues; shards are
+split across processes under ``accelerate launch``. A cache records the family, resolution and
+a fingerprint of the VAE and text-encoder files, and refuses to serve another model.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from tqdm.auto import tqdm
+
+from diffalign.data.dataset import PreferenceDataset
+from diffalign.data.loader import GroupDataset
+from diffalign.data.writer import atomic_write_json
+
+CACHE_FORMAT = "diffalign-latent-cache"
+CACHE_VERSION = 1
+META = "cache.json"
+# What the cache depends on: everything that turns images and prompts into tensors.
+FINGERPRINTED = ("vae", "text_encoder", "text_encoder_2", "text_encoder_3", "tokenizer", "tokenizer_2", "tokenizer_3")
+_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+class CacheMismatchError(ValueError):
+    """A cache built for another model, resolution or dataset."""
+
+
+def cache_dir(data_root: str | Path, family_name: str, resolution: int) -> Path:
+    return Path(data_root) / "cache" / f"{family_name}-{resolution}"
+
+
+def model_fingerprint(path: str, revision: str | None = None) -> str:
+    """Identify the VAE and text encoders of a checkpoint.
+
+    A local folder hashes each relevant file's name, size, first and last MiB (cheap for
+    multi-GB weights, yet changes when weights change). A hub id is pinned to the commit its
+    snapshot resolves to.
+    """
+    local = Path(path).expanduser()
+    if local.is_dir():
+        digest = hashlib.sha256()
+        for folder in FINGERPRINTED:
+            for file in sorted((local / folder).rglob("*")) if (local / folder).is_dir() else []:
+                if file.is_file():
+                    digest.update(f"{file.relative_to(local)}:{file.stat().st_size}".encode())
+                    with open(file, "rb") as handle:
+                        digest.update(handle.read(1 << 20))
+                        handle.seek(max(0, file.stat().st_size - (1 << 20)))
+                        digest.update(handle.read())
+        return f"sha256:{digest.hexdigest()}"
+    from huggingface_hub import snapshot_download
+
+    snapshot = snapshot_download(str(path), revision=revision, allow_patterns=["model_index.json"])
+    return f"hub:{path}@{Path(snapshot).name}"
+
+
+def _encode_shard(family, groups: GroupDataset, rows: range, batch_size: int, dtype: torch.dtype) -> tuple[dict, dict]:
+    """Encode rows of the dataset; returns (tensors, metadata) of one shard."""
+    items = [groups[i] for i in rows]
+    valid = torch.tensor([item is not None for item in items])
+    captions = [c for item in items if item is not None for c in item["captions"]]
+    unique = list(dict.fromkeys(captions))
+    k = groups.data.group_size
+    caption_index = torch.zeros(len(rows), k, dtype=torch.long)
+    means, stds, sizes, crops = [], [], [], []
+    for j, item in enumerate(items):
+        if item is not None:
+            caption_index[j] = torch.tensor([unique.index(c) for c in item["captions"]])
+    present = [item for item in items if item is not None]
+    for start in range(0, len(present), batch_size):
+        chunk = present[start:start + batch_size]
+        mean, std = family.encode_posterior(torch.stack([item["pixels"] for item in chunk]))
+        means.append(mean.float().cpu())
+        stds.append(std.float().cpu())
+    embeds, pooled = [], []
+    for start in range(0, len(unique), batch_size):
+        cond = family.encode_prompts(unique[start:start + batch_size])
+        embeds.append(cond.prompt_embeds[:, 0].float().cpu())
+        if cond.pooled is not None:
+            pooled.append(cond.pooled[:, 0].float().cpu())
+    tensors = {
+        "valid": valid.to(torch.uint8),
+        "caption_index": caption_index,
+        "latent_mean": _scatter(means, valid),
+        "latent_std": _scatter(stds, valid),
+        "original_size": _scatter([torch.stack([i["original_size"] for i in present])] if present else [], valid, torch.long),
+        "crop_top_left": _scatter([torch.stack([i["crop_top_left"] for i in present])] if present else [], valid, torch.long),
+        "prompt_embeds": torch.cat(embeds) if embeds else torch.zeros(0),
+    }
+    if pooled:
+        tensors["pooled"] = torch.cat(pooled)
+    tensors = {name: t.to(dtype) if t.is_floating_point() else t for name, t in tensors.items()}
+    ids = [groups.data[i]["id"] for i in rows]
+    return {n: t.contiguous() for n, t in tensors.items()}, {"ids": json.dumps(ids)}
+
+
+def _scatter(parts: list[torch.Tensor], valid: torch.Tensor, dtype=None) -> torch.Tensor:
+    """Rows of the valid items placed at their positions; invalid rows are zeros."""
+    if not parts:
+        return torch.zeros(len(valid), dtype=dtype or torch.float32)
+    stacked = torch.cat(parts)
+    out = torch.zeros(len(valid), *stacked.shape[1:], dtype=dtype or stacked.dtype)
+    out[valid] = stacked.to(out.dtype)
+    return out
+
+
+def build_cache(data_root: str | Path, family, *, resolution: int, batch_size: int = 8, shard_size: int = 256,
+                dtype: str = "fp32", progress: bool = True) -> Path:
+    """Encode a dataset's images and captions once with ``family``'s VAE and text encoders.
+
+    Resumable (finished shards are kept) and split across ``accelerate`` processes by shard.
+
+    Args:
+        data_root: a preference dataset folder.
+        family: a loaded :class:`~diffalign.families.ModelFamily` with its VAE and text encoders.
+        resolution: the training resolution (centre crop, no flip).
+        batch_size: images per VAE/text-encoder call.
+        shard_size: dataset rows per cache shard.
+        dtype: ``fp32``, ``fp16`` or ``bf16`` storage.
+
+    Returns:
+        The cache folder.
+    """
+    from accelerate import PartialState
+
+    state = PartialState(cpu=not torch.cuda.is_available())
+    data = PreferenceDataset.open(data_root)
+    out = cache_dir(data_root, family.name, resolution)
+    meta = {
+        "format": CACHE_FORMAT, "version": CACHE_VERSION, "family": family.name, "model": family.path,
+        "revision": family.revision, "fingerprint": model_fingerprint(family.path, family.revision),
+        "resolution": resolution, "dtype": dtype, "rows": len(data), "group_size": data.group_size,
+        "shard_size": shard_size, "shards": math.ceil(len(data) / shard_size),
+    }
+    # Every process checks (so none is left waiting on one that raised); only the main one writes.
+    if (out / META).exists():
+        found = json.loads((out / META).read_text())
+        differs = {k: (found.get(k), v) for k, v in meta.items() if found.get(k) != v}
+        if differs:
+            raise CacheMismatchError(f"{out} holds a cache built differently (found, wanted): {differs}; delete it to rebuild")
+    elif state.is_main_process:
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(out / META, {**meta, "complete": False})
+    state.wait_for_everyone()
+    groups = GroupDataset(data, resolution=resolution, center_crop=True, random_flip=False)
+    mine = [s for s in range(meta["shards"]) if s % state.num_processes == state.process_index]
+    with tqdm(total=len(data), unit=" groups", desc=f"cache {family.name}", disable=not progress or not state.is_main_process) as bar:
+        for shard in mine:
+            rows = range(shard * shard_size, min((shard + 1) * shard_size, len(data)))
+            path = out / f"shard-{shard:05d}.safetensors"
+            if not path.exists():
+                tensors, metadata = _encode_shard(family, groups, rows, batch_size, _DTYPES[dtype])
+                tmp = out / f".{path.name}.tmp"
+                save_file(tensors, str(tmp), metadata=metadata)
+                os.replace(tmp, path)
+            bar.update(len(rows) * state.num_processes)
+    state.wait_for_everyone()
+    if state.is_main_process:
+        missing = [s for s in range(meta["shards"]) if not (out / f"shard-{s:05d}.safetensors").exists()]
+        atomic_write_json(out / META, {**meta, "complete": not missing})
+    state.wait_for_everyone()
+    return out
+
+
+class LatentCache:
+    """Reads a finished cache for one model.
+
+    Use :meth:`open`, which refuses a cache built for another family, model or resolution.
+    """
+
+    def __init__(self, folder: Path, meta: dict):
+        self.folder = folder
+        self.meta = meta
+        self._shard: tuple[int, dict, list[str]] | None = None
+
+    @classmethod
+    def open(cls, data_root: str | Path, family, resolution: int) -> LatentCache:
+        folder = cache_dir(data_root, family.name, resolution)
+        if not (folder / META).exists():
+            raise CacheMismatchError(
+                f"no latent cache for {family.name} at {resolution}px in {folder}; build it with "
+                f"`diffalign cache {data_root} --model {family.path} --resolution {resolution}`"
+            )
+        meta = json.loads((folder / META).read_text())
+        if not meta.get("complete"):
+            raise CacheMismatchError(f"{folder} is unfinished; run `diffalign cache` again to complete it")
+        fingerprint = model_fingerprint(family.path, family.revision)
+        if meta["fingerprint"] != fingerprint:
+            raise CacheMismatchError(
+                f"{folder} was built from {meta['model']} (revision {meta['revision']}, {meta['fingerprint']}); "
+                f"this run uses {family.path} ({fingerprint}), whose VAE or text encoders differ. "
+                "Rebuild the cache for this model or train without it."
+            )
+        return cls(folder, meta)
+
+    def check_compatible(self, resolution: int, rows: int) -> None:
+        if self.meta["resolution"] != resolution or self.meta["rows"] != rows:
+            raise CacheMismatchError(
+                f"{self.folder} holds {self.meta['rows']} rows at {self.meta['resolution']}px; "
+                f"the dataset has {rows} rows and training asks for {resolution}px"
+            )
+
+    def get(self, index: int) -> dict | None:
+        """Cached tensors of row ``index`` (``[K, ...]`` each), or ``None`` for a row whose images
+        could not be read when the cache was built."""
+        shard, offset = divmod(index, self.meta["shard_size"])
+        if self._shard is None or self._shard[0] != shard:
+            path = self.folder / f"shard-{shard:05d}.safetensors"
+            from safetensors import safe_open
+
+            with safe_open(str(path), "pt") as handle:
+                ids = json.loads(handle.metadata()["ids"])
+            self._shard = (shard, load_file(str(path)), ids)
+        _, tensors, ids = self._shard
+        if not tensors["valid"][offset]:
+            return None
+        index_k = tensors["caption_index"][offset]
+        item = {
+            "cache_id": ids[offset],
+            "latent_mean": tensors["latent_mean"][offset],
+            "latent_std": tensors["latent_std"][offset],
+            "prompt_embeds": tensors["prompt_embeds"][index_k],
+            "original_size": tensors["original_size"][offset],
+            "crop_top_left": tensors["crop_top_left"][offset],
+        }
+        if "pooled" in tensors:
+            item["pooled"] = tensors["pooled"][index_k]
+        return item

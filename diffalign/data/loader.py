@@ -1,0 +1,164 @@
+"""Batches of preference groups for training: ``[B, K]`` images (or cached latents), prompts and
+per-image captions.
+
+Without a cache each item decodes its ``K`` images and applies the resize / flip / crop of
+:mod:`diffalign.data.images`; all images of a group share the flip and the crop placement, so
+a pair stays comparable. With a :class:`~diffalign.data.cache.LatentCache` it serves the cached
+VAE posterior and prompt embeddings instead, and never decodes an image.
+
+An unreadable image makes its item ``None``; :func:`collate_groups` leaves it out and counts it
+in ``batch["skipped"]``. Under ``strict=True`` it raises instead.
+"""
+
+from __future__ import annotations
+
+import random
+
+import torch
+from torch.utils.data import Dataset
+
+from diffalign.data.dataset import PreferenceDataset
+from diffalign.data.images import IMAGE_ERRORS, decode, prepare
+from diffalign.data.schema import SchemaError
+
+
+class UnreadableImageError(RuntimeError):
+    """An image that cannot be decoded, under ``strict=True``."""
+
+
+class GroupDataset(Dataset):
+    """A ``torch.utils.data.Dataset`` of preference groups.
+
+    Args:
+        data: a :class:`PreferenceDataset` or its folder.
+        resolution: square side ``R`` of the training images.
+        center_crop: crop the centre; ``False`` places the crop at random.
+        random_flip: mirror a group left-right with probability 0.5.
+        strict: raise on an unreadable image instead of skipping the group.
+        seed: random crops and flips depend only on ``(seed, epoch, index)``, so they are the
+            same with any number of workers and after a resume.
+        cache: serve cached latents and embeddings instead of images.
+
+    Items are dicts with ``id``, ``prompt``, ``captions`` (K strings), ``scores``/``ranks``
+    (``[K]`` or ``None``), ``original_size``/``crop_top_left`` (``[K, 2]``), and either
+    ``pixels [K, 3, R, R]`` in [-1, 1] or the cache's tensors.
+    """
+
+    def __init__(self, data, resolution: int = 512, center_crop: bool = True, random_flip: bool = False,
+                 strict: bool = False, seed: int = 0, cache=None):
+        self.data = data if isinstance(data, PreferenceDataset) else PreferenceDataset.open(data)
+        self.resolution = resolution
+        self.center_crop = center_crop
+        self.random_flip = random_flip
+        self.strict = strict
+        self.seed = seed
+        self.epoch = 0
+        self.cache = cache
+        if cache is not None:
+            cache.check_compatible(resolution=resolution, rows=len(self.data))
+            if random_flip or not center_crop:
+                raise ValueError("cached latents are centre-cropped and unflipped: use center_crop=True, random_flip=False")
+
+    def set_epoch(self, epoch: int) -> None:
+        """Give each epoch its own random crops and flips."""
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def __getitem__(self, index: int) -> dict | None:
+        row = self.data[index]
+        k = len(row["images"])
+        if k != self.data.group_size:
+            raise SchemaError(f"row {row['id']!r} has {k} images; the dataset's groups have {self.data.group_size}")
+        item = {
+            "id": row["id"],
+            "prompt": row["prompt"],
+            "captions": row["captions"] or [row["prompt"]] * k,
+            "scores": None if row["scores"] is None else torch.tensor(row["scores"], dtype=torch.float32),
+            "ranks": None if row["ranks"] is None else torch.tensor(row["ranks"], dtype=torch.long),
+        }
+        if self.cache is not None:
+            cached = self.cache.get(index)
+            if cached is None:  # the cache builder could not read this group's images either
+                return self._unreadable(row, "(recorded by the latent cache)")
+            if cached.pop("cache_id") != row["id"]:
+                raise ValueError(f"the latent cache's row {index} is not dataset row {row['id']!r}: rebuild the cache")
+            return {**item, **cached}
+        rng = random.Random(f"{self.seed}-{self.epoch}-{index}")
+        flip = self.random_flip and rng.random() < 0.5
+        fraction = None if self.center_crop else (rng.random(), rng.random())
+        prepared = []
+        for image in row["images"]:
+            try:
+                prepared.append(prepare(decode(self.data.image_bytes(image)), self.resolution, flip, fraction))
+            except IMAGE_ERRORS as err:
+                return self._unreadable(row, f"({type(err).__name__}: {err})")
+        item["pixels"] = torch.stack([p.pixels for p in prepared])
+        item["original_size"] = torch.tensor([p.original_size for p in prepared])
+        item["crop_top_left"] = torch.tensor([p.crop_top_left for p in prepared])
+        return item
+
+    def _unreadable(self, row: dict, detail: str) -> None:
+        if self.strict:
+            raise UnreadableImageError(f"row {row['id']!r} of {self.data.root}: an image cannot be decoded {detail}")
+        return None
+
+
+def collate_groups(items: list[dict | None]) -> dict:
+    """Stack items into a batch; ``None`` items (unreadable images) are dropped and counted.
+
+    Returns:
+        ``ids``, ``prompts`` (B), ``captions`` (B lists of K), ``skipped`` (int), and the
+        stacked tensors: ``pixels [B, K, 3, R, R]`` or the cached ``latent_mean``/``latent_std``
+        ``[B, K, C, h, w]`` and text tensors, ``original_size``/``crop_top_left [B, K, 2]``,
+        ``scores``/``ranks [B, K]`` (``None`` when any item lacks them).
+    """
+    kept = [item for item in items if item is not None]
+    batch: dict = {
+        "ids": [item["id"] for item in kept],
+        "prompts": [item["prompt"] for item in kept],
+        "captions": [item["captions"] for item in kept],
+        "skipped": len(items) - len(kept),
+    }
+    if not kept:
+        return batch
+    for key, value in kept[0].items():
+        if isinstance(value, torch.Tensor) or (value is None and key in ("scores", "ranks")):
+            values = [item[key] for item in kept]
+            batch[key] = None if any(v is None for v in values) else torch.stack(values)
+    return batch
+
+
+def family_inputs(family, batch: dict, generator: torch.Generator | None = None):
+    """Turn a batch into what a family's ``denoising_error`` takes: ``(latents, cond)``.
+
+    Uncached batches run the VAE and text encoders; cached ones sample from the stored posterior
+    and reuse the stored embeddings. Both draw the posterior noise the same way, so the same
+    ``generator`` gives the same latents.
+
+    Returns:
+        ``latents [B, K, C, h, w]`` and a ``Conditioning`` shaped ``[B, K, ...]``.
+    """
+    if "latent_mean" in batch:
+        device = family.device
+        latents = family.latents_from_posterior(batch["latent_mean"].to(device), batch["latent_std"].to(device), generator)
+        pooled = batch.get("pooled")
+        size = latents.shape[-2] * family.vae_scale_factor, latents.shape[-1] * family.vae_scale_factor
+        cond = family.make_conditioning(
+            batch["prompt_embeds"].to(device), None if pooled is None else pooled.to(device), _image_info(batch, size)
+        )
+        return latents, cond
+    latents = family.encode_images(batch["pixels"], generator)
+    size = tuple(batch["pixels"].shape[-2:])
+    return latents, family.encode_prompts(batch["captions"], image_info=_image_info(batch, size))
+
+
+def _image_info(batch: dict, size: tuple[int, int]) -> dict:
+    """SDXL micro-conditioning of a batch: the recorded sizes and crops, the training size as target."""
+    b, k = batch["original_size"].shape[:2]
+    return {
+        "original_size": batch["original_size"],
+        "crop_top_left": batch["crop_top_left"],
+        "target_size": torch.tensor(size).expand(b, k, 2),
+    }

@@ -1,0 +1,150 @@
+"""The on-disk preference dataset (DESIGN.md §3.5): columns, types and the schema check.
+
+A dataset is a folder::
+
+    my_prefs/
+      manifest.json            builder, version, options, row counts, what was dropped and why
+      README.md                a dataset card whose ``configs`` point ``datasets`` at data/
+      data/shard-00000.parquet one row per group
+      cache/<family>-<res>/    optional latent cache (diffalign.data.cache)
+
+Read it with ``PreferenceDataset.open("my_prefs")``, ``datasets.load_dataset("my_prefs")`` or
+``datasets.load_dataset("parquet", data_dir="my_prefs/data")``.
+
+Why the shards sit in ``data/`` and not beside ``manifest.json`` (DESIGN.md put them together):
+``load_dataset("parquet", data_dir=...)`` reads *every* non-hidden file under ``data_dir`` as
+Parquet, so a manifest or a cache beside the shards makes it fail.
+
+One row is one group: a prompt and ``K ≥ 2`` images ordered best first.
+
+| column     | type                              | meaning                                        |
+|------------|-----------------------------------|------------------------------------------------|
+| id         | string                            | stable row key, unique in the dataset          |
+| prompt     | string                            | the prompt the images were made for            |
+| images     | list<Image> (``{bytes, path}``)   | K images, best first; path relative to root    |
+| scores     | list<float64> or null             | reward-model scores, one per image             |
+| ranks      | list<int32> or null               | 0 = best; equal ranks mark a tie               |
+| captions   | list<string> or null              | one caption per image (DCPO); null = prompt    |
+| source     | string                            | which builder / source the row came from       |
+| meta       | string (JSON) or null             | anything else (user id, generator names, ...)  |
+"""
+
+from __future__ import annotations
+
+import pyarrow as pa
+
+FORMAT = "diffalign-preference"
+FORMAT_VERSION = 1
+DATA_DIR = "data"
+MANIFEST = "manifest.json"
+
+REQUIRED = ("id", "prompt", "images", "source")
+OPTIONAL = ("scores", "ranks", "captions", "meta")
+PER_IMAGE = ("scores", "ranks", "captions")
+
+
+class SchemaError(ValueError):
+    """A dataset or row that does not follow the preference format; names the column."""
+
+
+def features():
+    """The ``datasets.Features`` of a shard (images decode to PIL in ``datasets``)."""
+    import datasets
+
+    return datasets.Features(
+        {
+            "id": datasets.Value("string"),
+            "prompt": datasets.Value("string"),
+            "images": datasets.List(datasets.Image()),
+            "scores": datasets.List(datasets.Value("float64")),
+            "ranks": datasets.List(datasets.Value("int32")),
+            "captions": datasets.List(datasets.Value("string")),
+            "source": datasets.Value("string"),
+            "meta": datasets.Value("string"),
+        }
+    )
+
+
+def arrow_schema() -> pa.Schema:
+    """The Arrow schema of a shard, carrying ``datasets``' feature metadata."""
+    return features().arrow_schema
+
+
+def _same_type(found: pa.DataType, expected: pa.DataType) -> bool:
+    """Type equality that ignores list item names ("item" vs "element") and large/small variants."""
+    if pa.types.is_list(expected) or pa.types.is_large_list(expected):
+        return (pa.types.is_list(found) or pa.types.is_large_list(found)) and _same_type(
+            found.value_type, expected.value_type
+        )
+    if pa.types.is_struct(expected):
+        if not pa.types.is_struct(found):
+            return False
+        names = {found.field(i).name: found.field(i).type for i in range(found.num_fields)}
+        return all(
+            expected.field(i).name in names and _same_type(names[expected.field(i).name], expected.field(i).type)
+            for i in range(expected.num_fields)
+        )
+    if pa.types.is_string(expected):
+        return pa.types.is_string(found) or pa.types.is_large_string(found)
+    if pa.types.is_binary(expected):
+        return pa.types.is_binary(found) or pa.types.is_large_binary(found)
+    return found == expected
+
+
+def check_schema(schema: pa.Schema, where: str) -> None:
+    """Raise :class:`SchemaError` naming every missing or mistyped column of ``schema``.
+
+    Args:
+        schema: a shard's Arrow schema.
+        where: the file, for the message.
+    """
+    expected = arrow_schema()
+    problems = []
+    for name in REQUIRED + OPTIONAL:
+        want = expected.field(name).type
+        if name not in schema.names:
+            if name in REQUIRED:
+                problems.append(f"missing column {name!r} ({want})")
+            continue
+        got = schema.field(name).type
+        if not _same_type(got, want):
+            problems.append(f"column {name!r} is {got}, expected {want}")
+    if problems:
+        raise SchemaError(f"{where} is not a preference-dataset shard: " + "; ".join(problems))
+
+
+def check_row(row: dict) -> None:
+    """Check one row before it is written: K ≥ 2 images and per-image columns of length K."""
+    k = len(row.get("images") or [])
+    if k < 2:
+        raise SchemaError(f"row {row.get('id')!r}: a group needs at least 2 images, got {k}")
+    for name in PER_IMAGE:
+        value = row.get(name)
+        if value is not None and len(value) != k:
+            raise SchemaError(f"row {row.get('id')!r}: {name!r} has {len(value)} entries for {k} images")
+    for name in REQUIRED:
+        if row.get(name) is None:
+            raise SchemaError(f"row {row.get('id')!r}: column {name!r} is missing")
+
+
+def dataset_card(manifest: dict) -> str:
+    """README.md for a dataset folder: a ``configs`` header so ``load_dataset(folder)`` reads
+    only ``data/``, then a human summary of the manifest."""
+    counts = manifest.get("counts", {})
+    lines = [
+        "---",
+        "configs:",
+        "- config_name: default",
+        "  data_files:",
+        "  - split: train",
+        f"    path: {DATA_DIR}/*.parquet",
+        "---",
+        f"# Preference dataset ({manifest.get('builder', 'unknown builder')})",
+        "",
+        f"Format `{FORMAT}` v{FORMAT_VERSION}, written by diffalign. Rows are groups of images, best first.",
+        "",
+        f"- rows: {manifest.get('rows', 0)}",
+    ]
+    for reason, n in sorted(counts.get("dropped", {}).items()):
+        lines.append(f"- dropped ({reason}): {n}")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,103 @@
+"""The latent cache: the same denoising error as the uncached path, without VAE or text encoders."""
+
+import json
+import os
+
+import pytest
+import torch
+from pickapic_source import jpeg
+
+from diffalign.data import GroupDataset, collate_groups, family_inputs
+from diffalign.data.cache import CacheMismatchError, LatentCache, build_cache
+from diffalign.data.writer import ShardWriter
+from diffalign.families import load
+from diffalign.testing import save_tiny_pipeline
+
+RES = 32
+
+
+@pytest.fixture
+def prefs(tmp_path):
+    """Six groups of non-square images, per-image captions on some, one unreadable image."""
+    writer = ShardWriter(tmp_path / "prefs", builder="test", options={}, shard_size=4)
+    for i in range(6):
+        images = [jpeg((40 * i, 100, 30), (48, 32)), jpeg((200, 20 * i, 90), (48, 32))]
+        if i == 4:
+            images[1] = b"broken"
+        captions = [f"a red cat {i}", f"a blurry cat {i}"] if i % 2 else None
+        writer.add({"id": f"r{i}", "prompt": f"a red cat {i}", "images": [{"bytes": b, "path": None} for b in images],
+                    "scores": None, "ranks": [0, 1], "captions": captions, "source": "test", "meta": None})
+        writer.advance(i + 1)
+    writer.finish({"group_size": 2})
+    return tmp_path / "prefs"
+
+
+def _error(family, batch, seed):
+    gen = torch.Generator().manual_seed(seed)
+    latents, cond = family_inputs(family, batch, generator=gen)
+    noise, t = family.sample_noise_and_time(latents, generator=gen)
+    with torch.no_grad():
+        return family.denoising_error(family.denoiser, latents, cond, noise, t)
+
+
+@pytest.mark.parametrize("kind", ["sdxl", "sd3"])
+def test_cached_equals_uncached(kind, tiny_path, prefs):
+    path = tiny_path(kind)
+    full = load(path)
+    build_cache(prefs, full, resolution=RES, batch_size=3, shard_size=4, progress=False)
+    # Training loads neither the VAE nor the text encoders.
+    bare = load(path, load_vae=False, load_text_encoders=False)
+    assert bare.pipe.vae is None and bare.pipe.text_encoder is None
+    cache = LatentCache.open(prefs, bare, RES)
+    uncached = collate_groups([GroupDataset(prefs, resolution=RES)[i] for i in range(6)])
+    cached = collate_groups([GroupDataset(prefs, resolution=RES, cache=cache)[i] for i in range(6)])
+    assert uncached["skipped"] == cached["skipped"] == 1
+    assert cached["ids"] == uncached["ids"] and "pixels" not in cached
+    torch.testing.assert_close(cached["original_size"], uncached["original_size"])
+    err_uncached = _error(full, uncached, seed=7)
+    err_cached = _error(bare, cached, seed=7)
+    assert err_cached.shape == (5, 2)
+    torch.testing.assert_close(err_cached, err_uncached, rtol=1e-5, atol=1e-5)
+
+
+def test_sdxl_time_ids_come_from_the_recorded_crop(tiny_path, prefs):
+    family = load(tiny_path("sdxl"))
+    batch = collate_groups([GroupDataset(prefs, resolution=RES)[0]])
+    _, cond = family_inputs(family, batch)
+    # 48×32 (w×h) → 48×32 already has its short side at 32: centre crop left = 8.
+    assert cond.time_ids[0, 0].tolist() == [32, 48, 0, 8, 32, 32]
+
+
+def test_refuses_another_model_or_resolution(tiny_path, prefs, tmp_path):
+    family = load(tiny_path("sd3"))
+    build_cache(prefs, family, resolution=RES, shard_size=4, progress=False)
+    other = load(save_tiny_pipeline("sd3", tmp_path / "other-sd3", seed=1))
+    with pytest.raises(CacheMismatchError, match="VAE or text encoders differ"):
+        LatentCache.open(prefs, other, RES)
+    with pytest.raises(CacheMismatchError, match="no latent cache for sd3 at 64px"):
+        LatentCache.open(prefs, family, 64)
+    cache = LatentCache.open(prefs, family, RES)
+    with pytest.raises(CacheMismatchError, match="training asks for 64px"):
+        GroupDataset(prefs, resolution=64, cache=cache)
+    with pytest.raises(ValueError, match="centre-cropped and unflipped"):
+        GroupDataset(prefs, resolution=RES, random_flip=True, cache=cache)
+    with pytest.raises(CacheMismatchError, match="built differently"):
+        build_cache(prefs, other, resolution=RES, shard_size=4, progress=False)
+
+
+def test_resume_recomputes_only_missing_shards(tiny_path, prefs):
+    family = load(tiny_path("sd15"))
+    folder = build_cache(prefs, family, resolution=RES, shard_size=4, progress=False)
+    shards = sorted(folder.glob("shard-*.safetensors"))
+    assert len(shards) == 2
+    first = shards[0].read_bytes()
+    os.utime(shards[1], (1, 1))
+    shards[0].unlink()
+    meta = json.loads((folder / "cache.json").read_text())
+    (folder / "cache.json").write_text(json.dumps({**meta, "complete": False}))
+    with pytest.raises(CacheMismatchError, match="unfinished"):
+        LatentCache.open(prefs, family, RES)
+    build_cache(prefs, family, resolution=RES, shard_size=4, progress=False)
+    assert shards[0].read_bytes() == first
+    assert shards[1].stat().st_mtime == 1  # untouched
+    assert LatentCache.open(prefs, family, RES).get(0)["latent_mean"].shape == (2, 4, 16, 16)
