@@ -72,6 +72,7 @@ class GroupDataset(Dataset):
         if k != self.data.group_size:
             raise SchemaError(f"row {row['id']!r} has {k} images; the dataset's groups have {self.data.group_size}")
         item = {
+            "index": index,
             "id": row["id"],
             "prompt": row["prompt"],
             "captions": row["captions"] or [row["prompt"]] * k,
@@ -109,13 +110,14 @@ def collate_groups(items: list[dict | None]) -> dict:
     """Stack items into a batch; ``None`` items (unreadable images) are dropped and counted.
 
     Returns:
-        ``ids``, ``prompts`` (B), ``captions`` (B lists of K), ``skipped`` (int), and the
+        ``indices`` (dataset rows), ``ids``, ``prompts`` (B), ``captions`` (B lists of K), ``skipped`` (int), and the
         stacked tensors: ``pixels [B, K, 3, R, R]`` or the cached ``latent_mean``/``latent_std``
         ``[B, K, C, h, w]`` and text tensors, ``original_size``/``crop_top_left [B, K, 2]``,
         ``scores``/``ranks [B, K]`` (``None`` when any item lacks them).
     """
     kept = [item for item in items if item is not None]
     batch: dict = {
+        "indices": [item["index"] for item in kept],
         "ids": [item["id"] for item in kept],
         "prompts": [item["prompt"] for item in kept],
         "captions": [item["captions"] for item in kept],

@@ -27,6 +27,8 @@ from diffalign.families.attention import set_attention_backend
 
 
 TIME_SAMPLINGS = ("uniform", "logit_normal", "mode")
+Generators = "torch.Generator | list[torch.Generator] | None"
+"""One generator for the whole batch, or one per group (the first dimension)."""
 
 
 class FamilyError(ValueError):
@@ -215,7 +217,7 @@ class ModelFamily:
 
     # ----------------------------------------------------------------------------- images
     @torch.no_grad()
-    def encode_images(self, pixels: Tensor, generator: torch.Generator | None = None) -> Tensor:
+    def encode_images(self, pixels: Tensor, generator: Generators = None) -> Tensor:
         """VAE-encode images and apply the checkpoint's latent scaling (and SD3's shift).
 
         Args:
@@ -242,7 +244,7 @@ class ModelFamily:
         return (posterior.mean.reshape(*lead, *posterior.mean.shape[1:]),
                 posterior.std.reshape(*lead, *posterior.std.shape[1:]))
 
-    def latents_from_posterior(self, mean: Tensor, std: Tensor, generator: torch.Generator | None = None) -> Tensor:
+    def latents_from_posterior(self, mean: Tensor, std: Tensor, generator: Generators = None) -> Tensor:
         """Draw ``mean + std·ε`` and scale it to the denoiser's latent space: ``(z − shift)·scale``.
 
         Draws ε as diffusers' ``DiagonalGaussianDistribution.sample`` does, so the same generator
@@ -334,29 +336,41 @@ class ModelFamily:
         return cond
 
     # ----------------------------------------------------------------------------- noise maths
-    def sample_noise_and_time(self, latents: Tensor, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+    def sample_noise_and_time(self, latents: Tensor, generator: Generators = None) -> tuple[Tensor, Tensor]:
         """One noise and one time per group, shared by its ``K`` images (as Diffusion-DPO does).
 
         Args:
             latents: ``[B, K, C, h, w]``.
+            generator: one generator, or a list of ``B`` (one per group: then each group's draw
+                depends only on its own generator, whatever the batch or process layout).
 
         Returns:
             ``noise [B, K, C, h, w]`` (identical along K) and ``t [B]`` in [0, 1].
         """
+        from diffusers.utils.torch_utils import randn_tensor
+
         b = latents.shape[0]
-        noise = torch.randn((b, 1, *latents.shape[2:]), generator=generator, device=latents.device, dtype=latents.dtype)
+        noise = randn_tensor((b, 1, *latents.shape[2:]), generator=generator, device=latents.device, dtype=latents.dtype)
         return noise.expand_as(latents), self._sample_time(b, latents.device, generator)
 
-    def _sample_time(self, batch: int, device, generator) -> Tensor:
+    def _sample_time(self, batch: int, device, generator: Generators) -> Tensor:
         """Draw ``u ~ density`` in [0, 1) per group and map it to the family's noise levels."""
         from diffusers.training_utils import compute_density_for_timestep_sampling
 
-        u = compute_density_for_timestep_sampling(
-            self.time_sampling, batch, device=device, generator=generator, **self._density
-        )
+        gens = generator if isinstance(generator, (list, tuple)) else [generator]
+        sizes = [1] * batch if len(gens) > 1 else [batch]
+        if len(gens) > 1 and len(gens) != batch:
+            raise ValueError(f"got {len(gens)} generators for {batch} groups")
+        # Drawn where each generator lives, then moved: a CPU generator cannot draw on a GPU.
+        u = torch.cat([
+            compute_density_for_timestep_sampling(
+                self.time_sampling, size, device=gen.device if gen is not None else device, generator=gen, **self._density
+            ).to(device)
+            for gen, size in zip(gens, sizes)
+        ])
         n = self.num_train_timesteps
         # As diffusers' SD3 scripts do: u picks one of the scheduler's N discrete training times.
-        return self._time_from_index((u * n).long().clamp(0, n - 1).to(device))
+        return self._time_from_index((u * n).long().clamp(0, n - 1))
 
     @property
     def num_train_timesteps(self) -> int:

@@ -133,3 +133,20 @@ def test_images_encode_and_decode(tiny_family, tiny_kind):
     shift = 0.0609 if tiny_kind == "sd3" else 0.0
     torch.testing.assert_close(latents.flatten(0, 1), (raw - shift) * 0.5)
     assert tiny_family.decode(latents).shape == pixels.shape
+
+
+def test_one_generator_per_group_is_layout_independent(tiny_family):
+    """A group's noise and time depend only on its own generator, not on the batch around it."""
+    latents = torch.zeros(3, K, tiny_family.denoiser.config.in_channels, 8, 8)
+
+    def gens(*seeds):
+        return [torch.Generator().manual_seed(s) for s in seeds]
+
+    noise, t = tiny_family.sample_noise_and_time(latents, generator=gens(10, 11, 12))
+    alone_noise, alone_t = tiny_family.sample_noise_and_time(latents[1:2], generator=gens(11))
+    torch.testing.assert_close(noise[1:2], alone_noise)
+    torch.testing.assert_close(t[1:2], alone_t)
+    assert not torch.equal(noise[0], noise[1])
+    mean, std = torch.zeros(3, K, 4, 8, 8), torch.ones(3, K, 4, 8, 8)
+    sampled = tiny_family.latents_from_posterior(mean, std, gens(10, 11, 12))
+    torch.testing.assert_close(sampled[2:], tiny_family.latents_from_posterior(mean[2:], std[2:], gens(12)))
