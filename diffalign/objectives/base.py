@@ -1,0 +1,168 @@
+"""What every objective takes and returns (DESIGN.md §3.3).
+
+An objective is pure tensor maths over per-image denoising errors: it never sees a model, a
+scheduler or diffusers. The trainer computes the errors with the model family and hands them
+over as :class:`PreferenceTerms`.
+
+Shapes: ``B`` groups (prompts) per batch, ``K`` images per group ordered best first
+(``K = 2`` for pairs).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import ClassVar
+
+import torch
+from torch import Tensor
+
+METRIC_NAMES = ("loss", "implicit_acc", "margin", "err_w", "err_l", "ref_gap")
+"""Fixed metric names, logged under ``train/<name>``:
+
+- ``implicit_acc``: fraction of pairs whose preference margin is positive (the model's implicit
+  reward ranks the preferred image first);
+- ``margin``: mean of the objective's preference margin (the argument of its log-sigmoid);
+- ``err_w`` / ``err_l``: mean policy error of the preferred / rejected images;
+- ``ref_gap``: mean ``ref_err_w − ref_err_l`` (reference objectives only).
+Objectives may add their own names beside these.
+"""
+
+
+class ObjectiveDataError(ValueError):
+    """An objective given data it cannot use (pairs for a ranked objective, no captions, ...)."""
+
+
+@dataclass(frozen=True)
+class PreferenceTerms:
+    """Everything an objective may need for one batch.
+
+    Attributes:
+        policy_err: ``[B, K]`` weighted denoising error of the policy (carries the gradient).
+        ref_err: ``[B, K]`` the same for the reference model (no gradient), or ``None``.
+        t: ``[B]`` noise level in [0, 1] shared by each group.
+        ranks: ``[B, K]`` 0 = best; equal ranks are ties. ``None`` means "best first, no ties".
+        scores: ``[B, K]`` reward scores (higher is better), or ``None``.
+        policy_logp, ref_logp: ``[B, K]`` trajectory log-probabilities (sampling objectives).
+    """
+
+    policy_err: Tensor
+    ref_err: Tensor | None = None
+    t: Tensor | None = None
+    ranks: Tensor | None = None
+    scores: Tensor | None = None
+    policy_logp: Tensor | None = None
+    ref_logp: Tensor | None = None
+
+
+@dataclass
+class ObjectiveOutput:
+    """``loss``: scalar to minimise; ``metrics``: detached scalars with :data:`METRIC_NAMES`."""
+
+    loss: Tensor
+    metrics: dict[str, Tensor] = field(default_factory=dict)
+
+
+class Objective:
+    """Base class of every objective.
+
+    Class attributes an objective sets:
+        name: config key, e.g. ``"diffusion_dpo"``.
+        Config: its config dataclass (defaults from the paper).
+        needs_reference: whether the trainer must compute ``ref_err``.
+        min_group_size / max_group_size: the ``K`` it accepts (``None``: no upper bound).
+        needs_captions: needs per-image captions in the data (DCPO).
+        needs_ranks: needs ranks or scores in the data (RankDPO).
+    """
+
+    name: ClassVar[str]
+    Config: ClassVar[type]
+    needs_reference: ClassVar[bool] = True
+    min_group_size: ClassVar[int] = 2
+    max_group_size: ClassVar[int | None] = 2
+    needs_captions: ClassVar[bool] = False
+    needs_ranks: ClassVar[bool] = False
+
+    def __init__(self, config=None):
+        self.config = config if config is not None else self.Config()
+
+    def loss(self, terms: PreferenceTerms) -> ObjectiveOutput:
+        raise NotImplementedError
+
+    @classmethod
+    def check_data(cls, group_size: int, has_captions: bool, has_ranks: bool) -> None:
+        """Fail with a message naming the mismatch between this objective and a dataset.
+
+        Args:
+            group_size: the dataset's ``K``.
+            has_captions: every row has per-image captions.
+            has_ranks: every row has ranks or scores.
+        """
+        if group_size < cls.min_group_size or (cls.max_group_size is not None and group_size > cls.max_group_size):
+            wanted = (f"K = {cls.min_group_size}" if cls.min_group_size == cls.max_group_size
+                      else f"K ≥ {cls.min_group_size}" if cls.max_group_size is None
+                      else f"{cls.min_group_size} ≤ K ≤ {cls.max_group_size}")
+            kind = "pairs" if group_size == 2 else f"groups of K = {group_size}"
+            hint = " (use rank_dpo for ranked groups, or build pairs)" if group_size > 2 else ""
+            raise ObjectiveDataError(f"{cls.name} needs {wanted} images per prompt; the dataset has {kind}{hint}")
+        if cls.needs_captions and not has_captions:
+            raise ObjectiveDataError(
+                f"{cls.name} needs a caption per image (the dataset's 'captions' column is empty); "
+                "write them with `diffalign build dual-captions`"
+            )
+        if cls.needs_ranks and not has_ranks:
+            raise ObjectiveDataError(f"{cls.name} needs ranks or scores per image; the dataset has neither")
+
+
+def pair_metrics(policy_err: Tensor, ref_err: Tensor | None, margin: Tensor, loss: Tensor) -> dict[str, Tensor]:
+    """The fixed metrics for a pairwise objective (column 0 preferred, column 1 rejected).
+
+    Args:
+        policy_err, ref_err: ``[B, K]``; margin: ``[B]`` the objective's preference margin.
+    """
+    metrics = {
+        "loss": loss.detach(),
+        "implicit_acc": (margin > 0).float().mean().detach(),
+        "margin": margin.mean().detach(),
+        "err_w": policy_err[:, 0].mean().detach(),
+        "err_l": policy_err[:, 1].mean().detach(),
+    }
+    if ref_err is not None:
+        metrics["ref_gap"] = (ref_err[:, 0] - ref_err[:, 1]).mean().detach()
+    return metrics
+
+
+def require_reference(name: str, terms: PreferenceTerms) -> Tensor:
+    if terms.ref_err is None:
+        raise ValueError(f"{name} needs the reference model's errors (ref_err); the trainer did not compute them")
+    return terms.ref_err
+
+
+def prepare_terms(name: str, terms: PreferenceTerms, min_k: int = 2, max_k: int | None = None) -> PreferenceTerms:
+    """Check the shapes of ``terms`` and return them ready for an objective's maths.
+
+    ``policy_err`` must be ``[B, K]`` with ``min_k ≤ K ≤ max_k`` and ``ref_err``, ``ranks``,
+    ``scores`` must match it. ``ref_err`` is detached, so no objective backpropagates into the
+    reference, and half-precision errors are upcast to float32 (``β · Δerr`` needs the bits).
+    """
+    policy = terms.policy_err
+    if policy.ndim != 2:
+        raise ValueError(f"{name}: policy_err must be [B, K], got shape {tuple(policy.shape)}")
+    k = policy.shape[1]
+    if k < min_k or (max_k is not None and k > max_k):
+        wanted = (f"K = {min_k}" if min_k == max_k else f"K ≥ {min_k}" if max_k is None
+                  else f"{min_k} ≤ K ≤ {max_k}")
+        raise ObjectiveDataError(f"{name} needs {wanted} images per group; got K = {k}")
+    for key in ("ref_err", "ranks", "scores"):
+        value = getattr(terms, key)
+        if value is not None and tuple(value.shape) != tuple(policy.shape):
+            raise ValueError(f"{name}: {key} has shape {tuple(value.shape)}, policy_err {tuple(policy.shape)}")
+
+    def upcast(x: Tensor) -> Tensor:
+        return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+
+    ref = None if terms.ref_err is None else upcast(terms.ref_err.detach())
+    return replace(terms, policy_err=upcast(policy), ref_err=ref)
+
+
+__all__ = ["METRIC_NAMES", "Objective", "ObjectiveDataError", "ObjectiveOutput", "PreferenceTerms",
+           "pair_metrics", "prepare_terms", "require_reference"]

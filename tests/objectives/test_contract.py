@@ -1,0 +1,183 @@
+"""The contract every registered objective keeps (DESIGN.md §3.3 and §6), and build_objective."""
+
+import ast
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+import diffalign.objectives as objectives
+from diffalign.objectives import (METRIC_NAMES, OBJECTIVES, DiffusionDPO, Objective, ObjectiveDataError,
+                                  PreferenceTerms, build_objective, objective_config_dataclass)
+
+B = 4
+
+
+def group_size(cls) -> int:
+    return cls.min_group_size  # 2 for pairwise objectives, 3+ for ranked ones
+
+
+def make_terms(cls, seed=0, with_ref=True, k=None):
+    """float64 errors near 0.1 with small gaps, so every margin stays moderate and differences are visible."""
+    gen = torch.Generator().manual_seed(seed)
+    k = k or max(group_size(cls), 4 if cls.max_group_size is None and cls.needs_ranks else 0)
+    policy = (0.1 + 1e-4 * torch.randn(B, k, generator=gen, dtype=torch.float64)).requires_grad_()
+    ref = (policy.detach() + 1e-4 * torch.randn(B, k, generator=gen, dtype=torch.float64)).requires_grad_()
+    ranks = torch.arange(k).expand(B, k)
+    return policy, ref, PreferenceTerms(policy_err=policy, ref_err=ref if with_ref else None,
+                                        t=torch.rand(B, generator=gen), ranks=ranks)
+
+
+ITEMS = sorted(OBJECTIVES.items())
+
+
+@pytest.fixture(params=ITEMS, ids=[name for name, _ in ITEMS])
+def entry(request):
+    return request.param
+
+
+def test_registry_is_consistent(entry):
+    name, cls = entry
+    assert issubclass(cls, Objective) and cls.name == name
+    assert objective_config_dataclass(name) is cls.Config
+    built = build_objective({"name": name})
+    assert type(built) is cls and built.config == cls.Config()
+
+
+def test_registry_holds_the_five_objectives():
+    assert set(OBJECTIVES) == {"diffusion_dpo", "mapo", "dcpo", "rank_dpo", "sft"}
+
+
+def test_finite_scalar_loss_and_detached_metrics(entry):
+    _, cls = entry
+    _, _, terms = make_terms(cls)
+    out = cls().loss(terms)
+    assert out.loss.ndim == 0 and torch.isfinite(out.loss)
+    assert out.loss.requires_grad
+    assert "loss" in out.metrics and set(out.metrics) <= set(METRIC_NAMES)
+    for key, value in out.metrics.items():
+        assert isinstance(value, torch.Tensor) and value.ndim == 0, key
+        assert not value.requires_grad and value.grad_fn is None, key
+        assert math.isfinite(value.item()), key
+    assert out.metrics["loss"].item() == out.loss.item()
+
+
+def test_gradient_reaches_the_policy_only(entry):
+    _, cls = entry
+    policy, ref, terms = make_terms(cls)
+    cls().loss(terms).loss.backward()
+    assert policy.grad is not None and policy.grad.abs().sum() > 0
+    assert ref.grad is None or not ref.grad.any()
+
+
+def test_loss_falls_when_the_preferred_error_falls(entry):
+    _, cls = entry
+    policy, ref, terms = make_terms(cls, seed=1)
+    better = policy.detach().clone()
+    better[:, 0] -= 1e-4
+    obj = cls()
+    before = obj.loss(terms).loss.item()
+    after = obj.loss(PreferenceTerms(policy_err=better, ref_err=ref, ranks=terms.ranks)).loss.item()
+    assert after < before
+
+
+def test_reference_use_matches_the_declaration(entry):
+    _, cls = entry
+    _, _, terms = make_terms(cls, seed=2)
+    _, _, without = make_terms(cls, seed=2, with_ref=False)
+    if cls.needs_reference:
+        with pytest.raises(ValueError, match="ref_err"):
+            cls().loss(without)
+    else:
+        assert cls().loss(terms).loss.item() == cls().loss(without).loss.item()
+
+
+def test_check_data_rejects_a_wrong_group_size_by_name(entry):
+    _, cls = entry
+    cls.check_data(group_size=group_size(cls), has_captions=True, has_ranks=True)
+    bad = cls.max_group_size + 2 if cls.max_group_size is not None else cls.min_group_size - 1
+    with pytest.raises(ObjectiveDataError, match=cls.name):
+        cls.check_data(group_size=bad, has_captions=True, has_ranks=True)
+
+
+@pytest.mark.parametrize("name, kwargs, pattern", [
+    ("rank_dpo", {"group_size": 2, "has_captions": True, "has_ranks": True}, "rank_dpo needs K ≥ 3"),
+    ("diffusion_dpo", {"group_size": 4, "has_captions": False, "has_ranks": True}, "diffusion_dpo needs K = 2"),
+    ("dcpo", {"group_size": 2, "has_captions": False, "has_ranks": False}, "dcpo needs a caption"),
+    ("mapo", {"group_size": 3, "has_captions": False, "has_ranks": True}, "mapo needs K = 2"),
+])
+def test_named_data_mismatches(name, kwargs, pattern):
+    with pytest.raises(ObjectiveDataError, match=pattern):
+        OBJECTIVES[name].check_data(**kwargs)
+
+
+def test_half_precision_inputs_give_a_float32_loss(entry):
+    _, cls = entry
+    policy, ref, terms = make_terms(cls)
+    half = PreferenceTerms(policy_err=policy.detach().bfloat16().requires_grad_(), ref_err=ref.detach().bfloat16(),
+                           ranks=terms.ranks)
+    out = cls().loss(half)
+    assert out.loss.dtype == torch.float32 and torch.isfinite(out.loss)
+
+
+def test_objective_modules_import_only_torch_and_the_package():
+    allowed = {"__future__", "dataclasses", "typing", "math", "torch", "difflib"}
+    folder = Path(objectives.__file__).parent
+    for path in folder.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                roots = {alias.name.split(".")[0] for alias in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.level == 0:
+                roots = {node.module.split(".")[0]}
+            else:
+                continue
+            assert roots <= allowed, f"{path.name} imports {roots - allowed}"
+
+
+# ------------------------------------------------------------------------------ build_objective
+def test_build_objective_sets_parameters():
+    obj = build_objective({"name": "diffusion_dpo", "beta": 2500})
+    assert isinstance(obj, DiffusionDPO) and obj.config.beta == 2500.0
+    assert build_objective({"name": "mapo", "beta_mapo": 0.2, "snr_value": 1}).config.snr_value == 1.0
+    assert build_objective({"name": "dcpo"}).config.beta == 500.0
+    assert build_objective({"name": "rank_dpo", "minmax_scores": False}).config.minmax_scores is False
+
+
+def test_build_objective_does_not_change_the_spec():
+    spec = {"name": "diffusion_dpo", "beta": 100.0}
+    build_objective(spec)
+    assert spec == {"name": "diffusion_dpo", "beta": 100.0}
+
+
+def test_unknown_objective_names_the_known_ones():
+    with pytest.raises(ValueError) as info:
+        build_objective({"name": "diffusion-dpo"})
+    message = str(info.value)
+    assert "'diffusion-dpo'" in message and "did you mean 'diffusion_dpo'" in message
+    for name in OBJECTIVES:
+        assert name in message
+    with pytest.raises(ValueError, match="known objectives"):
+        objective_config_dataclass("ppo")
+    with pytest.raises(ValueError, match="'name'"):
+        build_objective({"beta": 1.0})
+
+
+def test_unknown_key_names_the_key_and_what_is_accepted():
+    with pytest.raises(ValueError) as info:
+        build_objective({"name": "diffusion_dpo", "beta_dpo": 5000})
+    message = str(info.value)
+    assert "beta_dpo" in message and "unknown key" in message
+    assert "accepts: beta (float" in message and "loss_type" in message
+
+
+@pytest.mark.parametrize("spec, key", [
+    ({"name": "diffusion_dpo", "beta": "large"}, "beta"),
+    ({"name": "mapo", "snr_value": [0.5]}, "snr_value"),
+    ({"name": "diffusion_dpo", "loss_type": "ipo"}, "loss_type"),
+    ({"name": "rank_dpo", "beta": -5.0}, "beta"),
+])
+def test_mistyped_or_invalid_values_name_the_key(spec, key):
+    with pytest.raises(ValueError, match=key) as info:
+        build_objective(spec)
+    assert spec["name"] in str(info.value)
