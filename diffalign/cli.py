@@ -10,7 +10,6 @@ import sys
 
 # subcommand -> (help, the issue that brings it)
 _PLANNED = {
-    "train": ("train a model with a preference objective", "the trainer issue (#4)"),
     "score": ("score images with reward models", "the reward-model issue (#6)"),
     "evaluate": ("evaluate checkpoints: GenEval, rewards, win-rate, HTML report", "the evaluation issue (#8)"),
     "demo": ("run the CPU toy alignment end to end", "the toy benchmark issue (#5)"),
@@ -121,6 +120,36 @@ def _cache(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_train(sub) -> None:
+    train = sub.add_parser(
+        "train", help="train a model with a preference objective",
+        description="Train with a YAML config (see training/configs/). Launch on several GPUs with "
+        "`accelerate launch -m diffalign train --config ...`.",
+    )
+    train.add_argument("--config", required=True, help="YAML training config")
+    train.add_argument("overrides", nargs="*", help="dotted overrides, e.g. optim.lr=1e-5 objective.beta=2500")
+    train.set_defaults(run=_train)
+
+
+def _train(args: argparse.Namespace) -> int:
+    from diffalign.config import ConfigError, load_config
+    from diffalign.data.schema import SchemaError
+    from diffalign.families import FamilyError
+    from diffalign.objectives.base import ObjectiveDataError
+    from diffalign.training import train
+    from diffalign.training.checks import StartupError
+
+    try:
+        config = load_config(args.config, args.overrides)
+        result = train(config)
+    except (ConfigError, StartupError, ObjectiveDataError, SchemaError, FamilyError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    if result.is_main_process:
+        print(f"trained {result.steps} steps; weights in {result.weights}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from diffalign import __version__
 
@@ -138,6 +167,7 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("overrides", nargs="*", help="dotted overrides, e.g. optim.lr=1e-5")
     check.set_defaults(run=_check_config)
 
+    _add_train(sub)
     _add_build(sub)
     _add_cache(sub)
     for name, (help_text, issue) in _PLANNED.items():

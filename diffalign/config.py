@@ -84,6 +84,11 @@ class DataConfig:
     random_flip: bool = False
     strict: bool = False
     """``True``: an unreadable image is an error instead of being skipped and counted."""
+    cache: bool = False
+    """Serve latents and prompt embeddings from the latent cache (``diffalign cache``); training
+    then loads neither the VAE nor the text encoders."""
+    workers: int = 0
+    """DataLoader worker processes."""
 
 
 @dataclass
@@ -111,6 +116,30 @@ class OptimConfig:
 
 
 @dataclass
+class LoggingConfig:
+    """Where metrics go: ``metrics.jsonl`` in the output folder always, plus a tracker."""
+
+    report_to: Literal["tensorboard", "wandb", "none"] = "tensorboard"
+    every: int = 10
+    """Log (and sync metrics across processes) every this many optimiser steps."""
+    project: str = "diffalign"
+
+
+@dataclass
+class ValidationConfig:
+    """Images sampled for fixed prompts during training, saved as a grid PNG."""
+
+    prompts: list[str] = field(default_factory=list)
+    every: int = 0
+    """Every this many steps (0: only at the end, when prompts are given)."""
+    num_inference_steps: int = 25
+    guidance_scale: float = 5.0
+    resolution: int | None = None
+    """Defaults to ``data.resolution``."""
+    seed: int = 0
+
+
+@dataclass
 class TrainConfig:
     """Everything one training run needs. ``objective`` holds ``name`` plus that objective's own
     keys; they are checked against the objective's config class when the trainer builds it."""
@@ -127,10 +156,15 @@ class TrainConfig:
     gradient_accumulation_steps: int = 1
     mixed_precision: Literal["no", "fp16", "bf16"] = "no"
     gradient_checkpointing: bool = False
+    allow_tf32: bool = True
     checkpoint_every: int = 500
     keep_checkpoints: int = 3
     resume: str | None = None
     """``"latest"`` or a checkpoint folder."""
+    max_nonfinite_steps: int = 10
+    """Stop after this many optimiser steps in a row with a non-finite loss (each is skipped)."""
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+    validation: ValidationConfig = field(default_factory=ValidationConfig)
 
 
 # ---------------------------------------------------------------------------------- loading

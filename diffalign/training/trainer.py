@@ -1,0 +1,298 @@
+"""The training loop: one loop for every objective and family, on ``accelerate``.
+
+Per optimiser step: a batch of ``[B, K]`` groups → latents and conditioning (from images or the
+latent cache) → one noise and one time per group → the policy's denoising errors (one forward
+for all ``B·K`` images) and, for objectives that need it, the reference's (LoRA disabled, or a
+frozen copy) → the objective's loss. See :func:`train`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader, Sampler
+from tqdm.auto import tqdm
+
+from diffalign.config import TrainConfig, save_config, to_dict
+from diffalign.data.loader import GroupDataset, collate_groups, family_inputs
+from diffalign.families.reference import Reference
+from diffalign.objectives.base import PreferenceTerms
+from diffalign.training import checkpoint
+from diffalign.training.checks import preflight
+from diffalign.training.lora import add_lora, save_lora
+from diffalign.training.metrics import MetricLog
+from diffalign.training.optim import make_optimizer, make_scheduler
+from diffalign.training.validation import sample_grid
+
+_DTYPES = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+class TrainingError(RuntimeError):
+    """Training stopped: too many non-finite steps in a row."""
+
+
+class EpochSampler(Sampler):
+    """A shuffled order that depends only on ``(seed, epoch)``, so a resumed run sees the same
+    data order as an uninterrupted one (accelerate calls ``set_epoch`` through its wrapper)."""
+
+    def __init__(self, length: int, seed: int, shuffle: bool = True):
+        self.length, self.seed, self.shuffle, self.epoch = length, seed, shuffle, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self):
+        if not self.shuffle:
+            return iter(range(self.length))
+        generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        return iter(torch.randperm(self.length, generator=generator).tolist())
+
+    def __len__(self) -> int:
+        return self.length
+
+
+@dataclass
+class TrainResult:
+    """What a finished run produced."""
+
+    output_dir: Path
+    steps: int
+    weights: Path
+    skipped_steps: int
+    skipped_groups: int
+    is_main_process: bool = True
+
+
+def _accelerator(config: TrainConfig):
+    from accelerate import Accelerator
+    from accelerate.utils import ProjectConfiguration
+
+    on_gpu = torch.cuda.is_available()
+    return Accelerator(
+        gradient_accumulation_steps=config.gradient_accumulation_steps,
+        # fp32 on CPU: autocast there is slow and not what a GPU run would do anyway.
+        mixed_precision=config.mixed_precision if on_gpu else "no",
+        log_with=None if config.logging.report_to == "none" else config.logging.report_to,
+        project_config=ProjectConfiguration(project_dir=config.output_dir, logging_dir=f"{config.output_dir}/logs"),
+        cpu=not on_gpu,
+    )
+
+
+class Trainer:
+    """Holds a run's state; :meth:`run` trains to ``max_steps``."""
+
+    def __init__(self, config: TrainConfig):
+        from accelerate.utils import set_seed
+
+        self.config = config
+        self.objective, self.data, self.family_name = preflight(config)
+        self.out = Path(config.output_dir)
+        self.accelerator = _accelerator(config)
+        set_seed(config.seed)
+        if config.allow_tf32 and torch.cuda.is_available():
+            torch.backends.cuda.matmul.allow_tf32 = True
+        self._load_model()
+        self._build_data()
+        self.optimizer = make_optimizer([p for p in self.family.denoiser.parameters() if p.requires_grad], config.optim)
+        self.scheduler = make_scheduler(self.optimizer, config.optim, config.max_steps, self.accelerator.num_processes)
+        self.model, self.optimizer, self.loader, self.scheduler = self.accelerator.prepare(
+            self.family.denoiser, self.optimizer, self.loader, self.scheduler
+        )
+        self.epoch = 0
+        self.state = {"step": 0, "batches": 0, "skipped_steps": 0, "skipped_groups": 0, "nonfinite_in_a_row": 0}
+
+    # ----------------------------------------------------------------------------- set-up
+    def _load_model(self) -> None:
+        from diffalign.families import load
+
+        config, lora = self.config, self.config.lora is not None
+        weight_dtype = _DTYPES[self.accelerator.mixed_precision]
+        cached = config.data.cache
+        need_encoders = not cached or bool(config.validation.prompts)
+        options = config.model.family_options()
+        options["family"] = self.family_name
+        # LoRA: frozen base weights in the training dtype; full fine-tuning keeps fp32 masters.
+        options["dtype"] = weight_dtype if lora else torch.float32
+        self.family = load(config.model.path, device=self.accelerator.device, load_vae=need_encoders,
+                           load_text_encoders=need_encoders, **options)
+        denoiser = self.family.denoiser
+        if lora:
+            add_lora(denoiser, config.lora)
+            if weight_dtype != torch.float32:
+                from diffusers.training_utils import cast_training_params
+
+                cast_training_params(denoiser, dtype=torch.float32)
+        else:
+            denoiser.requires_grad_(True)
+        denoiser.train()
+        self.reference = Reference(denoiser, lora, dtype=weight_dtype) if self.objective.needs_reference else None
+        if config.gradient_checkpointing:
+            denoiser.enable_gradient_checkpointing()
+
+    def _build_data(self) -> None:
+        from diffalign.data.cache import LatentCache
+
+        config = self.config
+        cache = LatentCache.open(config.data.path, self.family, config.data.resolution) if config.data.cache else None
+        self.groups = GroupDataset(
+            self.data, resolution=config.data.resolution, center_crop=config.data.center_crop,
+            random_flip=config.data.random_flip, strict=config.data.strict, seed=config.seed, cache=cache,
+        )
+        self.loader = DataLoader(
+            self.groups, batch_size=config.batch_size, sampler=EpochSampler(len(self.groups), config.seed),
+            collate_fn=collate_groups, num_workers=config.data.workers, pin_memory=torch.cuda.is_available(),
+        )
+
+    # ----------------------------------------------------------------------------- one step
+    def compute_loss(self, batch: dict):
+        """Loss and metrics of one batch (``None`` when every group in it was unreadable)."""
+        if not batch["ids"]:
+            return None
+        if not self.objective.needs_captions:
+            k = self.data.group_size
+            batch = {**batch, "captions": [[p] * k for p in batch["prompts"]]}
+        family = self.family
+        # One generator per group, seeded by (seed, epoch, row): a group's VAE sample, noise and
+        # time do not depend on the batch it landed in, on the number of processes, or on a resume.
+        gen = [torch.Generator().manual_seed(_group_seed(self.config.seed, self.epoch, i)) for i in batch["indices"]]
+        latents, cond = family_inputs(family, batch, generator=gen)
+        noise, t = family.sample_noise_and_time(latents, generator=gen)
+        policy_err = family.denoising_error(self.model, latents, cond, noise, t)
+        ref_err = None
+        if self.reference is not None:
+            with self.reference.active() as reference:
+                ref_err = family.denoising_error(reference, latents, cond, noise, t)
+        device = policy_err.device
+        terms = PreferenceTerms(
+            policy_err=policy_err, ref_err=ref_err, t=t,
+            ranks=None if batch.get("ranks") is None else batch["ranks"].to(device),
+            scores=None if batch.get("scores") is None else batch["scores"].to(device),
+        )
+        return self.objective.loss(terms)
+
+    # ----------------------------------------------------------------------------- loop
+    def run(self) -> TrainResult:
+        config, accelerator = self.config, self.accelerator
+        ckpt_dir = self.out / "checkpoints"
+        resume_from = checkpoint.resolve_resume(config.resume, ckpt_dir)
+        if resume_from is not None:
+            self.state = checkpoint.load(accelerator, resume_from)
+            accelerator.print(f"resumed from {resume_from} at step {self.state['step']}")
+        if accelerator.is_main_process:
+            self.out.mkdir(parents=True, exist_ok=True)
+            save_config(config, self.out / "config.yaml")
+        accelerator.init_trackers(config.logging.project, config=_flat(to_dict(config)))
+        log = MetricLog(accelerator, self.out / "metrics.jsonl")
+        bar = tqdm(total=config.max_steps, initial=self.state["step"], desc="train", unit="step",
+                   disable=not accelerator.is_local_main_process)
+        window_bad = False
+        while self.state["step"] < config.max_steps:
+            self.epoch, skip = divmod(self.state["batches"], len(self.loader))
+            self.loader.set_epoch(self.epoch)
+            self.groups.set_epoch(self.epoch)
+            batches = accelerator.skip_first_batches(self.loader, skip) if skip else self.loader
+            for batch in batches:
+                self.state["batches"] += 1
+                self.state["skipped_groups"] += batch["skipped"]
+                with accelerator.accumulate(self.model):
+                    out = self.compute_loss(batch)
+                    if self._any_bad(out):
+                        window_bad = True
+                    else:
+                        accelerator.backward(out.loss)
+                        log.add(out.metrics)
+                    if accelerator.sync_gradients:
+                        self._optimizer_step(window_bad)
+                if accelerator.sync_gradients:
+                    window_bad = False
+                    self._after_step(log, bar, ckpt_dir)
+                    if self.state["step"] >= config.max_steps:
+                        break
+        bar.close()
+        weights = self._save_final()
+        accelerator.end_training()
+        return TrainResult(self.out, self.state["step"], weights, self.state["skipped_steps"],
+                           self.state["skipped_groups"], accelerator.is_main_process)
+
+    def _any_bad(self, out) -> bool:
+        """True on every process when any process has an empty batch or a non-finite loss, so
+        that all of them skip together (a lone skip would hang distributed backward)."""
+        bad = torch.tensor(1.0 if out is None else float(not torch.isfinite(out.loss).all()), device=self.accelerator.device)
+        return bool(self.accelerator.reduce(bad, reduction="sum").item() > 0)
+
+    def _optimizer_step(self, bad: bool) -> None:
+        if bad:
+            self.optimizer.zero_grad(set_to_none=True)
+            self.state["skipped_steps"] += 1
+            self.state["nonfinite_in_a_row"] += 1
+            if self.state["nonfinite_in_a_row"] >= self.config.max_nonfinite_steps:
+                raise TrainingError(
+                    f"{self.state['nonfinite_in_a_row']} steps in a row had a non-finite loss or no readable data; "
+                    "lower the learning rate or beta, or check the data"
+                )
+            return
+        self.state["nonfinite_in_a_row"] = 0
+        if self.config.optim.max_grad_norm > 0:
+            self.accelerator.clip_grad_norm_(self.model.parameters(), self.config.optim.max_grad_norm)
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+
+    def _after_step(self, log: MetricLog, bar, ckpt_dir: Path) -> None:
+        config, step = self.config, self.state["step"] + 1
+        self.state["step"] = step
+        bar.update(1)
+        if step % config.logging.every == 0 or step == config.max_steps:
+            logged = log.flush(step, {"lr": self.scheduler.get_last_lr()[0], "skipped_steps": self.state["skipped_steps"],
+                                      "skipped_groups": self.state["skipped_groups"]})
+            if "train/loss" in logged:
+                bar.set_postfix(loss=f"{logged['train/loss']:.4g}")
+        if config.checkpoint_every and step % config.checkpoint_every == 0:
+            checkpoint.save(self.accelerator, ckpt_dir, step, dict(self.state), config.keep_checkpoints)
+        every = config.validation.every
+        if config.validation.prompts and every and step % every == 0 and self.accelerator.is_main_process:
+            self._validate(step)
+
+    def _validate(self, step: int) -> None:
+        resolution = self.config.validation.resolution or self.config.data.resolution
+        sample_grid(self.family, self.config.validation, resolution, self.out / "validation" / f"step-{step:07d}.png")
+
+    def _save_final(self) -> Path:
+        accelerator = self.accelerator
+        accelerator.wait_for_everyone()
+        denoiser = accelerator.unwrap_model(self.model)
+        if self.config.lora is not None:
+            target = self.out / "lora"
+            if accelerator.is_main_process:
+                save_lora(self.family, denoiser, target)
+        else:
+            target = self.out / "final" / self.family.denoiser_name
+            if accelerator.is_main_process:
+                denoiser.save_pretrained(str(target), safe_serialization=True)
+        if self.config.validation.prompts and accelerator.is_main_process:
+            self._validate(self.state["step"])
+        accelerator.wait_for_everyone()
+        return target
+
+
+def _group_seed(seed: int, epoch: int, index: int) -> int:
+    return ((seed * 1_000_003 + epoch) * 1_000_003 + index) % (2**63)
+
+
+def _flat(tree: dict, prefix: str = "") -> dict:
+    """Nested config → ``{"optim.lr": 1e-5, ...}`` with tracker-friendly values."""
+    flat = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(_flat(value, f"{name}."))
+        else:
+            flat[name] = value if isinstance(value, (int, float, str, bool)) else str(value)
+    return flat
+
+
+def train(config: TrainConfig) -> TrainResult:
+    """Train with ``config`` (see :class:`~diffalign.config.TrainConfig`)."""
+    return Trainer(config).run()

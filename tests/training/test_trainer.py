@@ -1,0 +1,232 @@
+"""The trainer, run through `diffalign train` on the tiny families and datasets."""
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from diffalign.cli import main
+from diffalign.config import load_config
+from diffalign.objectives import OBJECTIVES
+from diffalign.training import Trainer, TrainingError
+
+CONFIGS = Path(__file__).resolve().parents[2] / "training" / "configs"
+KINDS = ("sd15", "sdxl", "sd3")
+
+
+def _train(tiny_path, data, out, objective, kind, *overrides, expect=0):
+    args = ["train", "--config", str(CONFIGS / "tiny" / f"{objective}.yaml"), f"model.path={tiny_path(kind)}",
+            f"data.path={data}", f"output_dir={out}", *overrides]
+    assert main(args) == expect
+    return out
+
+
+def _data_for(objective, pair_data, ranked_data):
+    return ranked_data if objective == "rank_dpo" else pair_data
+
+
+def _metrics(out):
+    return [json.loads(line) for line in (Path(out) / "metrics.jsonl").read_text().splitlines()]
+
+
+def _base_denoiser_state(tiny_path, kind):
+    sub = "transformer" if kind == "sd3" else "unet"
+    return load_file(str(next((tiny_path(kind) / sub).glob("*.safetensors"))))
+
+
+@pytest.mark.parametrize("mode", ["lora", "full"])
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("objective", sorted(OBJECTIVES))
+def test_three_steps_change_weights_and_log(objective, kind, mode, tiny_path, pair_data, ranked_data, tmp_path):
+    extra = ["lora=null", "optim.lr=1e-3"] if mode == "full" else []
+    out = _train(tiny_path, _data_for(objective, pair_data, ranked_data), tmp_path / "run", objective, kind, *extra)
+    rows = _metrics(out)
+    assert [r["step"] for r in rows] == [1, 2, 3]
+    for row in rows:
+        assert math.isfinite(row["train/loss"]) and "train/err_w" in row
+    if OBJECTIVES[objective].needs_reference:
+        assert "train/ref_gap" in rows[0]
+    if mode == "lora":
+        lora = load_file(str(out / "lora" / "pytorch_lora_weights.safetensors"))
+        b_weights = [v for k, v in lora.items() if "lora_B" in k or "lora.up" in k]
+        assert b_weights and any(v.abs().max() > 0 for v in b_weights)  # B starts at zero
+    else:
+        name = "transformer" if kind == "sd3" else "unet"
+        trained = load_file(str(next((out / "final" / name).glob("*.safetensors"))))
+        base = _base_denoiser_state(tiny_path, kind)
+        assert trained.keys() == base.keys()
+        assert any(not torch.equal(trained[k], base[k]) for k in base)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_saved_lora_loads_in_the_pipeline(kind, tiny_path, pair_data, tmp_path):
+    from diffusers import DiffusionPipeline
+
+    out = _train(tiny_path, pair_data, tmp_path / "run", "diffusion_dpo", kind, "optim.lr=5e-2", "max_steps=4")
+    pipe = DiffusionPipeline.from_pretrained(str(tiny_path(kind)))
+    pipe.set_progress_bar_config(disable=True)
+
+    def sample():
+        return pipe("a red cat", num_inference_steps=2, height=32, width=32, output_type="pt",
+                    generator=torch.Generator().manual_seed(0)).images
+
+    before = sample()
+    pipe.load_lora_weights(str(out / "lora"))
+    after = sample()
+    assert (after - before).abs().max() > 1e-4
+
+
+def _final_weights(out, lora: bool):
+    if lora:
+        return load_file(str(out / "lora" / "pytorch_lora_weights.safetensors"))
+    return load_file(str(next((out / "final" / "unet").glob("*.safetensors"))))
+
+
+class _Killed(Exception):
+    pass
+
+
+@pytest.mark.parametrize("lora", [True, False], ids=["lora", "full"])
+def test_resume_gives_the_same_weights(lora, tiny_path, pair_data, tmp_path, monkeypatch):
+    common = ["max_steps=6", "checkpoint_every=3", "batch_size=1", "optim.lr=1e-2", "resume=latest",
+              "objective.beta=500"] + ([] if lora else ["lora=null", "optim.lr=1e-3"])
+    straight = _train(tiny_path, pair_data, tmp_path / "straight", "diffusion_dpo", "sd15", *common)
+
+    calls = {"n": 0}
+    original = Trainer._optimizer_step
+
+    def dying_step(self, bad):
+        calls["n"] += 1
+        if calls["n"] == 5:  # steps 4 and 5 run after the checkpoint at 3, then the process dies
+            raise _Killed()
+        return original(self, bad)
+
+    monkeypatch.setattr(Trainer, "_optimizer_step", dying_step)
+    with pytest.raises(_Killed):
+        _train(tiny_path, pair_data, tmp_path / "resumed", "diffusion_dpo", "sd15", *common)
+    monkeypatch.setattr(Trainer, "_optimizer_step", original)
+    checkpoints = sorted(p.name for p in (tmp_path / "resumed" / "checkpoints").iterdir())
+    assert checkpoints == ["checkpoint-0000003"]
+    _train(tiny_path, pair_data, tmp_path / "resumed", "diffusion_dpo", "sd15", *common)
+
+    a, b = _final_weights(straight, lora), _final_weights(tmp_path / "resumed", lora)
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(b[key], a[key], rtol=0, atol=1e-6)
+    # The resumed run logs steps 4..6 after the ones before the kill.
+    assert [r["step"] for r in _metrics(tmp_path / "resumed")][-3:] == [4, 5, 6]
+
+
+@pytest.mark.parametrize(
+    "objective, dataset, message",
+    [
+        ("rank_dpo", "pair_data", "rank_dpo needs K ≥ 3 images per prompt; the dataset has pairs"),
+        ("diffusion_dpo", "ranked_data", "diffusion_dpo needs K = 2 images per prompt; the dataset has groups of K = 3"),
+        ("dcpo", "plain_pair_data", "dcpo needs a caption per image"),
+    ],
+)
+def test_startup_checks_fail_before_any_model_loads(objective, dataset, message, request, tiny_path, tmp_path,
+                                                    monkeypatch, capsys):
+    import diffalign.families
+
+    def no_loading(*args, **kwargs):
+        raise AssertionError("a model was loaded before the start-up checks")
+
+    monkeypatch.setattr(diffalign.families, "load", no_loading)
+    data = request.getfixturevalue(dataset)
+    _train(tiny_path, data, tmp_path / "run", objective, "sd15", expect=1)
+    assert message in capsys.readouterr().err
+
+
+def test_reference_free_objectives_build_no_reference(tiny_path, pair_data, tmp_path):
+    def trainer(objective, *overrides):
+        config = load_config(CONFIGS / "tiny" / f"{objective}.yaml",
+                             [f"model.path={tiny_path('sd15')}", f"data.path={pair_data}", f"output_dir={tmp_path}", *overrides])
+        return Trainer(config)
+
+    assert trainer("mapo").reference is None and trainer("sft").reference is None
+    lora_ref = trainer("diffusion_dpo").reference
+    assert lora_ref.lora and lora_ref.module is lora_ref.module  # the policy itself, adapters disabled
+    full = trainer("diffusion_dpo", "lora=null")
+    assert full.reference.module is not full.family.denoiser
+    assert not any(p.requires_grad for p in full.reference.module.parameters())
+
+
+def test_lora_reference_is_the_base_model(tiny_path, pair_data, tmp_path):
+    from diffalign.families import load
+
+    config = load_config(CONFIGS / "tiny" / "diffusion_dpo.yaml",
+                         [f"model.path={tiny_path('sd15')}", f"data.path={pair_data}", f"output_dir={tmp_path}"])
+    trainer = Trainer(config)
+    for p in trainer.family.denoiser.parameters():  # move the adapters away from their zero init
+        if p.requires_grad:
+            p.data.normal_()
+    base = load(tiny_path("sd15"))
+    latents = torch.randn(1, 2, 4, 16, 16)
+    cond = base.encode_prompts(["a red cat"], group_size=2)
+    noise, t = base.sample_noise_and_time(latents, torch.Generator().manual_seed(0))
+    with trainer.reference.active() as reference:
+        ref_err = trainer.family.denoising_error(reference, latents, cond, noise, t)
+    policy_err = trainer.family.denoising_error(trainer.family.denoiser, latents, cond, noise, t)
+    base_err = base.denoising_error(base.denoiser, latents, cond, noise, t)
+    torch.testing.assert_close(ref_err, base_err.detach())
+    assert not torch.allclose(policy_err, base_err)
+
+
+def test_nonfinite_steps_are_skipped_then_stop(tiny_path, pair_data, tmp_path, monkeypatch):
+    from diffalign.objectives.sft import SFT
+
+    original = SFT.loss
+    calls = {"n": 0}
+
+    def sometimes_nan(self, terms):
+        calls["n"] += 1
+        out = original(self, terms)
+        if calls["n"] == 2:
+            out.loss = out.loss * float("nan")
+        return out
+
+    monkeypatch.setattr(SFT, "loss", sometimes_nan)
+    out = _train(tiny_path, pair_data, tmp_path / "one-nan", "sft", "sd15", "max_steps=4")
+    rows = _metrics(out)
+    assert rows[-1]["skipped_steps"] == 1 and len(rows) == 4
+
+    monkeypatch.setattr(SFT, "loss", lambda self, terms: type(original(self, terms))(
+        loss=terms.policy_err.sum() * float("nan"), metrics={}))
+    config = load_config(CONFIGS / "tiny" / "sft.yaml", [f"model.path={tiny_path('sd15')}", f"data.path={pair_data}",
+                                                         f"output_dir={tmp_path / 'all-nan'}", "max_steps=10",
+                                                         "max_nonfinite_steps=3"])
+    with pytest.raises(TrainingError, match="3 steps in a row"):
+        Trainer(config).run()
+
+
+def test_gradient_accumulation_and_validation_grid(tiny_path, pair_data, tmp_path):
+    out = _train(tiny_path, pair_data, tmp_path / "run", "diffusion_dpo", "sd15", "gradient_accumulation_steps=2",
+                 "batch_size=1", "max_steps=3", "validation.prompts=[a red cat,a blue dog]", "validation.every=2",
+                 "validation.num_inference_steps=2", "logging.report_to=tensorboard")
+    rows = _metrics(out)
+    assert [r["step"] for r in rows] == [1, 2, 3]
+    events = list((out / "logs").rglob("events.out.tfevents.*"))
+    assert events and events[0].stat().st_size > 0
+    from PIL import Image
+
+    grids = sorted(p.name for p in (out / "validation").iterdir())
+    assert grids == ["step-0000002.png", "step-0000003.png"]
+    assert Image.open(out / "validation" / grids[0]).size[0] >= 64  # two 32-px images side by side
+
+
+def test_training_script_runs(tiny_path, pair_data, tmp_path):
+    import subprocess
+    import sys
+
+    script = Path(__file__).resolve().parents[2] / "training" / "train.py"
+    result = subprocess.run(
+        [sys.executable, str(script), "--config", str(CONFIGS / "tiny" / "sft.yaml"), f"model.path={tiny_path('sd15')}",
+         f"data.path={pair_data}", f"output_dir={tmp_path / 'run'}", "max_steps=2"],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert (tmp_path / "run" / "lora" / "pytorch_lora_weights.safetensors").exists()
