@@ -123,6 +123,7 @@ class LoggingConfig:
     every: int = 10
     """Log (and sync metrics across processes) every this many optimiser steps."""
     project: str = "diffalign"
+    progress_bar: bool = True
 
 
 @dataclass

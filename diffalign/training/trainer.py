@@ -173,8 +173,15 @@ class Trainer:
         return self.objective.loss(terms)
 
     # ----------------------------------------------------------------------------- loop
-    def run(self) -> TrainResult:
+    def run(self, on_step=None) -> TrainResult:
+        """Train to ``max_steps`` (continuing from a checkpoint under ``resume``).
+
+        Args:
+            on_step: optional ``on_step(step, trainer)`` called after every optimiser step, e.g.
+                to track a metric of samples during training (the toy benchmark does).
+        """
         config, accelerator = self.config, self.accelerator
+        self._on_step = on_step
         ckpt_dir = self.out / "checkpoints"
         resume_from = checkpoint.resolve_resume(config.resume, ckpt_dir)
         if resume_from is not None:
@@ -186,7 +193,7 @@ class Trainer:
         accelerator.init_trackers(config.logging.project, config=_flat(to_dict(config)))
         log = MetricLog(accelerator, self.out / "metrics.jsonl")
         bar = tqdm(total=config.max_steps, initial=self.state["step"], desc="train", unit="step",
-                   disable=not accelerator.is_local_main_process)
+                   disable=not (accelerator.is_local_main_process and config.logging.progress_bar))
         window_bad = False
         while self.state["step"] < config.max_steps:
             self.epoch, skip = divmod(self.state["batches"], len(self.loader))
@@ -254,6 +261,8 @@ class Trainer:
         every = config.validation.every
         if config.validation.prompts and every and step % every == 0 and self.accelerator.is_main_process:
             self._validate(step)
+        if self._on_step is not None:
+            self._on_step(step, self)
 
     def _validate(self, step: int) -> None:
         resolution = self.config.validation.resolution or self.config.data.resolution

@@ -1,0 +1,68 @@
+"""The toy benchmark's report: JSON, a Markdown table, the reward curve and image grids."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+COLUMNS = ("objective", "reward before", "reward after", "gain [95% CI]", "win-rate vs base [95% CI]",
+           "prompt following", "wall s")
+
+
+def markdown_table(results: dict) -> str:
+    base = results["base"]
+    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    lines.append(f"| base | {base['reward']:.4f} | – | – | – | {base['prompt_following']:.2f} | – |")
+    for name, r in results["objectives"].items():
+        g, w = r["gain"], r["win_rate"]
+        lines.append(
+            f"| {name} | {r['reward_before']:.4f} | {r['reward']:.4f} | {g['value']:+.4f} [{g['low']:+.4f}, {g['high']:+.4f}]"
+            f" | {w['value']:.2f} [{w['low']:.2f}, {w['high']:.2f}] | {r['prompt_following']:.2f} | {r['wall_seconds']:.0f} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def plot_curves(results: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for name, r in results["objectives"].items():
+        steps, rewards = zip(*r["curve"])
+        ax.plot(steps, rewards, marker="o", label=name)
+    ax.set_xlabel("training step")
+    ax.set_ylabel("mean toy reward (coverage)")
+    ax.set_title("Toy alignment: reward of samples during training")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def save_grid(before: torch.Tensor, after: torch.Tensor, prompts: list[str], seeds_per_prompt: int, path: Path) -> None:
+    """Two rows per view: the first image of each prompt from the base (top) and aligned model."""
+    from torchvision.utils import save_image
+
+    pick = torch.arange(0, len(prompts), seeds_per_prompt)
+    save_image(torch.cat([before[pick], after[pick]]), str(path), nrow=len(pick), padding=2, pad_value=1.0)
+
+
+def write_report(out: Path, results: dict, base_images, grids: dict, prompts: list[str], seeds_per_prompt: int) -> None:
+    """Write ``results.json``, ``report.md``, ``reward_curve.png`` and one grid per objective."""
+    for name, images in grids.items():
+        path = out / f"grid_{name}.png"
+        save_grid(base_images, images, prompts, seeds_per_prompt, path)
+        results["objectives"][name]["grid"] = str(path)
+    plot_curves(results, out / "reward_curve.png")
+    results["files"] = {"report": str(out / "report.md"), "plot": str(out / "reward_curve.png")}
+    (out / "results.json").write_text(json.dumps(results, indent=2))
+    intro = (
+        "# Toy alignment benchmark\n\nReward: soft fraction of the image covered by the prompt's colour "
+        f"(larger objects score higher). Base model pretrained in {results['pretrain']['seconds']:.0f} s; "
+        f"whole run {results['wall_seconds']:.0f} s. Gains are paired over the same prompts and seeds.\n\n"
+    )
+    (out / "report.md").write_text(intro + markdown_table(results))
