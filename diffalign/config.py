@@ -229,6 +229,16 @@ def _plain(value):
     return value
 
 
+def lookup(table: dict, name: str, kind: str):
+    """``table[name]``, or a :class:`ConfigError` suggesting the closest name and listing them all
+    (the one behaviour of every name → class table: objectives, reward models, ...)."""
+    if name not in table:
+        close = difflib.get_close_matches(str(name), table, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise ConfigError(f"unknown {kind} {name!r}{hint}; known {kind}s: {', '.join(table)}")
+    return table[name]
+
+
 def _parse_override(item: str) -> tuple[str, Any]:
     key, sep, raw = item.partition("=")
     if not sep or not key.strip():

@@ -7,10 +7,9 @@
 from __future__ import annotations
 
 import dataclasses
-import difflib
 from typing import Any, Mapping
 
-from ..config import ConfigError, from_dict
+from ..config import ConfigError, from_dict, lookup
 from .base import (
     METRIC_NAMES,
     Objective,
@@ -32,11 +31,7 @@ OBJECTIVES = {"diffusion_dpo": DiffusionDPO, "mapo": MaPO, "dcpo": DCPO, "rank_d
 
 def objective_class(name: str) -> type[Objective]:
     """The objective class registered as ``name``; a :class:`ConfigError` listing the known ones."""
-    if name not in OBJECTIVES:
-        close = difflib.get_close_matches(str(name), OBJECTIVES, n=1)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
-        raise ConfigError(f"unknown objective {name!r}{hint}; known objectives: {', '.join(OBJECTIVES)}")
-    return OBJECTIVES[name]
+    return lookup(OBJECTIVES, name, "objective")
 
 
 def objective_config_dataclass(name: str) -> type:

@@ -19,11 +19,11 @@ Example:
 
 from __future__ import annotations
 
-import difflib
 import os
 
 import torch
 
+from diffalign.config import lookup
 from diffalign.rewards.aesthetic import Aesthetic
 from diffalign.rewards.base import RewardLoadError, RewardModel
 from diffalign.rewards.clip_score import CLIPScore
@@ -44,12 +44,8 @@ REWARDS = {
 
 
 def reward_class(name: str) -> type[RewardModel]:
-    """The class registered as ``name``; a ``ValueError`` listing the known names otherwise."""
-    if name not in REWARDS:
-        close = difflib.get_close_matches(str(name), REWARDS, n=1)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
-        raise ValueError(f"unknown reward model {name!r}{hint}; known: {', '.join(REWARDS)}")
-    return REWARDS[name]
+    """The class registered as ``name``; a ``ValueError`` (``ConfigError``) listing the known names otherwise."""
+    return lookup(REWARDS, name, "reward model")
 
 
 def load_reward(name: str, path_or_id: str | os.PathLike | None = None, dtype: torch.dtype | None = torch.float32,

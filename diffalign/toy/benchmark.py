@@ -18,12 +18,13 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
 
+from diffalign.config import to_dict
 from diffalign.data.writer import ShardWriter
 from diffalign.evaluation.stats import paired_gain, win_rate
 from diffalign.toy.pretrain import PretrainConfig, base_model
@@ -193,7 +194,7 @@ def run_benchmark(out: str | Path, config: BenchmarkConfig = BenchmarkConfig(), 
     base_rewards = toy_reward(base_images, eval_prompts)
     base_follow = follows_prompt(base_images, eval_prompts)
     results = {
-        "config": _plain(asdict(config)), "base_model": str(base),
+        "config": to_dict(config), "base_model": str(base),
         "pretrain": json.loads((base / "pretrain.json").read_text()),
         "base": {"reward": float(base_rewards.mean()), "prompt_following": float(base_follow.float().mean())},
         "objectives": {},
@@ -215,10 +216,3 @@ def run_benchmark(out: str | Path, config: BenchmarkConfig = BenchmarkConfig(), 
     write_report(out, results, base_images, grids, eval_prompts, config.eval_seeds_per_prompt)
     return results
 
-
-def _plain(value):
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    return value

@@ -138,7 +138,7 @@ def _train_unet(components, latents, prompts, config: PretrainConfig, generator,
         optimizer.step()
         bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
     unet.eval()
-    return float(loss)
+    return loss.item()
 
 
 def pretrain(config: PretrainConfig, out: Path, progress: bool = True) -> Path:
