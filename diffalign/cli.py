@@ -50,28 +50,20 @@ def _check_config(args: argparse.Namespace) -> int:
     return 0
 
 
-# builders of `diffalign build` not landed yet -> the issue that brings them
-_PLANNED_BUILDERS = {
-    "synthetic": ("synthetic ranked data from generators scored by reward models", "the dataset-builder issue (#7)"),
-    "dual-captions": ("per-image captions for DCPO", "the dataset-builder issue (#7)"),
-    "filter": ("noisy-pair filtering", "the dataset-builder issue (#7)"),
-}
-
-
 def _add_build(sub) -> None:
-    from diffalign.data import pick_a_pic
+    from diffalign.data import dual_captions, filtering, pick_a_pic, synthetic
 
     build = sub.add_parser("build", help="build a preference dataset")
     builders = build.add_subparsers(dest="builder", required=True, metavar="BUILDER")
-    pick = builders.add_parser(
-        "pick-a-pic", help="Pick-a-Pic v2 human pairs -> best-first groups",
-        description=pick_a_pic.__doc__.split("\n\n")[0],
-    )
-    pick_a_pic.add_arguments(pick)
-    pick.set_defaults(run=pick_a_pic.run)
-    for name, (help_text, issue) in _PLANNED_BUILDERS.items():
-        planned = builders.add_parser(name, help=f"{help_text} (not yet available)")
-        planned.set_defaults(run=_not_yet(f"build {name}", issue), planned=True)
+    for name, module, help_text in (
+        ("pick-a-pic", pick_a_pic, "Pick-a-Pic v2 human pairs -> best-first groups"),
+        ("synthetic", synthetic, "synthetic ranked groups: generators' images scored by reward models"),
+        ("dual-captions", dual_captions, "a caption per image for DCPO: captioning, perturbation or hybrid"),
+        ("filter", filtering, "keep the top fraction of pairs by reward margin, prompt quality and diversity"),
+    ):
+        parser = builders.add_parser(name, help=help_text, description=module.__doc__.split("\n\n")[0])
+        module.add_arguments(parser)
+        parser.set_defaults(run=module.run)
 
 
 def _add_cache(sub) -> None:

@@ -3,7 +3,9 @@ latent cache.
 
 - :mod:`.schema`: columns and the schema check; :mod:`.dataset`: :class:`PreferenceDataset`.
 - :mod:`.writer`: resumable, atomic shard writing; :mod:`.sources`: streaming source readers.
-- :mod:`.pick_a_pic`: the Pick-a-Pic v2 builder.
+- :mod:`.pick_a_pic`: the Pick-a-Pic v2 builder; :mod:`.synthetic`: synthetic ranked groups
+  (RankDPO / Syn-Pic); :mod:`.dual_captions`: per-image captions (DCPO); :mod:`.filtering`:
+  noisy-pair filtering (FiFA); :mod:`.prompts`: the prompt-set reader.
 - :mod:`.loader`: :class:`GroupDataset`, :func:`collate_groups`, :func:`family_inputs`.
 - :mod:`.cache`: :func:`build_cache`, :class:`LatentCache`.
 """

@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 
 from diffalign.data.images import image_bytes, is_readable
 from diffalign.data.sources import KINDS, SourceError, iter_rows
-from diffalign.data.writer import BuildError, ShardWriter
+from diffalign.data.writer import BuildError, ShardWriter, add_writer_arguments
 
 BUILDER = "pick-a-pic"
 SOURCE_NAME = "pick-a-pic-v2"
@@ -159,10 +159,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--keep-ties", action="store_true", help="keep 0.5/0.5 rows as tied groups (ranks [0, 0]) instead of dropping them")
     parser.add_argument("--dedup-prompts", action="store_true", help="keep only the first row of each prompt")
     parser.add_argument("--limit", type=int, default=None, help="stop after this many kept rows")
-    parser.add_argument("--shard-size", type=int, default=1000, help="rows per Parquet shard (default: 1000)")
     parser.add_argument("--strict", action="store_true", help="stop at the first unreadable image instead of dropping its row")
-    parser.add_argument("--overwrite", action="store_true", help="discard what --out holds and start again")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_writer_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:

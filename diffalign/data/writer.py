@@ -45,6 +45,15 @@ def atomic_write_json(path: Path, value) -> None:
     atomic_write_bytes(path, json.dumps(value, indent=2, sort_keys=True).encode())
 
 
+def add_writer_arguments(parser, shard_size: int = 1000, unit: str = "rows", progress: bool = True) -> None:
+    """The output options every builder shares: ``--shard-size``, ``--overwrite``, ``--no-progress``."""
+    parser.add_argument("--shard-size", type=int, default=shard_size,
+                        help=f"{unit} per Parquet shard, the unit of resumption (default: {shard_size})")
+    parser.add_argument("--overwrite", action="store_true", help="discard what --out holds and start again")
+    if progress:
+        parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
 class ShardWriter:
     """Buffers rows and writes ``data/shard-NNNNN.parquet`` files of ``shard_size`` rows.
 

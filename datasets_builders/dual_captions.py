@@ -1,0 +1,17 @@
+r"""Give each image of a preference dataset its own caption for DCPO (the same as `diffalign build dual-captions`).
+
+    python datasets_builders/dual_captions.py data/pickapic_pairs --out data/pairs_dcpo_h --strategy hybrid \
+        --captioner Salesforce/blip-image-captioning-large --text-model google/flan-t5-large --level medium
+
+Run it again with the same arguments to resume an interrupted build.
+"""
+
+import argparse
+import sys
+
+from diffalign.data import dual_captions
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=dual_captions.__doc__.split("\n\n")[0])
+    dual_captions.add_arguments(parser)
+    sys.exit(dual_captions.run(parser.parse_args()))

@@ -1,0 +1,19 @@
+r"""Build a synthetic ranked dataset (the same as `diffalign build synthetic`).
+
+    python datasets_builders/synthetic_ranked.py prompts.txt --out data/synpic \
+        --generator stabilityai/stable-diffusion-xl-base-1.0 --generator runwayml/stable-diffusion-v1-5 \
+        --reward pickscore --reward hpsv2.1 --reward-stats stats.json --images-per-prompt 4 --pairs best-worst
+    accelerate launch datasets_builders/synthetic_ranked.py prompts.txt --out data/synpic ...   # many GPUs
+
+Run it again with the same arguments to resume an interrupted build.
+"""
+
+import argparse
+import sys
+
+from diffalign.data import synthetic
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=synthetic.__doc__.split("\n\n")[0])
+    synthetic.add_arguments(parser)
+    sys.exit(synthetic.run(parser.parse_args()))

@@ -1,0 +1,411 @@
+"""Synthetic ranked preference data, the recipe of RankDPO's Syn-Pic (Karthik et al., 2025,
+"Scalable Ranked Preference Optimization for Text-to-Image Generation").
+
+For every prompt, each of ``M`` generator pipelines (diffusers folders or hub ids, any family
+``DiffusionPipeline`` loads) draws ``N`` images from recorded seeds; a reward model (usually an
+:class:`~diffalign.rewards.Ensemble`) scores all ``K = M · N`` images against the prompt; the row
+holds them best first with their scores and ranks (``0`` = best, equal scores share a rank).
+
+Seeds: image ``n`` of prompt ``p`` starts from the noise of a CPU ``torch.Generator`` seeded with
+``seed + p · N + n``, with every generator, so a row is reproducible on its own, whatever the
+device, the batching or the number of processes (up to float rounding). ``meta``
+records, per image (best-first order), the generator, the seed and, for an ensemble, each
+member's raw score.
+
+Scale: prompts are split across processes with ``accelerate`` (prompt ``p`` goes to process
+``p mod P``); each process writes its own resumable part under ``.parts/``, and the main process
+then merges the parts in prompt order, so the dataset is the same for any ``P``. Generation runs
+in half precision on GPU, batched over prompts. A killed build resumes (shard by shard) when run
+again with the same options. ``pairs`` also derives a pair dataset at ``<out>/pairs``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import heapq
+import io
+import json
+import shutil
+import sys
+from pathlib import Path
+from typing import Iterator, Sequence
+
+from tqdm.auto import tqdm
+
+from diffalign.data.schema import MANIFEST
+from diffalign.data.writer import BuildError, ShardWriter, add_writer_arguments
+
+BUILDER = "synthetic-ranked"
+PAIRS_BUILDER = "synthetic-pairs"
+PAIR_MODES = ("best-worst", "all")
+PARTS = ".parts"
+
+
+def competition_ranks(scores: Sequence[float]) -> list[int]:
+    """``[K]`` ranks of ``scores`` (higher is better): the number of strictly better scores, so
+    ``[3, 5, 5, 1] -> [2, 0, 0, 3]``."""
+    return [sum(other > s for other in scores) for s in scores]
+
+
+def png_bytes(image) -> bytes:
+    """A PIL image as PNG bytes (lossless: the reward saw exactly these pixels)."""
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def score_group(reward, images: list, prompt: str) -> tuple[list[float], dict[str, list[float]]]:
+    """``(scores [K], {member label: raw scores [K]})`` of one prompt's images.
+
+    For an :class:`~diffalign.rewards.Ensemble` the members run once and both come from those
+    runs; for a single reward model the member dict holds its own score.
+    """
+    from diffalign.rewards import Ensemble
+
+    if isinstance(reward, Ensemble):
+        members = reward.member_scores(images, prompt)
+        total = sum(w * reward.normalise(label, members[label]) for label, w in zip(reward.labels, reward.weights))
+        scores = (total / sum(reward.weights)).tolist()
+        return scores, {label: s.tolist() for label, s in members.items()}
+    scores = reward.score(images, prompt).tolist()
+    return scores, {reward.label: scores}
+
+
+def ranked_row(index: int, prompt: str, images: list, generators: list[str], seeds: list[int],
+               scores: list[float], members: dict[str, list[float]]) -> dict:
+    """One group row, best first (a stable sort: equal scores keep generation order)."""
+    order = sorted(range(len(images)), key=lambda i: -scores[i])
+    sorted_scores = [float(scores[i]) for i in order]
+    meta = {
+        "prompt_index": index,
+        "generators": [generators[i] for i in order],
+        "seeds": [seeds[i] for i in order],
+        "member_scores": {label: [float(v[i]) for i in order] for label, v in members.items()},
+    }
+    return {
+        "id": f"{index:08d}", "prompt": prompt,
+        "images": [{"bytes": png_bytes(images[i]), "path": None} for i in order],
+        "scores": sorted_scores, "ranks": competition_ranks(sorted_scores), "captions": None,
+        "source": BUILDER, "meta": json.dumps(meta),
+    }
+
+
+class Generators:
+    """The ``M`` generator pipelines, loaded once, drawing seeded images in batches.
+
+    Args:
+        paths: diffusers pipeline folders or hub ids.
+        device, dtype: where and in what precision they run.
+        steps, guidance_scale, height, width: the sampling options (``None``: the pipeline's default).
+    """
+
+    def __init__(self, paths: Sequence[str], device, dtype, steps: int, guidance_scale: float | None,
+                 height: int | None, width: int | None):
+        from diffusers import DiffusionPipeline
+
+        self.paths = [str(p) for p in paths]
+        self.device = device
+        self.pipes = []
+        for path in self.paths:
+            pipe = DiffusionPipeline.from_pretrained(path, dtype=dtype).to(device)
+            pipe.set_progress_bar_config(disable=True)
+            self.pipes.append(pipe)
+        self.call = {"num_inference_steps": steps, "output_type": "pil"}
+        for key, value in (("guidance_scale", guidance_scale), ("height", height), ("width", width)):
+            if value is not None:
+                self.call[key] = value
+
+    def draw(self, which: int, prompts: list[str], seeds: list[int], batch_size: int) -> list:
+        """Images of generator ``which``, one per ``(prompt, seed)``, in calls of ``batch_size``."""
+        import torch
+
+        out = []
+        for start in range(0, len(prompts), batch_size):
+            chunk = slice(start, start + batch_size)
+            # CPU generators: the same seed gives the same initial noise on any GPU or none.
+            rngs = [torch.Generator("cpu").manual_seed(s) for s in seeds[chunk]]
+            out += self.pipes[which](prompt=prompts[chunk], generator=rngs, **self.call).images
+        return out
+
+
+def generate_rows(indices: Sequence[int], prompts: Sequence[str], generators: Generators, reward, *,
+                  images_per_prompt: int, seed: int, batch_size: int, bar=None) -> Iterator[tuple[int, dict]]:
+    """``(prompt index, ranked row)`` for each of ``indices``, in order.
+
+    Prompts go through the pipelines ``max(1, batch_size // N)`` at a time, so each call draws
+    at most ``batch_size`` images.
+    """
+    n = images_per_prompt
+    per_call = max(1, batch_size // n)
+    for start in range(0, len(indices), per_call):
+        block = list(indices[start:start + per_call])
+        call_prompts = [prompts[p] for p in block for _ in range(n)]
+        call_seeds = [seed + p * n + i for p in block for i in range(n)]
+        drawn = [generators.draw(g, call_prompts, call_seeds, batch_size) for g in range(len(generators.pipes))]
+        for j, p in enumerate(block):
+            images, names, seeds = [], [], []
+            for g, path in enumerate(generators.paths):
+                images += drawn[g][j * n:(j + 1) * n]
+                names += [path] * n
+                seeds += call_seeds[j * n:(j + 1) * n]
+            scores, members = score_group(reward, images, prompts[p])
+            if bar is not None:
+                bar.update(len(images))
+            yield p, ranked_row(p, prompts[p], images, names, seeds, scores, members)
+
+
+def _reward_info(reward) -> list[dict]:
+    from diffalign.rewards import Ensemble
+
+    if isinstance(reward, Ensemble):
+        return [{"label": label, "weight": w, **reward.stats.get(label, {})} for label, w in zip(reward.labels, reward.weights)]
+    return [{"label": reward.label, "weight": 1.0}]
+
+
+def build_synthetic(
+    prompts: Sequence[str],
+    generators: Sequence[str],
+    out: str | Path,
+    reward,
+    *,
+    images_per_prompt: int = 4,
+    seed: int = 0,
+    steps: int = 30,
+    guidance_scale: float | None = None,
+    height: int | None = None,
+    width: int | None = None,
+    batch_size: int = 8,
+    dtype: str = "auto",
+    pairs: str | None = None,
+    shard_size: int = 100,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> dict:
+    """Build (or resume building) a ranked dataset; run under ``accelerate launch`` to split it.
+
+    Args:
+        prompts: the prompt set (see :func:`diffalign.data.prompts.read_prompts`).
+        generators: ``M`` diffusers pipeline folders or hub ids.
+        out: the dataset folder.
+        reward: a :class:`~diffalign.rewards.RewardModel` (an ``Ensemble`` for several), on its device.
+        images_per_prompt: ``N``; rows hold ``K = M · N`` images.
+        seed: base seed (image ``n`` of prompt ``p``: ``seed + p · N + n``).
+        steps, guidance_scale, height, width: sampling options (``None``: pipeline default).
+        batch_size: images per pipeline call.
+        dtype: ``auto`` (fp16 on GPU, fp32 on CPU), ``fp32``, ``fp16`` or ``bf16``.
+        pairs: ``None``, ``best-worst`` or ``all``: also write ``<out>/pairs`` (see :func:`ranked_to_pairs`).
+        shard_size: rows (prompts) per shard; the unit of resumption.
+        overwrite: discard what ``out`` holds.
+
+    Returns:
+        The manifest of the ranked dataset (on every process).
+    """
+    import torch
+    from accelerate import PartialState
+
+    if len(generators) * images_per_prompt < 2:
+        raise BuildError("a ranked group needs at least 2 images: use more generators or --images-per-prompt")
+    if pairs not in (None, *PAIR_MODES):
+        raise BuildError(f"pairs must be one of {PAIR_MODES}, not {pairs!r}")
+    prompts = list(prompts)
+    state = PartialState(cpu=not torch.cuda.is_available())
+    if dtype == "auto":
+        dtype = "fp16" if state.device.type == "cuda" else "fp32"
+    options = dict(
+        prompts=len(prompts), prompts_sha256=hashlib.sha256("\n".join(prompts).encode()).hexdigest(),
+        generators=[str(g) for g in generators], images_per_prompt=images_per_prompt, seed=seed, steps=steps,
+        guidance_scale=guidance_scale, height=height, width=width, dtype=dtype, reward=reward.label,
+        shard_size=shard_size,
+    )
+    out = Path(out)
+    if overwrite and state.is_main_process and out.exists():
+        shutil.rmtree(out)
+    state.wait_for_everyone()
+    extra = {"generators": options["generators"], "reward_models": _reward_info(reward),
+             "group_size": len(generators) * images_per_prompt, "images_per_prompt": images_per_prompt}
+    torch_dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[dtype]
+    run = dict(images_per_prompt=images_per_prompt, seed=seed, batch_size=batch_size)
+    sampling = dict(steps=steps, guidance_scale=guidance_scale, height=height, width=width)
+    k = len(generators) * images_per_prompt
+
+    if (out / MANIFEST).exists():  # finished before: check the options, change nothing
+        manifest = ShardWriter(out, builder=BUILDER, options=options, shard_size=shard_size).finish()
+    elif state.num_processes == 1:
+        writer = ShardWriter(out, builder=BUILDER, options=options, shard_size=shard_size)
+        if not writer.complete:
+            pipes = Generators(generators, state.device, torch_dtype, **sampling)
+            todo = range(writer.position, len(prompts))
+            with tqdm(total=len(prompts) * k, initial=writer.position * k, unit=" img", desc="synthetic",
+                      disable=not progress) as bar:
+                for p, row in generate_rows(todo, prompts, pipes, reward, bar=bar, **run):
+                    writer.add(row)
+                    writer.advance(p + 1)
+        manifest = writer.finish(extra)
+    else:
+        part = out / PARTS / f"rank-{state.process_index}-of-{state.num_processes}"
+        mine = list(range(state.process_index, len(prompts), state.num_processes))
+        writer = ShardWriter(part, builder=BUILDER, options={**options, "part": part.name}, shard_size=shard_size)
+        if not writer.complete:
+            pipes = Generators(generators, state.device, torch_dtype, **sampling)
+            with tqdm(total=len(mine) * k * state.num_processes, initial=writer.position * k * state.num_processes,
+                      unit=" img", desc="synthetic", disable=not progress or not state.is_main_process) as bar:
+                scaled = _Scaled(bar, state.num_processes)
+                for local, (_, row) in enumerate(generate_rows(mine[writer.position:], prompts, pipes, reward,
+                                                               bar=scaled, **run), start=writer.position):
+                    writer.add(row)
+                    writer.advance(local + 1)
+        writer.finish()
+        state.wait_for_everyone()
+        if state.is_main_process:
+            parts = sorted((out / PARTS).glob(f"rank-*-of-{state.num_processes}"))
+            _merge_parts(parts, out, options, shard_size, extra)
+        state.wait_for_everyone()
+        manifest = json.loads((out / MANIFEST).read_text())
+    if pairs and state.is_main_process:
+        ranked_to_pairs(out, out / "pairs", pairs, shard_size=shard_size)
+    state.wait_for_everyone()
+    return manifest
+
+
+class _Scaled:
+    """A progress-bar proxy counting the main process's images for all ``P`` processes."""
+
+    def __init__(self, bar, factor: int):
+        self.bar, self.factor = bar, factor
+
+    def update(self, n: int) -> None:
+        self.bar.update(n * self.factor)
+
+
+def _merge_parts(parts: list[Path], out: Path, options: dict, shard_size: int, extra: dict) -> None:
+    """Write the rows of the per-process parts into ``out`` in prompt order (resumable), then
+    remove the parts."""
+    from diffalign.data.dataset import PreferenceDataset
+
+    writer = ShardWriter(out, builder=BUILDER, options=options, shard_size=shard_size)
+    if not writer.complete:
+        merged = heapq.merge(*(iter(PreferenceDataset.open(p)) for p in parts), key=lambda r: r["id"])
+        for position, row in enumerate(merged):
+            if position < writer.position:
+                continue
+            writer.add(row)
+            writer.advance(position + 1)
+        writer.finish({**extra, "processes": len(parts)})
+    shutil.rmtree(out / PARTS, ignore_errors=True)
+
+
+def ranked_to_pairs(ranked: str | Path, out: str | Path, mode: str = "best-worst", shard_size: int = 1000,
+                    overwrite: bool = False) -> dict:
+    """A pair dataset from a ranked one.
+
+    ``best-worst``: one pair per group, its first and last image. ``all``: every ``(i, j)``,
+    ``i < j`` in best-first order, ``K(K-1)/2`` pairs per group. Pairs of equal score get ranks
+    ``[0, 0]`` (a tie); ids are ``<group id>-<i>-<j>``; ``meta`` keeps the group's entries for the two images.
+    """
+    from diffalign.data.dataset import PreferenceDataset
+
+    if mode not in PAIR_MODES:
+        raise BuildError(f"pair mode must be one of {PAIR_MODES}, not {mode!r}")
+    data = PreferenceDataset.open(ranked)
+    writer = ShardWriter(out, builder=PAIRS_BUILDER, options={"ranked": str(Path(ranked).resolve()), "mode": mode},
+                         shard_size=shard_size, overwrite=overwrite)
+    if writer.complete:
+        return writer.finish()
+    for position in range(writer.position, len(data)):
+        row = data[position]
+        k = len(row["images"])
+        chosen = [(0, k - 1)] if mode == "best-worst" else [(i, j) for i in range(k) for j in range(i + 1, k)]
+        meta = json.loads(row["meta"] or "{}")
+        for i, j in chosen:
+            scores = [row["scores"][i], row["scores"][j]]
+            pair_meta = {"group": row["id"], "positions": [i, j]}
+            for key in ("generators", "seeds"):
+                if key in meta:
+                    pair_meta[key] = [meta[key][i], meta[key][j]]
+            writer.add({
+                "id": f"{row['id']}-{i}-{j}", "prompt": row["prompt"], "images": [row["images"][i], row["images"][j]],
+                "scores": scores, "ranks": competition_ranks(scores), "captions": None,
+                "source": PAIRS_BUILDER, "meta": json.dumps(pair_meta),
+            })
+        writer.advance(position + 1)
+    return writer.finish({"group_size": 2, "pair_mode": mode, "reward_models": data.manifest.get("reward_models", [])})
+
+
+# ----------------------------------------------------------------------------- command line
+def _key_values(items: Sequence[str] | None, what: str) -> dict[str, str]:
+    out = {}
+    for item in items or []:
+        name, sep, value = item.partition("=")
+        if not sep:
+            raise BuildError(f"{what} takes NAME=VALUE, got {item!r}")
+        out[name] = value
+    return out
+
+
+def load_reward_from_args(args: argparse.Namespace):
+    """A single reward model, or an :class:`Ensemble` of several (their μ, σ from ``--reward-stats``)."""
+    import torch
+    from accelerate import PartialState
+
+    from diffalign.rewards import load_ensemble, load_reward
+
+    paths = _key_values(args.reward_path, "--reward-path")
+    weights = {name: float(w) for name, w in _key_values(args.reward_weight, "--reward-weight").items()}
+    unknown = sorted((set(paths) | set(weights)) - set(args.reward))
+    if unknown:
+        raise BuildError(f"--reward-path/--reward-weight name {unknown}, which are not among --reward {args.reward}")
+    device = PartialState(cpu=not torch.cuda.is_available()).device  # this process's GPU under accelerate
+    if len(args.reward) == 1 and not args.reward_stats:
+        return load_reward(args.reward[0], paths.get(args.reward[0]), device=device)
+    if not args.reward_stats:
+        raise BuildError("several rewards are z-normalised before averaging: give --reward-stats FILE.json "
+                         "({label: {mean, std}}, e.g. from `diffalign score` on a reference set)")
+    stats = json.loads(Path(args.reward_stats).read_text())
+    return load_ensemble({name: weights.get(name, 1.0) for name in args.reward}, stats, paths, device=device)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of ``diffalign build synthetic`` and ``datasets_builders/synthetic_ranked.py``."""
+    parser.add_argument("prompts", help="prompt set: .txt, .json, .jsonl, .csv/.tsv file, or a hub dataset id")
+    parser.add_argument("--prompt-column", default=None, help="column of records / CSV / dataset (default: prompt, text or caption)")
+    parser.add_argument("--prompt-split", default="train", help="split of a hub prompt dataset (default: train)")
+    parser.add_argument("--limit-prompts", type=int, default=None, help="use only the first N prompts")
+    parser.add_argument("--out", required=True, help="dataset folder to write (resumes an interrupted build)")
+    parser.add_argument("--generator", action="append", required=True,
+                        help="diffusers pipeline folder or hub id; repeat for several generators")
+    parser.add_argument("--images-per-prompt", type=int, default=4, help="images per prompt from each generator (default: 4)")
+    parser.add_argument("--seed", type=int, default=0, help="base seed; image n of prompt p uses seed + p*N + n (default: 0)")
+    parser.add_argument("--steps", type=int, default=30, help="sampling steps (default: 30)")
+    parser.add_argument("--guidance-scale", type=float, default=None, help="classifier-free guidance (default: the pipeline's)")
+    parser.add_argument("--height", type=int, default=None, help="image height (default: the pipeline's)")
+    parser.add_argument("--width", type=int, default=None, help="image width (default: the pipeline's)")
+    parser.add_argument("--batch-size", type=int, default=8, help="images per pipeline call (default: 8)")
+    parser.add_argument("--dtype", choices=["auto", "fp32", "fp16", "bf16"], default="auto",
+                        help="generator precision; auto = fp16 on GPU, fp32 on CPU")
+    parser.add_argument("--reward", action="append", required=True, help="reward model name; repeat for an ensemble")
+    parser.add_argument("--reward-path", action="append", metavar="NAME=PATH", help="weights of a reward (folder, file or hub id)")
+    parser.add_argument("--reward-weight", action="append", metavar="NAME=W", help="ensemble weight of a reward (default: 1)")
+    parser.add_argument("--reward-stats", default=None, help="JSON {label: {mean, std}} z-normalising the ensemble members")
+    parser.add_argument("--pairs", choices=PAIR_MODES, default=None, help="also write OUT/pairs: best-vs-worst or all pairs")
+    add_writer_arguments(parser, shard_size=100, unit="prompts")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the builder from parsed arguments."""
+    from diffalign.data.prompts import PromptSourceError, read_prompts
+
+    try:
+        prompts = read_prompts(args.prompts, args.prompt_column, split=args.prompt_split, limit=args.limit_prompts)
+        reward = load_reward_from_args(args)
+        manifest = build_synthetic(
+            prompts, args.generator, args.out, reward, images_per_prompt=args.images_per_prompt, seed=args.seed,
+            steps=args.steps, guidance_scale=args.guidance_scale, height=args.height, width=args.width,
+            batch_size=args.batch_size, dtype=args.dtype, pairs=args.pairs, shard_size=args.shard_size,
+            overwrite=args.overwrite, progress=not args.no_progress,
+        )
+    except (BuildError, PromptSourceError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    print(f"wrote {manifest['rows']} ranked groups of {manifest['group_size']} images to {args.out}")
+    return 0
