@@ -9,9 +9,7 @@ import argparse
 import sys
 
 # subcommand -> (help, the issue that brings it)
-_PLANNED = {
-    "evaluate": ("evaluate checkpoints: GenEval, rewards, win-rate, HTML report", "the evaluation issue (#8)"),
-}
+_PLANNED: dict[str, tuple[str, str]] = {}
 
 
 def _not_yet(command: str, issue: str):
@@ -152,6 +150,19 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_evaluate(sub) -> None:
+    from diffalign.evaluation import evaluate as evaluate_cli
+
+    evaluate = sub.add_parser(
+        "evaluate", help="evaluate checkpoints: GenEval, rewards, win-rate, HTML report",
+        description="Generate images of a prompt set with a base and a candidate checkpoint on identical seeds "
+        "(GenEval's folder layout, resumable), score them with reward models and GenEval, and write "
+        "results.json and a self-contained report.html.",
+    )
+    evaluate_cli.add_arguments(evaluate)
+    evaluate.set_defaults(run=evaluate_cli.run)
+
+
 def _add_demo(sub) -> None:
     demo = sub.add_parser(
         "demo", help="align a tiny model on a toy world end to end, on the CPU, with no downloads",
@@ -207,6 +218,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_build(sub)
     _add_cache(sub)
     _add_score(sub)
+    _add_evaluate(sub)
     for name, (help_text, issue) in _PLANNED.items():
         planned = sub.add_parser(name, help=f"{help_text} (not yet available)")
         planned.set_defaults(run=_not_yet(name, issue), planned=True)

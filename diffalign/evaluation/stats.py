@@ -40,7 +40,12 @@ def paired_gain(after: torch.Tensor, before: torch.Tensor, **kwargs) -> Interval
     return bootstrap_mean(after - before, **kwargs)
 
 
+def pair_wins(candidate: torch.Tensor, base: torch.Tensor) -> torch.Tensor:
+    """Per pair (any shape): 1 where the candidate scores higher, ½ on a tie, 0 otherwise."""
+    return (candidate > base).double() + 0.5 * (candidate == base).double()
+
+
 def win_rate(candidate: torch.Tensor, base: torch.Tensor, **kwargs) -> Interval:
-    """Fraction of pairs where the candidate scores higher (ties count ½), with its interval."""
-    wins = (candidate > base).double() + 0.5 * (candidate == base).double()
-    return bootstrap_mean(wins, **kwargs)
+    """Fraction of pairs where the candidate scores higher (ties count ½), with its interval
+    (resampling pairs; average ``pair_wins`` per prompt first to resample prompts)."""
+    return bootstrap_mean(pair_wins(candidate, base), **kwargs)

@@ -43,14 +43,14 @@ class Item:
 
 
 # ----------------------------------------------------------------------------- shared options
-def add_reward_arguments(parser: argparse.ArgumentParser, several: bool) -> None:
+def add_reward_arguments(parser: argparse.ArgumentParser, several: bool, required: bool = True) -> None:
     """``--reward``, ``--model``, ``--dtype``, ``--device``, ``--batch-size``, ``--no-progress``
     (also used by ``reward_models/agreement.py``)."""
     from diffalign.rewards import REWARDS
 
     names = ", ".join(REWARDS)
     if several:
-        parser.add_argument("--reward", action="append", required=True, metavar="NAME",
+        parser.add_argument("--reward", action="append", required=required, metavar="NAME",
                             help=f"reward model; repeat for several ({names})")
     else:
         parser.add_argument("--reward", required=True, metavar="NAME", help=f"reward model ({names})")

@@ -1,0 +1,112 @@
+"""Images of a prompt set from one checkpoint, in GenEval's folder layout, resumable.
+
+Layout (GenEval ``generation/diffusers_generate.py``, so its official evaluator runs on the same images)::
+
+    <outdir>/generation.json              settings: checkpoint, seeds, steps, guidance, resolution
+    <outdir>/<index:05d>/metadata.jsonl   the prompt's record (a GenEval record, or {"prompt": ...})
+    <outdir>/<index:05d>/samples/<k:04d>.png
+
+Image ``k`` of prompt ``index`` is drawn from its own CPU generator seeded ``seed + index·samples + k``,
+so it does not depend on batching, device or which images were already there, and every checkpoint
+compared with the same ``seed`` gets the same noise. Images already on disk are not regenerated.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+
+class GenerationMismatchError(ValueError):
+    """An output folder generated with other settings than the ones asked for now."""
+
+
+@dataclass(frozen=True)
+class GenerationSettings:
+    """What makes two runs' images comparable; written to ``generation.json``."""
+
+    model: str
+    lora: str | None = None
+    samples: int = 4
+    seed: int = 42
+    steps: int = 50
+    guidance: float = 9.0
+    height: int | None = None
+    width: int | None = None
+    negative_prompt: str | None = None
+
+
+def image_seed(settings: GenerationSettings, index: int, sample: int) -> int:
+    """The seed of image ``sample`` of prompt ``index``."""
+    return settings.seed + index * settings.samples + sample
+
+
+def sample_path(outdir: Path, index: int, sample: int) -> Path:
+    return Path(outdir) / f"{index:05d}" / "samples" / f"{sample:04d}.png"
+
+
+def load_pipeline(model: str, lora: str | None = None, device: str = "cpu", dtype=None):
+    """A diffusers pipeline from a folder or hub id, with LoRA weights from ``lora`` if given."""
+    import torch
+    from diffusers import DiffusionPipeline
+
+    pipe = DiffusionPipeline.from_pretrained(model, torch_dtype=dtype or torch.float32)
+    if lora:
+        pipe.load_lora_weights(lora)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe.to(device)
+
+
+def generate_images(records: list[dict], outdir: str | Path, settings: GenerationSettings, pipe=None,
+                    batch_size: int = 4, device: str = "cpu", progress: bool = True) -> Path:
+    """Write every missing image of ``records`` (GenEval records or ``{"prompt": ...}``) to ``outdir``.
+
+    Args:
+        pipe: an already loaded pipeline for ``settings.model``/``settings.lora`` (loaded here if None
+            and anything is missing).
+        batch_size: images per pipeline call.
+
+    Raises:
+        GenerationMismatchError: ``outdir`` holds images made with other settings or prompts.
+    """
+    import torch
+    from tqdm.auto import tqdm
+
+    outdir = Path(outdir)
+    outdir.mkdir(parents=True, exist_ok=True)
+    record_file = outdir / "generation.json"
+    wanted = {"settings": asdict(settings), "prompts": len(records)}
+    if record_file.is_file():
+        found = json.loads(record_file.read_text())
+        if found != wanted:
+            raise GenerationMismatchError(f"{outdir} was generated with {found}, not {wanted}; use another folder")
+    record_file.write_text(json.dumps(wanted, indent=2))
+    todo = []
+    for index, record in enumerate(records):
+        folder = outdir / f"{index:05d}"
+        (folder / "samples").mkdir(parents=True, exist_ok=True)
+        meta = folder / "metadata.jsonl"
+        if meta.is_file() and json.loads(meta.read_text()) != record:
+            raise GenerationMismatchError(f"{meta} holds another prompt than {record['prompt']!r}")
+        meta.write_text(json.dumps(record))
+        todo += [(index, k) for k in range(settings.samples) if not sample_path(outdir, index, k).is_file()]
+    if not todo:
+        return outdir
+    pipe = pipe or load_pipeline(settings.model, settings.lora, device)
+    options = {"num_inference_steps": settings.steps, "guidance_scale": settings.guidance}
+    options.update({k: v for k, v in (("height", settings.height), ("width", settings.width)) if v})
+    bar = tqdm(total=len(todo), desc=f"generating ({Path(settings.model).name})", unit="image", disable=not progress)
+    for start in range(0, len(todo), batch_size):
+        chunk = todo[start : start + batch_size]
+        prompts = [records[i]["prompt"] for i, _ in chunk]
+        generators = [torch.Generator().manual_seed(image_seed(settings, i, k)) for i, k in chunk]
+        negative = [settings.negative_prompt] * len(chunk) if settings.negative_prompt else None
+        images = pipe(prompts, negative_prompt=negative, generator=generators, **options).images
+        for (index, k), image in zip(chunk, images):
+            path = sample_path(outdir, index, k)
+            image.save(path.with_suffix(".tmp.png"))
+            path.with_suffix(".tmp.png").replace(path)  # a half-written image is never taken as done
+        bar.update(len(chunk))
+    bar.close()
+    return outdir
