@@ -48,6 +48,38 @@ def _check_config(args: argparse.Namespace) -> int:
     return 0
 
 
+# Commands whose module provides ``add_arguments(parser)`` and ``run(args)``:
+# name -> (module, help, description).
+_MODULE_COMMANDS = {
+    "cache": (
+        "diffalign.data.cache", "precompute VAE posteriors and prompt embeddings of a dataset",
+        "Encode a preference dataset once with a model's VAE and text encoders, so that training loads "
+        "neither. Resumable; split across processes under `accelerate launch`.",
+    ),
+    "score": (
+        "diffalign.rewards.cli", "score images with reward models",
+        "Score a folder of images, or every image of a preference dataset, with reward models (PickScore, "
+        "HPSv2/v2.1, ImageReward, CLIP score, aesthetic) and write a Parquet or JSON file of scores.",
+    ),
+    "evaluate": (
+        "diffalign.evaluation.evaluate", "evaluate checkpoints: GenEval, rewards, win-rate, HTML report",
+        "Generate images of a prompt set with a base and a candidate checkpoint on identical seeds (GenEval's "
+        "folder layout, resumable), score them with reward models and GenEval, and write results.json and a "
+        "self-contained report.html.",
+    ),
+}
+
+
+def _add_module_commands(sub) -> None:
+    import importlib
+
+    for name, (module_name, help_text, description) in _MODULE_COMMANDS.items():
+        module = importlib.import_module(module_name)
+        parser = sub.add_parser(name, help=help_text, description=description)
+        module.add_arguments(parser)
+        parser.set_defaults(run=module.run)
+
+
 def _add_build(sub) -> None:
     from diffalign.data import dual_captions, filtering, pick_a_pic, synthetic
 
@@ -62,62 +94,6 @@ def _add_build(sub) -> None:
         parser = builders.add_parser(name, help=help_text, description=module.__doc__.split("\n\n")[0])
         module.add_arguments(parser)
         parser.set_defaults(run=module.run)
-
-
-def _add_cache(sub) -> None:
-    cache = sub.add_parser(
-        "cache", help="precompute VAE posteriors and prompt embeddings of a dataset",
-        description="Encode a preference dataset once with a model's VAE and text encoders, so that training "
-        "loads neither. Resumable; split across processes under `accelerate launch`.",
-    )
-    cache.add_argument("data", help="preference dataset folder (the cache goes to DATA/cache/<family>-<resolution>)")
-    cache.add_argument("--model", required=True, help="diffusers pipeline folder or hub id whose VAE and text encoders to use")
-    cache.add_argument("--revision", default=None, help="hub revision of --model")
-    cache.add_argument("--family", choices=["sd", "sdxl", "sd3"], default=None, help="force the family (default: detected)")
-    cache.add_argument("--resolution", type=int, default=512, help="training resolution; images are centre-cropped (default: 512)")
-    cache.add_argument("--batch-size", type=int, default=8, help="images per encoder call (default: 8)")
-    cache.add_argument("--shard-size", type=int, default=256, help="dataset rows per cache shard (default: 256)")
-    cache.add_argument("--dtype", choices=["fp32", "fp16", "bf16"], default="fp32", help="storage dtype of the cached tensors (default: fp32)")
-    cache.add_argument("--model-dtype", choices=["fp32", "fp16", "bf16"], default="fp32", help="dtype the encoders run in (default: fp32)")
-    cache.add_argument("--no-t5", action="store_true", help="SD3: leave the T5 encoder out (its tokens are zeros)")
-    cache.add_argument("--max-sequence-length", type=int, default=256, help="SD3: T5 tokens (default: 256)")
-    cache.add_argument("--no-progress", action="store_true", help="no progress bar")
-    cache.set_defaults(run=_cache)
-
-
-def _cache(args: argparse.Namespace) -> int:
-    import torch
-    from accelerate import PartialState
-
-    from diffalign.data.cache import CacheMismatchError, build_cache
-    from diffalign.data.schema import SchemaError
-    from diffalign.families import FamilyError, load
-
-    dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[args.model_dtype]
-    try:
-        options = {"use_t5": not args.no_t5, "max_sequence_length": args.max_sequence_length}
-        family = load(args.model, family=args.family, revision=args.revision, dtype=dtype,
-                      device=PartialState(cpu=not torch.cuda.is_available()).device, **options)
-        out = build_cache(args.data, family, resolution=args.resolution, batch_size=args.batch_size,
-                          shard_size=args.shard_size, dtype=args.dtype, progress=not args.no_progress)
-    except (CacheMismatchError, FamilyError, SchemaError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
-    if PartialState().is_main_process:
-        print(f"latent cache written to {out}")
-    return 0
-
-
-def _add_score(sub) -> None:
-    from diffalign.rewards import cli as score_cli
-
-    score = sub.add_parser(
-        "score", help="score images with reward models",
-        description="Score a folder of images, or every image of a preference dataset, with reward models "
-        "(PickScore, HPSv2/v2.1, ImageReward, CLIP score, aesthetic) and write a Parquet or JSON file of scores.",
-    )
-    score_cli.add_arguments(score)
-    score.set_defaults(run=score_cli.run)
 
 
 def _add_train(sub) -> None:
@@ -148,19 +124,6 @@ def _train(args: argparse.Namespace) -> int:
     if result.is_main_process:
         print(f"trained {result.steps} steps; weights in {result.weights}")
     return 0
-
-
-def _add_evaluate(sub) -> None:
-    from diffalign.evaluation import evaluate as evaluate_cli
-
-    evaluate = sub.add_parser(
-        "evaluate", help="evaluate checkpoints: GenEval, rewards, win-rate, HTML report",
-        description="Generate images of a prompt set with a base and a candidate checkpoint on identical seeds "
-        "(GenEval's folder layout, resumable), score them with reward models and GenEval, and write "
-        "results.json and a self-contained report.html.",
-    )
-    evaluate_cli.add_arguments(evaluate)
-    evaluate.set_defaults(run=evaluate_cli.run)
 
 
 def _add_demo(sub) -> None:
@@ -216,9 +179,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train(sub)
     _add_demo(sub)
     _add_build(sub)
-    _add_cache(sub)
-    _add_score(sub)
-    _add_evaluate(sub)
+    _add_module_commands(sub)
     for name, (help_text, issue) in _PLANNED.items():
         planned = sub.add_parser(name, help=f"{help_text} (not yet available)")
         planned.set_defaults(run=_not_yet(name, issue), planned=True)

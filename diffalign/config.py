@@ -30,6 +30,17 @@ LOCAL_OR_HUB = {"path": "local_or_hub"}
 (starting with ``/``, ``./``, ``../`` or ``~``)."""
 
 
+DTYPE_NAMES = ("fp32", "fp16", "bf16")
+"""The dtype names configs and commands accept."""
+
+
+def torch_dtype(name: str):
+    """``"fp32"`` (or accelerate's ``"no"``), ``"fp16"``, ``"bf16"`` → the torch dtype."""
+    import torch
+
+    return {"fp32": torch.float32, "no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[name]
+
+
 class ConfigError(ValueError):
     """One or more problems in a config, each naming the key and its source."""
 
@@ -62,11 +73,9 @@ class ModelConfig:
     def family_options(self) -> dict[str, Any]:
         """Keyword arguments for :func:`diffalign.families.load`, which drops the
         family-specific ones left at their defaults for families they do not apply to."""
-        import torch
-
         return dict(
             family=self.family, revision=self.revision, variant=self.variant,
-            dtype={"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[self.dtype],
+            dtype=torch_dtype(self.dtype),
             attention=self.attention, time_sampling=self.time_sampling, logit_mean=self.logit_mean,
             logit_std=self.logit_std, mode_scale=self.mode_scale, loss_weighting=self.loss_weighting,
             snr_gamma=self.snr_gamma, use_t5=self.use_t5, max_sequence_length=self.max_sequence_length,

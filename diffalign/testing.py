@@ -6,6 +6,8 @@ ordinary diffusers folder (``model_index.json`` and one subfolder per component)
 test goes through the same ``from_pretrained`` path as it would for SDXL or SD3-Medium.
 
 The tests use these through fixtures in ``tests/conftest.py``; the CPU demo reuses them.
+Tiny reward models (CLIP, open_clip, BLIP) are built by :mod:`diffalign.rewards.tiny`, beside
+the reward code whose layouts they mirror.
 
 Example:
     >>> from diffalign.testing import save_tiny_pipeline

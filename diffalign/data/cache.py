@@ -31,6 +31,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
+from diffalign.config import torch_dtype
 from diffalign.data.dataset import PreferenceDataset
 from diffalign.data.loader import GroupDataset
 from diffalign.data.writer import atomic_write_json
@@ -40,7 +41,6 @@ CACHE_VERSION = 1
 META = "cache.json"
 # What the cache depends on: everything that turns images and prompts into tensors.
 FINGERPRINTED = ("vae", "text_encoder", "text_encoder_2", "text_encoder_3", "tokenizer", "tokenizer_2", "tokenizer_3")
-_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
 class CacheMismatchError(ValueError):
@@ -171,7 +171,7 @@ def build_cache(data_root: str | Path, family, *, resolution: int, batch_size: i
             rows = range(shard * shard_size, min((shard + 1) * shard_size, len(data)))
             path = out / f"shard-{shard:05d}.safetensors"
             if not path.exists():
-                tensors, metadata = _encode_shard(family, groups, rows, batch_size, _DTYPES[dtype])
+                tensors, metadata = _encode_shard(family, groups, rows, batch_size, torch_dtype(dtype))
                 tmp = out / f".{path.name}.tmp"
                 save_file(tensors, str(tmp), metadata=metadata)
                 os.replace(tmp, path)
@@ -248,3 +248,45 @@ class LatentCache:
         if "pooled" in tensors:
             item["pooled"] = tensors["pooled"][index_k]
         return item
+
+
+# ---------------------------------------------------------------------------------- command line
+def add_arguments(parser) -> None:
+    """The options of ``diffalign cache``."""
+    from diffalign.config import DTYPE_NAMES
+
+    parser.add_argument("data", help="preference dataset folder (the cache goes to DATA/cache/<family>-<resolution>)")
+    parser.add_argument("--model", required=True, help="diffusers pipeline folder or hub id whose VAE and text encoders to use")
+    parser.add_argument("--revision", default=None, help="hub revision of --model")
+    parser.add_argument("--family", choices=["sd", "sdxl", "sd3"], default=None, help="force the family (default: detected)")
+    parser.add_argument("--resolution", type=int, default=512, help="training resolution; images are centre-cropped (default: 512)")
+    parser.add_argument("--batch-size", type=int, default=8, help="images per encoder call (default: 8)")
+    parser.add_argument("--shard-size", type=int, default=256, help="dataset rows per cache shard (default: 256)")
+    parser.add_argument("--dtype", choices=DTYPE_NAMES, default="fp32", help="storage dtype of the cached tensors (default: fp32)")
+    parser.add_argument("--model-dtype", choices=DTYPE_NAMES, default="fp32", help="dtype the encoders run in (default: fp32)")
+    parser.add_argument("--no-t5", action="store_true", help="SD3: leave the T5 encoder out (its tokens are zeros)")
+    parser.add_argument("--max-sequence-length", type=int, default=256, help="SD3: T5 tokens (default: 256)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def run(args) -> int:
+    """Run ``diffalign cache`` from parsed arguments."""
+    import sys
+
+    from accelerate import PartialState
+
+    from diffalign.data.schema import SchemaError
+    from diffalign.families import FamilyError, load
+
+    state = PartialState(cpu=not torch.cuda.is_available())
+    try:
+        family = load(args.model, family=args.family, revision=args.revision, dtype=torch_dtype(args.model_dtype),
+                      device=state.device, use_t5=not args.no_t5, max_sequence_length=args.max_sequence_length)
+        out = build_cache(args.data, family, resolution=args.resolution, batch_size=args.batch_size,
+                          shard_size=args.shard_size, dtype=args.dtype, progress=not args.no_progress)
+    except (CacheMismatchError, FamilyError, SchemaError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    if state.is_main_process:
+        print(f"latent cache written to {out}")
+    return 0

@@ -33,6 +33,7 @@ from typing import Iterator, Sequence
 
 from tqdm.auto import tqdm
 
+from diffalign.config import torch_dtype
 from diffalign.data.schema import MANIFEST
 from diffalign.data.writer import BuildError, ShardWriter, add_writer_arguments
 
@@ -224,7 +225,7 @@ def build_synthetic(
     state.wait_for_everyone()
     extra = {"generators": options["generators"], "reward_models": _reward_info(reward),
              "group_size": len(generators) * images_per_prompt, "images_per_prompt": images_per_prompt}
-    torch_dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[dtype]
+    weights_dtype = torch_dtype(dtype)
     run = dict(images_per_prompt=images_per_prompt, seed=seed, batch_size=batch_size)
     sampling = dict(steps=steps, guidance_scale=guidance_scale, height=height, width=width)
     k = len(generators) * images_per_prompt
@@ -234,7 +235,7 @@ def build_synthetic(
     elif state.num_processes == 1:
         writer = ShardWriter(out, builder=BUILDER, options=options, shard_size=shard_size)
         if not writer.complete:
-            pipes = Generators(generators, state.device, torch_dtype, **sampling)
+            pipes = Generators(generators, state.device, weights_dtype, **sampling)
             todo = range(writer.position, len(prompts))
             with tqdm(total=len(prompts) * k, initial=writer.position * k, unit=" img", desc="synthetic",
                       disable=not progress) as bar:
@@ -247,7 +248,7 @@ def build_synthetic(
         mine = list(range(state.process_index, len(prompts), state.num_processes))
         writer = ShardWriter(part, builder=BUILDER, options={**options, "part": part.name}, shard_size=shard_size)
         if not writer.complete:
-            pipes = Generators(generators, state.device, torch_dtype, **sampling)
+            pipes = Generators(generators, state.device, weights_dtype, **sampling)
             with tqdm(total=len(mine) * k * state.num_processes, initial=writer.position * k * state.num_processes,
                       unit=" img", desc="synthetic", disable=not progress or not state.is_main_process) as bar:
                 scaled = _Scaled(bar, state.num_processes)

@@ -23,8 +23,9 @@ from typing import Callable
 
 import torch
 
+from diffalign.config import DTYPE_NAMES, torch_dtype
+
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
-DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 _FILE_KEYS = ("file_name", "file", "image", "path")
 _PROMPT_KEYS = ("prompt", "text", "caption")
 
@@ -56,7 +57,7 @@ def add_reward_arguments(parser: argparse.ArgumentParser, several: bool, require
         parser.add_argument("--reward", required=True, metavar="NAME", help=f"reward model ({names})")
     parser.add_argument("--model", default=None, help="weights of the reward (local file or folder, or hub id); "
                         "default: the published ones. Only with a single --reward")
-    parser.add_argument("--dtype", choices=list(DTYPES), default="fp32", help="dtype the reward models run in (default: fp32)")
+    parser.add_argument("--dtype", choices=DTYPE_NAMES, default="fp32", help="dtype the reward models run in (default: fp32)")
     parser.add_argument("--device", default="auto", help="torch device; auto = cuda when available (default: auto)")
     parser.add_argument("--batch-size", type=int, default=16, help="images per reward-model call (default: 16)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -70,7 +71,7 @@ def load_rewards_from_args(args: argparse.Namespace) -> list:
     if args.model is not None and len(names) != 1:
         raise ScoreInputError("--model names the weights of one reward; give a single --reward with it")
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
-    return [load_reward(name, args.model, dtype=DTYPES[args.dtype], device=device) for name in names]
+    return [load_reward(name, args.model, dtype=torch_dtype(args.dtype), device=device) for name in names]
 
 
 # ----------------------------------------------------------------------------- inputs

@@ -15,7 +15,7 @@ import torch
 from torch.utils.data import DataLoader, Sampler
 from tqdm.auto import tqdm
 
-from diffalign.config import TrainConfig, save_config, to_dict
+from diffalign.config import TrainConfig, save_config, to_dict, torch_dtype
 from diffalign.data.loader import GroupDataset, collate_groups, family_inputs
 from diffalign.families.reference import Reference
 from diffalign.objectives.base import PreferenceTerms
@@ -25,9 +25,6 @@ from diffalign.training.lora import add_lora, save_lora
 from diffalign.training.metrics import MetricLog
 from diffalign.training.optim import make_optimizer, make_scheduler
 from diffalign.training.validation import sample_grid
-
-_DTYPES = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-
 
 class TrainingError(RuntimeError):
     """Training stopped: too many non-finite steps in a row."""
@@ -108,7 +105,7 @@ class Trainer:
         from diffalign.families import load
 
         config, lora = self.config, self.config.lora is not None
-        weight_dtype = _DTYPES[self.accelerator.mixed_precision]
+        weight_dtype = torch_dtype(self.accelerator.mixed_precision)
         cached = config.data.cache
         need_encoders = not cached or bool(config.validation.prompts)
         options = config.model.family_options()

@@ -148,8 +148,8 @@ def test_reference_free_objectives_build_no_reference(tiny_path, pair_data, tmp_
         return Trainer(config)
 
     assert trainer("mapo").reference is None and trainer("sft").reference is None
-    lora_ref = trainer("diffusion_dpo").reference
-    assert lora_ref.lora and lora_ref.module is lora_ref.module  # the policy itself, adapters disabled
+    lora = trainer("diffusion_dpo")
+    assert lora.reference.lora and lora.reference.module is lora.family.denoiser  # the policy itself, adapters disabled
     full = trainer("diffusion_dpo", "lora=null")
     assert full.reference.module is not full.family.denoiser
     assert not any(p.requires_grad for p in full.reference.module.parameters())
