@@ -166,6 +166,8 @@ class TrainConfig:
     gradient_accumulation_steps: int = 1
     mixed_precision: Literal["no", "fp16", "bf16"] = "no"
     gradient_checkpointing: bool = False
+    compile: bool = False
+    """``torch.compile`` the denoiser (the first steps are slow while it compiles)."""
     allow_tf32: bool = True
     checkpoint_every: int = 500
     keep_checkpoints: int = 3

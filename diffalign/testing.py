@@ -175,6 +175,27 @@ def tiny_sd3_transformer(seed: int = 0):
     )
 
 
+def scheduler_for(kind: str):
+    """The released pipelines' scheduler settings for ``kind`` (one of :data:`TINY_FAMILIES`)."""
+    import diffusers
+
+    # Schedulers keep CPU tensors: build them on the CPU even under a meta/cuda device context.
+    with torch.device("cpu"):
+        if kind in ("sd15", "sd21"):
+            return diffusers.DDPMScheduler(
+                beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", num_train_timesteps=1000,
+                steps_offset=1, clip_sample=False, prediction_type="epsilon" if kind == "sd15" else "v_prediction",
+            )
+        if kind == "sdxl":
+            return diffusers.EulerDiscreteScheduler(
+                beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", num_train_timesteps=1000,
+                prediction_type="epsilon", timestep_spacing="leading", steps_offset=1,
+            )
+        if kind == "sd3":
+            return diffusers.FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=3.0)
+    raise ValueError(f"unknown tiny pipeline {kind!r}; choose one of {', '.join(TINY_FAMILIES)}")
+
+
 def tiny_components(kind: str, seed: int = 0, with_t5: bool = True) -> tuple[type, dict]:
     """Build the components of a tiny pipeline.
 
@@ -190,21 +211,14 @@ def tiny_components(kind: str, seed: int = 0, with_t5: bool = True) -> tuple[typ
     """
     import diffusers
 
+    scheduler = scheduler_for(kind)
     if kind in ("sd15", "sd21"):
-        scheduler = diffusers.DDPMScheduler(
-            beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", num_train_timesteps=1000,
-            steps_offset=1, clip_sample=False, prediction_type="epsilon" if kind == "sd15" else "v_prediction",
-        )
         return diffusers.StableDiffusionPipeline, dict(
             unet=tiny_unet(seed=seed), vae=tiny_vae(seed=seed), scheduler=scheduler,
             text_encoder=tiny_clip_text_encoder(seed=seed), tokenizer=tiny_clip_tokenizer(),
             safety_checker=None, feature_extractor=None, requires_safety_checker=False,
         )
     if kind == "sdxl":
-        scheduler = diffusers.EulerDiscreteScheduler(
-            beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", num_train_timesteps=1000,
-            prediction_type="epsilon", timestep_spacing="leading", steps_offset=1,
-        )
         return diffusers.StableDiffusionXLPipeline, dict(
             # The UNet's cross-attention width is the two encoders' hidden sizes concatenated
             # (16 + 16); its pooled input is text_encoder_2's projection (32).
@@ -214,7 +228,6 @@ def tiny_components(kind: str, seed: int = 0, with_t5: bool = True) -> tuple[typ
             tokenizer=tiny_clip_tokenizer(), tokenizer_2=tiny_clip_tokenizer(),
         )
     if kind == "sd3":
-        scheduler = diffusers.FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=3.0)
         components = dict(
             transformer=tiny_sd3_transformer(seed=seed),
             vae=tiny_vae(shift_factor=0.0609, seed=seed), scheduler=scheduler,

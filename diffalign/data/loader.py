@@ -148,15 +148,15 @@ def family_inputs(family, batch: dict, generator: torch.Generator | None = None)
         pooled = batch.get("pooled")
         size = latents.shape[-2] * family.vae_scale_factor, latents.shape[-1] * family.vae_scale_factor
         cond = family.make_conditioning(
-            batch["prompt_embeds"].to(device), None if pooled is None else pooled.to(device), _image_info(batch, size)
+            batch["prompt_embeds"].to(device), None if pooled is None else pooled.to(device), image_info(batch, size)
         )
         return latents, cond
     latents = family.encode_images(batch["pixels"], generator)
     size = tuple(batch["pixels"].shape[-2:])
-    return latents, family.encode_prompts(batch["captions"], image_info=_image_info(batch, size))
+    return latents, family.encode_prompts(batch["captions"], image_info=image_info(batch, size))
 
 
-def _image_info(batch: dict, size: tuple[int, int]) -> dict:
+def image_info(batch: dict, size: tuple[int, int]) -> dict:
     """SDXL micro-conditioning of a batch: the recorded sizes and crops, the training size as target."""
     b, k = batch["original_size"].shape[:2]
     return {

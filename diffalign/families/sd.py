@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from diffalign.families.base import Conditioning, FamilyError, ModelFamily
+from diffalign.families.base import Conditioning, FamilyError, ModelFamily, input_dtype
 
 
 class SDFamily(ModelFamily):
@@ -67,7 +67,7 @@ class SDFamily(ModelFamily):
         return self.train_scheduler.get_velocity(x0, noise, self.timestep_index(t).to(x0.device))
 
     def _predict_flat(self, model, noisy: Tensor, t: Tensor, cond: Conditioning) -> Tensor:
-        dtype = self.denoiser.dtype
+        dtype = input_dtype(model, self.denoiser)
         return model(
             noisy.to(dtype),
             self.timestep_index(t).to(noisy.device),

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from diffalign.families.base import Conditioning, ModelFamily
+from diffalign.families.base import Conditioning, ModelFamily, input_dtype
 
 
 class SD3Family(ModelFamily):
@@ -58,7 +58,7 @@ class SD3Family(ModelFamily):
         return noise - x0
 
     def _predict_flat(self, model, noisy: Tensor, t: Tensor, cond: Conditioning) -> Tensor:
-        dtype = self.denoiser.dtype
+        dtype = input_dtype(model, self.denoiser)
         return model(
             hidden_states=noisy.to(dtype),
             timestep=t * self.num_train_timesteps,

@@ -150,3 +150,18 @@ def test_one_generator_per_group_is_layout_independent(tiny_family):
     mean, std = torch.zeros(3, K, 4, 8, 8), torch.ones(3, K, 4, 8, 8)
     sampled = tiny_family.latents_from_posterior(mean, std, gens(10, 11, 12))
     torch.testing.assert_close(sampled[2:], tiny_family.latents_from_posterior(mean[2:], std[2:], gens(12)))
+
+
+def test_a_bf16_reference_copy_gets_bf16_inputs(tiny_family):
+    """Full fine-tuning keeps fp32 weights and a frozen bf16 reference copy: inputs follow the
+    module actually called (reading the policy's dtype would feed the copy fp32 and fail)."""
+    from diffalign.families.reference import Reference
+
+    latents, noise, t = _group(tiny_family)
+    cond = tiny_family.encode_prompts(["a red cat", "a dog", "a tree"], group_size=K)
+    reference = Reference(tiny_family.denoiser, lora=False, dtype=torch.bfloat16)
+    with reference.active() as module:
+        ref_err = tiny_family.denoising_error(module, latents, cond, noise, t)
+        exact = tiny_family.denoising_error(tiny_family.denoiser, latents, cond, noise, t)
+    assert ref_err.dtype == torch.float32 and torch.isfinite(ref_err).all()
+    torch.testing.assert_close(ref_err, exact, rtol=0.1, atol=1e-3)  # bf16 rounding only
