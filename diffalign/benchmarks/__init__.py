@@ -1,0 +1,10 @@
+"""Speed and memory benchmarks, each a ratio against a named baseline measured in the same run.
+
+- :mod:`~diffalign.benchmarks.train_step`: one training step, naive per-paper loop vs the trainer.
+- :mod:`~diffalign.benchmarks.generate`: images/s of dataset and evaluation generation vs a
+  one-prompt-at-a-time pipeline loop.
+- :mod:`~diffalign.benchmarks.score`: images/s per reward model.
+- :mod:`~diffalign.benchmarks.measure`: timing, peak memory and the JSON/Markdown report they share.
+
+The runnable entry points are ``benchmarks/*.py`` at the top of the repository (DESIGN.md §4).
+"""

@@ -1,0 +1,181 @@
+"""Timing, peak memory and reports shared by every benchmark.
+
+Peak memory is what a set-up adds over the process as it was just before the set-up started:
+
+- CUDA: ``torch.cuda.max_memory_allocated`` after ``reset_peak_memory_stats``, minus what was
+  allocated at the start (so the weights a set-up loads count, a previous set-up's do not);
+- CPU: the resident set size (``/proc/self/statm``) sampled every millisecond by a thread, minus
+  the RSS at the start. The process-lifetime ``ru_maxrss`` cannot separate two set-ups measured in
+  one process, and ``tracemalloc`` does not see PyTorch's allocations.
+
+Before each measurement, garbage is collected and glibc is asked to hand freed heap pages back
+(``malloc_trim``), so memory a previous set-up freed is not counted as this one's baseline.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import gc
+import json
+import os
+import statistics
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+
+def release_memory() -> None:
+    """Collect garbage, empty the CUDA cache and return freed heap pages to the OS (glibc)."""
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+        torch.cuda.empty_cache()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: nothing to trim, the sampler still works
+        pass
+
+
+def rss_bytes() -> int:
+    """Current resident set size of this process (Linux), else the lifetime peak (``ru_maxrss``)."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except OSError:
+        import resource
+
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+class PeakMemory:
+    """Context manager measuring the peak memory a block adds (see the module docstring).
+
+    Example:
+        >>> with PeakMemory() as mem:
+        ...     x = torch.ones(1_000_000)
+        >>> mem.peak_bytes > 0
+        True
+    """
+
+    def __init__(self, device: torch.device | str | None = None, interval_s: float = 0.001):
+        device = torch.device(device) if device is not None else None
+        self.cuda = device is not None and device.type == "cuda"
+        self.interval_s = interval_s
+        self.peak_bytes = 0
+        self.kind = "cuda max_memory_allocated" if self.cuda else "peak RSS increase"
+
+    def __enter__(self) -> PeakMemory:
+        release_memory()
+        if self.cuda:
+            torch.cuda.reset_peak_memory_stats()
+            self._start = torch.cuda.memory_allocated()
+            return self
+        self._start = rss_bytes()
+        self._peak = self._start
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def _sample(self) -> None:
+        while not self._stop.is_set():
+            self._peak = max(self._peak, rss_bytes())
+            time.sleep(self.interval_s)
+
+    def __exit__(self, *exc) -> None:
+        if self.cuda:
+            torch.cuda.synchronize()
+            self.peak_bytes = torch.cuda.max_memory_allocated() - self._start
+            return
+        self._stop.set()
+        self._thread.join()
+        self.peak_bytes = max(self._peak, rss_bytes()) - self._start
+
+
+def synchronize(device: torch.device | str) -> None:
+    """Wait for queued GPU work, so a wall-clock time covers it (a no-op on CPU)."""
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
+
+
+@dataclass
+class StepTimer:
+    """Collects the wall time between successive :meth:`tick` calls, dropping ``warmup`` of them.
+
+    The first tick only starts the clock; each later one ends a step.
+    """
+
+    device: str = "cpu"
+    warmup: int = 1
+    times: list[float] = field(default_factory=list)
+    _last: float | None = None
+    _seen: int = 0
+
+    def tick(self) -> None:
+        synchronize(self.device)
+        now = time.perf_counter()
+        if self._last is not None:
+            self._seen += 1
+            if self._seen > self.warmup:
+                self.times.append(now - self._last)
+        self._last = now
+
+    @property
+    def median_s(self) -> float:
+        if not self.times:
+            raise RuntimeError("no timed steps: run more steps than warm-up steps")
+        return statistics.median(self.times)
+
+
+def mib(n_bytes: float) -> float:
+    return n_bytes / 2**20
+
+
+def markdown_table(rows: list[dict], columns: list[tuple[str, str, str]]) -> str:
+    """A Markdown table of ``rows`` with ``columns`` given as ``(key, header, format)``;
+    a missing value prints as an empty cell."""
+    lines = ["| " + " | ".join(h for _, h, _ in columns) + " |", "|" + "|".join("---" for _ in columns) + "|"]
+    for row in rows:
+        cells = []
+        for key, _, fmt in columns:
+            value = row.get(key)
+            cells.append("" if value is None else (format(value, fmt) if fmt else str(value)))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def environment() -> dict:
+    """What the numbers were measured on."""
+    import platform
+
+    env = {
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "cpu_threads": torch.get_num_threads(),
+        "device": torch.cuda.get_device_name() if torch.cuda.is_available() else platform.processor() or "cpu",
+    }
+    try:
+        import diffusers
+
+        env["diffusers"] = diffusers.__version__
+    except ImportError:
+        pass
+    return env
+
+
+def write_report(out_dir: str | Path, name: str, payload: dict, table: str, command: str) -> tuple[Path, Path]:
+    """Write ``<name>.json`` (``payload`` plus the command and environment) and ``<name>.md``.
+
+    Returns:
+        The two paths.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    payload = {"command": command, "environment": environment(), **payload}
+    json_path, md_path = out / f"{name}.json", out / f"{name}.md"
+    json_path.write_text(json.dumps(payload, indent=2, default=str))
+    md_path.write_text(f"Command: `{command}`\n\n{table}")
+    return json_path, md_path

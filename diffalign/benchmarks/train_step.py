@@ -1,0 +1,266 @@
+"""Training-step benchmark: the naive per-paper loop against diffalign's trainer, in one process.
+
+For one family × objective × {LoRA, full} × resolution it measures, for each set-up, the median
+optimiser-step time over ``--steps`` steps after ``--warmup`` steps, pairs/s, and peak memory
+(see :mod:`.measure`), then writes JSON and a Markdown table with the ratios diffalign/naive.
+
+Set-ups (``--setups``):
+
+- ``naive``: :class:`~diffalign.benchmarks.naive.NaiveDPO` (VAE and text encoders every step,
+  preferred and rejected in separate forwards, a second full copy as reference);
+- ``diffalign``: the real :class:`~diffalign.training.Trainer` with the latent cache, one
+  forward per group and the LoRA-disabled reference (a frozen copy under full fine-tuning);
+- ``diffalign+ckpt``: the same with gradient checkpointing;
+- ``diffalign+compile``: the same with ``torch.compile`` (and with gradient checkpointing if
+  asked for in ``--switches``).
+
+The latent cache is built once before any timing; its one-off cost is reported beside the
+results (``cache_build_s``), since a user pays it once per dataset and resolution, not per step.
+
+Models: the tiny pipelines of :mod:`diffalign.testing` by default, ``--model PATH`` for any
+pipeline folder, or ``--size real`` for the published SD1.5/SDXL/SD3-Medium architectures with
+random weights (:mod:`.real_size`; needs a GPU in practice).
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import shlex
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from diffalign.benchmarks.measure import PeakMemory, StepTimer, markdown_table, mib, release_memory, write_report
+
+SETUPS = ("naive", "diffalign", "diffalign+ckpt", "diffalign+compile")
+TINY_KIND = {"sd": "sd15", "sdxl": "sdxl", "sd3": "sd3"}
+
+
+# ---------------------------------------------------------------------------------- data
+def write_random_pairs(folder: Path, pairs: int, resolution: int, seed: int = 0) -> Path:
+    """A preference dataset of ``pairs`` random-noise image pairs (PNG) with short prompts."""
+    import numpy as np
+    from PIL import Image
+
+    from diffalign.data.writer import ShardWriter
+
+    rng = np.random.default_rng(seed)
+    writer = ShardWriter(folder, builder="benchmark", options={"pairs": pairs, "resolution": resolution},
+                         shard_size=256, overwrite=True)
+    for i in range(pairs):
+        images = []
+        for _ in range(2):
+            buf = io.BytesIO()
+            Image.fromarray(rng.integers(0, 256, (resolution, resolution, 3), dtype=np.uint8)).save(buf, "PNG")
+            images.append({"bytes": buf.getvalue(), "path": None})
+        writer.add({"id": f"p{i}", "prompt": f"a photo of a red cat {i}", "images": images, "scores": [1.0, 0.0],
+                    "ranks": [0, 1], "captions": None, "source": "benchmark", "meta": None})
+        writer.advance(i + 1)
+    writer.finish({"group_size": 2})
+    return folder
+
+
+def build_latent_cache(model: str, data: Path, resolution: int, device: str, use_t5: bool) -> float:
+    """Build the latent cache the diffalign set-ups read; returns the seconds it took."""
+    from diffalign.data.cache import build_cache
+    from diffalign.families import load
+
+    start = time.perf_counter()
+    family = load(model, device=device, **({"use_t5": use_t5} if not use_t5 else {}))
+    build_cache(data, family, resolution=resolution, progress=False)
+    del family
+    release_memory()
+    return time.perf_counter() - start
+
+
+# ---------------------------------------------------------------------------------- set-ups
+def run_naive(args, model: str, data: Path) -> dict:
+    """Time the naive loop; peak memory covers loading it and its steps."""
+    from diffalign.benchmarks.naive import NaiveDPO
+
+    timer = StepTimer(args.device, warmup=args.warmup)
+    with PeakMemory(args.device) as mem:
+        naive = NaiveDPO(model, str(data), resolution=args.resolution, batch_size=args.batch_size,
+                         lora_rank=args.lora_rank if args.mode == "lora" else None, lr=args.lr,
+                         mixed_precision=args.mixed_precision, device=args.device, workers=args.workers)
+        timer.tick()
+        for _ in range(args.warmup + args.steps):
+            naive.step()
+            timer.tick()
+        flops = _count_flops(lambda: naive.compute_loss(naive._next_batch()).backward()) if args.flops else None
+        naive.optimizer.zero_grad(set_to_none=True)
+    del naive
+    release_memory()
+    return _result("naive", args, timer, mem, flops)
+
+
+def diffalign_config(args, model: str, data: Path, out: Path, setup: str):
+    """The :class:`~diffalign.config.TrainConfig` of a diffalign set-up."""
+    from diffalign.config import TrainConfig, from_dict
+
+    switches = set(args.switches)
+    raw = {
+        "model": {"path": model, "use_t5": args.use_t5, "attention": args.attention},
+        "data": {"path": str(data), "resolution": args.resolution, "cache": True, "workers": args.workers},
+        "objective": {"name": args.objective},
+        "lora": {"rank": args.lora_rank, "alpha": args.lora_rank} if args.mode == "lora" else None,
+        "optim": {"lr": args.lr, "lr_scheduler": "constant", "optimizer": args.optimizer},
+        "batch_size": args.batch_size,
+        "max_steps": args.warmup + args.steps,
+        "mixed_precision": args.mixed_precision,
+        "gradient_checkpointing": setup == "diffalign+ckpt" or (setup == "diffalign+compile" and "ckpt" in switches),
+        "compile": setup == "diffalign+compile",
+        "checkpoint_every": 0,
+        "output_dir": str(out),
+        "logging": {"report_to": "none", "progress_bar": False},
+    }
+    return from_dict(TrainConfig, raw, source=f"benchmark set-up {setup}")
+
+
+def run_diffalign(args, model: str, data: Path, setup: str) -> dict:
+    """Time the real trainer (its own loop, data loader and logging) through its ``on_step`` hook."""
+    from diffalign.training import Trainer
+
+    timer = StepTimer(args.device, warmup=args.warmup)
+    with tempfile.TemporaryDirectory() as out, PeakMemory(args.device) as mem:
+        trainer = Trainer(diffalign_config(args, model, data, Path(out), setup))
+        timer.tick()
+        trainer.run(on_step=lambda step, _: timer.tick())
+        flops = _count_flops(lambda: trainer.compute_loss(next(iter(trainer.loader))).loss.backward()) if args.flops else None
+        trainer.accelerator.free_memory()
+        del trainer
+    release_memory()
+    return _result(setup, args, timer, mem, flops)
+
+
+def _count_flops(step) -> int:
+    """FLOPs of one forward+backward (``torch.utils.flop_counter``; matmuls and convolutions)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        step()
+    return counter.get_total_flops()
+
+
+def _result(setup: str, args, timer: StepTimer, mem: PeakMemory, flops: int | None) -> dict:
+    step_s = timer.median_s
+    row = {"setup": setup, "median_step_s": step_s, "pairs_per_s": args.batch_size / step_s,
+           "peak_mib": mib(mem.peak_bytes), "memory_kind": mem.kind, "step_times_s": timer.times}
+    if flops is not None:
+        row["flops_per_step"] = flops
+        row["tflops_per_s"] = flops / step_s / 1e12
+        if args.peak_tflops:
+            row["mfu"] = row["tflops_per_s"] / args.peak_tflops
+    return row
+
+
+def add_ratios(rows: list[dict]) -> list[dict]:
+    """Each row's speed-up (pairs/s ÷ naive's) and memory ratio (peak ÷ naive's)."""
+    naive = next((r for r in rows if r["setup"] == "naive"), None)
+    for row in rows:
+        if naive is not None:
+            row["speedup"] = row["pairs_per_s"] / naive["pairs_per_s"]
+            row["memory_ratio"] = row["peak_mib"] / naive["peak_mib"] if naive["peak_mib"] > 0 else None
+    return rows
+
+
+COLUMNS = [
+    ("setup", "set-up", ""), ("median_step_s", "step (s)", ".4f"), ("pairs_per_s", "pairs/s", ".2f"),
+    ("speedup", "× naive pairs/s", ".2f"), ("peak_mib", "peak memory (MiB)", ".1f"),
+    ("memory_ratio", "× naive memory", ".2f"), ("tflops_per_s", "TFLOP/s", ".3g"), ("mfu", "MFU", ".1%"),
+]
+
+
+# ---------------------------------------------------------------------------------- command line
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="benchmarks/train_step.py", description=__doc__.split("\n\n")[0])
+    p.add_argument("--family", choices=sorted(TINY_KIND), default="sdxl", help="family of the tiny or real-size model")
+    p.add_argument("--model", help="a diffusers pipeline folder (default: a tiny or real-size one built here)")
+    p.add_argument("--size", choices=("tiny", "mini", "real"), default="tiny",
+                   help="tiny: the unit tests' model; mini: SDXL at 1/8 width (CPU); "
+                        "real: the published architecture with random weights (GPU)")
+    p.add_argument("--objective", default="diffusion_dpo", help="the diffalign set-ups' objective")
+    p.add_argument("--mode", choices=("lora", "full"), default="lora")
+    p.add_argument("--lora-rank", type=int, default=8)
+    p.add_argument("--resolution", type=int, default=None, help="pixels (default: 64 tiny, 1024 SDXL/SD3, 512 SD1.5)")
+    p.add_argument("--batch-size", type=int, default=4, help="pairs per step")
+    p.add_argument("--pairs", type=int, default=None, help="dataset size (default: enough for every step)")
+    p.add_argument("--steps", type=int, default=10, help="timed steps")
+    p.add_argument("--warmup", type=int, default=3, help="untimed steps first")
+    p.add_argument("--setups", nargs="+", choices=SETUPS, default=["naive", "diffalign", "diffalign+ckpt"])
+    p.add_argument("--switches", nargs="*", default=[], choices=("ckpt",),
+                   help="extra switches of the diffalign+compile set-up")
+    p.add_argument("--mixed-precision", choices=("no", "bf16", "fp16"), default=None,
+                   help="default: bf16 on CUDA, no on CPU")
+    p.add_argument("--optimizer", choices=("adamw", "adamw_8bit"), default="adamw")
+    p.add_argument("--attention", choices=("sdpa", "xformers"), default="sdpa")
+    p.add_argument("--lr", type=float, default=1e-5)
+    p.add_argument("--workers", type=int, default=0, help="DataLoader workers of both set-ups")
+    p.add_argument("--no-t5", dest="use_t5", action="store_false", help="SD3: leave T5 out")
+    p.add_argument("--flops", action="store_true", help="count FLOPs of one step (TFLOP/s, and MFU with --peak-tflops)")
+    p.add_argument("--peak-tflops", type=float, default=None,
+                   help="the device's peak (default on a known GPU: its dense bf16 peak)")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--out", default="benchmarks/results", help="folder for train_step*.json/.md")
+    p.add_argument("--name", default=None, help="report name (default: train_step-<family>-<size>-<mode>)")
+    return p
+
+
+def _defaults(args) -> None:
+    from diffalign.benchmarks.real_size import DEFAULT_RESOLUTION, MINI_RESOLUTION, gpu_peak_tflops
+
+    if args.mixed_precision is None:
+        args.mixed_precision = "bf16" if args.device.startswith("cuda") else "no"
+    if args.resolution is None:
+        args.resolution = {"real": DEFAULT_RESOLUTION[args.family], "mini": MINI_RESOLUTION, "tiny": 64}[args.size]
+    if args.pairs is None:
+        args.pairs = args.batch_size * (args.warmup + args.steps + 2)
+    if args.peak_tflops is None and args.device.startswith("cuda"):
+        args.peak_tflops = gpu_peak_tflops(args.mixed_precision)
+    if args.name is None:
+        args.name = f"train_step-{args.family}-{args.size}-{args.mode}"
+
+
+def prepare_model(args, work: Path) -> str:
+    """The model folder the set-ups load."""
+    if args.model:
+        if not (Path(args.model) / "model_index.json").is_file():
+            raise SystemExit(f"error: --model {args.model} is not a diffusers pipeline folder (no model_index.json)")
+        return args.model
+    if args.size in ("real", "mini"):
+        from diffalign.benchmarks.real_size import save_real_size_pipeline
+
+        return str(save_real_size_pipeline(args.family, work / "model", use_t5=args.use_t5, size=args.size))
+    from diffalign.testing import save_tiny_pipeline
+
+    return str(save_tiny_pipeline(TINY_KIND[args.family], work / "model", with_t5=args.use_t5))
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    _defaults(args)
+    if "naive" in args.setups and args.objective != "diffusion_dpo":
+        print("note: the naive set-up is Diffusion-DPO; ratios compare it with the diffalign objective "
+              f"{args.objective!r}", file=sys.stderr)
+    with tempfile.TemporaryDirectory() as work:
+        work = Path(work)
+        model = prepare_model(args, work)
+        data = write_random_pairs(work / "data", args.pairs, args.resolution)
+        cache_s = build_latent_cache(model, data, args.resolution, args.device, args.use_t5)
+        rows = []
+        for setup in args.setups:
+            print(f"[train_step] {setup} ...", file=sys.stderr, flush=True)
+            rows.append(run_naive(args, model, data) if setup == "naive" else run_diffalign(args, model, data, setup))
+    add_ratios(rows)
+    table = markdown_table(rows, [c for c in COLUMNS if any(r.get(c[0]) is not None for r in rows)])
+    settings = {k: v for k, v in vars(args).items() if k not in ("out", "name")}
+    command = "python benchmarks/train_step.py " + shlex.join(argv if argv is not None else sys.argv[1:])
+    paths = write_report(args.out, args.name, {"settings": settings, "cache_build_s": cache_s, "rows": rows},
+                         table, command)
+    print(table)
+    print(f"latent cache build (once per dataset): {cache_s:.1f} s; reports: {', '.join(map(str, paths))}")
+    return 0

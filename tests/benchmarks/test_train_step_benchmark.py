@@ -1,0 +1,122 @@
+"""The training-step benchmark: a couple of steps of each set-up on the tiny SDXL, the report's
+arithmetic, the naive baseline computing the same loss as the trainer, and the real-size configs."""
+
+import json
+import statistics
+
+import pytest
+import torch
+
+from diffalign.benchmarks.measure import PeakMemory, StepTimer
+from diffalign.benchmarks.train_step import main
+
+STEPS = 2
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench-train")
+    argv = ["--family", "sdxl", "--steps", str(STEPS), "--warmup", "1", "--batch-size", "2", "--resolution", "32",
+            "--setups", "naive", "diffalign", "diffalign+ckpt", "--flops", "--device", "cpu", "--out", str(out),
+            "--name", "t"]
+    assert main(argv) == 0
+    return json.loads((out / "t.json").read_text()), (out / "t.md").read_text()
+
+
+def test_every_setup_is_timed_over_the_asked_steps(report):
+    payload, table = report
+    rows = {row["setup"]: row for row in payload["rows"]}
+    assert list(rows) == ["naive", "diffalign", "diffalign+ckpt"]
+    for name, row in rows.items():
+        assert len(row["step_times_s"]) == STEPS, name  # warm-up steps dropped, no step lost
+        assert row["median_step_s"] == pytest.approx(statistics.median(row["step_times_s"]))
+        assert row["pairs_per_s"] == pytest.approx(2 / row["median_step_s"])
+        assert row["peak_mib"] > 0
+        assert f"| {name} |" in table
+    assert payload["cache_build_s"] > 0 and payload["command"].startswith("python benchmarks/train_step.py")
+
+
+def test_ratios_are_against_the_naive_row(report):
+    payload, _ = report
+    naive, *others = payload["rows"]
+    assert naive["speedup"] == 1 and naive["memory_ratio"] == 1
+    for row in others:
+        assert row["speedup"] == pytest.approx(row["pairs_per_s"] / naive["pairs_per_s"])
+        assert row["memory_ratio"] == pytest.approx(row["peak_mib"] / naive["peak_mib"])
+
+
+def test_flops_count_the_work_each_setup_does(report):
+    rows = {row["setup"]: row for row in report[0]["rows"]}
+    # Same UNet work, but the naive step also runs the VAE and the text encoders.
+    assert rows["naive"]["flops_per_step"] > rows["diffalign"]["flops_per_step"] > 0
+    # Checkpointing recomputes the policy forward during backward.
+    assert rows["diffalign+ckpt"]["flops_per_step"] > rows["diffalign"]["flops_per_step"]
+    assert rows["diffalign"]["tflops_per_s"] == pytest.approx(
+        rows["diffalign"]["flops_per_step"] / rows["diffalign"]["median_step_s"] / 1e12)
+
+
+def test_naive_loss_equals_the_batched_diffusion_dpo_loss(tiny_path, tmp_path):
+    """Separate forwards for the preferred and rejected images and a copied reference change
+    the cost, not the maths: same noise and time → the trainer's objective gives the same loss."""
+    from diffalign.benchmarks.naive import NaiveDPO
+    from diffalign.benchmarks.train_step import write_random_pairs
+    from diffalign.objectives import build_objective
+    from diffalign.objectives.base import PreferenceTerms
+
+    data = write_random_pairs(tmp_path / "data", pairs=3, resolution=32)
+    naive = NaiveDPO(str(tiny_path("sdxl")), str(data), resolution=32, batch_size=3, lora_rank=4, beta=5000.0)
+    with torch.no_grad():  # give the adapters weight so that policy and reference differ
+        for name, p in naive.family.denoiser.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.05)
+    batch = next(iter(naive.loader))
+    naive.generator.manual_seed(7)
+    loss = naive.compute_loss(batch)
+
+    family = naive.family
+    gen = torch.Generator().manual_seed(7)
+    latents = family.encode_images(batch["pixels"], gen)
+    from diffalign.data.loader import image_info
+
+    cond = family.encode_prompts(batch["prompts"], group_size=2, image_info=image_info(batch, (32, 32)))
+    noise, t = family.sample_noise_and_time(latents, gen)
+    policy = family.denoising_error(family.denoiser, latents, cond, noise, t)
+    ref = family.denoising_error(naive.reference, latents, cond, noise, t)
+    expected = build_objective({"name": "diffusion_dpo", "beta": 5000.0}).loss(PreferenceTerms(policy, ref, t)).loss
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-4, abs=1e-6)
+    assert abs(loss.item() - 0.6931) > 1e-4  # the adapters mattered: not the θ = ref value ln 2
+
+
+def test_bad_model_folder_is_a_clear_error(tmp_path):
+    with pytest.raises(SystemExit, match="not a diffusers pipeline folder"):
+        main(["--model", str(tmp_path), "--out", str(tmp_path / "out")])
+
+
+def test_peak_memory_counts_what_the_block_adds():
+    before = torch.ones(16 * 2**20 // 4)  # 16 MiB held from before: not this block's
+    with PeakMemory("cpu") as mem:
+        block = torch.ones(64 * 2**20 // 4)  # 64 MiB
+        block += 1
+        del block
+    assert 48 * 2**20 < mem.peak_bytes < 100 * 2**20
+    del before
+
+
+def test_step_timer_drops_the_warmup_steps():
+    timer = StepTimer("cpu", warmup=2)
+    for _ in range(6):  # the first tick starts the clock: 5 steps, 2 of them warm-up
+        timer.tick()
+    assert len(timer.times) == 3
+    with pytest.raises(RuntimeError, match="more steps than warm-up"):
+        _ = StepTimer("cpu", warmup=1).median_s
+
+
+@pytest.mark.parametrize("family, published", [("sd", 859_520_964), ("sdxl", 2_567_463_684), ("sd3", 2_028_328_000)])
+def test_real_size_denoisers_have_the_published_parameter_counts(family, published):
+    """Counts from the released checkpoints (SD1.5 UNet, SDXL-base UNet, SD3-Medium MMDiT),
+    built on the meta device so nothing is allocated."""
+    from diffalign.benchmarks.real_size import denoiser
+
+    with torch.device("meta"):
+        model = denoiser(family)
+    assert sum(p.numel() for p in model.parameters()) == published
