@@ -30,7 +30,9 @@ from typing import Callable
 
 import torch
 
-from diffalign.benchmarks.measure import PeakMemory, markdown_table, mib, synchronize, write_report
+from diffalign.benchmarks.measure import (BenchmarkError, PeakMemory, add_common_arguments, check_counts,
+                                          default_device, markdown_table, mib, pipeline_folder, resolve_dtype,
+                                          synchronize, write_report)
 
 SETUPS = ("naive", "synthetic builder", "evaluation")
 """The set-ups, baseline first; ``ratio`` is each one's images/s over the baseline's."""
@@ -50,27 +52,10 @@ _COLOURS = ("red", "blue", "green", "yellow", "black", "white")
 _THINGS = ("cat", "dog", "circle", "square", "triangle", "tree", "house", "car")
 
 
-class BenchmarkError(ValueError):
-    """Bad benchmark input (a missing model folder, a non-positive count); the CLI prints it."""
-
-
 def benchmark_prompts(count: int) -> list[str]:
     """``count`` distinct-looking prompts, the same on every run (cycling colour × object)."""
     pairs = [(colour, thing) for thing in _THINGS for colour in _COLOURS]
     return ["a photo of a {} {}".format(*pairs[i % len(pairs)]) for i in range(count)]
-
-
-def default_device() -> str:
-    """``cuda`` when a GPU is visible, else ``cpu``."""
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
-def resolve_dtype(name: str | None, device: str) -> str:
-    """The dtype name to use: ``name``, or fp16 on CUDA and fp32 elsewhere (DESIGN: generation runs
-    in half precision on GPU; CPU kernels for fp16 are slow or missing)."""
-    if name is not None:
-        return name
-    return "fp16" if torch.device(device).type == "cuda" else "fp32"
 
 
 def resolve_model(model: str | None, family: str, workdir: Path) -> Path:
@@ -84,17 +69,7 @@ def resolve_model(model: str | None, family: str, workdir: Path) -> Path:
         from diffalign.testing import save_tiny_pipeline
 
         return save_tiny_pipeline(family, workdir / f"tiny-{family}")
-    path = Path(model).expanduser()
-    if not (path / "model_index.json").is_file():
-        raise BenchmarkError(f"--model {model}: not a diffusers pipeline folder (no model_index.json there)")
-    return path
-
-
-def check_counts(**counts: int) -> None:
-    """Raise :class:`BenchmarkError` naming the first option that is not a positive integer."""
-    for name, value in counts.items():
-        if value < 1:
-            raise BenchmarkError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
+    return pipeline_folder(model)
 
 
 def timed(fn: Callable[[], object], device: str) -> tuple[object, float, PeakMemory]:
@@ -213,10 +188,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--batch-size", type=int, default=8, help="images per call of the batched set-ups (default: 8)")
     parser.add_argument("--guidance", type=float, default=5.0, help="classifier-free guidance scale (default: 5.0)")
     parser.add_argument("--seed", type=int, default=0, help="image i uses seed + i (default: 0)")
-    parser.add_argument("--dtype", choices=["fp32", "fp16", "bf16"], default=None,
-                        help="pipeline precision (default: fp16 on CUDA, fp32 on CPU)")
-    parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
-    parser.add_argument("--out", default="benchmarks/results", help="report folder (default: benchmarks/results)")
+    add_common_arguments(parser, dtype_of="pipeline")
     return parser
 
 

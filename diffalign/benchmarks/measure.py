@@ -1,4 +1,4 @@
-"""Timing, peak memory and reports shared by every benchmark.
+"""Timing, peak memory, reports and the command-line pieces shared by every benchmark.
 
 Peak memory is what a set-up adds over the process as it was just before the set-up started:
 
@@ -179,3 +179,49 @@ def write_report(out_dir: str | Path, name: str, payload: dict, table: str, comm
     json_path.write_text(json.dumps(payload, indent=2, default=str))
     md_path.write_text(f"Command: `{command}`\n\n{table}")
     return json_path, md_path
+
+
+# ---------------------------------------------------------------------------------- command line
+class BenchmarkError(ValueError):
+    """Bad benchmark input (a missing model folder, a non-positive count); the CLI prints it."""
+
+
+def default_device() -> str:
+    """``cuda`` when a GPU is visible, else ``cpu``."""
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def resolve_dtype(name: str | None, device: str) -> str:
+    """The dtype name to use: ``name``, or fp16 on CUDA and fp32 elsewhere (DESIGN: generation runs
+    in half precision on GPU; CPU kernels for fp16 are slow or missing)."""
+    if name is not None:
+        return name
+    return "fp16" if torch.device(device).type == "cuda" else "fp32"
+
+
+def pipeline_folder(model: str) -> Path:
+    """``model`` as a path, checked to be a diffusers pipeline folder.
+
+    Raises:
+        BenchmarkError: no ``model_index.json`` there.
+    """
+    path = Path(model).expanduser()
+    if not (path / "model_index.json").is_file():
+        raise BenchmarkError(f"--model {model}: not a diffusers pipeline folder (no model_index.json there)")
+    return path
+
+
+def check_counts(**counts: int) -> None:
+    """Raise :class:`BenchmarkError` naming the first option that is not a positive integer."""
+    for name, value in counts.items():
+        if value < 1:
+            raise BenchmarkError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
+
+
+def add_common_arguments(parser, dtype_of: str | None) -> None:
+    """``--dtype`` (when ``dtype_of`` names what it sets), ``--device`` and ``--out``."""
+    if dtype_of is not None:
+        parser.add_argument("--dtype", choices=["fp32", "fp16", "bf16"], default=None,
+                            help=f"{dtype_of} precision (default: fp16 on CUDA, fp32 on CPU)")
+    parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+    parser.add_argument("--out", default="benchmarks/results", help="report folder (default: benchmarks/results)")

@@ -41,6 +41,8 @@ class NaiveDPO:
     def __init__(self, model: str, data: str, *, resolution: int, batch_size: int, lora_rank: int | None = 4,
                  lr: float = 1e-5, beta: float = 5000.0, mixed_precision: str = "no", device: str = "cpu",
                  seed: int = 0, workers: int = 0):
+        from diffusers.training_utils import cast_training_params
+
         from diffalign.config import torch_dtype
         from diffalign.families import load
         from diffalign.training.lora import add_lora
@@ -55,9 +57,7 @@ class NaiveDPO:
         self.reference = copy.deepcopy(denoiser).requires_grad_(False).eval()
         if lora_rank:
             add_lora(denoiser, LoRAConfig(rank=lora_rank, alpha=lora_rank))
-            for p in denoiser.parameters():
-                if p.requires_grad:
-                    p.data = p.data.float()
+            cast_training_params(denoiser, dtype=torch.float32)
         else:
             denoiser.requires_grad_(True)
         denoiser.train()

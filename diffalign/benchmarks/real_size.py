@@ -18,6 +18,8 @@ from pathlib import Path
 
 import torch
 
+TINY_KIND = {"sd": "sd15", "sdxl": "sdxl", "sd3": "sd3"}
+"""Family name → the :mod:`diffalign.testing` pipeline of that family (its scheduler settings)."""
 DEFAULT_RESOLUTION = {"sd": 512, "sdxl": 1024, "sd3": 1024}
 MINI_RESOLUTION = 256
 
@@ -134,7 +136,7 @@ def components(family: str, use_t5: bool = False, size: str = "real") -> tuple[t
 
     from diffalign.testing import scheduler_for, tiny_clip_tokenizer, tiny_t5_tokenizer
 
-    scheduler = scheduler_for({"sd": "sd15", "sdxl": "sdxl", "sd3": "sd3"}[family])
+    scheduler = scheduler_for(TINY_KIND[family])
     if size == "mini":
         if family != "sdxl":
             raise ValueError(f"--size mini exists for sdxl only, not {family!r}")

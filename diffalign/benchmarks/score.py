@@ -17,7 +17,6 @@ Example:
 from __future__ import annotations
 
 import argparse
-import json
 import shlex
 import sys
 import tempfile
@@ -25,9 +24,10 @@ from pathlib import Path
 
 import torch
 
-from diffalign.benchmarks.generate import (BenchmarkError, benchmark_prompts, check_counts, default_device,
-                                           resolve_dtype, timed)
-from diffalign.benchmarks.measure import markdown_table, mib, write_report
+from diffalign.benchmarks.generate import benchmark_prompts, timed
+from diffalign.benchmarks.measure import (BenchmarkError, add_common_arguments, check_counts, default_device,
+                                          markdown_table, mib, resolve_dtype, write_report)
+from diffalign.rewards.tiny import TINY_REWARDS
 
 COLUMNS = [
     ("reward", "reward", ""),
@@ -39,10 +39,6 @@ COLUMNS = [
     ("batched_peak_mib", "batched peak MiB", ".1f"),
     ("max_abs_score_diff", "max abs score diff", ".2e"),
 ]
-
-
-TINY_REWARDS = ("pickscore", "hpsv2", "hpsv2.1", "image_reward", "clip_score", "aesthetic")
-"""The rewards :func:`save_tiny_reward` can build offline (today: every registered one)."""
 
 
 def parse_rewards(items: list[str] | None) -> list[tuple[str, str | None]]:
@@ -65,69 +61,18 @@ def parse_rewards(items: list[str] | None) -> list[tuple[str, str | None]]:
     return parsed
 
 
-def _image_reward_checkpoint(model) -> dict:
-    """``model``'s weights renamed to the released ``ImageReward.pt`` layout: the inverse of
-    :func:`~diffalign.rewards.image_reward.image_reward_to_ours`, checked by mapping back."""
-    from diffalign.rewards.image_reward import _BLOCK, _VISION, image_reward_to_ours
-
-    def original(key: str) -> str:
-        if key.startswith("text."):
-            return "blip.text_encoder." + key[len("text."):]
-        if key.startswith("head."):
-            return "mlp." + key[len("head."):]
-        for old, new in _VISION:
-            if key == new or (new.endswith(".") and key.startswith(new)):
-                return old + key[len(new):]
-        prefix = "vision.encoder.layers."
-        if key.startswith(prefix):
-            layer, _, rest = key[len(prefix):].partition(".")
-            for old, new in _BLOCK.items():
-                if rest.startswith(new):
-                    return f"blip.visual_encoder.blocks.{layer}.{old}{rest[len(new):]}"
-        raise KeyError(f"no ImageReward.pt name for {key!r}")
-
-    state = model.state_dict()
-    renamed = {original(k): v for k, v in state.items()}
-    if set(image_reward_to_ours(renamed)) != set(state):  # the loader must read back exactly these keys
-        raise RuntimeError("the tiny ImageReward checkpoint does not map back onto the model")
-    return renamed
-
-
-def save_tiny_reward(name: str, folder: Path) -> tuple[Path, dict]:
-    """Write the tiny random model of reward ``name`` as its release lays it out, under ``folder``.
-
-    Returns:
-        ``(path, kwargs)`` such that ``load_reward(name, path, **kwargs)`` loads it (the kwargs
-        give the toy architecture where the loader would otherwise assume the full-size one).
-    """
-    from diffalign.rewards import tiny
-
-    folder.mkdir(parents=True, exist_ok=True)
-    if name in ("pickscore", "clip_score"):
-        return tiny.save_tiny_clip(folder), {}
-    if name in ("hpsv2", "hpsv2.1"):
-        checkpoint = tiny.save_tiny_hps(folder, version="v2.1" if name == "hpsv2.1" else "v2.0")
-        return checkpoint, {"architecture": tiny.TINY_OPEN_CLIP}
-    if name == "aesthetic":
-        # The MLP head and its CLIP backbone are separate downloads in the release, so two folders.
-        backbone = tiny.save_tiny_clip(folder / "backbone")
-        torch.save(tiny.tiny_reward("aesthetic").head.state_dict(), folder / "aesthetic-model.pth")
-        return folder, {"backbone": backbone}
-    if name == "image_reward":
-        torch.save(_image_reward_checkpoint(tiny.tiny_reward("image_reward")), folder / "ImageReward.pt")
-        (folder / "med_config.json").write_text(json.dumps(tiny.tiny_med_config()))
-        tiny.tiny_bert_tokenizer().save_pretrained(folder)
-        return folder, {"vision_config": tiny.TINY_BLIP_VISION}
-    raise BenchmarkError(f"no tiny build for reward {name!r}")
-
-
 def load_benchmark_reward(name: str, path: str | None, workdir: Path, device: str, dtype: torch.dtype):
     """Reward ``name`` from ``path``, or its tiny build written under ``workdir`` when ``path`` is None."""
     from diffalign.rewards import load_reward
 
+    from diffalign.rewards.tiny import save_tiny_reward
+
     kwargs = {}
     if path is None:
-        path, kwargs = save_tiny_reward(name, workdir / name)
+        try:
+            path, kwargs = save_tiny_reward(name, workdir / name)
+        except ValueError as err:
+            raise BenchmarkError(str(err)) from err
     return load_reward(name, path, dtype=dtype, device=device, **kwargs)
 
 
@@ -198,10 +143,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--batch-size", type=int, default=16, help="images per batched score call (default: 16)")
     parser.add_argument("--resolution", type=int, default=256, help="side of the random images (default: 256)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random images (default: 0)")
-    parser.add_argument("--dtype", choices=["fp32", "fp16", "bf16"], default=None,
-                        help="reward precision (default: fp16 on CUDA, fp32 on CPU)")
-    parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
-    parser.add_argument("--out", default="benchmarks/results", help="report folder (default: benchmarks/results)")
+    add_common_arguments(parser, dtype_of="reward")
     return parser
 
 

@@ -32,12 +32,11 @@ import tempfile
 import time
 from pathlib import Path
 
-import torch
-
-from diffalign.benchmarks.measure import PeakMemory, StepTimer, markdown_table, mib, release_memory, write_report
+from diffalign.benchmarks.measure import (BenchmarkError, PeakMemory, StepTimer, default_device, markdown_table, mib,
+                                          pipeline_folder, release_memory, write_report)
+from diffalign.benchmarks.real_size import TINY_KIND
 
 SETUPS = ("naive", "diffalign", "diffalign+ckpt", "diffalign+compile")
-TINY_KIND = {"sd": "sd15", "sdxl": "sdxl", "sd3": "sd3"}
 
 
 # ---------------------------------------------------------------------------------- data
@@ -204,7 +203,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--flops", action="store_true", help="count FLOPs of one step (TFLOP/s, and MFU with --peak-tflops)")
     p.add_argument("--peak-tflops", type=float, default=None,
                    help="the device's peak (default on a known GPU: its dense bf16 peak)")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--device", default=default_device())
     p.add_argument("--out", default="benchmarks/results", help="folder for train_step*.json/.md")
     p.add_argument("--name", default=None, help="report name (default: train_step-<family>-<size>-<mode>)")
     return p
@@ -228,9 +227,10 @@ def _defaults(args) -> None:
 def prepare_model(args, work: Path) -> str:
     """The model folder the set-ups load."""
     if args.model:
-        if not (Path(args.model) / "model_index.json").is_file():
-            raise SystemExit(f"error: --model {args.model} is not a diffusers pipeline folder (no model_index.json)")
-        return args.model
+        try:
+            return str(pipeline_folder(args.model))
+        except BenchmarkError as err:
+            raise SystemExit(f"error: {err}") from err
     if args.size in ("real", "mini"):
         from diffalign.benchmarks.real_size import save_real_size_pipeline
 

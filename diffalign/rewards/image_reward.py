@@ -69,6 +69,33 @@ def image_reward_to_ours(state: dict[str, Tensor]) -> dict[str, Tensor]:
     return out
 
 
+def ours_to_image_reward(state: dict[str, Tensor]) -> dict[str, Tensor]:
+    """The inverse of :func:`image_reward_to_ours`: our model's state dict renamed to the released
+    ``ImageReward.pt`` layout (used to write tiny checkpoints that load like the real one).
+
+    Raises:
+        KeyError: a key with no ``ImageReward.pt`` name.
+    """
+
+    def original(key: str) -> str:
+        if key.startswith("text."):
+            return "blip.text_encoder." + key[len("text."):]
+        if key.startswith("head."):
+            return "mlp." + key[len("head."):]
+        for old, new in _VISION:
+            if key == new or (new.endswith(".") and key.startswith(new)):
+                return old + key[len(new):]
+        prefix = "vision.encoder.layers."
+        if key.startswith(prefix):
+            layer, _, rest = key[len(prefix):].partition(".")
+            for old, new in _BLOCK.items():
+                if rest.startswith(new):
+                    return f"blip.visual_encoder.blocks.{layer}.{old}{rest[len(new):]}"
+        raise KeyError(f"no ImageReward.pt name for {key!r}")
+
+    return {original(k): v for k, v in state.items()}
+
+
 def _rename(key: str) -> str | None:
     if key.startswith("blip.text_encoder."):
         return "text." + key[len("blip.text_encoder."):]

@@ -164,3 +164,40 @@ def save_tiny_hps(path: str | os.PathLike, version: str = "v2.1", seed: int = 0)
     path.mkdir(parents=True, exist_ok=True)
     torch.save({"state_dict": tiny_open_clip(seed).state_dict()}, path / cls.checkpoint)
     return path / cls.checkpoint
+
+
+TINY_REWARDS = ("pickscore", "hpsv2", "hpsv2.1", "image_reward", "clip_score", "aesthetic")
+"""The rewards :func:`save_tiny_reward` can build offline (today: every registered one)."""
+
+
+def save_tiny_reward(name: str, folder: str | os.PathLike) -> tuple[Path, dict]:
+    """Write the tiny random model of reward ``name`` as its release lays it out, under ``folder``.
+
+    Returns:
+        ``(path, kwargs)`` such that ``load_reward(name, path, **kwargs)`` loads it (the kwargs
+        give the toy architecture where the loader would otherwise assume the full-size one).
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    if name in ("pickscore", "clip_score"):
+        return save_tiny_clip(folder), {}
+    if name in ("hpsv2", "hpsv2.1"):
+        checkpoint = save_tiny_hps(folder, version="v2.1" if name == "hpsv2.1" else "v2.0")
+        return checkpoint, {"architecture": TINY_OPEN_CLIP}
+    if name == "aesthetic":
+        # The MLP head and its CLIP backbone are separate downloads in the release, so two folders.
+        backbone = save_tiny_clip(folder / "backbone")
+        torch.save(tiny_reward("aesthetic").head.state_dict(), folder / "aesthetic-model.pth")
+        return folder, {"backbone": backbone}
+    if name == "image_reward":
+        from diffalign.rewards.image_reward import image_reward_to_ours, ours_to_image_reward
+
+        state = tiny_reward("image_reward").state_dict()
+        original = ours_to_image_reward(state)
+        if set(image_reward_to_ours(original)) != set(state):  # the loader must read back exactly these keys
+            raise RuntimeError("the tiny ImageReward checkpoint does not map back onto the model")
+        torch.save(original, folder / "ImageReward.pt")
+        (folder / "med_config.json").write_text(json.dumps(tiny_med_config()))
+        tiny_bert_tokenizer().save_pretrained(folder)
+        return folder, {"vision_config": TINY_BLIP_VISION}
+    raise ValueError(f"no tiny build for reward {name!r}")

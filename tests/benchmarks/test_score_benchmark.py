@@ -6,7 +6,8 @@ import json
 import pytest
 import torch
 
-from diffalign.benchmarks.score import TINY_REWARDS, main, parse_rewards, random_images, save_tiny_reward
+from diffalign.benchmarks.score import main, parse_rewards, random_images
+from diffalign.rewards.tiny import TINY_REWARDS, save_tiny_reward
 from diffalign.rewards import REWARDS, load_reward
 from diffalign.rewards.tiny import tiny_reward
 
