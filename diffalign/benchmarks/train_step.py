@@ -27,12 +27,13 @@ from __future__ import annotations
 import argparse
 import io
 import shlex
+import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from diffalign.benchmarks.measure import (BenchmarkError, PeakMemory, StepTimer, default_device, markdown_table, mib,
+from diffalign.benchmarks.measure import (BenchmarkError, PeakMemory, StepTimer, check_counts, default_device, markdown_table, mib,
                                           pipeline_folder, release_memory, write_report)
 from diffalign.benchmarks.real_size import TINY_KIND
 
@@ -77,28 +78,40 @@ def build_latent_cache(model: str, data: Path, resolution: int, device: str, use
 
 
 # ---------------------------------------------------------------------------------- set-ups
-def run_naive(args, model: str, data: Path) -> dict:
-    """Time the naive loop; peak memory covers loading it and its steps."""
+def make_naive(args, model: str, data: Path):
     from diffalign.benchmarks.naive import NaiveDPO
 
+    return NaiveDPO(model, str(data), resolution=args.resolution, batch_size=args.batch_size,
+                    lora_rank=args.lora_rank if args.mode == "lora" else None, lr=args.lr,
+                    mixed_precision=args.mixed_precision, device=args.device, workers=args.workers)
+
+
+def run_naive(args, model: str, data: Path, first_round: bool = True) -> dict:
+    """Time the naive loop; peak memory covers loading it and its steps. FLOPs and the tensor
+    memory pass (deterministic) are measured in the first round only."""
     timer = StepTimer(args.device, warmup=args.warmup)
     with PeakMemory(args.device) as mem:
-        naive = NaiveDPO(model, str(data), resolution=args.resolution, batch_size=args.batch_size,
-                         lora_rank=args.lora_rank if args.mode == "lora" else None, lr=args.lr,
-                         mixed_precision=args.mixed_precision, device=args.device, workers=args.workers)
+        naive = make_naive(args, model, data)
         timer.tick()
         for _ in range(args.warmup + args.steps):
             naive.step()
             timer.tick()
-        flops = _count_flops(lambda: naive.compute_loss(naive._next_batch()).backward()) if args.flops else None
+        flops = _count_flops(lambda: naive.compute_loss(naive._next_batch()).backward()) if args.flops and first_round else None
         naive.optimizer.zero_grad(set_to_none=True)
-    del naive
+        naive = None  # freed before the memory pass builds its own
     release_memory()
-    return _result("naive", args, timer, mem, flops)
+
+    def memory_pass():
+        naive = make_naive(args, model, data)
+        for _ in range(MEMORY_PASS_STEPS):
+            naive.step()
+
+    tensors = _tensor_peak(args, "naive", memory_pass) if first_round else None
+    return _result("naive", args, timer, mem, flops, tensors)
 
 
-def diffalign_config(args, model: str, data: Path, out: Path, setup: str):
-    """The :class:`~diffalign.config.TrainConfig` of a diffalign set-up."""
+def diffalign_config(args, model: str, data: Path, out: Path, setup: str, steps: int | None = None):
+    """The :class:`~diffalign.config.TrainConfig` of a diffalign set-up (``steps``: default warm-up + timed)."""
     from diffalign.config import TrainConfig, from_dict
 
     switches = set(args.switches)
@@ -109,7 +122,7 @@ def diffalign_config(args, model: str, data: Path, out: Path, setup: str):
         "lora": {"rank": args.lora_rank, "alpha": args.lora_rank} if args.mode == "lora" else None,
         "optim": {"lr": args.lr, "lr_scheduler": "constant", "optimizer": args.optimizer},
         "batch_size": args.batch_size,
-        "max_steps": args.warmup + args.steps,
+        "max_steps": steps or args.warmup + args.steps,
         "mixed_precision": args.mixed_precision,
         "gradient_checkpointing": setup == "diffalign+ckpt" or (setup == "diffalign+compile" and "ckpt" in switches),
         "compile": setup == "diffalign+compile",
@@ -120,7 +133,7 @@ def diffalign_config(args, model: str, data: Path, out: Path, setup: str):
     return from_dict(TrainConfig, raw, source=f"benchmark set-up {setup}")
 
 
-def run_diffalign(args, model: str, data: Path, setup: str) -> dict:
+def run_diffalign(args, model: str, data: Path, setup: str, first_round: bool = True) -> dict:
     """Time the real trainer (its own loop, data loader and logging) through its ``on_step`` hook."""
     from diffalign.training import Trainer
 
@@ -129,11 +142,37 @@ def run_diffalign(args, model: str, data: Path, setup: str) -> dict:
         trainer = Trainer(diffalign_config(args, model, data, Path(out), setup))
         timer.tick()
         trainer.run(on_step=lambda step, _: timer.tick())
-        flops = _count_flops(lambda: trainer.compute_loss(next(iter(trainer.loader))).loss.backward()) if args.flops else None
+        flops = (_count_flops(lambda: trainer.compute_loss(next(iter(trainer.loader))).loss.backward())
+                 if args.flops and first_round else None)
         trainer.accelerator.free_memory()
-        del trainer
+        trainer = None
     release_memory()
-    return _result(setup, args, timer, mem, flops)
+
+    def memory_pass():
+        with tempfile.TemporaryDirectory() as out:
+            Trainer(diffalign_config(args, model, data, Path(out), setup, steps=MEMORY_PASS_STEPS)).run()
+
+    tensors = _tensor_peak(args, setup, memory_pass) if first_round else None
+    return _result(setup, args, timer, mem, flops, tensors)
+
+
+# Two steps: the first allocates the optimiser's state, the second is a steady one.
+MEMORY_PASS_STEPS = 2
+
+
+def _tensor_peak(args, setup: str, memory_pass) -> int | None:
+    """Peak live tensor bytes of a second, profiled pass of a set-up (load and two steps), on CPU
+    (CUDA's ``max_memory_allocated`` already counts tensors). ``None`` when not measured: on
+    CUDA, with ``--no-tensor-memory``, and for ``diffalign+compile``, whose second pass would
+    compile the model again for minutes."""
+    from diffalign.benchmarks.measure import TensorMemory
+
+    if not args.tensor_memory or args.device.startswith("cuda") or setup == "diffalign+compile":
+        return None
+    with TensorMemory() as mem:
+        memory_pass()
+    release_memory()
+    return mem.peak_bytes
 
 
 def _count_flops(step) -> int:
@@ -145,15 +184,14 @@ def _count_flops(step) -> int:
     return counter.get_total_flops()
 
 
-def _result(setup: str, args, timer: StepTimer, mem: PeakMemory, flops: int | None) -> dict:
+def _result(setup: str, args, timer: StepTimer, mem: PeakMemory, flops: int | None, tensor_bytes: int | None) -> dict:
     step_s = timer.median_s
     row = {"setup": setup, "median_step_s": step_s, "pairs_per_s": args.batch_size / step_s,
            "peak_mib": mib(mem.peak_bytes), "memory_kind": mem.kind, "step_times_s": timer.times}
+    if tensor_bytes is not None:
+        row["tensor_peak_mib"] = mib(tensor_bytes)
     if flops is not None:
         row["flops_per_step"] = flops
-        row["tflops_per_s"] = flops / step_s / 1e12
-        if args.peak_tflops:
-            row["mfu"] = row["tflops_per_s"] / args.peak_tflops
     return row
 
 
@@ -164,13 +202,47 @@ def add_ratios(rows: list[dict]) -> list[dict]:
         if naive is not None:
             row["speedup"] = row["pairs_per_s"] / naive["pairs_per_s"]
             row["memory_ratio"] = row["peak_mib"] / naive["peak_mib"] if naive["peak_mib"] > 0 else None
+            if row.get("tensor_peak_mib") is not None and naive.get("tensor_peak_mib"):
+                row["tensor_memory_ratio"] = row["tensor_peak_mib"] / naive["tensor_peak_mib"]
     return rows
+
+
+def combine_rounds(rounds: list[list[dict]], args) -> list[dict]:
+    """One row per set-up from ``rounds`` (each a list of rows, one per set-up, with ratios).
+
+    A round runs every set-up back to back, so a slow spell of the machine (on the shared 2-core
+    machine, whole runs differed by 25 %) hits both sides of a ratio: ``speedup`` and
+    ``memory_ratio`` are the medians over rounds of each round's ratio, with the range beside
+    them. Step time is the median of every timed step of every round; peak RSS the median over
+    rounds; FLOPs and tensor memory come from the first round.
+    """
+    combined = []
+    for i, first in enumerate(rounds[0]):
+        per_round = [r[i] for r in rounds]
+        times = [t for row in per_round for t in row["step_times_s"]]
+        row = {**first, "rounds": len(per_round), "step_times_s": times,
+               "round_step_times_s": [row["step_times_s"] for row in per_round],
+               "round_peak_mib": [row["peak_mib"] for row in per_round],
+               "median_step_s": statistics.median(times), "peak_mib": statistics.median(r["peak_mib"] for r in per_round)}
+        row["pairs_per_s"] = args.batch_size / row["median_step_s"]
+        for key in ("speedup", "memory_ratio"):
+            values = [r[key] for r in per_round if r.get(key) is not None]
+            if values:
+                row[key] = statistics.median(values)
+                row[f"{key}_range"] = f"{min(values):.2f}–{max(values):.2f}" if len(values) > 1 else None
+        if row.get("flops_per_step") is not None:
+            row["tflops_per_s"] = row["flops_per_step"] / row["median_step_s"] / 1e12
+            if args.peak_tflops:
+                row["mfu"] = row["tflops_per_s"] / args.peak_tflops
+        combined.append(row)
+    return combined
 
 
 COLUMNS = [
     ("setup", "set-up", ""), ("median_step_s", "step (s)", ".4f"), ("pairs_per_s", "pairs/s", ".2f"),
-    ("speedup", "× naive pairs/s", ".2f"), ("peak_mib", "peak memory (MiB)", ".1f"),
-    ("memory_ratio", "× naive memory", ".2f"), ("tflops_per_s", "TFLOP/s", ".3g"), ("mfu", "MFU", ".1%"),
+    ("speedup", "× naive pairs/s", ".2f"), ("speedup_range", "range", ""), ("peak_mib", "peak memory (MiB)", ".1f"),
+    ("memory_ratio", "× naive memory", ".2f"), ("memory_ratio_range", "range", ""), ("tensor_peak_mib", "peak tensor memory (MiB)", ".1f"),
+    ("tensor_memory_ratio", "× naive tensor memory", ".2f"), ("tflops_per_s", "TFLOP/s", ".3g"), ("mfu", "MFU", ".1%"),
 ]
 
 
@@ -189,6 +261,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=4, help="pairs per step")
     p.add_argument("--pairs", type=int, default=None, help="dataset size (default: enough for every step)")
     p.add_argument("--steps", type=int, default=10, help="timed steps")
+    p.add_argument("--rounds", type=int, default=None,
+                   help="times every set-up is run, back to back in turn (default: 3 on CPU, 1 on CUDA)")
     p.add_argument("--warmup", type=int, default=3, help="untimed steps first")
     p.add_argument("--setups", nargs="+", choices=SETUPS, default=["naive", "diffalign", "diffalign+ckpt"])
     p.add_argument("--switches", nargs="*", default=[], choices=("ckpt",),
@@ -200,6 +274,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--lr", type=float, default=1e-5)
     p.add_argument("--workers", type=int, default=0, help="DataLoader workers of both set-ups")
     p.add_argument("--no-t5", dest="use_t5", action="store_false", help="SD3: leave T5 out")
+    p.add_argument("--no-tensor-memory", dest="tensor_memory", action="store_false",
+                   help="CPU: skip the profiled second pass that measures peak live tensor memory")
     p.add_argument("--flops", action="store_true", help="count FLOPs of one step (TFLOP/s, and MFU with --peak-tflops)")
     p.add_argument("--peak-tflops", type=float, default=None,
                    help="the device's peak (default on a known GPU: its dense bf16 peak)")
@@ -216,6 +292,8 @@ def _defaults(args) -> None:
         args.mixed_precision = "bf16" if args.device.startswith("cuda") else "no"
     if args.resolution is None:
         args.resolution = {"real": DEFAULT_RESOLUTION[args.family], "mini": MINI_RESOLUTION, "tiny": 64}[args.size]
+    if args.rounds is None:
+        args.rounds = 1 if args.device.startswith("cuda") else 3
     if args.pairs is None:
         args.pairs = args.batch_size * (args.warmup + args.steps + 2)
     if args.peak_tflops is None and args.device.startswith("cuda"):
@@ -243,6 +321,10 @@ def prepare_model(args, work: Path) -> str:
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     _defaults(args)
+    try:
+        check_counts(steps=args.steps, rounds=args.rounds, batch_size=args.batch_size)
+    except BenchmarkError as err:
+        raise SystemExit(f"error: {err}") from err
     if "naive" in args.setups and args.objective != "diffusion_dpo":
         print("note: the naive set-up is Diffusion-DPO; ratios compare it with the diffalign objective "
               f"{args.objective!r}", file=sys.stderr)
@@ -251,11 +333,15 @@ def main(argv: list[str] | None = None) -> int:
         model = prepare_model(args, work)
         data = write_random_pairs(work / "data", args.pairs, args.resolution)
         cache_s = build_latent_cache(model, data, args.resolution, args.device, args.use_t5)
-        rows = []
-        for setup in args.setups:
-            print(f"[train_step] {setup} ...", file=sys.stderr, flush=True)
-            rows.append(run_naive(args, model, data) if setup == "naive" else run_diffalign(args, model, data, setup))
-    add_ratios(rows)
+        rounds = []
+        for r in range(args.rounds):
+            rows = []
+            for setup in args.setups:
+                print(f"[train_step] round {r + 1}/{args.rounds}: {setup} ...", file=sys.stderr, flush=True)
+                rows.append(run_naive(args, model, data, r == 0) if setup == "naive"
+                            else run_diffalign(args, model, data, setup, r == 0))
+            rounds.append(add_ratios(rows))
+    rows = combine_rounds(rounds, args)
     table = markdown_table(rows, [c for c in COLUMNS if any(r.get(c[0]) is not None for r in rows)])
     settings = {k: v for k, v in vars(args).items() if k not in ("out", "name")}
     command = "python benchmarks/train_step.py " + shlex.join(argv if argv is not None else sys.argv[1:])
