@@ -40,12 +40,13 @@ class NaiveDPO:
 
     def __init__(self, model: str, data: str, *, resolution: int, batch_size: int, lora_rank: int | None = 4,
                  lr: float = 1e-5, beta: float = 5000.0, mixed_precision: str = "no", device: str = "cpu",
-                 seed: int = 0, workers: int = 0):
+                 seed: int = 0, workers: int | None = None):
         from diffusers.training_utils import cast_training_params
 
         from diffalign.config import torch_dtype
         from diffalign.families import load
         from diffalign.training.lora import add_lora
+        from diffalign.training.trainer import loader_workers
 
         self.device = torch.device(device)
         self.beta = beta
@@ -65,7 +66,7 @@ class NaiveDPO:
         self.optimizer = torch.optim.AdamW(self.params, lr=lr)
         groups = GroupDataset(PreferenceDataset.open(data), resolution=resolution, seed=seed)
         self.loader = DataLoader(groups, batch_size=batch_size, shuffle=True, collate_fn=collate_groups,
-                                 num_workers=workers, generator=torch.Generator().manual_seed(seed),
+                                 num_workers=loader_workers(workers), generator=torch.Generator().manual_seed(seed),
                                  pin_memory=self.device.type == "cuda")
         self._batches = iter(())
         self.generator = torch.Generator().manual_seed(seed)

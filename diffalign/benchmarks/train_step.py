@@ -229,7 +229,8 @@ def combine_rounds(rounds: list[list[dict]], args) -> list[dict]:
             values = [r[key] for r in per_round if r.get(key) is not None]
             if values:
                 row[key] = statistics.median(values)
-                row[f"{key}_range"] = f"{min(values):.2f}–{max(values):.2f}" if len(values) > 1 else None
+                spread = len(values) > 1 and first["setup"] != "naive"  # naive's own ratios are all 1
+                row[f"{key}_range"] = f"{min(values):.2f}–{max(values):.2f}" if spread else None
         if row.get("flops_per_step") is not None:
             row["tflops_per_s"] = row["flops_per_step"] / row["median_step_s"] / 1e12
             if args.peak_tflops:
@@ -272,7 +273,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--optimizer", choices=("adamw", "adamw_8bit"), default="adamw")
     p.add_argument("--attention", choices=("sdpa", "xformers"), default="sdpa")
     p.add_argument("--lr", type=float, default=1e-5)
-    p.add_argument("--workers", type=int, default=0, help="DataLoader workers of both set-ups")
+    p.add_argument("--workers", type=int, default=None,
+                   help="DataLoader workers of every set-up (default: the trainer's, 4 on CUDA and 0 on CPU)")
     p.add_argument("--no-t5", dest="use_t5", action="store_false", help="SD3: leave T5 out")
     p.add_argument("--no-tensor-memory", dest="tensor_memory", action="store_false",
                    help="CPU: skip the profiled second pass that measures peak live tensor memory")

@@ -142,9 +142,12 @@ class Trainer:
             self.data, resolution=config.data.resolution, center_crop=config.data.center_crop,
             random_flip=config.data.random_flip, strict=config.data.strict, seed=config.seed, cache=cache,
         )
+        workers = loader_workers(config.data.workers)
         self.loader = DataLoader(
             self.groups, batch_size=config.batch_size, sampler=EpochSampler(len(self.groups), config.seed),
-            collate_fn=collate_groups, num_workers=config.data.workers, pin_memory=torch.cuda.is_available(),
+            # Not persistent_workers: workers copy the dataset when they start, and each epoch's
+            # set_epoch (its crops and flips) must reach them.
+            collate_fn=collate_groups, num_workers=workers, pin_memory=torch.cuda.is_available(),
         )
 
     # ----------------------------------------------------------------------------- one step
@@ -298,6 +301,20 @@ class Trainer:
             self._validate(self.state["step"])
         accelerator.wait_for_everyone()
         return target
+
+
+def loader_workers(configured: int | None) -> int:
+    """DataLoader workers: the configured number, else 4 (at most the CPU count) when training on a
+    GPU and 0 on CPU (see :class:`~diffalign.config.DataConfig`)."""
+    if configured is not None:
+        if configured < 0:
+            raise ValueError(f"data.workers must be 0 or more, got {configured}")
+        return configured
+    if not torch.cuda.is_available():
+        return 0
+    import os
+
+    return min(4, os.cpu_count() or 1)
 
 
 def _group_seed(seed: int, epoch: int, index: int) -> int:
