@@ -6,6 +6,8 @@ ordinary diffusers folder (``model_index.json`` and one subfolder per component)
 test goes through the same ``from_pretrained`` path as it would for SDXL or SD3-Medium.
 
 The tests use these through fixtures in ``tests/conftest.py``; the CPU demo reuses them.
+``write_random_pairs`` writes a preference dataset of random-noise pairs (the training
+benchmark's data, and any test that needs images with content to crop and flip).
 Tiny reward models (CLIP, open_clip, BLIP) are built by :mod:`diffalign.rewards.tiny`, beside
 the reward code whose layouts they mirror.
 
@@ -16,6 +18,7 @@ Example:
 
 from __future__ import annotations
 
+import io
 import os
 import string
 from pathlib import Path
@@ -258,3 +261,26 @@ def save_tiny_pipeline(kind: str, path: str | os.PathLike, seed: int = 0, with_t
     path = Path(path)
     tiny_pipeline(kind, seed=seed, with_t5=with_t5).save_pretrained(path, safe_serialization=True)
     return path
+
+
+def write_random_pairs(folder: Path, pairs: int, resolution: int, seed: int = 0) -> Path:
+    """A preference dataset of ``pairs`` random-noise image pairs (PNG) with short prompts."""
+    import numpy as np
+    from PIL import Image
+
+    from diffalign.data.writer import ShardWriter
+
+    rng = np.random.default_rng(seed)
+    writer = ShardWriter(folder, builder="benchmark", options={"pairs": pairs, "resolution": resolution},
+                         shard_size=256, overwrite=True)
+    for i in range(pairs):
+        images = []
+        for _ in range(2):
+            buf = io.BytesIO()
+            Image.fromarray(rng.integers(0, 256, (resolution, resolution, 3), dtype=np.uint8)).save(buf, "PNG")
+            images.append({"bytes": buf.getvalue(), "path": None})
+        writer.add({"id": f"p{i}", "prompt": f"a photo of a red cat {i}", "images": images, "scores": [1.0, 0.0],
+                    "ranks": [0, 1], "captions": None, "source": "benchmark", "meta": None})
+        writer.advance(i + 1)
+    writer.finish({"group_size": 2})
+    return folder

@@ -21,7 +21,6 @@ Example:
 from __future__ import annotations
 
 import argparse
-import shlex
 import sys
 import tempfile
 import time
@@ -218,9 +217,8 @@ def main(argv: list[str] | None = None) -> int:
                 "guidance": args.guidance, "seed": args.seed, "dtype": dtype, "device": device,
                 "memory": result["memory"], "warmup": "one untimed call at batch 1 and one at --batch-size"}
     table = markdown_table(result["rows"], COLUMNS)
-    command = shlex.join(["python", "benchmarks/generate.py", *argv])
     payload = {"settings": settings, "rows": result["rows"]}
-    json_path, md_path = write_report(args.out, "generate", payload, table, command)
+    json_path, md_path = write_report(args.out, "generate", payload, table, "generate.py", argv)
     print(table)
     print(f"wrote {json_path} and {md_path}")
     return 0

@@ -215,12 +215,17 @@ def environment() -> dict:
     return env
 
 
-def write_report(out_dir: str | Path, name: str, payload: dict, table: str, command: str) -> tuple[Path, Path]:
-    """Write ``<name>.json`` (``payload`` plus the command and environment) and ``<name>.md``.
+def write_report(out_dir: str | Path, name: str, payload: dict, table: str, script: str,
+                 argv: list[str]) -> tuple[Path, Path]:
+    """Write ``<name>.json`` (``payload`` plus the command and environment) and ``<name>.md``;
+    the command is ``python benchmarks/<script> <argv>``, what re-makes the report.
 
     Returns:
         The two paths.
     """
+    import shlex
+
+    command = shlex.join(["python", f"benchmarks/{script}", *argv])
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     payload = {"command": command, "environment": environment(), **payload}

@@ -24,7 +24,7 @@ from torch.utils.data import DataLoader
 
 from diffalign.config import LoRAConfig
 from diffalign.data.dataset import PreferenceDataset
-from diffalign.data.loader import GroupDataset, image_info, collate_groups
+from diffalign.data.loader import GroupDataset, collate_groups, image_info, loader_workers
 from diffalign.objectives.diffusion_dpo import dpo_margin, dpo_pair_loss
 
 
@@ -46,7 +46,6 @@ class NaiveDPO:
         from diffalign.config import torch_dtype
         from diffalign.families import load
         from diffalign.training.lora import add_lora
-        from diffalign.training.trainer import loader_workers
 
         self.device = torch.device(device)
         self.beta = beta

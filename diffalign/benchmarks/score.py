@@ -17,7 +17,6 @@ Example:
 from __future__ import annotations
 
 import argparse
-import shlex
 import sys
 import tempfile
 from pathlib import Path
@@ -173,8 +172,7 @@ def main(argv: list[str] | None = None) -> int:
                 "memory": rows[0]["memory"] if rows else None,
                 "warmup": "one untimed score call at batch 1 and one at --batch-size"}
     table = markdown_table(rows, COLUMNS)
-    command = shlex.join(["python", "benchmarks/score.py", *argv])
-    json_path, md_path = write_report(args.out, "score", {"settings": settings, "rows": rows}, table, command)
+    json_path, md_path = write_report(args.out, "score", {"settings": settings, "rows": rows}, table, "score.py", argv)
     print(table)
     print(f"wrote {json_path} and {md_path}")
     return 0

@@ -25,8 +25,6 @@ random weights (:mod:`.real_size`; needs a GPU in practice).
 from __future__ import annotations
 
 import argparse
-import io
-import shlex
 import statistics
 import sys
 import tempfile
@@ -38,32 +36,11 @@ from diffalign.benchmarks.measure import (BenchmarkError, PeakMemory, StepTimer,
 from diffalign.benchmarks.real_size import TINY_KIND
 
 SETUPS = ("naive", "diffalign", "diffalign+ckpt", "diffalign+compile")
+# The tensor-memory pass: the first step allocates the optimiser's state, the second is a steady one.
+MEMORY_PASS_STEPS = 2
 
 
 # ---------------------------------------------------------------------------------- data
-def write_random_pairs(folder: Path, pairs: int, resolution: int, seed: int = 0) -> Path:
-    """A preference dataset of ``pairs`` random-noise image pairs (PNG) with short prompts."""
-    import numpy as np
-    from PIL import Image
-
-    from diffalign.data.writer import ShardWriter
-
-    rng = np.random.default_rng(seed)
-    writer = ShardWriter(folder, builder="benchmark", options={"pairs": pairs, "resolution": resolution},
-                         shard_size=256, overwrite=True)
-    for i in range(pairs):
-        images = []
-        for _ in range(2):
-            buf = io.BytesIO()
-            Image.fromarray(rng.integers(0, 256, (resolution, resolution, 3), dtype=np.uint8)).save(buf, "PNG")
-            images.append({"bytes": buf.getvalue(), "path": None})
-        writer.add({"id": f"p{i}", "prompt": f"a photo of a red cat {i}", "images": images, "scores": [1.0, 0.0],
-                    "ranks": [0, 1], "captions": None, "source": "benchmark", "meta": None})
-        writer.advance(i + 1)
-    writer.finish({"group_size": 2})
-    return folder
-
-
 def build_latent_cache(model: str, data: Path, resolution: int, device: str, use_t5: bool) -> float:
     """Build the latent cache the diffalign set-ups read; returns the seconds it took."""
     from diffalign.data.cache import build_cache
@@ -154,10 +131,6 @@ def run_diffalign(args, model: str, data: Path, setup: str, first_round: bool = 
 
     tensors = _tensor_peak(args, setup, memory_pass) if first_round else None
     return _result(setup, args, timer, mem, flops, tensors)
-
-
-# Two steps: the first allocates the optimiser's state, the second is a steady one.
-MEMORY_PASS_STEPS = 2
 
 
 def _tensor_peak(args, setup: str, memory_pass) -> int | None:
@@ -333,6 +306,8 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as work:
         work = Path(work)
         model = prepare_model(args, work)
+        from diffalign.testing import write_random_pairs
+
         data = write_random_pairs(work / "data", args.pairs, args.resolution)
         cache_s = build_latent_cache(model, data, args.resolution, args.device, args.use_t5)
         rounds = []
@@ -346,9 +321,8 @@ def main(argv: list[str] | None = None) -> int:
     rows = combine_rounds(rounds, args)
     table = markdown_table(rows, [c for c in COLUMNS if any(r.get(c[0]) is not None for r in rows)])
     settings = {k: v for k, v in vars(args).items() if k not in ("out", "name")}
-    command = "python benchmarks/train_step.py " + shlex.join(argv if argv is not None else sys.argv[1:])
     paths = write_report(args.out, args.name, {"settings": settings, "cache_build_s": cache_s, "rows": rows},
-                         table, command)
+                         table, "train_step.py", sys.argv[1:] if argv is None else list(argv))
     print(table)
     print(f"latent cache build (once per dataset): {cache_s:.1f} s; reports: {', '.join(map(str, paths))}")
     return 0

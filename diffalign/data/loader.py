@@ -12,6 +12,7 @@ in ``batch["skipped"]``. Under ``strict=True`` it raises instead.
 
 from __future__ import annotations
 
+import os
 import random
 
 import torch
@@ -104,6 +105,18 @@ class GroupDataset(Dataset):
         if self.strict:
             raise UnreadableImageError(f"row {row['id']!r} of {self.data.root}: an image cannot be decoded {detail}")
         return None
+
+
+def loader_workers(configured: int | None) -> int:
+    """DataLoader workers: the configured number, else 4 (at most the CPU count) when training on a
+    GPU and 0 on CPU (see :class:`~diffalign.config.DataConfig`)."""
+    if configured is not None:
+        if configured < 0:
+            raise ValueError(f"data.workers must be 0 or more, got {configured}")
+        return configured
+    if not torch.cuda.is_available():
+        return 0
+    return min(4, os.cpu_count() or 1)
 
 
 def collate_groups(items: list[dict | None]) -> dict:

@@ -16,7 +16,7 @@ from torch.utils.data import DataLoader, Sampler
 from tqdm.auto import tqdm
 
 from diffalign.config import TrainConfig, save_config, to_dict, torch_dtype
-from diffalign.data.loader import GroupDataset, collate_groups, family_inputs
+from diffalign.data.loader import GroupDataset, collate_groups, family_inputs, loader_workers
 from diffalign.families.reference import Reference
 from diffalign.objectives.base import PreferenceTerms
 from diffalign.training import checkpoint
@@ -301,20 +301,6 @@ class Trainer:
             self._validate(self.state["step"])
         accelerator.wait_for_everyone()
         return target
-
-
-def loader_workers(configured: int | None) -> int:
-    """DataLoader workers: the configured number, else 4 (at most the CPU count) when training on a
-    GPU and 0 on CPU (see :class:`~diffalign.config.DataConfig`)."""
-    if configured is not None:
-        if configured < 0:
-            raise ValueError(f"data.workers must be 0 or more, got {configured}")
-        return configured
-    if not torch.cuda.is_available():
-        return 0
-    import os
-
-    return min(4, os.cpu_count() or 1)
 
 
 def _group_seed(seed: int, epoch: int, index: int) -> int:

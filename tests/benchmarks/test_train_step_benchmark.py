@@ -80,7 +80,7 @@ def test_naive_loss_equals_the_batched_diffusion_dpo_loss(tiny_path, tmp_path):
     """Separate forwards for the preferred and rejected images and a copied reference change
     the cost, not the maths: same noise and time → the trainer's objective gives the same loss."""
     from diffalign.benchmarks.naive import NaiveDPO
-    from diffalign.benchmarks.train_step import write_random_pairs
+    from diffalign.testing import write_random_pairs
     from diffalign.objectives import build_objective
     from diffalign.objectives.base import PreferenceTerms
 

@@ -10,7 +10,7 @@ from pickapic_source import jpeg
 from PIL import Image
 
 from diffalign.data import GroupDataset, PreferenceDataset, SchemaError, collate_groups
-from diffalign.data.loader import UnreadableImageError
+from diffalign.data.loader import UnreadableImageError, loader_workers
 from diffalign.data.writer import ShardWriter
 
 
@@ -140,3 +140,16 @@ def test_dataloader_workers_give_the_same_batches(tmp_path):
     assert [b["ids"] for b in workers] == [["0", "1"], ["2", "3"], ["4"]]
     for a, b in zip(inline, workers):
         assert torch.equal(a["pixels"], b["pixels"]) and torch.equal(a["crop_top_left"], b["crop_top_left"])
+
+
+def test_loader_workers_default_to_none_on_cpu_and_some_on_gpu(monkeypatch):
+    assert loader_workers(3) == 3
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert loader_workers(None) == 0  # the model already uses every core
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr("os.cpu_count", lambda: 16)
+    assert loader_workers(None) == 4
+    monkeypatch.setattr("os.cpu_count", lambda: 2)
+    assert loader_workers(None) == 2
+    with pytest.raises(ValueError, match="data.workers must be 0 or more"):
+        loader_workers(-1)

@@ -123,7 +123,7 @@ def test_resume_gives_the_same_weights(lora, tiny_path, pair_data, tmp_path, mon
 def test_loader_workers_give_the_same_run(tiny_path, tmp_path):
     """Worker processes decode the images; the run must not depend on them. Three epochs of
     random crops and flips: each epoch's ``set_epoch`` has to reach the workers."""
-    from diffalign.benchmarks.train_step import write_random_pairs
+    from diffalign.testing import write_random_pairs
 
     data = write_random_pairs(tmp_path / "noise", pairs=4, resolution=40)  # larger than the 32 px crop
     common = ["max_steps=6", "batch_size=2", "data.random_flip=true", "data.center_crop=false"]
@@ -132,21 +132,6 @@ def test_loader_workers_give_the_same_run(tiny_path, tmp_path):
     a, b = _final_weights(inline, True), _final_weights(forked, True)
     for key in a:
         torch.testing.assert_close(b[key], a[key], rtol=0, atol=1e-6)
-
-
-def test_loader_workers_default_to_none_on_cpu_and_some_on_gpu(monkeypatch):
-    from diffalign.training.trainer import loader_workers
-
-    assert loader_workers(3) == 3
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    assert loader_workers(None) == 0  # the model already uses every core
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    monkeypatch.setattr("os.cpu_count", lambda: 16)
-    assert loader_workers(None) == 4
-    monkeypatch.setattr("os.cpu_count", lambda: 2)
-    assert loader_workers(None) == 2
-    with pytest.raises(ValueError, match="data.workers must be 0 or more"):
-        loader_workers(-1)
 
 
 @pytest.mark.parametrize(
