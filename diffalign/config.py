@@ -169,6 +169,10 @@ class TrainConfig:
     gradient_checkpointing: bool = False
     compile: bool = False
     """``torch.compile`` the denoiser (the first steps are slow while it compiles)."""
+    compile_memory_budget: float | None = None
+    """With ``compile``: the fraction (0–1] of the activations the compiler may keep for backward;
+    it recomputes the cheapest of the rest (PyTorch's memory-budget activation checkpointing).
+    Recomputes less than ``gradient_checkpointing`` for a like saving. ``None``: keep them all."""
     allow_tf32: bool = True
     checkpoint_every: int = 500
     keep_checkpoints: int = 3

@@ -48,6 +48,9 @@ def preflight(config: TrainConfig):
         raise StartupError("optim.optimizer: adamw_8bit needs bitsandbytes: pip install 'diffalign[bnb]'")
     if config.logging.report_to == "wandb" and importlib.util.find_spec("wandb") is None:
         raise StartupError("logging.report_to: wandb needs wandb: pip install 'diffalign[wandb]'")
+    budget = config.compile_memory_budget
+    if budget is not None and not (config.compile and 0 < budget <= 1):
+        raise StartupError(f"compile_memory_budget: {budget} needs compile: true and a value in (0, 1]")
     if config.batch_size < 1 or config.gradient_accumulation_steps < 1 or config.max_steps < 1:
         raise StartupError("batch_size, gradient_accumulation_steps and max_steps must be at least 1")
     return objective, data, family

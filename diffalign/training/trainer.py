@@ -8,6 +8,7 @@ frozen copy) → the objective's loss. See :func:`train`.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -201,6 +202,17 @@ class Trainer:
         log = MetricLog(accelerator, self.out / "metrics.jsonl")
         bar = tqdm(total=config.max_steps, initial=self.state["step"], desc="train", unit="step",
                    disable=not (accelerator.is_local_main_process and config.logging.progress_bar))
+        with compiler_options(config):
+            self._loop(log, bar, ckpt_dir)
+        bar.close()
+        weights = self._save_final()
+        accelerator.end_training()
+        return TrainResult(self.out, self.state["step"], weights, self.state["skipped_steps"],
+                           self.state["skipped_groups"], accelerator.is_main_process)
+
+    def _loop(self, log: MetricLog, bar, ckpt_dir: Path) -> None:
+        """Optimiser steps until ``max_steps``, from wherever ``self.state`` stands."""
+        config, accelerator = self.config, self.accelerator
         window_bad = False
         while self.state["step"] < config.max_steps:
             self.epoch, skip = divmod(self.state["batches"], len(self.loader))
@@ -224,11 +236,6 @@ class Trainer:
                     self._after_step(log, bar, ckpt_dir)
                     if self.state["step"] >= config.max_steps:
                         break
-        bar.close()
-        weights = self._save_final()
-        accelerator.end_training()
-        return TrainResult(self.out, self.state["step"], weights, self.state["skipped_steps"],
-                           self.state["skipped_groups"], accelerator.is_main_process)
 
     def _any_bad(self, out) -> bool:
         """True on every process when any process has an empty batch or a non-finite loss, so
@@ -301,6 +308,17 @@ class Trainer:
             self._validate(self.state["step"])
         accelerator.wait_for_everyone()
         return target
+
+
+def compiler_options(config: TrainConfig):
+    """The compiler settings of a run, as a context for the steps (the model compiles lazily, at
+    its first calls): ``compile_memory_budget`` sets AOT autograd's activation memory budget
+    only while this run's steps trace, not for the rest of the process."""
+    if not config.compile or config.compile_memory_budget is None:
+        return contextlib.nullcontext()
+    import torch._functorch.config as functorch_config
+
+    return functorch_config.patch(activation_memory_budget=config.compile_memory_budget)
 
 
 def _group_seed(seed: int, epoch: int, index: int) -> int:
