@@ -11,11 +11,20 @@ Set-ups (``--setups``):
 - ``diffalign``: the real :class:`~diffalign.training.Trainer` with the latent cache, one
   forward per group and the LoRA-disabled reference (a frozen copy under full fine-tuning);
 - ``diffalign+ckpt``: the same with gradient checkpointing;
-- ``diffalign+compile``: the same with ``torch.compile`` (and with gradient checkpointing if
-  asked for in ``--switches``).
+- ``diffalign+compile``: the same with ``torch.compile``;
+- ``diffalign+ckpt+compile``: both switches;
+- ``diffalign+compile+budget``: ``torch.compile`` with ``compile_memory_budget``
+  (``--memory-budget``): the compiler recomputes what it must to keep that fraction of the
+  activations, instead of checkpointing every block.
 
-The latent cache is built once before any timing; its one-off cost is reported beside the
-results (``cache_build_s``), since a user pays it once per dataset and resolution, not per step.
+One-off costs are paid before the rounds and listed under the table, not in the rows:
+
+- the latent cache build (``cache_build_s``), once per dataset and resolution;
+- the compiler's start-up (``compiler_startup_mib``): importing dynamo and inductor and probing
+  the C++ toolchain, once per process whatever the model, as importing diffusers is;
+- a compiled set-up's first compile from cold caches (``first_compile``), once per model and
+  shape. Its rows then still trace and compile the model, from inductor's warm on-disk cache,
+  as every later run of a user's does.
 
 Models: the tiny pipelines of :mod:`diffalign.testing` by default, ``--model PATH`` for any
 pipeline folder, or ``--size real`` for the published SD1.5/SDXL/SD3-Medium architectures with
@@ -32,10 +41,10 @@ import time
 from pathlib import Path
 
 from diffalign.benchmarks.measure import (BenchmarkError, PeakMemory, StepTimer, check_counts, default_device, markdown_table, mib,
-                                          pipeline_folder, release_memory, write_report)
+                                          pipeline_folder, release_memory, warm_up_compiler, write_report)
 from diffalign.benchmarks.real_size import TINY_KIND
 
-SETUPS = ("naive", "diffalign", "diffalign+ckpt", "diffalign+compile")
+SETUPS = ("naive", "diffalign", "diffalign+ckpt", "diffalign+compile", "diffalign+ckpt+compile", "diffalign+compile+budget")
 # The tensor-memory pass: the first step allocates the optimiser's state, the second is a steady one.
 MEMORY_PASS_STEPS = 2
 
@@ -91,7 +100,6 @@ def diffalign_config(args, model: str, data: Path, out: Path, setup: str, steps:
     """The :class:`~diffalign.config.TrainConfig` of a diffalign set-up (``steps``: default warm-up + timed)."""
     from diffalign.config import TrainConfig, from_dict
 
-    switches = set(args.switches)
     raw = {
         "model": {"path": model, "use_t5": args.use_t5, "attention": args.attention},
         "data": {"path": str(data), "resolution": args.resolution, "cache": True, "workers": args.workers},
@@ -101,8 +109,9 @@ def diffalign_config(args, model: str, data: Path, out: Path, setup: str, steps:
         "batch_size": args.batch_size,
         "max_steps": steps or args.warmup + args.steps,
         "mixed_precision": args.mixed_precision,
-        "gradient_checkpointing": setup == "diffalign+ckpt" or (setup == "diffalign+compile" and "ckpt" in switches),
-        "compile": setup == "diffalign+compile",
+        "gradient_checkpointing": "+ckpt" in setup,
+        "compile": "+compile" in setup,
+        "compile_memory_budget": args.memory_budget if setup.endswith("+budget") else None,
         "checkpoint_every": 0,
         "output_dir": str(out),
         "logging": {"report_to": "none", "progress_bar": False},
@@ -115,6 +124,7 @@ def run_diffalign(args, model: str, data: Path, setup: str, first_round: bool = 
     from diffalign.training import Trainer
 
     timer = StepTimer(args.device, warmup=args.warmup)
+    forget_compiled(setup)
     with tempfile.TemporaryDirectory() as out, PeakMemory(args.device) as mem:
         trainer = Trainer(diffalign_config(args, model, data, Path(out), setup))
         timer.tick()
@@ -133,15 +143,45 @@ def run_diffalign(args, model: str, data: Path, setup: str, first_round: bool = 
     return _result(setup, args, timer, mem, flops, tensors)
 
 
+def forget_compiled(setup: str) -> None:
+    """Before a compiled set-up: drop the graphs dynamo holds in memory. Its guards do not check
+    which module instance runs, so a new trainer's UNet would reuse the previous set-up's graphs
+    (compiled under other settings, e.g. another memory budget) instead of compiling its own."""
+    if "+compile" in setup:
+        import torch
+
+        torch._dynamo.reset()
+        release_memory()
+
+
+def first_compile(args, model: str, data: Path, setup: str) -> dict:
+    """Train a compiled set-up for two steps before the rounds, and return its seconds and peak
+    memory (``{"seconds", "peak_mib"}``), reported beside the table.
+
+    Compiling a model from cold caches is a one-off per model and shape, as building the latent
+    cache is per dataset: afterwards inductor's on-disk cache holds the kernels, and a later run
+    only traces the model again. Paying it here makes every round measure that warm compile, so
+    the rounds are alike; a first run's cost is not hidden but shown on its own line.
+    """
+    from diffalign.training import Trainer
+
+    forget_compiled(setup)
+    start = time.perf_counter()
+    with tempfile.TemporaryDirectory() as out, PeakMemory(args.device) as mem:
+        Trainer(diffalign_config(args, model, data, Path(out), setup, steps=MEMORY_PASS_STEPS)).run()
+    release_memory()
+    return {"seconds": time.perf_counter() - start, "peak_mib": mib(mem.peak_bytes)}
+
+
 def _tensor_peak(args, setup: str, memory_pass) -> int | None:
     """Peak live tensor bytes of a second, profiled pass of a set-up (load and two steps), on CPU
     (CUDA's ``max_memory_allocated`` already counts tensors). ``None`` when not measured: on
-    CUDA, with ``--no-tensor-memory``, and for ``diffalign+compile``, whose second pass would
-    compile the model again for minutes."""
+    CUDA and with ``--no-tensor-memory``."""
     from diffalign.benchmarks.measure import TensorMemory
 
-    if not args.tensor_memory or args.device.startswith("cuda") or setup == "diffalign+compile":
+    if not args.tensor_memory or args.device.startswith("cuda"):
         return None
+    forget_compiled(setup)
     with TensorMemory() as mem:
         memory_pass()
     release_memory()
@@ -220,6 +260,17 @@ COLUMNS = [
 ]
 
 
+def one_off_costs(extra: dict) -> str:
+    """The costs paid once and kept out of the rows, as Markdown lines under the table."""
+    lines = [f"- latent cache build (once per dataset and resolution): {extra['cache_build_s']:.1f} s"]
+    if "compiler_startup_mib" in extra:
+        lines.append(f"- compiler start-up (once per process): {extra['compiler_startup_mib']:.0f} MiB")
+    for setup, cost in extra.get("first_compile", {}).items():
+        lines.append(f"- first compile of {setup} (once per model and shape; its rows then compile from a warm cache): "
+                     f"{cost['seconds']:.0f} s, peak memory {cost['peak_mib']:.1f} MiB")
+    return "\n".join(lines) + "\n"
+
+
 # ---------------------------------------------------------------------------------- command line
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="benchmarks/train_step.py", description=__doc__.split("\n\n")[0])
@@ -239,8 +290,8 @@ def parser() -> argparse.ArgumentParser:
                    help="times every set-up is run, back to back in turn (default: 3 on CPU, 1 on CUDA)")
     p.add_argument("--warmup", type=int, default=3, help="untimed steps first")
     p.add_argument("--setups", nargs="+", choices=SETUPS, default=["naive", "diffalign", "diffalign+ckpt"])
-    p.add_argument("--switches", nargs="*", default=[], choices=("ckpt",),
-                   help="extra switches of the diffalign+compile set-up")
+    p.add_argument("--memory-budget", type=float, default=0.8,
+                   help="compile_memory_budget of the diffalign+compile+budget set-up (default 0.8)")
     p.add_argument("--mixed-precision", choices=("no", "bf16", "fp16"), default=None,
                    help="default: bf16 on CUDA, no on CPU")
     p.add_argument("--optimizer", choices=("adamw", "adamw_8bit"), default="adamw")
@@ -310,6 +361,14 @@ def main(argv: list[str] | None = None) -> int:
 
         data = write_random_pairs(work / "data", args.pairs, args.resolution)
         cache_s = build_latent_cache(model, data, args.resolution, args.device, args.use_t5)
+        extra = {"cache_build_s": cache_s}
+        compiled = [setup for setup in args.setups if "+compile" in setup]
+        if compiled:
+            extra["compiler_startup_mib"] = mib(warm_up_compiler(args.device))
+            extra["first_compile"] = {}
+        for setup in compiled:
+            print(f"[train_step] first compile of {setup} (minutes on a few CPU cores) ...", file=sys.stderr, flush=True)
+            extra["first_compile"][setup] = first_compile(args, model, data, setup)
         rounds = []
         for r in range(args.rounds):
             rows = []
@@ -320,9 +379,10 @@ def main(argv: list[str] | None = None) -> int:
             rounds.append(add_ratios(rows))
     rows = combine_rounds(rounds, args)
     table = markdown_table(rows, [c for c in COLUMNS if any(r.get(c[0]) is not None for r in rows)])
+    table += "\n" + one_off_costs(extra)
     settings = {k: v for k, v in vars(args).items() if k not in ("out", "name")}
-    paths = write_report(args.out, args.name, {"settings": settings, "cache_build_s": cache_s, "rows": rows},
+    paths = write_report(args.out, args.name, {"settings": settings, **extra, "rows": rows},
                          table, "train_step.py", sys.argv[1:] if argv is None else list(argv))
     print(table)
-    print(f"latent cache build (once per dataset): {cache_s:.1f} s; reports: {', '.join(map(str, paths))}")
+    print(f"reports: {', '.join(map(str, paths))}")
     return 0

@@ -113,6 +113,54 @@ def test_bad_model_folder_is_a_clear_error(tmp_path):
         main(["--model", str(tmp_path), "--out", str(tmp_path / "out")])
 
 
+@pytest.mark.parametrize(
+    "setup, ckpt, compiled, budget",
+    [
+        ("diffalign", False, False, None),
+        ("diffalign+ckpt", True, False, None),
+        ("diffalign+compile", False, True, None),
+        ("diffalign+ckpt+compile", True, True, None),
+        ("diffalign+compile+budget", False, True, 0.6),
+    ],
+)
+def test_setup_names_turn_on_their_switches(setup, ckpt, compiled, budget, tmp_path):
+    from diffalign.benchmarks.train_step import _defaults, diffalign_config, parser
+
+    args = parser().parse_args(["--memory-budget", "0.6", "--device", "cpu"])
+    _defaults(args)
+    for folder in ("model", "data"):
+        (tmp_path / folder).mkdir()
+    config = diffalign_config(args, str(tmp_path / "model"), tmp_path / "data", tmp_path / "out", setup)
+    assert (config.gradient_checkpointing, config.compile, config.compile_memory_budget) == (ckpt, compiled, budget)
+
+
+@pytest.mark.slow
+def test_compiled_setups_pay_the_one_off_costs_before_the_rounds(tmp_path):
+    """The compiler's start-up and the first compile are measured on their own, listed under the
+    table, and the compiled set-up's rows are still timed and measured."""
+    argv = ["--setups", "naive", "diffalign+compile+budget", "--steps", "2", "--rounds", "1", "--warmup", "1",
+            "--batch-size", "1", "--resolution", "32", "--device", "cpu", "--out", str(tmp_path), "--name", "c"]
+    assert main(argv) == 0
+    payload = json.loads((tmp_path / "c.json").read_text())
+    assert payload["compiler_startup_mib"] > 0
+    first = payload["first_compile"]["diffalign+compile+budget"]
+    assert first["seconds"] > 0 and first["peak_mib"] > 0
+    row = payload["rows"][1]
+    assert row["setup"] == "diffalign+compile+budget" and len(row["step_times_s"]) == 2 and row["tensor_peak_mib"] > 0
+    assert "first compile of diffalign+compile+budget" in (tmp_path / "c.md").read_text()
+
+
+def test_one_off_costs_are_listed_under_the_table():
+    from diffalign.benchmarks.train_step import one_off_costs
+
+    text = one_off_costs({"cache_build_s": 1.25, "compiler_startup_mib": 70.4,
+                          "first_compile": {"diffalign+compile": {"seconds": 95.2, "peak_mib": 191.04}}})
+    assert "latent cache build (once per dataset and resolution): 1.2 s" in text
+    assert "compiler start-up (once per process): 70 MiB" in text
+    assert "first compile of diffalign+compile" in text and "95 s, peak memory 191.0 MiB" in text
+    assert one_off_costs({"cache_build_s": 2.0}).count("\n") == 1
+
+
 def test_zero_rounds_is_a_clear_error(tmp_path):
     with pytest.raises(SystemExit, match="--rounds must be at least 1"):
         main(["--rounds", "0", "--out", str(tmp_path / "out")])
