@@ -218,7 +218,5 @@ def main(argv: list[str] | None = None) -> int:
                 "memory": result["memory"], "warmup": "one untimed call at batch 1 and one at --batch-size"}
     table = markdown_table(result["rows"], COLUMNS)
     payload = {"settings": settings, "rows": result["rows"]}
-    json_path, md_path = write_report(args.out, "generate", payload, table, "generate.py", argv)
-    print(table)
-    print(f"wrote {json_path} and {md_path}")
+    write_report(args.out, "generate", payload, table, "generate.py", argv)
     return 0

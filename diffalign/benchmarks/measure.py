@@ -162,8 +162,6 @@ def warm_up_compiler(device: torch.device | str = "cpu") -> int:
         x = torch.ones(8, device=device, requires_grad=True)
         fn(x).sum().backward()
         synchronize(device)
-    torch._dynamo.reset()  # forget the toy graph; the imported modules stay
-    release_memory()
     return mem.peak_bytes
 
 
@@ -240,8 +238,9 @@ def environment() -> dict:
 
 def write_report(out_dir: str | Path, name: str, payload: dict, table: str, script: str,
                  argv: list[str]) -> tuple[Path, Path]:
-    """Write ``<name>.json`` (``payload`` plus the command and environment) and ``<name>.md``;
-    the command is ``python benchmarks/<script> <argv>``, what re-makes the report.
+    """Write ``<name>.json`` (``payload`` plus the command and environment) and ``<name>.md``,
+    then print the table and the two paths; the command is ``python benchmarks/<script> <argv>``,
+    what re-makes the report.
 
     Returns:
         The two paths.
@@ -255,6 +254,8 @@ def write_report(out_dir: str | Path, name: str, payload: dict, table: str, scri
     json_path, md_path = out / f"{name}.json", out / f"{name}.md"
     json_path.write_text(json.dumps(payload, indent=2, default=str))
     md_path.write_text(f"Command: `{command}`\n\n{table}")
+    print(table)
+    print(f"wrote {json_path} and {md_path}")
     return json_path, md_path
 
 

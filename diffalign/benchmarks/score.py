@@ -172,7 +172,5 @@ def main(argv: list[str] | None = None) -> int:
                 "memory": rows[0]["memory"] if rows else None,
                 "warmup": "one untimed score call at batch 1 and one at --batch-size"}
     table = markdown_table(rows, COLUMNS)
-    json_path, md_path = write_report(args.out, "score", {"settings": settings, "rows": rows}, table, "score.py", argv)
-    print(table)
-    print(f"wrote {json_path} and {md_path}")
+    write_report(args.out, "score", {"settings": settings, "rows": rows}, table, "score.py", argv)
     return 0

@@ -135,12 +135,18 @@ def run_diffalign(args, model: str, data: Path, setup: str, first_round: bool = 
         trainer = None
     release_memory()
 
-    def memory_pass():
-        with tempfile.TemporaryDirectory() as out:
-            Trainer(diffalign_config(args, model, data, Path(out), setup, steps=MEMORY_PASS_STEPS)).run()
-
-    tensors = _tensor_peak(args, setup, memory_pass) if first_round else None
+    tensors = _tensor_peak(args, setup, lambda: short_run(args, model, data, setup)) if first_round else None
     return _result(setup, args, timer, mem, flops, tensors)
+
+
+def short_run(args, model: str, data: Path, setup: str) -> None:
+    """Load a diffalign set-up and train it for ``MEMORY_PASS_STEPS`` steps (the tensor-memory
+    pass and the first compile): the first step allocates the optimiser's state and compiles,
+    the second is a steady one."""
+    from diffalign.training import Trainer
+
+    with tempfile.TemporaryDirectory() as out:
+        Trainer(diffalign_config(args, model, data, Path(out), setup, steps=MEMORY_PASS_STEPS)).run()
 
 
 def forget_compiled(setup: str) -> None:
@@ -163,12 +169,10 @@ def first_compile(args, model: str, data: Path, setup: str) -> dict:
     only traces the model again. Paying it here makes every round measure that warm compile, so
     the rounds are alike; a first run's cost is not hidden but shown on its own line.
     """
-    from diffalign.training import Trainer
-
     forget_compiled(setup)
     start = time.perf_counter()
-    with tempfile.TemporaryDirectory() as out, PeakMemory(args.device) as mem:
-        Trainer(diffalign_config(args, model, data, Path(out), setup, steps=MEMORY_PASS_STEPS)).run()
+    with PeakMemory(args.device) as mem:
+        short_run(args, model, data, setup)
     release_memory()
     return {"seconds": time.perf_counter() - start, "peak_mib": mib(mem.peak_bytes)}
 
@@ -381,8 +385,6 @@ def main(argv: list[str] | None = None) -> int:
     table = markdown_table(rows, [c for c in COLUMNS if any(r.get(c[0]) is not None for r in rows)])
     table += "\n" + one_off_costs(extra)
     settings = {k: v for k, v in vars(args).items() if k not in ("out", "name")}
-    paths = write_report(args.out, args.name, {"settings": settings, **extra, "rows": rows},
-                         table, "train_step.py", sys.argv[1:] if argv is None else list(argv))
-    print(table)
-    print(f"reports: {', '.join(map(str, paths))}")
+    write_report(args.out, args.name, {"settings": settings, **extra, "rows": rows},
+                 table, "train_step.py", sys.argv[1:] if argv is None else list(argv))
     return 0

@@ -14,6 +14,7 @@ Time: objectives see ``t`` as a float tensor ``[B]`` in [0, 1], the noise level 
 
 from __future__ import annotations
 
+import functools
 import inspect
 import json
 from dataclasses import dataclass, fields, replace
@@ -209,7 +210,7 @@ class ModelFamily:
         """Pixels per latent along each side (from the VAE's config file when it is not loaded:
         the pipelines then fall back to a hard-coded 8)."""
         vae = getattr(self.pipe, "vae", None)
-        config = vae.config if vae is not None else self._vae_config()
+        config = vae.config if vae is not None else self._vae_config
         return 2 ** (len(config["block_out_channels"]) - 1)
 
     def _require(self, component: str, why: str):
@@ -267,21 +268,20 @@ class ModelFamily:
         vae = getattr(self.pipe, "vae", None)
         if vae is not None:
             return vae.config.scaling_factor
-        return self._vae_config()["scaling_factor"]
+        return self._vae_config["scaling_factor"]
 
     @property
     def _vae_shift(self) -> float:
         vae = getattr(self.pipe, "vae", None)
-        config = vae.config if vae is not None else self._vae_config()
+        config = vae.config if vae is not None else self._vae_config
         return config.get("shift_factor", None) or 0.0
 
+    @functools.cached_property
     def _vae_config(self) -> dict:
         """The VAE's config file, read once: the cached-latent path asks for it at every step."""
-        if "_vae_config_file" not in self.__dict__:
-            from diffusers import AutoencoderKL
+        from diffusers import AutoencoderKL
 
-            self._vae_config_file = AutoencoderKL.load_config(self.path, subfolder="vae", revision=self.revision)
-        return self._vae_config_file
+        return AutoencoderKL.load_config(self.path, subfolder="vae", revision=self.revision)
 
     @torch.no_grad()
     def decode(self, latents: Tensor) -> Tensor:
