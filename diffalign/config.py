@@ -167,6 +167,11 @@ class TrainConfig:
     gradient_accumulation_steps: int = 1
     mixed_precision: Literal["no", "fp16", "bf16"] = "no"
     gradient_checkpointing: bool = False
+    lean_layers: bool = True
+    """Frozen convolutions (all of them under LoRA) keep only their weight for backward, not their
+    input, and GEGLU feed-forwards remake ``gelu(gate)`` in backward
+    (:mod:`diffalign.training.lean_layers`): the same gradients, less activation memory.
+    ``False``: PyTorch's and diffusers' own layers."""
     compile: bool = False
     """``torch.compile`` the denoiser (the first steps are slow while it compiles)."""
     compile_memory_budget: float | None = None

@@ -22,6 +22,7 @@ from diffalign.families.reference import Reference
 from diffalign.objectives.base import PreferenceTerms
 from diffalign.training import checkpoint
 from diffalign.training.checks import preflight
+from diffalign.training.lean_layers import lean_layers
 from diffalign.training.lora import add_lora, save_lora
 from diffalign.training.metrics import MetricLog
 from diffalign.training.optim import make_optimizer, make_scheduler
@@ -127,6 +128,8 @@ class Trainer:
             denoiser.requires_grad_(True)
         denoiser.train()
         self.reference = Reference(denoiser, lora, dtype=weight_dtype) if self.objective.needs_reference else None
+        if config.lean_layers:
+            lean_layers(denoiser)
         if config.gradient_checkpointing:
             denoiser.enable_gradient_checkpointing()
         if config.compile:

@@ -1,0 +1,194 @@
+"""Lean layers: PyTorch's gradients, keeping less for backward."""
+
+import copy
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from diffalign.training.lean_layers import LeanConv2d, lean_layers
+
+GEGLU = pytest.importorskip("diffusers.models.activations").GEGLU
+CONFIGS = Path(__file__).resolve().parents[2] / "training" / "configs"
+
+
+def _saved_storages(fn):
+    """Run ``fn`` and return the data pointers of every tensor autograd saved for backward."""
+    saved = set()
+
+    def pack(t):
+        saved.add(t.untyped_storage().data_ptr())
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = fn()
+    return out, saved
+
+
+CONVS = [
+    (nn.Conv1d(4, 6, 3, padding=1), (2, 4, 9)),
+    (nn.Conv2d(4, 6, 3, stride=2, padding=1), (2, 4, 9, 7)),
+    (nn.Conv2d(4, 8, 3, padding=2, dilation=2, groups=2), (2, 4, 8, 8)),
+    (nn.Conv2d(4, 6, 1, bias=False), (3, 4, 5, 5)),
+    (nn.Conv3d(2, 3, (1, 3, 3), padding=(0, 1, 1)), (1, 2, 3, 6, 6)),
+]
+
+
+@pytest.mark.parametrize("conv, shape", CONVS, ids=lambda v: getattr(v, "__class__", type(v)).__name__)
+def test_frozen_conv_gradients_match_pytorch_and_input_is_not_saved(conv, shape):
+    torch.manual_seed(0)
+    conv.requires_grad_(False)
+    lean = copy.deepcopy(conv)
+    assert lean_layers(lean) == 1
+    x = torch.randn(shape)
+    upstream = torch.randn_like(conv(x))
+
+    def grads(module):
+        # The input is made inside, as an activation is: its own storage, saved or not.
+        leaf = x.clone().requires_grad_(True)
+        h = leaf * 1.5
+        out, saved = _saved_storages(lambda: module(h))
+        (out * upstream).sum().backward()
+        return out, leaf.grad, h.untyped_storage().data_ptr() in saved
+
+    out_ref, grad_ref, saved_ref = grads(conv)
+    out_lean, grad_lean, saved_lean = grads(lean)
+    assert torch.equal(out_lean, out_ref)
+    torch.testing.assert_close(grad_lean, grad_ref, rtol=1e-6, atol=1e-6)
+    assert saved_ref, "PyTorch's own convolution keeps its input (what the lean one saves)"
+    assert not saved_lean
+
+
+def test_trainable_conv_takes_pytorch_path_and_gets_weight_gradients():
+    torch.manual_seed(0)
+    conv = nn.Conv2d(3, 4, 3, padding=1)
+    lean = copy.deepcopy(conv)
+    lean_layers(lean)
+    x = torch.randn(2, 3, 6, 6, requires_grad=True)
+    conv(x).square().sum().backward()
+    ref_w, ref_b = conv.weight.grad.clone(), conv.bias.grad.clone()
+    x.grad = None
+    out, saved = _saved_storages(lambda: lean(x))
+    out.square().sum().backward()
+    assert x.untyped_storage().data_ptr() in saved  # the weight's gradient needs the input
+    torch.testing.assert_close(lean.weight.grad, ref_w)
+    torch.testing.assert_close(lean.bias.grad, ref_b)
+
+
+def test_frozen_conv_under_autocast_matches_pytorch():
+    torch.manual_seed(0)
+    conv = nn.Conv2d(4, 4, 3, padding=1).requires_grad_(False)
+    lean = copy.deepcopy(conv)
+    lean_layers(lean)
+    x = torch.randn(2, 4, 6, 6)
+    grads = []
+    for module in (conv, lean):
+        leaf = x.clone().requires_grad_(True)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = module(leaf * 1.0)
+        assert out.dtype == torch.bfloat16
+        out.float().sum().backward()
+        grads.append(leaf.grad)
+    assert grads[1].dtype == torch.float32
+    torch.testing.assert_close(grads[1], grads[0])
+
+
+def test_swap_keeps_parameters_and_leaves_other_modules_alone():
+    class MyConv(nn.Conv2d):
+        pass
+
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.GroupNorm(2, 4), MyConv(4, 4, 1), nn.Sequential(nn.Conv1d(2, 2, 1)))
+    keys = list(model.state_dict())
+    assert lean_layers(model) == 2
+    assert type(model[0]) is LeanConv2d and isinstance(model[0], nn.Conv2d)
+    assert type(model[2]) is MyConv
+    assert list(model.state_dict()) == keys
+
+
+def test_no_grad_pass_is_unchanged():
+    conv = nn.Conv2d(3, 4, 3).requires_grad_(False)
+    lean = copy.deepcopy(conv)
+    lean_layers(lean)
+    x = torch.randn(1, 3, 5, 5)
+    with torch.no_grad():
+        assert torch.equal(lean(x), conv(x))
+
+
+def test_trainer_with_lean_convs_trains_the_same_and_saves_less(tiny_path, pair_data, tmp_path):
+    """The tiny SDXL under LoRA: the switch changes what backward keeps, not the step."""
+    from diffalign.config import load_config
+    from diffalign.training import Trainer
+
+    runs = {}
+    for lean in (False, True):
+        config = load_config(CONFIGS / "tiny" / "diffusion_dpo.yaml",
+                             [f"model.path={tiny_path('sdxl')}", f"data.path={pair_data}",
+                              f"output_dir={tmp_path / str(lean)}", f"lean_layers={str(lean).lower()}"])
+        trainer = Trainer(config)
+        modules = list(trainer.family.denoiser.modules())
+        convs = [m for m in modules if isinstance(m, nn.Conv2d)]
+        assert convs and all((type(m) is LeanConv2d) == lean for m in convs)
+        geglus = [m for m in modules if isinstance(m, GEGLU)]
+        assert geglus and all((type(m) is not GEGLU) == lean for m in geglus)
+        batch = next(iter(trainer.loader))
+        saved = {}
+
+        def pack(t):
+            saved[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+            return t
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            loss = trainer.compute_loss(batch).loss
+        loss.backward()
+        runs[lean] = (loss.item(), [p.grad.clone() for p in trainer.trainable], sum(saved.values()))
+    (loss_off, grads_off, saved_off), (loss_on, grads_on, saved_on) = runs[False], runs[True]
+    assert loss_on == loss_off
+    for a, b in zip(grads_off, grads_on, strict=True):
+        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-7)
+    assert saved_on < 0.95 * saved_off
+
+
+def test_geglu_gradients_match_diffusers_and_gelu_is_not_saved():
+    torch.manual_seed(0)
+    geglu = GEGLU(6, 5)
+    lean = copy.deepcopy(geglu)
+    assert lean_layers(lean) == 1 and type(lean) is not GEGLU and isinstance(lean, GEGLU)
+    x = torch.randn(2, 7, 6)
+    upstream = torch.randn(2, 7, 5)
+
+    def run(module):
+        module.zero_grad()
+        leaf = x.clone().requires_grad_(True)
+        h = leaf * 2.0
+        out, saved = _saved_storages(lambda: module(h))
+        (out * upstream).sum().backward()
+        return out, leaf.grad, [p.grad.clone() for p in module.parameters()], saved
+
+    out_ref, gx_ref, gp_ref, saved_ref = run(geglu)
+    out_lean, gx_lean, gp_lean, saved_lean = run(lean)
+    assert torch.equal(out_lean, out_ref)
+    assert torch.equal(gx_lean, gx_ref)
+    for a, b in zip(gp_ref, gp_lean, strict=True):
+        assert torch.equal(b, a)
+    # diffusers' GEGLU keeps one more activation (gelu(gate)) than the lean one.
+    params = {p.untyped_storage().data_ptr() for p in geglu.parameters()} | {p.untyped_storage().data_ptr() for p in lean.parameters()}
+    assert len(saved_ref - params) == len(saved_lean - params) + 1
+
+
+@pytest.mark.parametrize("needs", ["h", "g"])
+def test_gated_gelu_gradient_by_hand(needs):
+    """d/dh [h·gelu(g)] = gelu(g) and d/dg = h·(Φ(g) + g·φ(g)), checked at hand-picked points."""
+    from diffalign.training.lean_layers import _GatedGeluFunction
+
+    h = torch.tensor([1.5, -2.0, 0.5], dtype=torch.float64, requires_grad=needs == "h")
+    g = torch.tensor([0.0, 1.0, -1.0], dtype=torch.float64, requires_grad=needs == "g")
+    _GatedGeluFunction.apply(h, g).sum().backward()
+    normal = torch.distributions.Normal(0.0, 1.0)
+    cdf, pdf = normal.cdf(g.detach()), normal.log_prob(g.detach()).exp()
+    if needs == "h":
+        # gelu(0) = 0, gelu(1) = Φ(1) = 0.8413..., gelu(-1) = -Φ(-1) = -0.1587...
+        torch.testing.assert_close(h.grad, torch.tensor([0.0, 0.841344746, -0.158655254], dtype=torch.float64))
+    else:
+        torch.testing.assert_close(g.grad, h.detach() * (cdf + g.detach() * pdf))
+        assert g.grad[0].item() == pytest.approx(0.75)  # h·Φ(0) = 1.5 · 0.5
