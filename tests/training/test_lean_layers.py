@@ -115,8 +115,10 @@ def test_no_grad_pass_is_unchanged():
         assert torch.equal(lean(x), conv(x))
 
 
-def test_trainer_with_lean_convs_trains_the_same_and_saves_less(tiny_path, pair_data, tmp_path):
-    """The tiny SDXL under LoRA: the switch changes what backward keeps, not the step."""
+@pytest.mark.parametrize("checkpointing", [False, True])
+def test_trainer_with_lean_layers_trains_the_same_and_saves_less(checkpointing, tiny_path, pair_data, tmp_path):
+    """The tiny SDXL under LoRA: the switch changes what backward keeps, not the step (with and
+    without gradient checkpointing, which recomputes the lean layers in backward)."""
     from diffalign.config import load_config
     from diffalign.training import Trainer
 
@@ -124,7 +126,8 @@ def test_trainer_with_lean_convs_trains_the_same_and_saves_less(tiny_path, pair_
     for lean in (False, True):
         config = load_config(CONFIGS / "tiny" / "diffusion_dpo.yaml",
                              [f"model.path={tiny_path('sdxl')}", f"data.path={pair_data}",
-                              f"output_dir={tmp_path / str(lean)}", f"lean_layers={str(lean).lower()}"])
+                              f"output_dir={tmp_path / str(lean)}", f"lean_layers={str(lean).lower()}",
+                              f"gradient_checkpointing={str(checkpointing).lower()}"])
         trainer = Trainer(config)
         modules = list(trainer.family.denoiser.modules())
         convs = [m for m in modules if isinstance(m, nn.Conv2d)]
@@ -146,7 +149,8 @@ def test_trainer_with_lean_convs_trains_the_same_and_saves_less(tiny_path, pair_
     assert loss_on == loss_off
     for a, b in zip(grads_off, grads_on, strict=True):
         torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-7)
-    assert saved_on < 0.95 * saved_off
+    if not checkpointing:  # checkpointed blocks keep only their inputs either way
+        assert saved_on < 0.9 * saved_off
 
 
 def test_geglu_gradients_match_diffusers_and_gelu_is_not_saved():
