@@ -3,9 +3,8 @@
 Two activations that autograd keeps are never read, or cost one elementwise op to remake:
 
 - **Frozen convolutions.** PyTorch saves a convolution's input whenever its output needs a
-  gradient, even when the weight and bias are frozen, so that only the input's gradient is
-  wanted, which needs the weight alone (pytorch/pytorch#133566; a frozen ``nn.Linear`` already
-  skips it). Under LoRA every convolution of a UNet is frozen, so each ResNet block keeps two
+  gradient. With the weight and bias frozen, only the input's gradient is wanted, and that needs
+  the weight alone (pytorch/pytorch#133566; a frozen ``nn.Linear`` already skips the input). Under LoRA every convolution of a UNet is frozen, so each ResNet block keeps two
   full-size activations (its convolutions' inputs) that backward never reads. The lean
   convolution keeps only the input's shape and gets the input's gradient from
   ``torch.nn.grad.conv*d_input``, the transposed convolution autograd would run too.
@@ -98,6 +97,7 @@ class _GatedGeluFunction(torch.autograd.Function):
         return grad_h, grad_g
 
 
+@functools.cache
 def _lean_geglu_class():
     from diffusers.models.activations import GEGLU
 
@@ -112,14 +112,21 @@ def _lean_geglu_class():
                 return _GatedGeluFunction.apply(h, g)
             return h * F.gelu(g)
 
+    # Reachable as ``lean_layers.LeanGEGLU`` (module ``__getattr__``), so pickle finds it by name.
+    LeanGEGLU.__module__, LeanGEGLU.__qualname__ = __name__, "LeanGEGLU"
     return GEGLU, LeanGEGLU
 
 
+def __getattr__(name: str):
+    # The GEGLU subclass is built on first use, so importing this module does not import diffusers.
+    if name == "LeanGEGLU":
+        return _lean_geglu_class()[1]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 # ---------------------------------------------------------------------------------- the switch
-@functools.cache
 def _lean_classes() -> dict[type, type]:
-    """PyTorch's or diffusers' layer class → its lean subclass (built once: diffusers is imported
-    only when a model is switched)."""
+    """PyTorch's or diffusers' layer class → its lean subclass."""
     geglu, lean_geglu = _lean_geglu_class()
     return {nn.Conv1d: LeanConv1d, nn.Conv2d: LeanConv2d, nn.Conv3d: LeanConv3d, geglu: lean_geglu}
 
