@@ -61,7 +61,7 @@ def test_tensor_memory_sees_the_reference_copy_and_the_checkpointing(report):
     activations kept for backward."""
     payload, table = report
     rows = {row["setup"]: row for row in payload["rows"]}
-    assert "peak tensor memory (MiB)" in table
+    assert "| peak allocated (MiB) | × naive allocated | peak RSS (MiB) | × naive RSS |" in table
     assert rows["diffalign+ckpt"]["tensor_peak_mib"] < 0.8 * rows["diffalign"]["tensor_peak_mib"]
     assert all(row["tensor_peak_mib"] > 0 for row in rows.values())
 
@@ -214,3 +214,15 @@ def test_real_size_denoisers_have_the_published_parameter_counts(family, publish
     with torch.device("meta"):
         model = denoiser(family)
     assert sum(p.numel() for p in model.parameters()) == published
+
+
+def test_the_memory_ratio_leads_with_allocated_memory_on_both_devices():
+    from diffalign.benchmarks.train_step import columns
+
+    cuda = {key: header for key, header, _ in columns("cuda")}
+    cpu = {key: header for key, header, _ in columns("cpu")}
+    # CUDA's peak_mib is max_memory_allocated; CPU's counterpart is the live-tensor peak, RSS beside it.
+    assert cuda["peak_mib"] == cpu["tensor_peak_mib"] == "peak allocated (MiB)"
+    assert cpu["peak_mib"] == "peak RSS (MiB)" and "tensor_peak_mib" not in cuda
+    keys = [key for key, _, _ in columns("cpu")]
+    assert keys.index("tensor_memory_ratio") < keys.index("memory_ratio")
