@@ -16,7 +16,7 @@ Set-ups (``--setups``):
 - ``diffalign+compile``: the same with ``torch.compile``;
 - ``diffalign+ckpt+compile``: both switches;
 - ``diffalign+compile+budget``: ``torch.compile`` with ``compile_memory_budget``
-  (``--memory-budget``, default 0.9): the compiler recomputes what it must to keep that
+  (``--memory-budget``, default 0.95): the compiler recomputes what it must to keep that
   fraction of the activations, instead of checkpointing every block.
 
 One-off costs are paid before the rounds and listed under the table, not in the rows:
@@ -309,8 +309,8 @@ def parser() -> argparse.ArgumentParser:
                    help="times every set-up is run, back to back in turn (default: 3 on CPU, 1 on CUDA)")
     p.add_argument("--warmup", type=int, default=3, help="untimed steps first")
     p.add_argument("--setups", nargs="+", choices=SETUPS, default=["naive", "diffalign", "diffalign+ckpt"])
-    p.add_argument("--memory-budget", type=float, default=0.9,
-                   help="compile_memory_budget of the diffalign+compile+budget set-up (default 0.9)")
+    p.add_argument("--memory-budget", type=float, default=0.95,
+                   help="compile_memory_budget of the diffalign+compile+budget set-up (default 0.95)")
     p.add_argument("--mixed-precision", choices=("no", "bf16", "fp16"), default=None,
                    help="default: bf16 on CUDA, no on CPU")
     p.add_argument("--optimizer", choices=("adamw", "adamw_8bit"), default="adamw")
