@@ -216,6 +216,19 @@ def test_real_size_denoisers_have_the_published_parameter_counts(family, publish
     assert sum(p.numel() for p in model.parameters()) == published
 
 
+@pytest.mark.slow
+def test_the_acceptance_setup_keeps_under_0_7_of_naive_allocated_memory(tmp_path):
+    """The README's acceptance row (tiny SDXL, 64 px, one pair per step, compile with the default
+    memory budget) holds at most 0.7× the naive loop's allocated memory. Allocated memory is the
+    same on every run, so this guards the table; the speed ratio is the machine's and is not."""
+    argv = ["--setups", "naive", "diffalign+compile+budget", "--steps", "1", "--rounds", "1", "--warmup", "1",
+            "--batch-size", "1", "--device", "cpu", "--out", str(tmp_path), "--name", "a"]
+    assert main(argv) == 0
+    naive, budget = json.loads((tmp_path / "a.json").read_text())["rows"]
+    assert budget["tensor_memory_ratio"] <= 0.7, budget["tensor_memory_ratio"]
+    assert naive["tensor_peak_mib"] > budget["tensor_peak_mib"] > 0
+
+
 def test_the_memory_ratio_leads_with_allocated_memory_on_both_devices():
     from diffalign.benchmarks.train_step import columns
 
