@@ -284,3 +284,28 @@ def write_random_pairs(folder: Path, pairs: int, resolution: int, seed: int = 0)
         writer.advance(i + 1)
     writer.finish({"group_size": 2})
     return folder
+
+
+def write_handmade_dataset(folder: Path, rows: list[dict], group_size: int = 2) -> Path:
+    """A preference dataset written directly, without the builders' row checks: what a user's own
+    script might produce (image ``path`` values included), for tests of the readers' defences.
+
+    Args:
+        rows: dicts with ``id``, ``prompt``, ``images`` (``{"bytes", "path"}`` structs); the
+            optional columns default to null and ``source`` to ``"handmade"``.
+    """
+    import json
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from diffalign.data.schema import DATA_DIR, FORMAT, MANIFEST, arrow_schema
+
+    folder = Path(folder)
+    (folder / DATA_DIR).mkdir(parents=True, exist_ok=True)
+    full = [{"scores": None, "ranks": None, "captions": None, "source": "handmade", "meta": None, **row} for row in rows]
+    pq.write_table(pa.Table.from_pylist(full, schema=arrow_schema()), folder / DATA_DIR / "shard-00000.parquet")
+    manifest = {"format": FORMAT, "group_size": group_size,
+                "shards": [{"file": f"{DATA_DIR}/shard-00000.parquet", "rows": len(rows)}]}
+    (folder / MANIFEST).write_text(json.dumps(manifest))
+    return folder

@@ -30,6 +30,8 @@ from pathlib import Path
 
 import torch
 
+from diffalign.errors import DiffalignError
+
 
 def release_memory() -> None:
     """Collect garbage, empty the CUDA cache and return freed heap pages to the OS (glibc)."""
@@ -260,7 +262,7 @@ def write_report(out_dir: str | Path, name: str, payload: dict, table: str, scri
 
 
 # ---------------------------------------------------------------------------------- command line
-class BenchmarkError(ValueError):
+class BenchmarkError(DiffalignError, ValueError):
     """Bad benchmark input (a missing model folder, a non-positive count); the CLI prints it."""
 
 

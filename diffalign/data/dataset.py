@@ -7,9 +7,10 @@ import json
 from functools import lru_cache
 from pathlib import Path
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 
-from diffalign.data.schema import DATA_DIR, FORMAT, MANIFEST, SchemaError, check_schema
+from diffalign.data.schema import DATA_DIR, FORMAT, MANIFEST, SchemaError, check_schema, resolve_image_path
 
 
 class PreferenceDataset:
@@ -53,7 +54,11 @@ class PreferenceDataset:
         for shard in shards:
             if not shard.is_file():
                 raise SchemaError(f"{manifest_path} lists {shard}, which does not exist")
-            meta = pq.ParquetFile(shard)
+            try:
+                meta = pq.ParquetFile(shard)
+            except (pa.ArrowInvalid, OSError) as err:
+                raise SchemaError(f"{shard} is not a readable Parquet file ({err}): the dataset is damaged; "
+                                  "build it again") from err
             check_schema(meta.schema_arrow, str(shard))
             sizes.append(meta.metadata.num_rows)
         return cls(root, manifest, shards, sizes)
@@ -80,10 +85,16 @@ class PreferenceDataset:
         return out
 
     def image_bytes(self, image: dict) -> bytes:
-        """The bytes of a stored image, reading ``path`` (relative to the folder) when needed."""
+        """The bytes of a stored image, reading ``path`` (relative to the folder) when needed.
+
+        Raises:
+            UnsafeImagePathError: ``path`` leads outside the dataset folder (absolute, ``..``, or a
+                link out); nothing outside is ever opened. Readers refuse the row (skipped and
+                counted, or an error under ``strict``).
+        """
         if image.get("bytes") is not None:
             return image["bytes"]
-        return (self.root / image["path"]).read_bytes()
+        return resolve_image_path(self.root, image.get("path")).read_bytes()
 
     @lru_cache(maxsize=4)
     def _table(self, shard: int):

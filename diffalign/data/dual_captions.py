@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import json
 import re
-import sys
 from pathlib import Path
 from typing import Sequence
 
@@ -202,7 +201,8 @@ def build_dual_captions(
     import torch
 
     from diffalign.data.dataset import PreferenceDataset
-    from diffalign.data.images import decode
+    from diffalign.data.images import IMAGE_ERRORS, decode
+    from diffalign.data.schema import UnsafeImagePathError
 
     if strategy not in STRATEGIES:
         raise BuildError(f"unknown strategy {strategy!r}; choose one of {', '.join(STRATEGIES)}")
@@ -226,13 +226,20 @@ def build_dual_captions(
     with tqdm(total=len(data), initial=writer.position, unit=" rows", desc="dual captions", disable=not progress) as bar:
         for position in range(writer.position, len(data)):
             row = data[position]
-            images = [decode(data.image_bytes(img)) for img in row["images"]]
+            try:
+                stored = [data.image_bytes(img) for img in row["images"]]
+                images = [decode(b) for b in stored]
+            except (UnsafeImagePathError, *IMAGE_ERRORS):
+                writer.drop("unreadable_image")  # counted in the manifest, as the other builders do
+                writer.advance(position + 1)
+                bar.update(1)
+                continue
             captions, extra = caption_row(row, images, strategy, captioner=vlm, perturber=lm, level=level, seed=seed + position)
             if extra["dcpo"]["fallback_to_prompt"]:
                 writer.counts["empty_caption_fallbacks"] = writer.counts.get("empty_caption_fallbacks", 0) + len(
                     extra["dcpo"]["fallback_to_prompt"])
             meta = json.loads(row["meta"]) if row.get("meta") else {}
-            images_out = [{"bytes": data.image_bytes(img), "path": None} for img in row["images"]]
+            images_out = [{"bytes": b, "path": None} for b in stored]
             writer.add({**row, "images": images_out, "captions": captions, "meta": json.dumps({**meta, **extra})})
             writer.advance(position + 1)
             bar.update(1)
@@ -259,16 +266,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run the builder from parsed arguments."""
-    from diffalign.data.schema import SchemaError
-
-    try:
-        manifest = build_dual_captions(
-            args.data, args.out, strategy=args.strategy, captioner=args.captioner, caption_template=args.caption_template,
-            text_model=args.text_model, level=args.level, seed=args.seed, max_new_tokens=args.max_new_tokens,
-            shard_size=args.shard_size, overwrite=args.overwrite, progress=not args.no_progress,
-        )
-    except (BuildError, SchemaError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
+    manifest = build_dual_captions(
+        args.data, args.out, strategy=args.strategy, captioner=args.captioner, caption_template=args.caption_template,
+        text_model=args.text_model, level=args.level, seed=args.seed, max_new_tokens=args.max_new_tokens,
+        shard_size=args.shard_size, overwrite=args.overwrite, progress=not args.no_progress,
+    )
     print(f"wrote {manifest['rows']} captioned groups to {args.out}; counts: {json.dumps(manifest['counts'])}")
     return 0

@@ -6,8 +6,9 @@ Without a cache each item decodes its ``K`` images and applies the resize / flip
 a pair stays comparable. With a :class:`~diffalign.data.cache.LatentCache` it serves the cached
 VAE posterior and prompt embeddings instead, and never decodes an image.
 
-An unreadable image makes its item ``None``; :func:`collate_groups` leaves it out and counts it
-in ``batch["skipped"]``. Under ``strict=True`` it raises instead.
+An unreadable image, or an image path that leads outside the dataset folder (never opened),
+makes its item ``None``; :func:`collate_groups` leaves it out and counts it in
+``batch["skipped"]``. Under ``strict=True`` it raises instead.
 """
 
 from __future__ import annotations
@@ -20,11 +21,13 @@ from torch.utils.data import Dataset
 
 from diffalign.data.dataset import PreferenceDataset
 from diffalign.data.images import IMAGE_ERRORS, decode, prepare
-from diffalign.data.schema import SchemaError
+from diffalign.data.schema import SchemaError, UnsafeImagePathError
+from diffalign.errors import DiffalignError
 
 
-class UnreadableImageError(RuntimeError):
-    """An image that cannot be decoded, under ``strict=True``."""
+class UnreadableImageError(DiffalignError, RuntimeError):
+    """An image that cannot be read (undecodable, missing, or its path leads outside the dataset
+    folder), under ``strict=True``."""
 
 
 class GroupDataset(Dataset):
@@ -94,7 +97,7 @@ class GroupDataset(Dataset):
         for image in row["images"]:
             try:
                 prepared.append(prepare(decode(self.data.image_bytes(image)), self.resolution, flip, fraction))
-            except IMAGE_ERRORS as err:
+            except (UnsafeImagePathError, *IMAGE_ERRORS) as err:
                 return self._unreadable(row, f"({type(err).__name__}: {err})")
         item["pixels"] = torch.stack([p.pixels for p in prepared])
         item["original_size"] = torch.tensor([p.original_size for p in prepared])
@@ -103,7 +106,7 @@ class GroupDataset(Dataset):
 
     def _unreadable(self, row: dict, detail: str) -> None:
         if self.strict:
-            raise UnreadableImageError(f"row {row['id']!r} of {self.data.root}: an image cannot be decoded {detail}")
+            raise UnreadableImageError(f"row {row['id']!r} of {self.data.root}: an image cannot be read {detail}")
         return None
 
 

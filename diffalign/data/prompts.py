@@ -22,11 +22,13 @@ import json
 from pathlib import Path
 from typing import Sequence
 
+from diffalign.errors import DiffalignError
+
 PROMPT_COLUMNS = ("prompt", "text", "caption")
 KINDS = ("auto", "txt", "json", "jsonl", "csv", "tsv", "hub")
 
 
-class PromptSourceError(ValueError):
+class PromptSourceError(DiffalignError, ValueError):
     """A prompt set that cannot be found or read; names the file and what was expected."""
 
 

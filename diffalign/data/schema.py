@@ -31,7 +31,11 @@ One row is one group: a prompt and ``K ≥ 2`` images ordered best first.
 
 from __future__ import annotations
 
+from pathlib import Path, PurePosixPath, PureWindowsPath
+
 import pyarrow as pa
+
+from diffalign.errors import DiffalignError
 
 FORMAT = "diffalign-preference"
 FORMAT_VERSION = 1
@@ -43,8 +47,39 @@ OPTIONAL = ("scores", "ranks", "captions", "meta")
 PER_IMAGE = ("scores", "ranks", "captions")
 
 
-class SchemaError(ValueError):
+class SchemaError(DiffalignError, ValueError):
     """A dataset or row that does not follow the preference format; names the column."""
+
+
+class UnsafeImagePathError(SchemaError):
+    """An image ``path`` that would reach outside its dataset folder: absolute, climbing with
+    ``..``, or through a symbolic link that points out. Such a row is refused, never read."""
+
+
+def check_image_path(path: str) -> PurePosixPath:
+    """``path`` as a relative path that stays in the dataset folder by its spelling (no root, no
+    drive, no ``..``), or :class:`UnsafeImagePathError`."""
+    relative = PurePosixPath(str(path).replace("\\", "/"))
+    if not str(path) or relative.is_absolute() or ".." in relative.parts or PureWindowsPath(str(path)).drive:
+        raise UnsafeImagePathError(f"image path {path!r} is not inside the dataset folder; image paths must be "
+                                   "relative to it, without '..' (or store the image's bytes instead)")
+    return relative
+
+
+def resolve_image_path(root: Path, path: str | None) -> Path:
+    """The file an image ``path`` names inside the dataset folder ``root``, with links followed.
+
+    Raises:
+        UnsafeImagePathError: the path, or a link on the way, leads outside ``root``.
+        SchemaError: the image has no path (and no bytes).
+    """
+    if path is None:
+        raise SchemaError(f"an image in {root} has neither bytes nor a path")
+    full = (root / check_image_path(path)).resolve()
+    if not full.is_relative_to(root.resolve()):
+        raise UnsafeImagePathError(f"image path {path!r} leads outside the dataset folder {root} (through a "
+                                   "symbolic link); copy the file into the folder or store its bytes")
+    return full
 
 
 def features():
@@ -125,6 +160,9 @@ def check_row(row: dict) -> None:
     for name in REQUIRED:
         if row.get(name) is None:
             raise SchemaError(f"row {row.get('id')!r}: column {name!r} is missing")
+    for image in row["images"]:
+        if isinstance(image, dict) and image.get("bytes") is None and image.get("path") is not None:
+            check_image_path(image["path"])
 
 
 def dataset_card(manifest: dict) -> str:

@@ -30,6 +30,8 @@ from typing import Protocol, Sequence
 
 import numpy as np
 
+from diffalign.errors import DiffalignError
+
 # The 80 COCO classes in COCO order, with GenEval's spellings (prompts/object_names.txt).
 CLASSNAMES = (
     "person", "bicycle", "car", "motorcycle", "airplane", "bus", "train", "truck", "boat", "traffic light",
@@ -112,7 +114,7 @@ def generate_prompts(seed: int = 43, n: int = 100, max_count: int = 4) -> list[d
     return unique
 
 
-class MetadataError(ValueError):
+class MetadataError(DiffalignError, ValueError):
     """An ``evaluation_metadata.jsonl`` line that is not a GenEval record; names file and line."""
 
 

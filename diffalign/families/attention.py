@@ -11,10 +11,12 @@ import importlib.util
 
 import torch
 
+from diffalign.errors import DiffalignError
+
 ATTENTION_BACKENDS = ("sdpa", "xformers")
 
 
-class AttentionBackendError(RuntimeError):
+class AttentionBackendError(DiffalignError, RuntimeError):
     """The requested attention backend cannot run on this machine."""
 
 

@@ -16,6 +16,8 @@ from typing import ClassVar
 import torch
 from torch import Tensor
 
+from ..errors import DiffalignError
+
 METRIC_NAMES = ("loss", "implicit_acc", "margin", "err_w", "err_l", "ref_gap")
 """Fixed metric names, logged under ``train/<name>``:
 
@@ -28,7 +30,7 @@ Objectives may add their own names beside these.
 """
 
 
-class ObjectiveDataError(ValueError):
+class ObjectiveDataError(DiffalignError, ValueError):
     """An objective given data it cannot use (pairs for a ranked objective, no captions, ...)."""
 
 

@@ -23,11 +23,13 @@ from typing import TYPE_CHECKING, ClassVar, Sequence
 import torch
 from torch import Tensor, nn
 
+from diffalign.errors import DiffalignError
+
 if TYPE_CHECKING:
     from diffalign.rewards.preprocess import ImageTransform
 
 
-class RewardLoadError(OSError):
+class RewardLoadError(DiffalignError, OSError):
     """Weights or files of a reward model that cannot be found or do not fit; names the files
     and where they were looked for."""
 

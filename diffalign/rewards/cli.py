@@ -24,13 +24,14 @@ from typing import Callable
 import torch
 
 from diffalign.config import DTYPE_NAMES, torch_dtype
+from diffalign.errors import DiffalignError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 _FILE_KEYS = ("file_name", "file", "image", "path")
 _PROMPT_KEYS = ("prompt", "text", "caption")
 
 
-class ScoreInputError(ValueError):
+class ScoreInputError(DiffalignError, ValueError):
     """Images or prompts that cannot be matched up; says which and how to fix it."""
 
 
@@ -147,6 +148,7 @@ def score_items(rewards: list, items: list[Item], batch_size: int = 16, progress
     from tqdm.auto import tqdm
 
     from diffalign.data.images import IMAGE_ERRORS, decode
+    from diffalign.data.schema import UnsafeImagePathError
 
     rows, skipped = [], []
     bar = tqdm(total=len(items), unit="image", disable=not progress, desc="scoring")
@@ -156,7 +158,7 @@ def score_items(rewards: list, items: list[Item], batch_size: int = 16, progress
             try:
                 images.append(decode(item.read()))
                 batch.append(item)
-            except IMAGE_ERRORS as err:
+            except (UnsafeImagePathError, *IMAGE_ERRORS) as err:  # a path out of the dataset is never opened
                 if strict:
                     raise ScoreInputError(f"{item.key}: unreadable image ({err})") from err
                 skipped.append(item.key)

@@ -127,6 +127,24 @@ def test_a_preference_dataset(tmp_path, tiny_clip_dir):
     assert table.column("prompt").to_pylist() == ["a cat", "a cat", "a dog, sharp", "a dog, blurry"]
 
 
+@pytest.mark.parametrize("escape", ["../secret.png", "/tmp/../etc/passwd"])
+def test_a_dataset_path_out_of_its_folder_is_skipped_not_scored(escape, tmp_path, tiny_clip_dir):
+    from diffalign.testing import write_handmade_dataset
+
+    images = [png_bytes(im) for im in smooth_images(2)]
+    (tmp_path / "secret.png").write_bytes(images[1])
+    (tmp_path / "prefs" / "images").mkdir(parents=True)
+    (tmp_path / "prefs" / "images" / "ok.png").write_bytes(images[0])
+    write_handmade_dataset(tmp_path / "prefs", [{"id": "r0", "prompt": "a cat", "images": [
+        {"bytes": None, "path": "images/ok.png"}, {"bytes": None, "path": escape}]}])
+    out = tmp_path / "scores.json"
+    assert _score("--reward", "pickscore", "--model", tiny_clip_dir, "--images", tmp_path / "prefs", "--out", out) == 0
+    written = json.loads(out.read_text())
+    assert [row["image"] for row in written["scores"]] == ["r0/0"] and written["skipped"] == ["r0/1"]
+    assert _score("--reward", "pickscore", "--model", tiny_clip_dir, "--images", tmp_path / "prefs", "--out", out,
+                  "--strict") == 1
+
+
 def test_the_runnable_script(folder, tiny_clip_dir, tmp_path):
     out = tmp_path / "scores.json"
     result = subprocess.run(
