@@ -6,12 +6,9 @@ r"""Give each image of a preference dataset its own caption for DCPO (the same a
 Run it again with the same arguments to resume an interrupted build.
 """
 
-import argparse
 import sys
 
-from diffalign.data import dual_captions
+from diffalign.cli import main
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=dual_captions.__doc__.split("\n\n")[0])
-    dual_captions.add_arguments(parser)
-    sys.exit(dual_captions.run(parser.parse_args()))
+    sys.exit(main(["build", "dual-captions", *sys.argv[1:]]))

@@ -6,12 +6,9 @@ r"""Filter noisy pairs out of a preference dataset (the same as `diffalign build
 Run it again with the same arguments to resume an interrupted build.
 """
 
-import argparse
 import sys
 
-from diffalign.data import filtering
+from diffalign.cli import main
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=filtering.__doc__.split("\n\n")[0])
-    filtering.add_arguments(parser)
-    sys.exit(filtering.run(parser.parse_args()))
+    sys.exit(main(["build", "filter", *sys.argv[1:]]))

@@ -6,12 +6,9 @@
 Run it again with the same arguments to resume an interrupted build.
 """
 
-import argparse
 import sys
 
-from diffalign.data import pick_a_pic
+from diffalign.cli import main
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=pick_a_pic.__doc__.split("\n\n")[0])
-    pick_a_pic.add_arguments(parser)
-    sys.exit(pick_a_pic.run(parser.parse_args()))
+    sys.exit(main(["build", "pick-a-pic", *sys.argv[1:]]))

@@ -8,12 +8,9 @@ r"""Build a synthetic ranked dataset (the same as `diffalign build synthetic`).
 Run it again with the same arguments to resume an interrupted build.
 """
 
-import argparse
 import sys
 
-from diffalign.data import synthetic
+from diffalign.cli import main
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=synthetic.__doc__.split("\n\n")[0])
-    synthetic.add_arguments(parser)
-    sys.exit(synthetic.run(parser.parse_args()))
+    sys.exit(main(["build", "synthetic", *sys.argv[1:]]))

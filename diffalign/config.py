@@ -22,12 +22,28 @@ from typing import Any, Literal, Sequence
 
 import yaml
 
+from diffalign.errors import DiffalignError
+
 # Field metadata: how a path-valued key is checked.
 MUST_EXIST = {"path": "must_exist"}
 """The value is a local file or folder that must exist."""
 LOCAL_OR_HUB = {"path": "local_or_hub"}
 """The value is a hub id or a local path; it must exist when it is written as a path
 (starting with ``/``, ``./``, ``../`` or ``~``)."""
+
+
+def bounds(low: float | None = None, high: float | None = None, *, low_open: bool = False,
+           high_open: bool = False) -> dict:
+    """Field metadata: the value (each item of a list or tuple; ``None`` is not checked) must lie
+    in ``[low, high]``, open at an end with ``low_open`` / ``high_open``. Checked when the config
+    loads, so ``diffalign check-config`` and ``diffalign train`` refuse the same values, before
+    anything loads."""
+    return {"bounds": (low, high, low_open, high_open)}
+
+
+AT_LEAST_0 = bounds(0)
+AT_LEAST_1 = bounds(1)
+POSITIVE = bounds(0, low_open=True)
 
 
 DTYPE_NAMES = ("fp32", "fp16", "bf16")
@@ -41,7 +57,7 @@ def torch_dtype(name: str):
     return {"fp32": torch.float32, "no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[name]
 
 
-class ConfigError(ValueError):
+class ConfigError(DiffalignError, ValueError):
     """One or more problems in a config, each naming the key and its source."""
 
 
@@ -61,13 +77,13 @@ class ModelConfig:
     time_sampling: Literal["uniform", "logit_normal", "mode"] | None = None
     """``None``: uniform for UNets, logit-normal for SD3."""
     logit_mean: float = 0.0
-    logit_std: float = 1.0
+    logit_std: float = field(default=1.0, metadata=POSITIVE)
     mode_scale: float = 1.29
     loss_weighting: Literal["none", "min_snr", "sigma_sqrt", "cosmap"] = "none"
-    snr_gamma: float = 5.0
+    snr_gamma: float = field(default=5.0, metadata=POSITIVE)
     use_t5: bool = True
     """SD3 only: ``False`` leaves the T5 encoder out."""
-    max_sequence_length: int = 256
+    max_sequence_length: int = field(default=256, metadata=AT_LEAST_1)
     """SD3 only: T5 tokens."""
 
     def family_options(self) -> dict[str, Any]:
@@ -88,7 +104,7 @@ class DataConfig:
 
     path: str = field(metadata=MUST_EXIST)
     """Folder of the on-disk preference dataset (``manifest.json`` + Parquet shards)."""
-    resolution: int = 512
+    resolution: int = field(default=512, metadata=AT_LEAST_1)
     center_crop: bool = True
     random_flip: bool = False
     strict: bool = False
@@ -96,7 +112,7 @@ class DataConfig:
     cache: bool = False
     """Serve latents and prompt embeddings from the latent cache (``diffalign cache``); training
     then loads neither the VAE nor the text encoders."""
-    workers: int | None = None
+    workers: int | None = field(default=None, metadata=AT_LEAST_0)
     """DataLoader worker processes. ``None``: 4 (at most the CPU count) when a GPU trains, so image
     decoding overlaps its step; 0 on CPU, where the model already uses every core."""
 
@@ -105,10 +121,14 @@ class DataConfig:
 class LoRAConfig:
     """LoRA adapters through ``peft``; ``lora: null`` in the YAML means full fine-tuning."""
 
-    rank: int = 8
-    alpha: float = 8.0
-    dropout: float = 0.0
+    rank: int = field(default=8, metadata=AT_LEAST_1)
+    alpha: float = field(default=8.0, metadata=POSITIVE)
+    dropout: float = field(default=0.0, metadata=bounds(0, 1, high_open=True))
     target_modules: list[str] = field(default_factory=lambda: ["to_q", "to_k", "to_v", "to_out.0"])
+    formats: list[Literal["diffusers", "kohya"]] = field(default_factory=lambda: ["diffusers"])
+    """How the final LoRA is written: ``diffusers`` (always; ``pipeline.load_lora_weights(lora/)``)
+    and ``kohya`` (also ``lora/pytorch_lora_weights_kohya.safetensors``, in the keys ComfyUI and
+    AUTOMATIC1111 load; UNet families only)."""
 
 
 @dataclass
@@ -116,13 +136,15 @@ class OptimConfig:
     """Optimiser and learning-rate schedule (diffusers' ``get_scheduler`` names)."""
 
     optimizer: Literal["adamw", "adamw_8bit"] = "adamw"
-    lr: float = 1e-5
-    betas: tuple[float, float] = (0.9, 0.999)
-    weight_decay: float = 1e-2
-    eps: float = 1e-8
+    lr: float = field(default=1e-5, metadata=AT_LEAST_0)
+    betas: tuple[float, float] = field(default=(0.9, 0.999), metadata=bounds(0, 1, high_open=True))
+    weight_decay: float = field(default=1e-2, metadata=AT_LEAST_0)
+    eps: float = field(default=1e-8, metadata=AT_LEAST_0)
     lr_scheduler: str = "constant_with_warmup"
-    warmup_steps: int = 0
-    max_grad_norm: float = 1.0
+    warmup_steps: int = field(default=0, metadata=AT_LEAST_0)
+    max_grad_norm: float = field(default=1.0, metadata=AT_LEAST_0)
+    """Clip the gradient norm to this (0: no clipping). Either way a step whose gradient norm is
+    not finite is skipped and counted, like one whose loss is not finite."""
 
 
 @dataclass
@@ -130,7 +152,7 @@ class LoggingConfig:
     """Where metrics go: ``metrics.jsonl`` in the output folder always, plus a tracker."""
 
     report_to: Literal["tensorboard", "wandb", "none"] = "tensorboard"
-    every: int = 10
+    every: int = field(default=10, metadata=AT_LEAST_1)
     """Log (and sync metrics across processes) every this many optimiser steps."""
     project: str = "diffalign"
     progress_bar: bool = True
@@ -141,11 +163,11 @@ class ValidationConfig:
     """Images sampled for fixed prompts during training, saved as a grid PNG."""
 
     prompts: list[str] = field(default_factory=list)
-    every: int = 0
+    every: int = field(default=0, metadata=AT_LEAST_0)
     """Every this many steps (0: only at the end, when prompts are given)."""
-    num_inference_steps: int = 25
-    guidance_scale: float = 5.0
-    resolution: int | None = None
+    num_inference_steps: int = field(default=25, metadata=AT_LEAST_1)
+    guidance_scale: float = field(default=5.0, metadata=AT_LEAST_0)
+    resolution: int | None = field(default=None, metadata=AT_LEAST_1)
     """Defaults to ``data.resolution``."""
     seed: int = 0
 
@@ -162,9 +184,9 @@ class TrainConfig:
     objective: dict[str, Any] = field(default_factory=lambda: {"name": "diffusion_dpo"})
     output_dir: str = "outputs"
     seed: int = 0
-    max_steps: int = 1000
-    batch_size: int = 1
-    gradient_accumulation_steps: int = 1
+    max_steps: int = field(default=1000, metadata=AT_LEAST_1)
+    batch_size: int = field(default=1, metadata=AT_LEAST_1)
+    gradient_accumulation_steps: int = field(default=1, metadata=AT_LEAST_1)
     mixed_precision: Literal["no", "fp16", "bf16"] = "no"
     gradient_checkpointing: bool = False
     lean_layers: bool = True
@@ -174,22 +196,34 @@ class TrainConfig:
     ``False``: PyTorch's and diffusers' own layers."""
     compile: bool = False
     """``torch.compile`` the denoiser (the first steps are slow while it compiles)."""
-    compile_memory_budget: float | None = None
+    compile_memory_budget: float | None = field(default=None, metadata=bounds(0, 1, low_open=True))
     """With ``compile``: the fraction (0–1] of the activations the compiler may keep for backward;
     it recomputes the cheapest of the rest (PyTorch's memory-budget activation checkpointing).
     Recomputes less than ``gradient_checkpointing`` for a like saving. ``None``: keep them all."""
     allow_tf32: bool = True
-    checkpoint_every: int = 500
-    keep_checkpoints: int = 3
+    checkpoint_every: int = field(default=500, metadata=AT_LEAST_0)
+    """Write a resumable checkpoint every this many optimiser steps (0: only when stopped by
+    SIGTERM or SIGINT)."""
+    keep_checkpoints: int = field(default=3, metadata=AT_LEAST_0)
     resume: str | None = None
-    """``"latest"`` or a checkpoint folder."""
-    max_nonfinite_steps: int = 10
-    """Stop after this many optimiser steps in a row with a non-finite loss (each is skipped)."""
+    """``"latest"`` or a checkpoint folder: continue the run in ``output_dir`` from there. An
+    output folder that already holds a run is refused without ``resume`` or ``overwrite``."""
+    overwrite: bool = False
+    """Delete what an earlier run wrote in ``output_dir`` (checkpoints, weights, logs, metrics,
+    validation images) and train from the start."""
+    max_nonfinite_steps: int = field(default=10, metadata=AT_LEAST_1)
+    """Stop after this many optimiser steps in a row with a non-finite loss or gradient norm, or no
+    readable data (each is skipped and counted)."""
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     validation: ValidationConfig = field(default_factory=ValidationConfig)
 
 
 # ---------------------------------------------------------------------------------- loading
+MAKE_FIRST = "# First:"
+"""A shipped config whose model or data must be made first opens with ``# First: <command>``;
+when a path it names is missing, the error repeats that command."""
+
+
 def load_config(path: str | Path, overrides: Sequence[str] = (), schema: type = TrainConfig):
     """Read a YAML file, apply dotted overrides, and build ``schema`` from it.
 
@@ -204,8 +238,9 @@ def load_config(path: str | Path, overrides: Sequence[str] = (), schema: type = 
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file {path} does not exist")
+    text = path.read_text()
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = yaml.safe_load(text) or {}
     except yaml.YAMLError as err:
         raise ConfigError(f"{path} is not valid YAML: {err}") from err
     sources: dict[str, str] = {}
@@ -213,7 +248,13 @@ def load_config(path: str | Path, overrides: Sequence[str] = (), schema: type = 
         key, value = _parse_override(item)
         _set_dotted(data, key, value)
         sources[key] = f"override {item!r}"
-    return from_dict(schema, data, source=str(path), override_sources=sources)
+    try:
+        return from_dict(schema, data, source=str(path), override_sources=sources)
+    except ConfigError as err:
+        first = text.splitlines()[0] if text else ""
+        if MAKE_FIRST in first and "does not exist" in str(err):
+            raise ConfigError(f"{err}\n  Make what it needs first: {first.split(MAKE_FIRST, 1)[1].strip()}") from None
+        raise
 
 
 def from_dict(schema: type, data: Any, source: str = "<dict>", override_sources: dict[str, str] | None = None):
@@ -299,9 +340,12 @@ def _build(schema: type, data: Any, prefix: str, errors: list) -> Any:
             if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
                 errors.append((key, "missing required key"))
             continue
+        before = len(errors)
         kwargs[name] = _coerce(data[name], hints[name], key, errors)
         if f.metadata.get("path") and isinstance(kwargs[name], str):
             _check_path(kwargs[name], f.metadata["path"], key, errors)
+        if f.metadata.get("bounds") and len(errors) == before:
+            _check_bounds(kwargs[name], f.metadata["bounds"], key, errors)
     return None if len(errors) > first_error else schema(**kwargs)
 
 
@@ -375,6 +419,22 @@ def _check_path(value: str, rule: str, key: str, errors: list) -> None:
         if not Path(value).expanduser().exists():
             where = "" if Path(value).is_absolute() else f" (relative to the working directory {Path.cwd()})"
             errors.append((key, f"path {value!r} does not exist{where}"))
+
+
+def _check_bounds(value: Any, rule: tuple, key: str, errors: list) -> None:
+    low, high, low_open, high_open = rule
+    for item in value if isinstance(value, (list, tuple)) else [value]:
+        if item is None:
+            continue
+        below = low is not None and (item <= low if low_open else item < low)
+        above = high is not None and (item >= high if high_open else item > high)
+        if below or above:
+            if high is None:
+                wanted = f"{'>' if low_open else '≥'} {low:g}"
+            else:
+                wanted = f"in {'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+            errors.append((key, f"expected a value {wanted}, got {item!r}"))
+            return
 
 
 def _join(prefix: str, name: str) -> str:

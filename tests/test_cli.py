@@ -85,12 +85,3 @@ def test_info(tiny_path, capsys):
     assert capsys.readouterr().out.split() == ["family:", "sd", "prediction_type:", "v_prediction"]
     assert main(["info", str(tiny_path("sd21") / "unet")]) == 1
     assert "no model_index.json" in capsys.readouterr().err
-
-
-def test_check_config(tmp_path, capsys):
-    config = tmp_path / "c.yaml"
-    config.write_text(f"model: {{path: org/model}}\ndata: {{path: {tmp_path}}}\n")
-    assert main(["check-config", str(config), "optim.lr=3e-6"]) == 0
-    assert "lr: 3.0e-06" in capsys.readouterr().out
-    assert main(["check-config", str(config), "optim.lrr=1"]) == 1
-    assert "did you mean 'optim.lr'" in capsys.readouterr().err

@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import re
-import sys
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -271,20 +270,14 @@ def run(args: argparse.Namespace) -> int:
     """Run the filter from parsed arguments; prints what was kept."""
     import torch
 
-    from diffalign.data.schema import SchemaError
+    reward = None
+    if args.reward:
+        from diffalign.rewards import load_reward
 
-    try:
-        reward = None
-        if args.reward:
-            from diffalign.rewards import load_reward
-
-            reward = load_reward(args.reward, args.reward_path, device="cuda" if torch.cuda.is_available() else "cpu")
-        manifest = filter_pairs(args.data, args.out, fraction=args.fraction, weights=_weights(args.weight),
-                                reward=reward, text_model=args.text_model, k=args.k, shard_size=args.shard_size,
-                                overwrite=args.overwrite)
-    except (BuildError, SchemaError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
+        reward = load_reward(args.reward, args.reward_path, device="cuda" if torch.cuda.is_available() else "cpu")
+    manifest = filter_pairs(args.data, args.out, fraction=args.fraction, weights=_weights(args.weight),
+                            reward=reward, text_model=args.text_model, k=args.k, shard_size=args.shard_size,
+                            overwrite=args.overwrite)
     summary = manifest["filter"]
     print(f"kept {summary['kept_rows']} of {summary['input_rows']} rows in {args.out} "
           f"(report: {Path(args.out) / REPORT}); mean terms kept {summary['mean_kept']}, dropped {summary['mean_dropped']}")

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 from typing import Sequence
 
@@ -165,14 +164,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run the builder from parsed arguments; prints the manifest's counts."""
-    try:
-        manifest = build_pick_a_pic(
-            args.sources, args.out, kind=args.kind, split=args.split, keep_ties=args.keep_ties,
-            dedup_prompts=args.dedup_prompts, limit=args.limit, shard_size=args.shard_size,
-            strict=args.strict, overwrite=args.overwrite, progress=not args.no_progress,
-        )
-    except (BuildError, SourceError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
+    manifest = build_pick_a_pic(
+        args.sources, args.out, kind=args.kind, split=args.split, keep_ties=args.keep_ties,
+        dedup_prompts=args.dedup_prompts, limit=args.limit, shard_size=args.shard_size,
+        strict=args.strict, overwrite=args.overwrite, progress=not args.no_progress,
+    )
     print(f"wrote {manifest['rows']} groups to {args.out}; counts: {json.dumps(manifest['counts'])}")
     return 0

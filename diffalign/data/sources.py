@@ -16,10 +16,12 @@ from typing import Iterator, Sequence
 
 import pyarrow.parquet as pq
 
+from diffalign.errors import DiffalignError
+
 KINDS = ("auto", "parquet", "wds", "hub")
 
 
-class SourceError(ValueError):
+class SourceError(DiffalignError, ValueError):
     """A source that cannot be found or read."""
 
 
@@ -86,7 +88,7 @@ def iter_parquet(files: Sequence[Path], start: int = 0, columns: Sequence[str] |
         raise SourceError("no Parquet files to read")
     skip = start
     for path in files:
-        handle = pq.ParquetFile(path)
+        handle = open_parquet(path)
         if skip >= handle.metadata.num_rows:
             skip -= handle.metadata.num_rows
             continue
@@ -100,6 +102,18 @@ def iter_parquet(files: Sequence[Path], start: int = 0, columns: Sequence[str] |
             for row in rows:
                 row["_source_file"] = path.name
                 yield row
+
+
+def open_parquet(path: Path) -> pq.ParquetFile:
+    """``pq.ParquetFile(path)``, or a :class:`SourceError` naming the file when it is not Parquet
+    (a stray download, a truncated copy) instead of pyarrow's ``ArrowInvalid``."""
+    import pyarrow as pa
+
+    try:
+        return pq.ParquetFile(path)
+    except (pa.ArrowInvalid, OSError) as err:
+        raise SourceError(f"{path} is not a readable Parquet file ({err}); remove it from the sources, or "
+                          "download it again") from err
 
 
 # Image members of a WebDataset sample, by the names re-uploads use, mapped to Pick-a-Pic's.

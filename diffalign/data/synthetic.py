@@ -27,7 +27,6 @@ import heapq
 import io
 import json
 import shutil
-import sys
 from pathlib import Path
 from typing import Iterator, Sequence
 
@@ -394,19 +393,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run the builder from parsed arguments."""
-    from diffalign.data.prompts import PromptSourceError, read_prompts
+    from diffalign.data.prompts import read_prompts
 
-    try:
-        prompts = read_prompts(args.prompts, args.prompt_column, split=args.prompt_split, limit=args.limit_prompts)
-        reward = load_reward_from_args(args)
-        manifest = build_synthetic(
-            prompts, args.generator, args.out, reward, images_per_prompt=args.images_per_prompt, seed=args.seed,
-            steps=args.steps, guidance_scale=args.guidance_scale, height=args.height, width=args.width,
-            batch_size=args.batch_size, dtype=args.dtype, pairs=args.pairs, shard_size=args.shard_size,
-            overwrite=args.overwrite, progress=not args.no_progress,
-        )
-    except (BuildError, PromptSourceError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
+    prompts = read_prompts(args.prompts, args.prompt_column, split=args.prompt_split, limit=args.limit_prompts)
+    reward = load_reward_from_args(args)
+    manifest = build_synthetic(
+        prompts, args.generator, args.out, reward, images_per_prompt=args.images_per_prompt, seed=args.seed,
+        steps=args.steps, guidance_scale=args.guidance_scale, height=args.height, width=args.width,
+        batch_size=args.batch_size, dtype=args.dtype, pairs=args.pairs, shard_size=args.shard_size,
+        overwrite=args.overwrite, progress=not args.no_progress,
+    )
     print(f"wrote {manifest['rows']} ranked groups of {manifest['group_size']} images to {args.out}")
     return 0

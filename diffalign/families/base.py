@@ -24,15 +24,15 @@ from typing import ClassVar, Sequence
 import torch
 from torch import Tensor
 
+from diffalign.errors import DiffalignError
 from diffalign.families.attention import set_attention_backend
-
 
 TIME_SAMPLINGS = ("uniform", "logit_normal", "mode")
 Generators = "torch.Generator | list[torch.Generator] | None"
 """One generator for the whole batch, or one per group (the first dimension)."""
 
 
-class FamilyError(ValueError):
+class FamilyError(DiffalignError, ValueError):
     """A checkpoint that no family can load, or options a family does not support."""
 
 
@@ -210,8 +210,16 @@ class ModelFamily:
         """Pixels per latent along each side (from the VAE's config file when it is not loaded:
         the pipelines then fall back to a hard-coded 8)."""
         vae = getattr(self.pipe, "vae", None)
-        config = vae.config if vae is not None else self._vae_config
-        return 2 ** (len(config["block_out_channels"]) - 1)
+        return vae_downsampling(vae.config if vae is not None else self._vae_config)
+
+    @classmethod
+    def pixel_multiple(cls, path: str | Path, revision: str | None = None) -> int:
+        """Image sides this family's checkpoint at ``path`` can train on are multiples of this
+        (the VAE's downsampling), read from config files only, so training checks the resolution
+        before any weights load."""
+        from diffusers import AutoencoderKL
+
+        return vae_downsampling(AutoencoderKL.load_config(str(path), subfolder="vae", revision=revision))
 
     def _require(self, component: str, why: str):
         module = getattr(self.pipe, component, None)
@@ -451,6 +459,12 @@ class ModelFamily:
 
     def _predict_flat(self, model, noisy: Tensor, t: Tensor, cond: Conditioning) -> Tensor:
         raise NotImplementedError
+
+
+def vae_downsampling(vae_config) -> int:
+    """Pixels per latent along each side of a VAE with this config: each encoder block but the
+    last halves the image."""
+    return 2 ** (len(vae_config["block_out_channels"]) - 1)
 
 
 def input_dtype(model, default: torch.nn.Module) -> torch.dtype:

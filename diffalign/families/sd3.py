@@ -44,6 +44,15 @@ class SD3Family(ModelFamily):
         self.train_sigmas = FlowMatchEulerDiscreteScheduler.from_config(pipe.scheduler.config).sigmas.float()
 
     @classmethod
+    def pixel_multiple(cls, path, revision: str | None = None) -> int:
+        """The VAE's downsampling times the transformer's patch size: a latent side that the
+        patches do not tile cannot be embedded (SD3-Medium: 8 × 2 = 16 pixels)."""
+        from diffusers import SD3Transformer2DModel
+
+        patch = SD3Transformer2DModel.load_config(str(path), subfolder="transformer", revision=revision)["patch_size"]
+        return super().pixel_multiple(path, revision) * patch
+
+    @classmethod
     def _skipped_components(cls, options: dict) -> dict:
         return {} if options.get("use_t5", True) else {"text_encoder_3": None, "tokenizer_3": None}
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 from typing import Sequence
 
@@ -76,7 +77,13 @@ def load_checkpoint(path: Path) -> dict[str, Tensor]:
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as err:
-            raise RewardLoadError(f"{path}: not a tensors-only checkpoint ({type(err).__name__}: {err})") from err
+            # torch's message is a page of advice ending in the offending global; keep that part.
+            found = re.search(r"Unsupported global: GLOBAL (\S+)", str(err))
+            what = f"it pickles {found.group(1)}" if found else f"{type(err).__name__}: {str(err).splitlines()[0]}"
+            raise RewardLoadError(
+                f"{path}: not a tensors-only checkpoint ({what}); diffalign never unpickles code. Convert it to "
+                "safetensors where you trust its source, or use the published weights"
+            ) from err
     for wrapper in ("state_dict", "model"):
         if isinstance(state, dict) and isinstance(state.get(wrapper), dict):
             state = state[wrapper]

@@ -1,30 +1,34 @@
 """Start-up checks that need no model weights: each mismatch is one clear error, raised
-before anything heavy loads."""
+before anything heavy loads. ``diffalign train`` and ``diffalign check-config`` run the same
+:func:`preflight`, so a config that one accepts the other accepts too."""
 
 from __future__ import annotations
 
 import importlib.util
 
 from diffalign.config import TrainConfig
-from diffalign.data.cache import META, cache_dir
 from diffalign.data.dataset import PreferenceDataset
+from diffalign.errors import DiffalignError
 
 
-class StartupError(ValueError):
+class StartupError(DiffalignError, ValueError):
     """A run that cannot start; the message names the fix."""
 
 
 def preflight(config: TrainConfig):
-    """Build the objective and check it against the data, the family and the machine.
+    """Build the objective and check it against the data, the family, the output folder and the
+    machine. Reads configs and Parquet footers, never weights.
 
     Returns:
         ``(objective, dataset, family_name)``.
     """
     from diffalign.families import detect_family
     from diffalign.objectives import build_objective
+    from diffalign.training import run_folder
 
     objective = build_objective(config.objective)
     data = PreferenceDataset.open(config.data.path)
+    _check_rows(data)
     has_captions = all(c is not None for c in data.column("captions"))
     has_ranks = all(r is not None for r in data.column("ranks")) or all(s is not None for s in data.column("scores"))
     objective.check_data(data.group_size, has_captions, has_ranks)
@@ -32,25 +36,54 @@ def preflight(config: TrainConfig):
     supported = getattr(objective, "supported_families", None)
     if supported is not None and family not in supported:
         raise StartupError(f"{objective.name} does not support the {family} family (only {', '.join(supported)})")
+    _check_resolution(config, family)
+    if config.lora is not None and "kohya" in config.lora.formats:
+        from diffalign.training.lora import KOHYA_FAMILIES
+
+        if family not in KOHYA_FAMILIES:
+            raise StartupError(f"lora.formats: kohya is written for the UNet families ({', '.join(KOHYA_FAMILIES)}), "
+                               f"not {family}; keep lora.formats=[diffusers]")
     if config.data.cache:
-        folder = cache_dir(config.data.path, family, config.data.resolution)
-        if not (folder / META).exists():
-            raise StartupError(
-                f"data.cache is on but there is no cache in {folder}; build it with "
-                f"`diffalign cache {config.data.path} --model {config.model.path} --resolution {config.data.resolution}`"
-            )
-        if has_captions and not objective.needs_captions:
-            raise StartupError(
-                f"the cache holds per-image caption embeddings but {objective.name} conditions on the prompt; "
-                "train without data.cache"
-            )
+        _check_cache(config, family, data, has_captions and not objective.needs_captions, objective.name)
     if config.optim.optimizer == "adamw_8bit" and importlib.util.find_spec("bitsandbytes") is None:
         raise StartupError("optim.optimizer: adamw_8bit needs bitsandbytes: pip install 'diffalign[bnb]'")
     if config.logging.report_to == "wandb" and importlib.util.find_spec("wandb") is None:
         raise StartupError("logging.report_to: wandb needs wandb: pip install 'diffalign[wandb]'")
-    budget = config.compile_memory_budget
-    if budget is not None and not (config.compile and 0 < budget <= 1):
-        raise StartupError(f"compile_memory_budget: {budget} needs compile: true and a value in (0, 1]")
-    if config.batch_size < 1 or config.gradient_accumulation_steps < 1 or config.max_steps < 1:
-        raise StartupError("batch_size, gradient_accumulation_steps and max_steps must be at least 1")
+    if config.compile_memory_budget is not None and not config.compile:
+        raise StartupError(f"compile_memory_budget: {config.compile_memory_budget} needs compile: true")
+    run_folder.check(config.output_dir, config.resume, config.overwrite)
     return objective, data, family
+
+
+def _check_rows(data: PreferenceDataset) -> None:
+    if len(data):
+        return
+    dropped = data.manifest.get("counts", {}).get("dropped", {})
+    why = f" (its builder dropped every source row: {dropped})" if dropped else ""
+    raise StartupError(f"the dataset {data.root} has no rows{why}; rebuild it from a source that has some, "
+                       "or point data.path at another dataset")
+
+
+def _check_resolution(config: TrainConfig, family: str) -> None:
+    """The VAE (and SD3's patches) must tile the image, or the latents lose a border silently."""
+    from diffalign.families import FAMILIES
+
+    multiple = FAMILIES[family].pixel_multiple(config.model.path, config.model.revision)
+    for key, value in (("data.resolution", config.data.resolution), ("validation.resolution", config.validation.resolution)):
+        if value is not None and value % multiple:
+            low, high = value - value % multiple, value - value % multiple + multiple
+            raise StartupError(f"{key}: {value} is not a multiple of {multiple}, the pixels per latent of "
+                               f"{config.model.path}; use {low or high}{f' or {high}' if low else ''}")
+
+
+def _check_cache(config: TrainConfig, family: str, data: PreferenceDataset, caption_mismatch: bool, name: str) -> None:
+    from diffalign.data.cache import LatentCache
+
+    cache = LatentCache.for_model(config.data.path, family, config.model.path, config.model.revision,
+                                  config.data.resolution)
+    cache.check_compatible(resolution=config.data.resolution, rows=len(data))
+    if caption_mismatch:
+        raise StartupError(
+            f"the cache holds per-image caption embeddings but {name} conditions on the prompt; "
+            "train with data.cache=false"
+        )
