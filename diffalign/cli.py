@@ -1,11 +1,17 @@
 """The ``diffalign`` command.
 
-Subcommands that have not landed yet say so and exit with status 2; none pretends to work.
+An error in what the user gave (any :class:`~diffalign.errors.DiffalignError`) is printed as one
+``error: …`` line, exit status 1; a traceback means a bug. ``train``, ``cache`` and ``build``
+stop cleanly on SIGTERM or SIGINT, keeping their work (:mod:`diffalign.stopping`), with status
+128 + the signal's number. Subcommands that have not landed yet say so and exit with status 2;
+none pretends to work.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
 import sys
 
 # subcommand -> (help, the issue that brings it)
@@ -22,28 +28,26 @@ def _not_yet(command: str, issue: str):
     return run
 
 
-def _info(args: argparse.Namespace) -> int:
-    from diffalign.families import FamilyError, detect_family
+# Commands that stop at a whole step on SIGTERM/SIGINT, keeping what they did.
+_STOPPABLE = ("train", "cache", "build")
 
-    try:
-        found = detect_family(args.path, revision=args.revision)
-    except FamilyError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
+
+def _info(args: argparse.Namespace) -> int:
+    from diffalign.families import detect_family
+
+    found = detect_family(args.path, revision=args.revision)
     print(f"family: {found.family}\nprediction_type: {found.prediction_type}")
     return 0
 
 
 def _check_config(args: argparse.Namespace) -> int:
-    from diffalign.config import ConfigError, load_config, to_dict
-
-    try:
-        config = load_config(args.config, args.overrides)
-    except ConfigError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
     import yaml
 
+    from diffalign.config import load_config, to_dict
+    from diffalign.training.checks import preflight
+
+    config = load_config(args.config, args.overrides)
+    preflight(config)  # exactly what `diffalign train` checks before it loads a model
     print(yaml.safe_dump(to_dict(config), sort_keys=False), end="")
     return 0
 
@@ -108,21 +112,14 @@ def _add_train(sub) -> None:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from diffalign.config import ConfigError, load_config
-    from diffalign.data.schema import SchemaError
-    from diffalign.families import FamilyError
-    from diffalign.objectives.base import ObjectiveDataError
+    from diffalign.config import load_config
     from diffalign.training import train
-    from diffalign.training.checks import StartupError
 
-    try:
-        config = load_config(args.config, args.overrides)
-        result = train(config)
-    except (ConfigError, StartupError, ObjectiveDataError, SchemaError, FamilyError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
+    result = train(load_config(args.config, args.overrides))
     if result.is_main_process:
-        print(f"trained {result.steps} steps; weights in {result.weights}")
+        skipped = f" ({result.skipped_steps} skipped: non-finite loss or gradient norm, or no readable data)" \
+            if result.skipped_steps else ""
+        print(f"trained {result.steps} steps{skipped}; weights in {result.weights}")
     return 0
 
 
@@ -159,6 +156,25 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_make_tiny(sub) -> None:
+    from diffalign.toy import starter
+
+    tiny = sub.add_parser("make-tiny", help="write the toy model and data that training/configs/tiny/ train on",
+                          description=starter.__doc__.split("\n\n")[0])
+    tiny.add_argument("--out", default="outputs/tiny", help="folder to write model/, pairs/ and ranked/ into "
+                      "(default: outputs/tiny, where the tiny configs look)")
+    tiny.set_defaults(run=_make_tiny)
+
+
+def _make_tiny(args: argparse.Namespace) -> int:
+    from diffalign.toy.starter import write_starter
+
+    folders = write_starter(args.out)
+    print("\n".join(f"{name}: {folder}" for name, folder in folders.items()))
+    print("next: diffalign train --config training/configs/tiny/diffusion_dpo.yaml")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from diffalign import __version__
 
@@ -178,6 +194,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     _add_train(sub)
     _add_demo(sub)
+    _add_make_tiny(sub)
     _add_build(sub)
     _add_module_commands(sub)
     for name, (help_text, issue) in _PLANNED.items():
@@ -187,13 +204,29 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from diffalign import stopping
+    from diffalign.errors import DiffalignError, Stopped
+
     parser = build_parser()
     # A planned command takes any arguments so that it can say it is not yet available
     # instead of failing on arguments it does not know yet.
     args, extra = parser.parse_known_args(argv)
     if extra and not getattr(args, "planned", False):
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
-    return args.run(args)
+    stops = stopping.stop_requests() if args.command in _STOPPABLE else contextlib.nullcontext()
+    try:
+        with stops:
+            return args.run(args)
+    except DiffalignError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    except Stopped as stop:
+        if os.environ.get("RANK", "0") == "0":  # every process stopped at the same point; one says so
+            print(stop.message, file=sys.stderr)
+        return stop.exit_code
+    except KeyboardInterrupt:  # commands that keep nothing half-done stop at once on Ctrl-C
+        print(f"interrupted: diffalign {args.command} stopped", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -31,10 +31,12 @@ import torch
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
+from diffalign import stopping
 from diffalign.config import torch_dtype
 from diffalign.data.dataset import PreferenceDataset
 from diffalign.data.loader import GroupDataset
 from diffalign.data.writer import atomic_write_json
+from diffalign.errors import DiffalignError
 
 CACHE_FORMAT = "diffalign-latent-cache"
 CACHE_VERSION = 1
@@ -43,7 +45,7 @@ META = "cache.json"
 FINGERPRINTED = ("vae", "text_encoder", "text_encoder_2", "text_encoder_3", "tokenizer", "tokenizer_2", "tokenizer_3")
 
 
-class CacheMismatchError(ValueError):
+class CacheMismatchError(DiffalignError, ValueError):
     """A cache built for another model, resolution or dataset."""
 
 
@@ -130,7 +132,9 @@ def build_cache(data_root: str | Path, family, *, resolution: int, batch_size: i
                 dtype: str = "fp32", progress: bool = True) -> Path:
     """Encode a dataset's images and captions once with ``family``'s VAE and text encoders.
 
-    Resumable (finished shards are kept) and split across ``accelerate`` processes by shard.
+    Resumable (finished shards are kept) and split across ``accelerate`` processes by shard. On
+    SIGTERM or SIGINT every process finishes the shard it is writing and the build stops with
+    :class:`~diffalign.errors.Stopped`; the same command continues it.
 
     Args:
         data_root: a preference dataset folder.
@@ -147,6 +151,10 @@ def build_cache(data_root: str | Path, family, *, resolution: int, batch_size: i
 
     state = PartialState(cpu=not torch.cuda.is_available())
     data = PreferenceDataset.open(data_root)
+    multiple = family.pixel_multiple(family.path, family.revision)
+    if resolution % multiple:
+        raise CacheMismatchError(f"--resolution {resolution} is not a multiple of {multiple}, the pixels per latent of "
+                                 f"{family.path}; use {resolution - resolution % multiple or multiple}")
     out = cache_dir(data_root, family.name, resolution)
     meta = {
         "format": CACHE_FORMAT, "version": CACHE_VERSION, "family": family.name, "model": family.path,
@@ -165,17 +173,25 @@ def build_cache(data_root: str | Path, family, *, resolution: int, batch_size: i
         atomic_write_json(out / META, {**meta, "complete": False})
     state.wait_for_everyone()
     groups = GroupDataset(data, resolution=resolution, center_crop=True, random_flip=False)
-    mine = [s for s in range(meta["shards"]) if s % state.num_processes == state.process_index]
-    with tqdm(total=len(data), unit=" groups", desc=f"cache {family.name}", disable=not progress or not state.is_main_process) as bar:
-        for shard in mine:
+    # Round r: process p writes shard r·P + p. Every process runs every round, so all of them can
+    # agree after each one whether a stop was asked for (a collective).
+    rounds = math.ceil(meta["shards"] / state.num_processes)
+    with stopping.stop_requests(), tqdm(total=len(data), unit=" groups", desc=f"cache {family.name}",
+                                        disable=not progress or not state.is_main_process) as bar:
+        for r in range(rounds):
+            shard = r * state.num_processes + state.process_index
             rows = range(shard * shard_size, min((shard + 1) * shard_size, len(data)))
             path = out / f"shard-{shard:05d}.safetensors"
-            if not path.exists():
+            if shard < meta["shards"] and not path.exists():
                 tensors, metadata = _encode_shard(family, groups, rows, batch_size, torch_dtype(dtype))
                 tmp = out / f".{path.name}.tmp"
                 save_file(tensors, str(tmp), metadata=metadata)
                 os.replace(tmp, path)
-            bar.update(len(rows) * state.num_processes)
+            bar.update(min(shard_size * state.num_processes, len(data) - r * shard_size * state.num_processes))
+            if r + 1 < rounds and stopping.agreed():
+                done = sum((out / f"shard-{s:05d}.safetensors").exists() for s in range(meta["shards"]))
+                raise stopping.stopped(f"{done} of {meta['shards']} cache shards are written in {out}; run the same "
+                                       "command again to continue")
     state.wait_for_everyone()
     if state.is_main_process:
         missing = [s for s in range(meta["shards"]) if not (out / f"shard-{s:05d}.safetensors").exists()]
@@ -197,21 +213,27 @@ class LatentCache:
 
     @classmethod
     def open(cls, data_root: str | Path, family, resolution: int) -> LatentCache:
-        folder = cache_dir(data_root, family.name, resolution)
+        """The cache of ``data_root`` for a loaded ``family`` (see :meth:`for_model`)."""
+        return cls.for_model(data_root, family.name, family.path, family.revision, resolution)
+
+    @classmethod
+    def for_model(cls, data_root: str | Path, family_name: str, model_path: str, revision: str | None,
+                  resolution: int) -> LatentCache:
+        """The cache of ``data_root`` for a model named by its family, path and revision; needs no
+        weights, so training checks it before any model loads."""
+        folder = cache_dir(data_root, family_name, resolution)
+        build = f"`diffalign cache {data_root} --model {model_path} --resolution {resolution}`"
         if not (folder / META).exists():
-            raise CacheMismatchError(
-                f"no latent cache for {family.name} at {resolution}px in {folder}; build it with "
-                f"`diffalign cache {data_root} --model {family.path} --resolution {resolution}`"
-            )
+            raise CacheMismatchError(f"no latent cache for {family_name} at {resolution}px in {folder}; build it with {build}")
         meta = json.loads((folder / META).read_text())
         if not meta.get("complete"):
-            raise CacheMismatchError(f"{folder} is unfinished; run `diffalign cache` again to complete it")
-        fingerprint = model_fingerprint(family.path, family.revision)
+            raise CacheMismatchError(f"{folder} is unfinished; run {build} again to complete it")
+        fingerprint = model_fingerprint(model_path, revision)
         if meta["fingerprint"] != fingerprint:
             raise CacheMismatchError(
                 f"{folder} was built from {meta['model']} (revision {meta['revision']}, {meta['fingerprint']}); "
-                f"this run uses {family.path} ({fingerprint}), whose VAE or text encoders differ. "
-                "Rebuild the cache for this model or train without it."
+                f"this run uses {model_path} ({fingerprint}), whose VAE or text encoders differ. "
+                f"Delete {folder} and rebuild it with {build}, or train with data.cache=false."
             )
         return cls(folder, meta)
 
@@ -219,7 +241,8 @@ class LatentCache:
         if self.meta["resolution"] != resolution or self.meta["rows"] != rows:
             raise CacheMismatchError(
                 f"{self.folder} holds {self.meta['rows']} rows at {self.meta['resolution']}px; "
-                f"the dataset has {rows} rows and training asks for {resolution}px"
+                f"the dataset has {rows} rows and training asks for {resolution}px: the dataset changed "
+                f"since the cache was built. Delete {self.folder} and run `diffalign cache` again"
             )
 
     def get(self, index: int) -> dict | None:
@@ -271,22 +294,15 @@ def add_arguments(parser) -> None:
 
 def run(args) -> int:
     """Run ``diffalign cache`` from parsed arguments."""
-    import sys
-
     from accelerate import PartialState
 
-    from diffalign.data.schema import SchemaError
-    from diffalign.families import FamilyError, load
+    from diffalign.families import load
 
     state = PartialState(cpu=not torch.cuda.is_available())
-    try:
-        family = load(args.model, family=args.family, revision=args.revision, dtype=torch_dtype(args.model_dtype),
-                      device=state.device, use_t5=not args.no_t5, max_sequence_length=args.max_sequence_length)
-        out = build_cache(args.data, family, resolution=args.resolution, batch_size=args.batch_size,
-                          shard_size=args.shard_size, dtype=args.dtype, progress=not args.no_progress)
-    except (CacheMismatchError, FamilyError, SchemaError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
+    family = load(args.model, family=args.family, revision=args.revision, dtype=torch_dtype(args.model_dtype),
+                  device=state.device, use_t5=not args.no_t5, max_sequence_length=args.max_sequence_length)
+    out = build_cache(args.data, family, resolution=args.resolution, batch_size=args.batch_size,
+                      shard_size=args.shard_size, dtype=args.dtype, progress=not args.no_progress)
     if state.is_main_process:
         print(f"latent cache written to {out}")
     return 0

@@ -19,14 +19,16 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from diffalign import stopping
 from diffalign.data.schema import (
     DATA_DIR, FORMAT, FORMAT_VERSION, MANIFEST, arrow_schema, check_row, dataset_card,
 )
+from diffalign.errors import DiffalignError
 
 PROGRESS = ".progress.json"
 
 
-class BuildError(RuntimeError):
+class BuildError(DiffalignError, RuntimeError):
     """A build that cannot start or continue; the message says what to do."""
 
 
@@ -134,11 +136,22 @@ class ShardWriter:
         dropped[reason] = dropped.get(reason, 0) + 1
 
     def advance(self, position: int) -> None:
-        """Say that the source has been consumed up to ``position`` rows; flushes a full shard."""
+        """Say that the source has been consumed up to ``position`` rows; flushes a full shard.
+
+        After SIGTERM or SIGINT (inside :func:`diffalign.stopping.stop_requests`, as every
+        ``diffalign build`` runs), the rows so far are written as a shard, the progress is
+        recorded, and :class:`~diffalign.errors.Stopped` is raised: the same command continues
+        from the next source row.
+        """
         self._pending_position = position
         self.counts["read"] = position
-        if len(self.buffer) >= self.shard_size:
+        if len(self.buffer) >= self.shard_size or stopping.requested():
             self.flush()
+        if stopping.requested():
+            raise stopping.stopped(
+                f"{self.kept} rows in {len(self.shards)} shards kept in {self.root} (source read up to row "
+                f"{self.position}); run the same command again to continue"
+            )
 
     def flush(self) -> None:
         """Write the buffered rows as the next shard and record the progress."""

@@ -93,17 +93,16 @@ def _grid(seeds_per_prompt: int, offset: int) -> tuple[list[str], list[int]]:
 
 
 # --------------------------------------------------------------------------------- data
-def _png(image: torch.Tensor) -> bytes:
-    import io
-
+def tensor_png(image: torch.Tensor) -> bytes:
+    """``[3, H, W]`` in [0, 1] as PNG bytes."""
     from torchvision.transforms.functional import to_pil_image
 
-    buf = io.BytesIO()
-    to_pil_image(image.clamp(0, 1)).save(buf, "PNG")
-    return buf.getvalue()
+    from diffalign.data.synthetic import png_bytes
+
+    return png_bytes(to_pil_image(image.clamp(0, 1)))
 
 
-def _caption(image: torch.Tensor, prompt: str) -> str:
+def caption(image: torch.Tensor, prompt: str) -> str:
     """A caption of what the image shows: the prompt with a size word from the object's coverage."""
     colour, shape = parse(prompt)
     coverage = colour_coverage(image[None])[0, list(COLOURS).index(colour)]
@@ -124,13 +123,13 @@ def build_preference_data(pipe, out: Path, config: BenchmarkConfig) -> tuple[Pat
             idx = torch.arange(p * n + g * k, p * n + (g + 1) * k)
             order = idx[rewards[idx].argsort(descending=True)]
             row_id = f"{p:02d}-{g:03d}"
-            ranked.add({"id": row_id, "prompt": prompt, "images": [{"bytes": _png(images[i]), "path": None} for i in order],
+            ranked.add({"id": row_id, "prompt": prompt, "images": [{"bytes": tensor_png(images[i]), "path": None} for i in order],
                         "scores": rewards[order].tolist(), "ranks": list(range(k)), "captions": None,
                         "source": "toy", "meta": json.dumps({"seeds": [seeds[i] for i in order]})})
             best, worst = order[0], order[-1]
-            pairs.add({"id": row_id, "prompt": prompt, "images": [{"bytes": _png(images[i]), "path": None} for i in (best, worst)],
+            pairs.add({"id": row_id, "prompt": prompt, "images": [{"bytes": tensor_png(images[i]), "path": None} for i in (best, worst)],
                        "scores": [float(rewards[best]), float(rewards[worst])], "ranks": [0, 1],
-                       "captions": [_caption(images[best], prompt), _caption(images[worst], prompt)],
+                       "captions": [caption(images[best], prompt), caption(images[worst], prompt)],
                        "source": "toy", "meta": json.dumps({"seeds": [seeds[best], seeds[worst]]})})
     ranked.finish({"group_size": k, "reward_models": ["toy_coverage"]})
     pairs.finish({"group_size": 2, "reward_models": ["toy_coverage"]})
@@ -150,7 +149,8 @@ def align(objective: str, base: Path, data: Path, out: Path, config: BenchmarkCo
         optim=OptimConfig(lr=config.lr, lr_scheduler="constant", weight_decay=0.0),
         lora=LoRAConfig(rank=config.lora_rank, alpha=float(config.lora_rank)),
         objective=dict(config.objective_settings[objective]), output_dir=str(out), seed=config.seed,
-        max_steps=config.train_steps, batch_size=config.batch_size, checkpoint_every=0,
+        # Each benchmark run trains every objective again, into the same folders.
+        max_steps=config.train_steps, batch_size=config.batch_size, checkpoint_every=0, overwrite=True,
         logging=LoggingConfig(report_to="none", every=config.curve_every, progress_bar=progress),
     )
     trainer = Trainer(train_config)

@@ -22,6 +22,19 @@ class MetricLog:
             self.sums[name] = self.sums[name] + value if name in self.sums else value
         self.count += 1
 
+    def drop_after(self, step: int) -> None:
+        """Remove the lines of steps after ``step`` from ``metrics.jsonl`` (main process only): a
+        resumed run logs again the steps that the stopped run took after its checkpoint, and
+        a file holding both would count them twice."""
+        if not self.path.exists():
+            return
+        lines = self.path.read_text().splitlines()
+        kept = [line for line in lines if line.strip() and json.loads(line)["step"] <= step]
+        if len(kept) != len(lines):
+            tmp = self.path.with_name(f".{self.path.name}.tmp")
+            tmp.write_text("".join(line + "\n" for line in kept))
+            tmp.replace(self.path)
+
     def flush(self, step: int, extra: dict[str, float]) -> dict[str, float]:
         """Average what was added since the last flush, over steps and processes, and log it."""
         logged = dict(extra)

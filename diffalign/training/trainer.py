@@ -9,6 +9,7 @@ frozen copy) → the objective's loss. See :func:`train`.
 from __future__ import annotations
 
 import contextlib
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,11 +17,13 @@ import torch
 from torch.utils.data import DataLoader, Sampler
 from tqdm.auto import tqdm
 
+from diffalign import stopping
 from diffalign.config import TrainConfig, save_config, to_dict, torch_dtype
 from diffalign.data.loader import GroupDataset, collate_groups, family_inputs, loader_workers
+from diffalign.errors import DiffalignError
 from diffalign.families.reference import Reference
 from diffalign.objectives.base import PreferenceTerms
-from diffalign.training import checkpoint
+from diffalign.training import checkpoint, run_folder
 from diffalign.training.checks import preflight
 from diffalign.training.lean_layers import lean_layers
 from diffalign.training.lora import add_lora, save_lora
@@ -28,8 +31,9 @@ from diffalign.training.metrics import MetricLog
 from diffalign.training.optim import make_optimizer, make_scheduler
 from diffalign.training.validation import sample_grid
 
-class TrainingError(RuntimeError):
-    """Training stopped: too many non-finite steps in a row."""
+
+class TrainingError(DiffalignError, RuntimeError):
+    """Training failed: too many skipped steps in a row, or every step skipped."""
 
 
 class EpochSampler(Sampler):
@@ -69,7 +73,7 @@ def _accelerator(config: TrainConfig):
     from accelerate.utils import ProjectConfiguration
 
     on_gpu = torch.cuda.is_available()
-    return Accelerator(
+    accelerator = Accelerator(
         gradient_accumulation_steps=config.gradient_accumulation_steps,
         # fp32 on CPU: autocast there is slow and not what a GPU run would do anyway.
         mixed_precision=config.mixed_precision if on_gpu else "no",
@@ -77,6 +81,22 @@ def _accelerator(config: TrainConfig):
         project_config=ProjectConfiguration(project_dir=config.output_dir, logging_dir=f"{config.output_dir}/logs"),
         cpu=not on_gpu,
     )
+    _warn_unsharded(accelerator)
+    return accelerator
+
+
+def _warn_unsharded(accelerator) -> None:
+    """accelerate turns FSDP and DeepSpeed on only for GPUs (and other accelerators): launched with
+    ``training/accelerate/fsdp.yaml`` or ``deepspeed_zero2.yaml`` on CPUs, a run is plain data
+    parallel. Say so rather than let a memory plan rest on sharding that is not there."""
+    import os
+
+    from accelerate.utils import DistributedType
+
+    for env, kind in (("ACCELERATE_USE_FSDP", DistributedType.FSDP), ("ACCELERATE_USE_DEEPSPEED", DistributedType.DEEPSPEED)):
+        if os.environ.get(env, "false").lower() == "true" and accelerator.distributed_type != kind:
+            accelerator.print(f"warning: the launch asks for {kind.value} ({env}), which accelerate runs only on GPUs; "
+                              f"this run on {accelerator.device.type} is plain data parallel ({accelerator.distributed_type.value})")
 
 
 class Trainer:
@@ -152,6 +172,8 @@ class Trainer:
             # Not persistent_workers: workers copy the dataset when they start, and each epoch's
             # set_epoch (its crops and flips) must reach them.
             collate_fn=collate_groups, num_workers=workers, pin_memory=torch.cuda.is_available(),
+            # SIGINT/SIGTERM reach the workers too; the main process decides where to stop.
+            worker_init_fn=stopping.ignore_in_worker if workers else None,
         )
 
     # ----------------------------------------------------------------------------- one step
@@ -191,23 +213,40 @@ class Trainer:
             on_step: optional ``on_step(step, trainer)`` called after every optimiser step, e.g.
                 to track a metric of samples during training (the toy benchmark does).
         """
-        config, accelerator = self.config, self.accelerator
         self._on_step = on_step
+        # The main process holds the folder's lock for the whole run (see run_folder).
+        lock = run_folder.RunLock(self.out) if self.accelerator.is_main_process else contextlib.nullcontext()
+        with stopping.stop_requests(), lock:
+            return self._run()
+
+    def _run(self) -> TrainResult:
+        config, accelerator = self.config, self.accelerator
         ckpt_dir = self.out / "checkpoints"
+        if config.overwrite and accelerator.is_main_process:
+            run_folder.clear(self.out)
+        accelerator.wait_for_everyone()
         resume_from = checkpoint.resolve_resume(config.resume, ckpt_dir)
         if resume_from is not None:
             self.state = checkpoint.load(accelerator, resume_from)
             accelerator.print(f"resumed from {resume_from} at step {self.state['step']}")
+        log = MetricLog(accelerator, self.out / "metrics.jsonl")
         if accelerator.is_main_process:
             self.out.mkdir(parents=True, exist_ok=True)
             save_config(config, self.out / "config.yaml")
+            # Steps logged after the checkpoint by the run that stopped are logged again now.
+            log.drop_after(self.state["step"])
         accelerator.init_trackers(config.logging.project, config=_flat(to_dict(config)))
-        log = MetricLog(accelerator, self.out / "metrics.jsonl")
         bar = tqdm(total=config.max_steps, initial=self.state["step"], desc="train", unit="step",
                    disable=not (accelerator.is_local_main_process and config.logging.progress_bar))
         with compiler_options(config):
             self._loop(log, bar, ckpt_dir)
         bar.close()
+        if self.state["step"] and self.state["skipped_steps"] >= self.state["step"]:
+            raise TrainingError(
+                f"every one of the {self.state['step']} steps was skipped (a non-finite loss or gradient norm, or no "
+                "readable data), so the weights never changed and none were saved; lower the learning rate or beta, "
+                "or check the data"
+            )
         weights = self._save_final()
         accelerator.end_training()
         return TrainResult(self.out, self.state["step"], weights, self.state["skipped_steps"],
@@ -216,7 +255,7 @@ class Trainer:
     def _loop(self, log: MetricLog, bar, ckpt_dir: Path) -> None:
         """Optimiser steps until ``max_steps``, from wherever ``self.state`` stands."""
         config, accelerator = self.config, self.accelerator
-        window_bad = False
+        window_bad = self._stop = False
         while self.state["step"] < config.max_steps:
             self.epoch, skip = divmod(self.state["batches"], len(self.loader))
             self.loader.set_epoch(self.epoch)
@@ -227,7 +266,7 @@ class Trainer:
                 self.state["skipped_groups"] += batch["skipped"]
                 with accelerator.accumulate(self.model):
                     out = self.compute_loss(batch)
-                    if self._any_bad(out):
+                    if self._agree(out):
                         window_bad = True
                     else:
                         accelerator.backward(out.loss)
@@ -239,30 +278,45 @@ class Trainer:
                     self._after_step(log, bar, ckpt_dir)
                     if self.state["step"] >= config.max_steps:
                         break
+                    if self._stop:
+                        self._stop_here(log, ckpt_dir)
 
-    def _any_bad(self, out) -> bool:
+    def _agree(self, out) -> bool:
         """True on every process when any process has an empty batch or a non-finite loss, so
-        that all of them skip together (a lone skip would hang distributed backward)."""
-        bad = torch.tensor(1.0 if out is None else float(not torch.isfinite(out.loss).all()), device=self.accelerator.device)
-        return bool(self.accelerator.reduce(bad, reduction="sum").item() > 0)
+        that all of them skip together (a lone skip would hang distributed backward). The same
+        all-reduce agrees on a stop request (SIGTERM/SIGINT on any process), so every process
+        stops after the same optimiser step."""
+        bad = 1.0 if out is None else float(not torch.isfinite(out.loss).all())
+        flags = torch.tensor([bad, float(stopping.requested() is not None)], device=self.accelerator.device)
+        bad, stop = self.accelerator.reduce(flags, reduction="sum").tolist()
+        self._stop = stop > 0
+        return bad > 0
 
     def _optimizer_step(self, bad: bool) -> None:
-        if bad:
+        if bad or not self._clip_gradients():
             self.optimizer.zero_grad(set_to_none=True)
             self.state["skipped_steps"] += 1
             self.state["nonfinite_in_a_row"] += 1
             if self.state["nonfinite_in_a_row"] >= self.config.max_nonfinite_steps:
                 raise TrainingError(
-                    f"{self.state['nonfinite_in_a_row']} steps in a row had a non-finite loss or no readable data; "
-                    "lower the learning rate or beta, or check the data"
+                    f"{self.state['nonfinite_in_a_row']} steps in a row had a non-finite loss or gradient norm, or no "
+                    "readable data; lower the learning rate or beta, or check the data"
                 )
             return
         self.state["nonfinite_in_a_row"] = 0
-        if self.config.optim.max_grad_norm > 0:
-            self.accelerator.clip_grad_norm_(self._clipped_parameters(), self.config.optim.max_grad_norm)
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
+
+    def _clip_gradients(self) -> bool:
+        """Clip to ``max_grad_norm`` (with 0, measure only: an infinite bound clips nothing) and say
+        whether the gradient norm is finite; a step whose norm is not finite must not be taken.
+        The norm is the same on every process (gradients are all-reduced, or FSDP reduces the
+        norm), so all of them skip together. Under DeepSpeed, which steps inside ``backward``,
+        accelerate returns no norm and DeepSpeed's own overflow checks apply."""
+        max_norm = self.config.optim.max_grad_norm
+        norm = self.accelerator.clip_grad_norm_(self._clipped_parameters(), max_norm if max_norm > 0 else math.inf)
+        return norm is None or bool(torch.isfinite(norm))
 
     def _clipped_parameters(self):
         """The trainable parameters (a LoRA run's few hundred, not the model's thousands: the
@@ -279,17 +333,36 @@ class Trainer:
         self.state["step"] = step
         bar.update(1)
         if step % config.logging.every == 0 or step == config.max_steps:
-            logged = log.flush(step, {"lr": self.scheduler.get_last_lr()[0], "skipped_steps": self.state["skipped_steps"],
-                                      "skipped_groups": self.state["skipped_groups"]})
+            logged = log.flush(step, self._counters())
             if "train/loss" in logged:
                 bar.set_postfix(loss=f"{logged['train/loss']:.4g}")
-        if config.checkpoint_every and step % config.checkpoint_every == 0:
+        if self._checkpoint_due(step):
             checkpoint.save(self.accelerator, ckpt_dir, step, dict(self.state), config.keep_checkpoints)
         every = config.validation.every
         if config.validation.prompts and every and step % every == 0 and self.accelerator.is_main_process:
             self._validate(step)
         if self._on_step is not None:
             self._on_step(step, self)
+
+    def _counters(self) -> dict:
+        return {"lr": self.scheduler.get_last_lr()[0], "skipped_steps": self.state["skipped_steps"],
+                "skipped_groups": self.state["skipped_groups"]}
+
+    def _checkpoint_due(self, step: int) -> bool:
+        return bool(self.config.checkpoint_every) and step % self.config.checkpoint_every == 0
+
+    def _stop_here(self, log: MetricLog, ckpt_dir: Path) -> None:
+        """After SIGTERM/SIGINT: log the steps since the last log line, write the step's checkpoint
+        (unless it was just written) and raise :class:`~diffalign.errors.Stopped`."""
+        step = self.state["step"]
+        if log.count:
+            log.flush(step, self._counters())
+        path = ckpt_dir / f"{checkpoint.PREFIX}{step:07d}"
+        if not self._checkpoint_due(step):
+            path = checkpoint.save(self.accelerator, ckpt_dir, step, dict(self.state), self.config.keep_checkpoints)
+        self.accelerator.end_training()
+        raise stopping.stopped(f"step {step} of {self.config.max_steps} is saved in {path}; run the same command "
+                               "with resume=latest to continue from there")
 
     def _validate(self, step: int) -> None:
         resolution = self.config.validation.resolution or self.config.data.resolution
@@ -302,7 +375,7 @@ class Trainer:
         if self.config.lora is not None:
             target = self.out / "lora"
             if accelerator.is_main_process:
-                save_lora(self.family, denoiser, target)
+                save_lora(self.family, denoiser, target, self.config.lora)
         else:
             target = self.out / "final" / self.family.denoiser_name
             if accelerator.is_main_process:

@@ -4,6 +4,7 @@ import json
 import os
 
 import pytest
+from safetensors.torch import load_file
 import torch
 from pickapic_source import jpeg
 
@@ -101,3 +102,45 @@ def test_resume_recomputes_only_missing_shards(tiny_path, prefs):
     assert shards[0].read_bytes() == first
     assert shards[1].stat().st_mtime == 1  # untouched
     assert LatentCache.open(prefs, family, RES).get(0)["latent_mean"].shape == (2, 4, 16, 16)
+
+
+def test_a_stop_signal_finishes_the_shard_and_the_build_continues(tiny_path, prefs, tmp_path, monkeypatch, capsys):
+    import signal
+    import shutil
+
+    from diffalign.cli import main
+    from diffalign.data import cache as cache_module
+
+    straight = tmp_path / "straight"
+    shutil.copytree(prefs, straight)
+    original = cache_module._encode_shard
+    calls = []
+
+    def signalled(family, groups, rows, *args):
+        calls.append(rows)
+        if len(calls) == 1:
+            signal.raise_signal(signal.SIGTERM)  # during the first shard: it is still written
+        return original(family, groups, rows, *args)
+
+    monkeypatch.setattr(cache_module, "_encode_shard", signalled)
+    command = ["cache", str(prefs), "--model", str(tiny_path("sd15")), "--resolution", str(RES), "--shard-size", "2",
+               "--no-progress"]
+    capsys.readouterr()
+    assert main(command) == 143
+    err = capsys.readouterr().err
+    folder = prefs / "cache" / f"sd-{RES}"
+    assert "stopped by SIGTERM: 1 of 3 cache shards are written" in err and "Traceback" not in err
+    assert sorted(p.name for p in folder.glob("shard-*")) == ["shard-00000.safetensors"]
+    assert main(command) == 0 and [list(r) for r in calls] == [[0, 1], [2, 3], [4, 5]]  # shard 0 not redone
+    monkeypatch.setattr(cache_module, "_encode_shard", original)
+    assert main([*command[:1], str(straight), *command[2:]]) == 0
+    for shard in range(3):
+        name = f"shard-{shard:05d}.safetensors"
+        a, b = load_file(folder / name), load_file(straight / "cache" / f"sd-{RES}" / name)
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_resolution_the_vae_cannot_divide_is_refused(tiny_path, prefs):
+    family = load(tiny_path("sd15"))  # the tiny VAE halves each side
+    with pytest.raises(CacheMismatchError, match="--resolution 33 is not a multiple of 2"):
+        build_cache(prefs, family, resolution=33, progress=False)

@@ -146,3 +146,47 @@ def test_killed_build_resumes_row_for_row(tmp_path):
     assert resumed == straight
     assert json.loads((out / "manifest.json").read_text())["counts"] == json.loads(
         (tmp_path / "straight" / "manifest.json").read_text())["counts"]
+
+
+@pytest.mark.parametrize("signum, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)], ids=["SIGTERM", "SIGINT"])
+def test_a_stop_signal_keeps_the_rows_so_far_and_the_build_continues(signum, code, pick_source, tmp_path, monkeypatch,
+                                                                      capsys):
+    """The signal arrives while row 6 is read: rows up to it are written as a shard, the build
+    exits 128 + the signal, and the same command then finishes it with exactly the rows of an
+    uninterrupted build."""
+    from diffalign.cli import main
+    from diffalign.data import pick_a_pic
+
+    original = pick_a_pic.convert
+
+    def signalled(raw, index, keep_ties=False):
+        if index == 6:
+            signal.raise_signal(signum)
+        return original(raw, index, keep_ties)
+
+    out = tmp_path / "out"
+    command = ["build", "pick-a-pic", str(pick_source), "--out", str(out), "--shard-size", "4", "--no-progress"]
+    monkeypatch.setattr(pick_a_pic, "convert", signalled)
+    assert main(command) == code
+    err = capsys.readouterr().err
+    assert f"stopped by {signal.Signals(signum).name}: 3 rows in 1 shards kept in {out}" in err
+    assert "run the same command again" in err and "Traceback" not in err
+    progress = json.loads((out / ".progress.json").read_text())
+    assert progress["position"] == 7 and [s["rows"] for s in progress["shards"]] == [3]
+
+    monkeypatch.setattr(pick_a_pic, "convert", original)
+    assert main(command) == 0
+    build_pick_a_pic([str(pick_source)], tmp_path / "straight", shard_size=4, progress=False)
+    assert _rows(out) == _rows(tmp_path / "straight")
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["counts"] == json.loads((tmp_path / "straight" / "manifest.json").read_text())["counts"]
+
+
+def test_a_file_that_is_not_parquet_is_named(pick_source, tmp_path, capsys):
+    from diffalign.cli import main
+
+    (pick_source / "train-00001.parquet").write_bytes(b"<html>rate limited</html>")
+    assert main(["build", "pick-a-pic", str(pick_source), "--out", str(tmp_path / "out"), "--no-progress"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "train-00001.parquet is not a readable Parquet file" in err
+    assert "Traceback" not in err

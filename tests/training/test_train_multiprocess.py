@@ -15,15 +15,28 @@ from diffalign.cli import main
 CONFIG = Path(__file__).resolve().parents[2] / "training" / "configs" / "tiny" / "diffusion_dpo.yaml"
 
 
+ACCELERATE = Path(__file__).resolve().parents[2] / "training" / "accelerate"
+LAUNCHES = {
+    "ddp": ["--multi_gpu", "--num_processes", "2"],
+    # The shipped FSDP config, on CPUs: accelerate (1.15) turns FSDP on only for GPUs, so this is the
+    # same data-parallel run, and the trainer says so.
+    "fsdp-config": ["--config_file", str(ACCELERATE / "fsdp.yaml"), "--num_processes", "2"],
+}
+
+
+def _launch(args, *, check=True, **kwargs):
+    return subprocess.run([shutil.which("accelerate"), "launch", *args], check=check, timeout=600, **kwargs)
+
+
 @pytest.mark.slow
-def test_two_processes_match_one(tiny_path, pair_data, tmp_path):
+@pytest.mark.parametrize("launch", sorted(LAUNCHES))
+def test_two_processes_match_one(launch, tiny_path, pair_data, tmp_path):
     common = [f"model.path={tiny_path('sd15')}", f"data.path={pair_data}", "max_steps=4", "lora=null"]
     assert main(["train", "--config", str(CONFIG), *common, f"output_dir={tmp_path / 'one'}", "batch_size=2"]) == 0
-    subprocess.run(
-        [shutil.which("accelerate"), "launch", "--multi_gpu", "--num_processes", "2", "-m", "diffalign", "train",
-         "--config", str(CONFIG), *common, f"output_dir={tmp_path / 'two'}", "batch_size=1"],
-        check=True, timeout=600,
-    )
+    run = _launch([*LAUNCHES[launch], "-m", "diffalign", "train", "--config", str(CONFIG), *common,
+                   f"output_dir={tmp_path / 'two'}", "batch_size=1"], capture_output=True, text=True)
+    if launch == "fsdp-config":
+        assert "warning: the launch asks for FSDP (ACCELERATE_USE_FSDP), which accelerate runs only on GPUs" in run.stdout
     one = [json.loads(x) for x in (tmp_path / "one" / "metrics.jsonl").read_text().splitlines()]
     two = [json.loads(x) for x in (tmp_path / "two" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in two] == [1, 2, 3, 4]  # logged once, by the main process
@@ -37,3 +50,40 @@ def test_two_processes_match_one(tiny_path, pair_data, tmp_path):
     # Adam divides by the gradient's own scale, so all-reduce rounding can move a weight by up
     # to a fraction of lr (1e-3) per step; a different batch split would move them by ~lr.
     assert max((wa[k] - wb[k]).abs().max().item() for k in wa) < 5e-4
+
+
+@pytest.mark.slow
+def test_sigterm_stops_every_process_after_the_same_step(tiny_path, pair_data, tmp_path):
+    """SIGTERM to the launcher, as a scheduler sends it: torchrun passes it to both processes,
+    which agree on the step to stop after, write one checkpoint together, and the resumed run
+    ends with the weights of an uninterrupted one."""
+    import signal
+    import time
+
+    steps = 40
+    train = ["-m", "diffalign", "train", "--config", str(CONFIG), f"model.path={tiny_path('sd15')}",
+             f"data.path={pair_data}", f"max_steps={steps}", "batch_size=1", "checkpoint_every=0",
+             "logging.progress_bar=false"]
+    out = tmp_path / "stopped"
+    proc = subprocess.Popen([shutil.which("accelerate"), "launch", *LAUNCHES["ddp"], *train, f"output_dir={out}"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        if (out / "metrics.jsonl").exists() and len((out / "metrics.jsonl").read_text().splitlines()) >= 2:
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run ended before it could be signalled"
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode != 0 and err.count("stopped by SIGTERM: step") == 1, err[-3000:]  # printed by the main process
+    saved = [p.name for p in (out / "checkpoints").iterdir()]
+    assert len(saved) == 1, saved
+    logged = [json.loads(x)["step"] for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert logged[-1] == int(saved[0].split("-")[-1]) < steps
+
+    _launch([*LAUNCHES["ddp"], *train, f"output_dir={out}", "resume=latest"])
+    _launch([*LAUNCHES["ddp"], *train, f"output_dir={tmp_path / 'straight'}"])
+    a = load_file(str(out / "lora" / "pytorch_lora_weights.safetensors"))
+    b = load_file(str(tmp_path / "straight" / "lora" / "pytorch_lora_weights.safetensors"))
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=0, atol=1e-6)
