@@ -1,12 +1,15 @@
 """Shared fixtures. Nothing here, nor in any test, reaches a model hub."""
 
 import os
+import tempfile
 
 # Set before transformers/diffusers/huggingface_hub are imported anywhere: no test may wait on a hub.
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["HF_DATASETS_OFFLINE"] = "1"
 os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# diffalign's own cache (toy models, weight digests) goes to a folder of this session, not ~/.cache.
+os.environ.setdefault("DIFFALIGN_CACHE", tempfile.mkdtemp(prefix="diffalign-cache-"))
 
 import pytest  # noqa: E402
 import torch  # noqa: E402

@@ -54,7 +54,7 @@ def _per_prompt(rows: list[dict]) -> dict[int, float]:
 
 def evaluate(records: list[dict], out: str | Path, base, candidate, rewards: list, detector=None, colors=None,
              source: str = "", batch_size: int = 4, reward_batch_size: int = 16, device: str = "cpu",
-             progress: bool = True) -> dict:
+             progress: bool = True, regenerate: bool = False) -> dict:
     """Run the whole evaluation; returns (and writes) ``results.json``'s content.
 
     Args:
@@ -63,6 +63,8 @@ def evaluate(records: list[dict], out: str | Path, base, candidate, rewards: lis
         rewards: loaded reward models (may be empty).
         detector: a GenEval :class:`~diffalign.evaluation.geneval.Detector`, or None for no GenEval;
             GenEval needs records with a ``tag``.
+        regenerate: remake an arm's images when they were made from other weights or settings
+            (without it, that is an error; images of unchanged weights are always reused).
     """
     from diffalign.evaluation.compare import compare_scores, pick_probability, score_folder
     from diffalign.evaluation.generate import generate_images
@@ -75,7 +77,8 @@ def evaluate(records: list[dict], out: str | Path, base, candidate, rewards: lis
     out = Path(out)
     dirs = {"base": out / "base", "candidate": out / "candidate"}
     for arm, settings in (("base", base), ("candidate", candidate)):
-        generate_images(records, dirs[arm], settings, batch_size=batch_size, device=device, progress=progress)
+        generate_images(records, dirs[arm], settings, batch_size=batch_size, device=device, progress=progress,
+                        regenerate=regenerate)
     prompts = [r["prompt"] for r in records]
     generation = {k: v for k, v in asdict(base).items() if k not in ("model", "lora")}
     results = {
@@ -129,7 +132,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--limit", type=int, default=None, help="evaluate only the first N prompts")
     parser.add_argument("--geneval-seed", type=int, default=43, help="seed of the GenEval prompt generator (default: 43, the published set)")
     parser.add_argument("--geneval-n", type=int, default=100, help="GenEval draws per tag (default: 100)")
-    parser.add_argument("--out", required=True, type=Path, help="output folder (resumable: existing images are kept)")
+    parser.add_argument("--out", required=True, type=Path, help="output folder (resumable: images made from the same "
+                        "weights, by content, and settings are reused)")
+    parser.add_argument("--regenerate", action="store_true", help="remake the images of an arm whose weights or "
+                        "settings changed since --out was written (default: refuse)")
     parser.add_argument("--samples", type=int, default=4, help="images per prompt (default: 4, as GenEval)")
     parser.add_argument("--seed", type=int, default=42, help="image k of prompt i uses seed SEED + i*SAMPLES + k (default: 42)")
     parser.add_argument("--steps", type=int, default=50, help="sampling steps (default: 50)")
@@ -170,7 +176,7 @@ def run(args: argparse.Namespace) -> int:
         candidate = replace(base, model=args.candidate or args.base, lora=args.candidate_lora)
         results = evaluate(records, args.out, base, candidate, rewards, detector, colors, source=args.prompts,
                            batch_size=args.gen_batch_size, reward_batch_size=args.batch_size, device=device,
-                           progress=not args.no_progress)
+                           progress=not args.no_progress, regenerate=args.regenerate)
     except (PromptSourceError, MetadataError, GenerationMismatchError, RewardLoadError, ScoreInputError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1

@@ -8,7 +8,12 @@ Layout (GenEval ``generation/diffusers_generate.py``, so its official evaluator 
 
 Image ``k`` of prompt ``index`` is drawn from its own CPU generator seeded ``seed + index·samples + k``,
 so it does not depend on batching, device or which images were already there, and every checkpoint
-compared with the same ``seed`` gets the same noise. Images already on disk are not regenerated.
+compared with the same ``seed`` gets the same noise.
+
+Images already on disk are reused only when they were made from the same weights, by content, and
+the same settings: ``generation.json`` records a digest of the model and the LoRA
+(:mod:`diffalign.digest`), so a LoRA retrained into the same folder is not taken for the old one,
+and a checkpoint that moved is still recognised.
 """
 
 from __future__ import annotations
@@ -17,9 +22,11 @@ import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from diffalign.errors import DiffalignError
 
-class GenerationMismatchError(ValueError):
-    """An output folder generated with other settings than the ones asked for now."""
+
+class GenerationMismatchError(DiffalignError, ValueError):
+    """An output folder generated from other weights or with other settings than asked for now."""
 
 
 @dataclass(frozen=True)
@@ -58,29 +65,62 @@ def load_pipeline(model: str, lora: str | None = None, device: str = "cpu", dtyp
     return pipe.to(device)
 
 
+def generation_record(settings: GenerationSettings, prompts: int) -> dict:
+    """What ``generation.json`` holds: the settings, the digests of the weights, the prompt count."""
+    from diffalign.digest import digest
+
+    return {"settings": asdict(settings), "weights": {"model": digest(settings.model), "lora": digest(settings.lora)},
+            "prompts": prompts}
+
+
+def _differences(found: dict, wanted: dict) -> list[str]:
+    """What differs between two generation records, paths aside (a moved checkpoint is the same)."""
+    changed = []
+    for key in ("model", "lora"):
+        old, new = (found.get("weights") or {}).get(key, "not recorded"), wanted["weights"][key]
+        if old != new:
+            changed.append(f"the {key} weights ({wanted['settings'][key]}): {old} then, {new} now")
+    for key, new in wanted["settings"].items():
+        old = (found.get("settings") or {}).get(key)
+        if key not in ("model", "lora") and old != new:
+            changed.append(f"{key}: {old!r} then, {new!r} now")
+    if found.get("prompts") != wanted["prompts"]:
+        changed.append(f"prompts: {found.get('prompts')} then, {wanted['prompts']} now")
+    return changed
+
+
 def generate_images(records: list[dict], outdir: str | Path, settings: GenerationSettings, pipe=None,
-                    batch_size: int = 4, device: str = "cpu", progress: bool = True) -> Path:
+                    batch_size: int = 4, device: str = "cpu", progress: bool = True, regenerate: bool = False) -> Path:
     """Write every missing image of ``records`` (GenEval records or ``{"prompt": ...}``) to ``outdir``.
 
     Args:
         pipe: an already loaded pipeline for ``settings.model``/``settings.lora`` (loaded here if None
             and anything is missing).
         batch_size: images per pipeline call.
+        regenerate: when ``outdir`` holds images made from other weights or settings, delete them
+            and make them again (instead of raising).
 
     Raises:
-        GenerationMismatchError: ``outdir`` holds images made with other settings or prompts.
+        GenerationMismatchError: ``outdir`` holds images made from other weights (by content), with
+            other settings, or for other prompts.
     """
+    import shutil
+
     import torch
     from tqdm.auto import tqdm
 
     outdir = Path(outdir)
-    outdir.mkdir(parents=True, exist_ok=True)
     record_file = outdir / "generation.json"
-    wanted = {"settings": asdict(settings), "prompts": len(records)}
+    wanted = generation_record(settings, len(records))
     if record_file.is_file():
-        found = json.loads(record_file.read_text())
-        if found != wanted:
-            raise GenerationMismatchError(f"{outdir} was generated with {found}, not {wanted}; use another folder")
+        changed = _differences(json.loads(record_file.read_text()), wanted)
+        if changed and not regenerate:
+            raise GenerationMismatchError(
+                f"{outdir} holds images made differently ({'; '.join(changed)}); pass --regenerate to make them "
+                "again, or choose another --out")
+        if changed:
+            shutil.rmtree(outdir)
+    outdir.mkdir(parents=True, exist_ok=True)
     record_file.write_text(json.dumps(wanted, indent=2))
     todo = []
     for index, record in enumerate(records):

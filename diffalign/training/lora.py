@@ -21,14 +21,45 @@ def add_lora(denoiser: torch.nn.Module, config: LoRAConfig) -> None:
     ))
 
 
-def save_lora(family, denoiser: torch.nn.Module, folder: Path) -> Path:
-    """Write the adapters with the family's pipeline class's ``save_lora_weights``."""
+KOHYA_FILE = "pytorch_lora_weights_kohya.safetensors"
+"""The kohya-format copy, beside the diffusers file in the LoRA folder (``load_lora_weights`` on
+the folder still picks ``pytorch_lora_weights.safetensors``)."""
+KOHYA_FAMILIES = ("sd", "sdxl")
+"""Families whose kohya key names are settled: ``lora_unet_<diffusers module path>``, which
+ComfyUI, AUTOMATIC1111 and diffusers itself read."""
+
+
+def save_lora(family, denoiser: torch.nn.Module, folder: Path, config: LoRAConfig | None = None) -> Path:
+    """Write the adapters with the family's pipeline class's ``save_lora_weights``, and with
+    ``"kohya"`` in ``config.formats`` also in the kohya/ComfyUI key format (:data:`KOHYA_FILE`)."""
     import diffusers
     from diffusers.utils import convert_state_dict_to_diffusers
     from peft.utils import get_peft_model_state_dict
 
-    layers = convert_state_dict_to_diffusers(get_peft_model_state_dict(denoiser))
+    peft_state = get_peft_model_state_dict(denoiser)
+    layers = convert_state_dict_to_diffusers(peft_state)
     pipeline_cls = getattr(diffusers, family.pipeline_class)
+    name = family.denoiser_name
+    # The adapter's config goes into the file's metadata: without it load_lora_weights assumes
+    # alpha = rank and scales a LoRA trained with another alpha wrongly.
     pipeline_cls.save_lora_weights(save_directory=str(folder), safe_serialization=True,
-                                   **{f"{family.denoiser_name}_lora_layers": layers})
+                                   **{f"{name}_lora_layers": layers,
+                                      f"{name}_lora_adapter_metadata": denoiser.peft_config["default"].to_dict()})
+    if config is not None and "kohya" in config.formats:
+        from safetensors.torch import save_file
+
+        save_file(kohya_state_dict(peft_state, config.alpha), str(Path(folder) / KOHYA_FILE))
     return folder
+
+
+def kohya_state_dict(peft_state: dict[str, torch.Tensor], alpha: float) -> dict[str, torch.Tensor]:
+    """A UNet's peft LoRA state dict in kohya's keys (``lora_unet_…_to_q.lora_down.weight``, ``….alpha``).
+
+    diffusers' ``convert_state_dict_to_kohya`` writes each ``alpha`` as the rank, which is right
+    only when ``lora.alpha == lora.rank``; kohya scales by ``alpha / rank``, so the alpha the
+    adapters were trained with is written instead.
+    """
+    from diffusers.utils import convert_state_dict_to_kohya
+
+    state = convert_state_dict_to_kohya({f"unet.{k}": v for k, v in peft_state.items()})
+    return {k: torch.tensor(float(alpha)) if k.endswith(".alpha") else v.contiguous() for k, v in state.items()}

@@ -84,6 +84,40 @@ def test_generation_seeds_layout_and_resume(tiny_path, tmp_path):
         generate_images(records, out, GenerationSettings(model, samples=2, seed=8, steps=2), pipe=pipe, progress=False)
 
 
+def test_reuse_is_keyed_by_the_content_of_the_weights(tiny_path, tmp_path):
+    """A LoRA file rewritten at the same path is other weights: its images are not reused; a
+    model that moved is the same weights: its images are."""
+    import shutil
+
+    from diffalign.evaluation.generate import load_pipeline
+
+    model = tmp_path / "model"
+    shutil.copytree(tiny_path("sd15"), model)
+    lora = tmp_path / "lora.safetensors"  # only its bytes matter here: the pipeline is given
+    lora.write_bytes(b"first training run")
+    pipe = load_pipeline(str(model))
+    records = [{"prompt": "a red circle"}]
+    settings = GenerationSettings(str(model), str(lora), samples=1, seed=3, steps=2, height=32, width=32)
+    out = generate_images(records, tmp_path / "out", settings, pipe=pipe, progress=False)
+
+    class NoCalls:
+        def __call__(self, *args, **kwargs):
+            raise AssertionError("reused images were generated again")
+
+    moved = tmp_path / "moved"
+    model.rename(moved)
+    generate_images(records, out, GenerationSettings(str(moved), str(lora), samples=1, seed=3, steps=2, height=32,
+                                                     width=32), pipe=NoCalls(), progress=False)
+    lora.write_bytes(b"second training run")  # same path, new weights
+    settings = GenerationSettings(str(moved), str(lora), samples=1, seed=3, steps=2, height=32, width=32)
+    with pytest.raises(GenerationMismatchError, match=r"the lora weights .*lora\.safetensors.*--regenerate"):
+        generate_images(records, out, settings, pipe=NoCalls(), progress=False)
+    stamp = sample_path(out, 0, 0).stat().st_mtime_ns
+    generate_images(records, out, settings, pipe=pipe, progress=False, regenerate=True)
+    assert sample_path(out, 0, 0).stat().st_mtime_ns != stamp
+    assert json.loads((out / "generation.json").read_text())["weights"]["lora"].startswith("sha256:")
+
+
 def test_compare_scores_by_hand():
     base = torch.tensor([[1.0, 2.0], [3.0, 3.0]])
     cand = torch.tensor([[2.0, 2.0], [1.0, 5.0]])

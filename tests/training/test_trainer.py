@@ -63,20 +63,43 @@ def test_three_steps_change_weights_and_log(objective, kind, mode, tiny_path, pa
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_saved_lora_loads_in_the_pipeline(kind, tiny_path, pair_data, tmp_path):
+    """The diffusers-format LoRA loads with ``load_lora_weights``; for the UNet families the kohya
+    copy (ComfyUI/A1111 keys) loads too and gives the same images: the alpha (8, not the rank 4)
+    survives the conversion."""
     from diffusers import DiffusionPipeline
 
-    out = _train(tiny_path, pair_data, tmp_path / "run", "diffusion_dpo", kind, "optim.lr=5e-2", "max_steps=4")
-    pipe = DiffusionPipeline.from_pretrained(str(tiny_path(kind)))
-    pipe.set_progress_bar_config(disable=True)
+    from diffalign.training.lora import KOHYA_FILE
 
-    def sample():
+    kohya = kind != "sd3"
+    extra = ["lora.formats=[diffusers,kohya]"] if kohya else []
+    out = _train(tiny_path, pair_data, tmp_path / "run", "diffusion_dpo", kind, "optim.lr=5e-2", "max_steps=4",
+                 "lora.rank=4", "lora.alpha=8", *extra)
+
+    def sample(lora=None):
+        pipe = DiffusionPipeline.from_pretrained(str(tiny_path(kind)))
+        pipe.set_progress_bar_config(disable=True)
+        if lora is not None:
+            pipe.load_lora_weights(str(lora))
+            denoiser = pipe.transformer if kind == "sd3" else pipe.unet
+            scales = {scale for m in denoiser.modules() if isinstance(getattr(m, "scaling", None), dict)
+                      for scale in m.scaling.values()}
+            assert scales == {2.0}, scales  # alpha / rank = 8 / 4, as trained
         return pipe("a red cat", num_inference_steps=2, height=32, width=32, output_type="pt",
                     generator=torch.Generator().manual_seed(0)).images
 
-    before = sample()
-    pipe.load_lora_weights(str(out / "lora"))
-    after = sample()
+    before, after = sample(), sample(out / "lora")
     assert (after - before).abs().max() > 1e-4
+    assert (out / "lora" / KOHYA_FILE).exists() == kohya
+    if kohya:
+        keys = load_file(str(out / "lora" / KOHYA_FILE))
+        assert all(k.startswith("lora_unet_") for k in keys)
+        assert {float(v) for k, v in keys.items() if k.endswith(".alpha")} == {8.0}
+        torch.testing.assert_close(sample(out / "lora" / KOHYA_FILE), after, rtol=0, atol=1e-5)
+
+
+def test_kohya_format_is_refused_for_sd3_at_startup(tiny_path, pair_data, tmp_path, capsys):
+    _train(tiny_path, pair_data, tmp_path / "run", "diffusion_dpo", "sd3", "lora.formats=[kohya]", expect=1)
+    assert "lora.formats: kohya is written for the UNet families (sd, sdxl), not sd3" in capsys.readouterr().err
 
 
 def _final_weights(out, lora: bool):
@@ -247,6 +270,48 @@ def test_nonfinite_steps_are_skipped_then_stop(tiny_path, pair_data, tmp_path, m
                                                          "max_nonfinite_steps=3"])
     with pytest.raises(TrainingError, match="3 steps in a row"):
         Trainer(config).run()
+
+
+class _InfiniteGradient(torch.autograd.Function):
+    """The identity forward; an infinite gradient backward: a finite loss whose step must not be taken."""
+
+    @staticmethod
+    def forward(ctx, x):
+        return x.clone()
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad * float("inf")
+
+
+@pytest.mark.parametrize("max_grad_norm", ["1.0", "0"], ids=["clipped", "unclipped"])
+def test_a_nonfinite_gradient_norm_skips_the_step(max_grad_norm, tiny_path, pair_data, tmp_path, monkeypatch):
+    from diffalign.objectives.sft import SFT
+
+    original, calls, seen = SFT.loss, {"n": 0}, []
+
+    def infinite_second_step(self, terms):
+        calls["n"] += 1
+        out = original(self, terms)
+        if calls["n"] == 2:
+            out.loss = _InfiniteGradient.apply(out.loss)
+        return out
+
+    original_step = Trainer._optimizer_step
+
+    def recording_step(self, bad):
+        before = [p.detach().clone() for p in self.trainable]
+        original_step(self, bad)
+        seen.append(any(not torch.equal(a, p) for a, p in zip(before, self.trainable)))
+
+    monkeypatch.setattr(SFT, "loss", infinite_second_step)
+    monkeypatch.setattr(Trainer, "_optimizer_step", recording_step)
+    out = _train(tiny_path, pair_data, tmp_path / "run", "sft", "sd15", "max_steps=3", f"optim.max_grad_norm={max_grad_norm}")
+    rows = _metrics(out)
+    assert [r["skipped_steps"] for r in rows] == [0, 1, 1]
+    assert seen == [True, False, True]  # the step with the infinite gradient left the weights alone
+    lora = load_file(str(out / "lora" / "pytorch_lora_weights.safetensors"))
+    assert all(torch.isfinite(v).all() for v in lora.values())
 
 
 def test_gradient_accumulation_and_validation_grid(tiny_path, pair_data, tmp_path):
