@@ -126,9 +126,9 @@ def _train(args: argparse.Namespace) -> int:
 def _add_demo(sub) -> None:
     demo = sub.add_parser(
         "demo", help="align a tiny model on a toy world end to end, on the CPU, with no downloads",
-        description="Pretrain (first run only; then cached) a tiny SD1.5-style model on 32x32 coloured shapes, "
+        description="Take the tiny SD1.5-style model pretrained on 32x32 coloured shapes (shipped with the package), "
         "build preference data scored by a programmatic reward, align with an objective, and report the "
-        "reward gain, win-rate and prompt following. About 10 minutes on 2 CPU cores the first time.",
+        "reward gain, win-rate and prompt following. About 2 minutes on 2 CPU cores.",
     )
     demo.add_argument("--out", default="outputs/demo", help="folder for the report and images (default: outputs/demo)")
     demo.add_argument("--objective", action="append", dest="objectives", default=None,

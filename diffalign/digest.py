@@ -5,8 +5,8 @@ folder is never mistaken for the old one, and a moved checkpoint is still recogn
 
 A local file or folder is hashed in full (SHA-256 of every file's relative name and bytes). The
 digest of each file is remembered in ``<cache>/digests.json`` by its path, size, modification
-time and inode, so a multi-GB base model is read once, not at every evaluation (about 2 s per
-GB the first time). A hub id is pinned to the commit its snapshot resolves to.
+time and inode, so a multi-GB base model is read once, not at every evaluation (0.5 s for 512 MB
+from the page cache here; a cold disk reads slower). A hub id is pinned to the commit its snapshot resolves to.
 """
 
 from __future__ import annotations

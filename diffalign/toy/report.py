@@ -43,12 +43,22 @@ def plot_curves(results: dict, path: Path) -> None:
     plt.close(fig)
 
 
+GRID_CELL = 128
+"""Pixels per image side in the before/after grids: the toy's 32-px samples are enlarged (nearest
+neighbour, so each pixel stays a sharp block) to be seen."""
+
+
 def save_grid(before: torch.Tensor, after: torch.Tensor, prompts: list[str], seeds_per_prompt: int, path: Path) -> None:
-    """Two rows per view: the first image of each prompt from the base (top) and aligned model."""
+    """Two rows: the first image of each prompt from the base (top) and the aligned model, each at
+    least :data:`GRID_CELL` pixels wide."""
+    import torch.nn.functional as F
     from torchvision.utils import save_image
 
     pick = torch.arange(0, len(prompts), seeds_per_prompt)
-    save_image(torch.cat([before[pick], after[pick]]), str(path), nrow=len(pick), padding=2, pad_value=1.0)
+    images = torch.cat([before[pick], after[pick]])
+    scale = max(1, -(-GRID_CELL // images.shape[-1]))
+    images = F.interpolate(images, scale_factor=scale, mode="nearest")
+    save_image(images, str(path), nrow=len(pick), padding=4, pad_value=1.0)
 
 
 def write_report(out: Path, results: dict, base_images, grids: dict, prompts: list[str], seeds_per_prompt: int) -> None:
@@ -62,7 +72,8 @@ def write_report(out: Path, results: dict, base_images, grids: dict, prompts: li
     (out / "results.json").write_text(json.dumps(results, indent=2))
     intro = (
         "# Toy alignment benchmark\n\nReward: soft fraction of the image covered by the prompt's colour "
-        f"(larger objects score higher). Base model pretrained in {results['pretrain']['seconds']:.0f} s; "
+        f"(larger objects score higher). Base model {results['base_model']} (its pretraining took "
+        f"{results['pretrain']['seconds']:.0f} s); "
         f"whole run {results['wall_seconds']:.0f} s. Gains are paired over the same prompts and seeds.\n\n"
     )
     (out / "report.md").write_text(intro + markdown_table(results))

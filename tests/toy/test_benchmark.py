@@ -21,6 +21,39 @@ def test_pretraining_is_cached_and_deterministic(tmp_path):
     assert not list((tmp_path / "a" / "toy").glob(".*.tmp"))
 
 
+def test_the_default_config_uses_the_shipped_base_model(tmp_path, monkeypatch):
+    """The first `diffalign demo` must not spend ~6 minutes pretraining: the shipped model is the
+    default config's (a change of the defaults without remaking it would fail here)."""
+    from diffusers import StableDiffusionPipeline
+
+    from diffalign.toy import pretrain
+
+    monkeypatch.setattr(pretrain, "pretrain", lambda *args, **kwargs: pytest.fail("pretrained instead of shipped"))
+    folder = base_model(PretrainConfig(), cache=tmp_path, progress=False)
+    assert folder == pretrain.PACKAGED and not any(tmp_path.iterdir())
+    pipe = StableDiffusionPipeline.from_pretrained(folder)
+    assert pipe.vae.config.scaling_factor == json.loads((folder / "pretrain.json").read_text())["latent_scale"]
+
+
+@pytest.mark.slow
+def test_the_pretraining_command_remakes_a_model_that_follows_prompts(tmp_path):
+    """`python -m diffalign.toy.pretrain` is how the shipped model was made (~6 min on 2 cores);
+    what it makes follows the prompts as the shipped model does."""
+    import subprocess
+    import sys
+
+    from diffalign.toy import pretrain
+    from diffalign.toy.benchmark import _grid, _sampling_pipe, generate
+    from diffalign.toy.reward import follows_prompt
+
+    subprocess.run([sys.executable, "-m", "diffalign.toy.pretrain", "--out", str(tmp_path / "remade"), "--no-progress"],
+                   check=True, timeout=1800)
+    prompts, seeds = _grid(4, offset=123)
+    for folder in (pretrain.PACKAGED, tmp_path / "remade"):
+        images = generate(_sampling_pipe(folder), prompts, seeds, steps=20, guidance=4.0)
+        assert follows_prompt(images, prompts).float().mean() >= 0.9, folder
+
+
 def test_reduced_benchmark_writes_every_field(tmp_path):
     config = BenchmarkConfig(
         pretrain=TINY, samples_per_prompt=4, group_size=4, inference_steps=2, train_steps=2, batch_size=2,
@@ -35,7 +68,10 @@ def test_reduced_benchmark_writes_every_field(tmp_path):
             assert key in r, (name, key)
         assert set(r["gain"]) == {"value", "low", "high"} and r["gain"]["low"] <= r["gain"]["high"]
         assert [step for step, _ in r["curve"]] == [0, 1, 2]
-        assert (tmp_path / "run" / f"grid_{name}.png").exists()
+        from PIL import Image
+
+        width, height = Image.open(tmp_path / "run" / f"grid_{name}.png").size
+        assert width >= 8 * 128 and height >= 2 * 128  # eight prompts, before and after, each at 128 px or more
     assert 0 <= saved["base"]["prompt_following"] <= 1
     table = (tmp_path / "run" / "report.md").read_text()
     assert all(f"| {name} |" in table for name in ALL_OBJECTIVES)

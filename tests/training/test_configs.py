@@ -21,7 +21,10 @@ def test_there_is_a_config_per_family_and_objective():
 
 @pytest.mark.parametrize("path", TRAIN_CONFIGS, ids=lambda p: f"{p.parent.name}/{p.stem}")
 def test_training_config_validates(path, tmp_path):
-    assert path.read_text().startswith("# Launch:"), "each config starts with its launch command"
+    first, launch = path.read_text().splitlines()[:2]
+    assert first.startswith("# First: ") and launch.startswith("# Launch: "), \
+        "each config opens with the command that makes what it needs, then its launch command"
+    assert f"--config training/configs/{path.parent.name}/{path.name}" in launch
     overrides = [f"data.path={tmp_path}"]
     if path.parent.name == "tiny":
         overrides.append(f"model.path={tmp_path}")
@@ -37,3 +40,30 @@ def test_accelerate_configs(path):
     config = yaml.safe_load(path.read_text())
     assert config["distributed_type"] in ("NO", "MULTI_GPU", "DEEPSPEED", "FSDP")
     assert config["mixed_precision"] in ("no", "fp16", "bf16")
+
+
+@pytest.mark.parametrize("path", TRAIN_CONFIGS, ids=lambda p: f"{p.parent.name}/{p.stem}")
+def test_first_line_is_an_existing_command_that_makes_the_data(path):
+    """A fresh clone has no data (nor tiny model): the config's first line must be a real
+    ``diffalign`` command line, whose output is what the config trains on."""
+    import shlex
+
+    from diffalign.cli import build_parser
+
+    command = path.read_text().splitlines()[0].removeprefix("# First: ").split("  #")[0]
+    argv = shlex.split(command)
+    assert argv[0] == "diffalign"
+    args = build_parser().parse_args(argv[1:])  # exits (fails the test) on an unknown command or option
+    config = yaml.safe_load(path.read_text())
+    if args.command == "make-tiny":
+        assert config["data"]["path"].startswith(f"{args.out}/") and config["model"]["path"] == f"./{args.out}/model"
+    else:
+        assert args.out == config["data"]["path"]
+
+
+def test_a_missing_data_path_error_repeats_the_first_line(tmp_path, monkeypatch):
+    from diffalign.config import ConfigError
+
+    monkeypatch.chdir(tmp_path)  # a fresh clone: no data/ folder
+    with pytest.raises(ConfigError, match="Make what it needs first: diffalign build pick-a-pic"):
+        load_config(ROOT / "configs" / "sdxl" / "diffusion_dpo.yaml")
