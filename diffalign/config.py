@@ -57,6 +57,16 @@ def torch_dtype(name: str):
     return {"fp32": torch.float32, "no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[name]
 
 
+def cache_root() -> Path:
+    """diffalign's own cache (toy models, weight digests): ``$DIFFALIGN_CACHE``, else
+    ``$XDG_CACHE_HOME/diffalign``, else ``~/.cache/diffalign``."""
+    import os
+
+    if os.environ.get("DIFFALIGN_CACHE"):
+        return Path(os.environ["DIFFALIGN_CACHE"])
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "diffalign"
+
+
 class ConfigError(DiffalignError, ValueError):
     """One or more problems in a config, each naming the key and its source."""
 

@@ -48,7 +48,7 @@ class _Memo:
 
     def __init__(self, folder: Path | None):
         if folder is None:
-            from diffalign.toy.pretrain import cache_root
+            from diffalign.config import cache_root
 
             folder = cache_root()
         self.path = Path(folder) / MEMO

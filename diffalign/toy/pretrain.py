@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 import time
 from dataclasses import asdict, dataclass
@@ -26,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from diffalign.config import cache_root
 from diffalign.toy.world import SIZE, sample_images
 
 
@@ -41,13 +41,6 @@ class PretrainConfig:
 
     def key(self) -> str:
         return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:12]
-
-
-def cache_root() -> Path:
-    """``$DIFFALIGN_CACHE``, else ``$XDG_CACHE_HOME/diffalign``, else ``~/.cache/diffalign``."""
-    if os.environ.get("DIFFALIGN_CACHE"):
-        return Path(os.environ["DIFFALIGN_CACHE"])
-    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "diffalign"
 
 
 PACKAGED = Path(__file__).with_name("base_model")

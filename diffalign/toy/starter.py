@@ -12,7 +12,6 @@ preferred image of each group is the one with the larger object, as in the bench
 
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 
@@ -54,5 +53,4 @@ def write_starter(out: str | Path, seed: int = 0) -> dict[str, Path]:
                        "captions": [caption(images[best], prompt), caption(images[worst], prompt)]})
     pairs.finish({"group_size": 2, "reward_models": ["toy_coverage"]})
     ranked.finish({"group_size": 3, "reward_models": ["toy_coverage"]})
-    (out / "README.md").write_text(json.dumps({k: str(v) for k, v in folders.items()}, indent=2) + "\n")
     return folders

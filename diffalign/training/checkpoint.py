@@ -39,10 +39,15 @@ def resolve_resume(resume: str | None, folder: Path) -> Path | None:
     return path
 
 
+def path_for(folder: Path, step: int) -> Path:
+    """Where the checkpoint of ``step`` is (once complete)."""
+    return folder / f"{PREFIX}{step:07d}"
+
+
 def save(accelerator, folder: Path, step: int, state: dict, keep: int) -> Path:
     """Save a checkpoint for ``step`` on every process; prune to the newest ``keep``."""
-    final = folder / f"{PREFIX}{step:07d}"
-    tmp = folder / f".tmp-{PREFIX}{step:07d}"
+    final = path_for(folder, step)
+    tmp = folder / f".tmp-{final.name}"
     if accelerator.is_main_process:
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)

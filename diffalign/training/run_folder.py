@@ -21,8 +21,8 @@ import socket
 import time
 from pathlib import Path
 
+from diffalign.errors import DiffalignError
 from diffalign.training import checkpoint
-from diffalign.training.checks import StartupError
 
 LOCK = ".lock"
 ARTEFACTS = ("config.yaml", "metrics.jsonl", "checkpoints", "logs", "validation", "lora", "final")
@@ -31,19 +31,23 @@ WEIGHTS = ("lora", "final")
 """What only a finished run has written."""
 
 
+class RunFolderError(DiffalignError, ValueError):
+    """An output folder in use by another run, or holding one; the message says how to proceed."""
+
+
 def check(folder: str | Path, resume: str | None, overwrite: bool) -> None:
     """Refuse, before anything loads, a folder that is in use or holds another run.
 
     Raises:
-        StartupError: naming the holder or what the folder holds, and the options that proceed.
+        RunFolderError: naming the holder or what the folder holds, and the options that proceed.
     """
     folder = Path(folder)
     holder = lock_holder(folder)
     if holder is not None:
-        raise StartupError(f"output_dir {folder} is in use by another run ({holder}); wait for it to end or "
+        raise RunFolderError(f"output_dir {folder} is in use by another run ({holder}); wait for it to end or "
                           "choose another output_dir")
     if resume is not None and overwrite:
-        raise StartupError("resume and overwrite contradict each other: resume continues the run in output_dir, "
+        raise RunFolderError("resume and overwrite contradict each other: resume continues the run in output_dir, "
                           "overwrite deletes it")
     found = [name for name in ARTEFACTS if (folder / name).exists()]
     if not found or overwrite:
@@ -54,10 +58,10 @@ def check(folder: str | Path, resume: str | None, overwrite: bool) -> None:
             if finished else "an unfinished run")
     what += f", checkpoints up to step {int(done[-1].name.split('-')[-1])}" if done else ", no checkpoint"
     if resume is None:
-        raise StartupError(f"output_dir {folder} already holds {what}. Pass resume=latest to continue it, "
+        raise RunFolderError(f"output_dir {folder} already holds {what}. Pass resume=latest to continue it, "
                           "overwrite=true to delete it and start again, or choose another output_dir")
     if resume == "latest" and not done and finished:
-        raise StartupError(f"output_dir {folder} holds {what}: resume=latest has nothing to continue from and would "
+        raise RunFolderError(f"output_dir {folder} holds {what}: resume=latest has nothing to continue from and would "
                           "train it again from step 0. Pass overwrite=true to do that, or choose another output_dir")
 
 
@@ -114,7 +118,7 @@ class RunLock:
 
     def __enter__(self) -> RunLock:
         if not self.acquire():
-            raise StartupError(f"output_dir {self.path.parent} is in use by another run "
+            raise RunFolderError(f"output_dir {self.path.parent} is in use by another run "
                               f"({self.path.read_text().strip()}); wait for it to end or choose another output_dir")
         return self
 

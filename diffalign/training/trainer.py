@@ -316,7 +316,10 @@ class Trainer:
         accelerate returns no norm and DeepSpeed's own overflow checks apply."""
         max_norm = self.config.optim.max_grad_norm
         norm = self.accelerator.clip_grad_norm_(self._clipped_parameters(), max_norm if max_norm > 0 else math.inf)
-        return norm is None or bool(torch.isfinite(norm))
+        if norm is None:
+            return True
+        norm = norm.full_tensor() if hasattr(norm, "full_tensor") else norm  # FSDP2 returns a DTensor
+        return bool(torch.isfinite(norm))
 
     def _clipped_parameters(self):
         """The trainable parameters (a LoRA run's few hundred, not the model's thousands: the
@@ -357,7 +360,7 @@ class Trainer:
         step = self.state["step"]
         if log.count:
             log.flush(step, self._counters())
-        path = ckpt_dir / f"{checkpoint.PREFIX}{step:07d}"
+        path = checkpoint.path_for(ckpt_dir, step)
         if not self._checkpoint_due(step):
             path = checkpoint.save(self.accelerator, ckpt_dir, step, dict(self.state), self.config.keep_checkpoints)
         self.accelerator.end_training()

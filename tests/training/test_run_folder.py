@@ -87,12 +87,11 @@ def test_check_config_sees_the_folder_too(tiny_path, pair_data, tmp_path, capsys
 
 @pytest.mark.parametrize("name", ["config.yaml", "metrics.jsonl", "checkpoints", "lora"])
 def test_any_trace_of_a_run_marks_the_folder(name, tmp_path):
-    from diffalign.training.checks import StartupError
-    from diffalign.training.run_folder import check
+    from diffalign.training.run_folder import RunFolderError, check
 
     out = tmp_path / "run"
     out.mkdir()
     check(out, None, False)  # an empty folder is free
     (out / name).mkdir() if "." not in name else (out / name).write_text("")
-    with pytest.raises(StartupError, match="already holds"):
+    with pytest.raises(RunFolderError, match="already holds"):
         check(out, None, False)
