@@ -151,10 +151,11 @@ def build_cache(data_root: str | Path, family, *, resolution: int, batch_size: i
 
     state = PartialState(cpu=not torch.cuda.is_available())
     data = PreferenceDataset.open(data_root)
-    multiple = family.pixel_multiple(family.path, family.revision)
-    if resolution % multiple:
-        raise CacheMismatchError(f"--resolution {resolution} is not a multiple of {multiple}, the pixels per latent of "
-                                 f"{family.path}; use {resolution - resolution % multiple or multiple}")
+    from diffalign.families.base import untileable
+
+    why = untileable(resolution, family.pixel_multiple(family.path, family.revision), family.path)
+    if why:
+        raise CacheMismatchError(f"--resolution {why}")
     out = cache_dir(data_root, family.name, resolution)
     meta = {
         "format": CACHE_FORMAT, "version": CACHE_VERSION, "family": family.name, "model": family.path,

@@ -461,6 +461,16 @@ class ModelFamily:
         raise NotImplementedError
 
 
+def untileable(resolution: int, multiple: int, path) -> str | None:
+    """Why ``resolution`` cannot be trained on at ``path`` (``None`` when it can): the words after
+    the option's name in the error, with the nearest sides that work."""
+    if resolution % multiple == 0:
+        return None
+    low = resolution - resolution % multiple
+    use = f"{low} or {low + multiple}" if low else f"{multiple}"
+    return f"{resolution} is not a multiple of {multiple}, the pixels per latent of {path}; use {use}"
+
+
 def vae_downsampling(vae_config) -> int:
     """Pixels per latent along each side of a VAE with this config: each encoder block but the
     last halves the image."""

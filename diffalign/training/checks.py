@@ -67,13 +67,13 @@ def _check_rows(data: PreferenceDataset) -> None:
 def _check_resolution(config: TrainConfig, family: str) -> None:
     """The VAE (and SD3's patches) must tile the image, or the latents lose a border silently."""
     from diffalign.families import FAMILIES
+    from diffalign.families.base import untileable
 
     multiple = FAMILIES[family].pixel_multiple(config.model.path, config.model.revision)
     for key, value in (("data.resolution", config.data.resolution), ("validation.resolution", config.validation.resolution)):
-        if value is not None and value % multiple:
-            low, high = value - value % multiple, value - value % multiple + multiple
-            raise StartupError(f"{key}: {value} is not a multiple of {multiple}, the pixels per latent of "
-                               f"{config.model.path}; use {low or high}{f' or {high}' if low else ''}")
+        why = None if value is None else untileable(value, multiple, config.model.path)
+        if why:
+            raise StartupError(f"{key}: {why}")
 
 
 def _check_cache(config: TrainConfig, family: str, data: PreferenceDataset, caption_mismatch: bool, name: str) -> None:
