@@ -53,12 +53,46 @@ def test_three_steps_change_weights_and_log(objective, kind, mode, tiny_path, pa
         lora = load_file(str(out / "lora" / "pytorch_lora_weights.safetensors"))
         b_weights = [v for k, v in lora.items() if "lora_B" in k or "lora.up" in k]
         assert b_weights and any(v.abs().max() > 0 for v in b_weights)  # B starts at zero
+        weights = lora
     else:
         name = "transformer" if kind == "sd3" else "unet"
         trained = load_file(str(next((out / "final" / name).glob("*.safetensors"))))
         base = _base_denoiser_state(tiny_path, kind)
         assert trained.keys() == base.keys()
         assert any(not torch.equal(trained[k], base[k]) for k in base)
+        weights = {k: trained[k] - base[k] for k in base}
+    _check_golden(f"{objective}/{kind}/{mode}", [r["train/loss"] for r in rows], weights)
+
+
+GOLDEN = Path(__file__).with_name("golden_three_steps.json")
+
+
+def _fingerprint(weights: dict) -> list[float]:
+    """Two numbers that move with any weight: ``Σ w·r`` (``r`` a fixed random tensor per key) and ``Σ |w|``."""
+    import zlib
+
+    dot = total = 0.0
+    for key in sorted(weights):
+        w = weights[key].double()
+        r = torch.randn(w.shape, generator=torch.Generator().manual_seed(zlib.crc32(key.encode())), dtype=torch.float64)
+        dot += float((w * r).sum())
+        total += float(w.abs().sum())
+    return [dot, total]
+
+
+def _check_golden(key: str, losses: list[float], weights: dict) -> None:
+    """The losses and weights after 3 steps are those recorded before the preference-step seam
+    was built (commit 8991673): moving the training step into ``DenoisingStep`` changed nothing."""
+    import os
+
+    got = {"losses": losses, "weights": _fingerprint(weights)}
+    if os.environ.get("DIFFALIGN_RECORD_GOLDEN"):
+        recorded = json.loads(GOLDEN.read_text()) if GOLDEN.exists() else {}
+        GOLDEN.write_text(json.dumps({**recorded, key: got}, indent=1, sort_keys=True))
+        return
+    want = json.loads(GOLDEN.read_text())[key]
+    assert got["losses"] == pytest.approx(want["losses"], rel=1e-6, abs=1e-9)
+    assert got["weights"] == pytest.approx(want["weights"], rel=1e-6, abs=1e-9)
 
 
 @pytest.mark.parametrize("kind", KINDS)
