@@ -72,8 +72,15 @@ class Objective:
         Config: its config dataclass (defaults from the paper).
         needs_reference: whether the trainer must compute ``ref_err``.
         min_group_size / max_group_size: the ``K`` it accepts (``None``: no upper bound).
-        needs_captions: needs per-image captions in the data (DCPO).
+        needs_captions: conditions each image on its own caption (DCPO); the others condition
+            every image of a group on the prompt.
         needs_ranks: needs ranks or scores in the data (RankDPO).
+        needs_scores: needs reward scores in the data (SmPO).
+        step: the preference step that makes its terms (:data:`diffalign.steps.STEPS`):
+            ``"denoising"`` (forward-noised latents) or ``"inversion"`` (inverted latents).
+
+    These attributes are the one statement of what an objective accepts; ``diffalign train``
+    and ``diffalign check-config`` check them against the dataset before any model loads.
     """
 
     name: ClassVar[str]
@@ -83,6 +90,8 @@ class Objective:
     max_group_size: ClassVar[int | None] = 2
     needs_captions: ClassVar[bool] = False
     needs_ranks: ClassVar[bool] = False
+    needs_scores: ClassVar[bool] = False
+    step: ClassVar[str] = "denoising"
 
     def __init__(self, config=None):
         self.config = config if config is not None else self.Config()
@@ -91,13 +100,14 @@ class Objective:
         raise NotImplementedError
 
     @classmethod
-    def check_data(cls, group_size: int, has_captions: bool, has_ranks: bool) -> None:
+    def check_data(cls, group_size: int, has_captions: bool, has_ranks: bool, has_scores: bool = False) -> None:
         """Fail with a message naming the mismatch between this objective and a dataset.
 
         Args:
             group_size: the dataset's ``K``.
             has_captions: every row has per-image captions.
             has_ranks: every row has ranks or scores.
+            has_scores: every row has reward scores.
         """
         if group_size < cls.min_group_size or (cls.max_group_size is not None and group_size > cls.max_group_size):
             wanted = (f"K = {cls.min_group_size}" if cls.min_group_size == cls.max_group_size
@@ -113,6 +123,11 @@ class Objective:
             )
         if cls.needs_ranks and not has_ranks:
             raise ObjectiveDataError(f"{cls.name} needs ranks or scores per image; the dataset has neither")
+        if cls.needs_scores and not has_scores:
+            raise ObjectiveDataError(
+                f"{cls.name} needs a reward score per image (the dataset's 'scores' column is empty); add them with "
+                "`diffalign score --images DATASET --reward pickscore --into OUT` (see `diffalign score --help`)"
+            )
 
 
 def pair_metrics(policy_err: Tensor, ref_err: Tensor | None, margin: Tensor, loss: Tensor) -> dict[str, Tensor]:
