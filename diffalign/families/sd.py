@@ -13,6 +13,7 @@ import torch
 from torch import Tensor
 
 from diffalign.families.base import Conditioning, FamilyError, ModelFamily, input_dtype
+from diffalign.families.noise import per_group
 
 
 class SDFamily(ModelFamily):
@@ -65,6 +66,18 @@ class SDFamily(ModelFamily):
             return noise
         # v = sqrt(ᾱ_t)·ε − sqrt(1 − ᾱ_t)·x0
         return self.train_scheduler.get_velocity(x0, noise, self.timestep_index(t).to(x0.device))
+
+    def noise_scales(self, t: Tensor) -> tuple[Tensor, Tensor]:
+        # a = sqrt(ᾱ_t), s = sqrt(1 − ᾱ_t) at the rounded DDPM index, the index the UNet is told.
+        abar = self.train_scheduler.alphas_cumprod.to(t.device)[self.timestep_index(t)].float()
+        return abar.sqrt(), (1 - abar).sqrt()
+
+    def split_prediction(self, pred: Tensor, noisy: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
+        a, s = (per_group(v, noisy) for v in self.noise_scales(t))  # [B, 1, 1, ...]
+        if self.prediction_type == "epsilon":
+            return pred, (noisy - s * pred) / a
+        # v = a·ε − s·x0 and x = a·x0 + s·ε, with a² + s² = 1:  x0 = a·x − s·v,  ε = s·x + a·v.
+        return s * noisy + a * pred, a * noisy - s * pred
 
     def _predict_flat(self, model, noisy: Tensor, t: Tensor, cond: Conditioning) -> Tensor:
         dtype = input_dtype(model, self.denoiser)

@@ -12,6 +12,7 @@ from __future__ import annotations
 from torch import Tensor
 
 from diffalign.families.base import Conditioning, ModelFamily, input_dtype
+from diffalign.families.noise import per_group
 
 
 class SD3Family(ModelFamily):
@@ -60,8 +61,17 @@ class SD3Family(ModelFamily):
         return self.train_sigmas.to(index.device)[index]
 
     def _add_noise_flat(self, x0: Tensor, noise: Tensor, t: Tensor) -> Tensor:
-        sigma = t.view(-1, 1, 1, 1).to(x0.dtype)
+        sigma = per_group(t, x0)
         return (1 - sigma) * x0 + sigma * noise
+
+    def noise_scales(self, t: Tensor) -> tuple[Tensor, Tensor]:
+        sigma = t.float()
+        return 1 - sigma, sigma
+
+    def split_prediction(self, pred: Tensor, noisy: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
+        # x = (1 − σ)·x0 + σ·ε and v = ε − x0:  x0 = x − σ·v,  ε = x + (1 − σ)·v.
+        sigma = per_group(t, noisy)
+        return noisy + (1 - sigma) * pred, noisy - sigma * pred
 
     def _target_flat(self, x0: Tensor, noise: Tensor, t: Tensor) -> Tensor:
         return noise - x0

@@ -33,6 +33,15 @@ class SDXLFamily(SDFamily):
         )
         return embeds, pooled
 
+    def image_info(self, batch: dict, size: tuple[int, int]) -> dict:
+        """The sizes and crops the batch recorded for each image, with the training size as target."""
+        b, k = batch["original_size"].shape[:2]
+        return {
+            "original_size": batch["original_size"],
+            "crop_top_left": batch["crop_top_left"],
+            "target_size": torch.tensor(size).expand(b, k, 2),
+        }
+
     def _with_image_info(self, cond: Conditioning, image_info: dict[str, Tensor] | None) -> Conditioning:
         """Attach ``time_ids [B, K, 6]`` = (original h, w, crop top, left, target h, w).
 

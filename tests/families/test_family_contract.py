@@ -1,7 +1,9 @@
 """The family contract (DESIGN.md §3.2), checked on every tiny family.
 
 Expected values are computed here from first principles (the noise schedule rebuilt from its
-betas, the flow interpolation written out), never by calling the code under test.
+betas, the flow interpolation written out), never by calling the code under test. The noise maths
+runs on image latents ``[B, K, C, h, w]`` and on video latents ``[B, K, C, f, h, w]`` (``frames``):
+nothing in it may assume the rank.
 """
 
 import pytest
@@ -16,10 +18,13 @@ def _alphas_cumprod():
     return torch.cumprod(1 - betas, dim=0)
 
 
-def _group(family, seed=0):
+FRAMES = pytest.mark.parametrize("frames", [None, 3], ids=["image", "video"])
+
+
+def _group(family, seed=0, frames=None):
     gen = torch.Generator().manual_seed(seed)
     c = family.denoiser.config.in_channels
-    latents = torch.randn(B, K, c, 8, 8, generator=gen)
+    latents = torch.randn(B, K, c, *([frames] if frames else []), 8, 8, generator=gen)
     noise, t = family.sample_noise_and_time(latents, generator=gen)
     return latents, noise, t
 
@@ -29,18 +34,30 @@ def _oracle(value):
     return lambda *args, **kwargs: (value,)
 
 
-def test_add_noise_and_target_identities(tiny_family, tiny_kind):
-    latents, noise, t = _group(tiny_family)
+def _per_group(values, latents):
+    return values.reshape(B, *[1] * (latents.ndim - 1))
+
+
+def _scales(tiny_kind, t, latents):
+    """``(a_t, s_t)`` with ``x_t = a_t·x0 + s_t·ε``, rebuilt from the schedule, broadcastable to ``latents``."""
+    if tiny_kind == "sd3":
+        sigma = _per_group(t, latents)
+        return 1 - sigma, sigma
+    abar = _per_group(_alphas_cumprod()[(t * 999).round().long()].float(), latents)
+    return abar.sqrt(), (1 - abar).sqrt()
+
+
+@FRAMES
+def test_add_noise_and_target_identities(tiny_family, tiny_kind, frames):
+    latents, noise, t = _group(tiny_family, frames=frames)
     x_t = tiny_family.add_noise(latents, noise, t)
     target = tiny_family.target(latents, noise, t)
     if tiny_kind == "sd3":
-        sigma = t.view(B, 1, 1, 1, 1)
+        sigma = _per_group(t, latents)
         torch.testing.assert_close(x_t, (1 - sigma) * latents + sigma * noise)
         torch.testing.assert_close(target, noise - latents)
         return
-    index = (t * 999).round().long()
-    abar = _alphas_cumprod()[index].float().view(B, 1, 1, 1, 1)
-    alpha, sigma = abar.sqrt(), (1 - abar).sqrt()
+    alpha, sigma = _scales(tiny_kind, t, latents)
     torch.testing.assert_close(x_t, alpha * latents + sigma * noise, rtol=1e-5, atol=1e-5)
     expected = noise if tiny_kind in ("sd15", "sdxl") else alpha * noise - sigma * latents
     torch.testing.assert_close(target, expected, rtol=1e-5, atol=1e-5)
@@ -51,17 +68,19 @@ def test_prediction_types(tiny_family, tiny_kind):
     assert tiny_family.prediction_type == expected
 
 
-def test_noise_and_time_shared_within_group(tiny_family):
-    latents, noise, t = _group(tiny_family)
+@FRAMES
+def test_noise_and_time_shared_within_group(tiny_family, frames):
+    latents, noise, t = _group(tiny_family, frames=frames)
     assert noise.shape == latents.shape and t.shape == (B,)
     assert torch.equal(noise[:, 0], noise[:, 1])
     assert not torch.equal(noise[0, 0], noise[1, 0])  # but not across groups
     assert ((t >= 0) & (t <= 1)).all()
 
 
-def test_time_sampling_is_seeded(tiny_family):
-    _, noise_a, t_a = _group(tiny_family, seed=5)
-    _, noise_b, t_b = _group(tiny_family, seed=5)
+@FRAMES
+def test_time_sampling_is_seeded(tiny_family, frames):
+    _, noise_a, t_a = _group(tiny_family, seed=5, frames=frames)
+    _, noise_b, t_b = _group(tiny_family, seed=5, frames=frames)
     assert torch.equal(noise_a, noise_b) and torch.equal(t_a, t_b)
 
 
@@ -77,8 +96,9 @@ def test_denoising_error_shape_and_gradient(tiny_family):
     tiny_family.denoiser.zero_grad(set_to_none=True)
 
 
-def test_true_target_beats_random_guess(tiny_family):
-    latents, noise, t = _group(tiny_family)
+@FRAMES
+def test_true_target_beats_random_guess(tiny_family, frames):
+    latents, noise, t = _group(tiny_family, frames=frames)
     cond = tiny_family.encode_prompts(["a cat"] * B, group_size=K)
     truth = tiny_family.target(latents, noise, t).flatten(0, 1)
     guess = torch.randn_like(truth)
@@ -86,6 +106,28 @@ def test_true_target_beats_random_guess(tiny_family):
     err_guess = tiny_family.denoising_error(_oracle(guess), latents, cond, noise, t)
     assert torch.allclose(err_truth, torch.zeros_like(err_truth))
     assert (err_guess > 0.5).all()  # E[(g − target)²] ≥ Var(g) = 1
+
+
+@FRAMES
+def test_prediction_splits_into_noise_and_clean_latent(tiny_family, tiny_kind, frames):
+    """Told the true target, the family recovers the true ε and x0 (inversion and sampling rely on it)."""
+    latents, noise, t = _group(tiny_family, frames=frames)
+    a, s = _scales(tiny_kind, t, latents)
+    x_t = a * latents + s * noise
+    if tiny_kind == "sd3":
+        truth = noise - latents
+    elif tiny_kind == "sd21":
+        truth = a * noise - s * latents
+    else:
+        truth = noise
+    eps, x0 = tiny_family.split_prediction(truth, x_t, t)
+    torch.testing.assert_close(eps, noise, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(x0, latents, rtol=1e-4, atol=1e-4)
+    got_a, got_s = tiny_family.noise_scales(t)
+    torch.testing.assert_close(_per_group(got_a, latents), a, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(_per_group(got_s, latents), s, rtol=1e-6, atol=1e-6)
+    # The noise an inverted latent implies is the noise it was made with.
+    torch.testing.assert_close(tiny_family.implied_noise(latents, x_t, t), noise, rtol=1e-4, atol=1e-4)
 
 
 def test_per_image_prompts_reach_the_model(tiny_family):
@@ -165,3 +207,14 @@ def test_a_bf16_reference_copy_gets_bf16_inputs(tiny_family):
         exact = tiny_family.denoising_error(tiny_family.denoiser, latents, cond, noise, t)
     assert ref_err.dtype == torch.float32 and torch.isfinite(ref_err).all()
     torch.testing.assert_close(ref_err, exact, rtol=0.1, atol=1e-3)  # bf16 rounding only
+
+
+def test_every_family_file_stays_small():
+    """Each file in ``diffalign/families`` does one job (loading, latents, conditioning, noise, one
+    family): none grows past 250 lines."""
+    from pathlib import Path
+
+    import diffalign.families
+
+    for path in Path(diffalign.families.__file__).parent.glob("*.py"):
+        assert len(path.read_text().splitlines()) <= 250, path.name

@@ -1,0 +1,127 @@
+"""Text conditioning of a ``[B, K]`` group of images, and the family operations that make it.
+
+Shapes: ``B`` groups, ``K`` images per group, ``L, D`` text tokens and width, ``P`` pooled width.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields, replace
+from typing import Sequence
+
+import torch
+from torch import Tensor
+
+
+@dataclass
+class Conditioning:
+    """Text conditioning for a ``[B, K]`` group of images (DCPO gives each image its own caption).
+
+    Attributes:
+        prompt_embeds: ``[B, K, L, D]`` token embeddings fed to cross/joint attention.
+        pooled: ``[B, K, P]`` pooled text embedding (SDXL, SD3), else ``None``.
+        time_ids: ``[B, K, 6]`` SDXL micro-conditioning (original h, w, crop top, left,
+            target h, w), else ``None``.
+    """
+
+    prompt_embeds: Tensor
+    pooled: Tensor | None = None
+    time_ids: Tensor | None = None
+
+    @property
+    def group_shape(self) -> tuple[int, int]:
+        """``(B, K)``."""
+        return tuple(self.prompt_embeds.shape[:2])
+
+    def flat(self) -> Conditioning:
+        """The same tensors with ``B`` and ``K`` merged into one batch axis of ``B*K``."""
+        return self._map(lambda x: x.flatten(0, 1))
+
+    def select(self, index: slice) -> Conditioning:
+        """The conditioning of images ``index`` of every group: ``[B, K', ...]``."""
+        return self._map(lambda x: x[:, index])
+
+    def to(self, *args, **kwargs) -> Conditioning:
+        """``Tensor.to`` on every tensor (device and/or dtype)."""
+        return self._map(lambda x: x.to(*args, **kwargs))
+
+    def _map(self, fn) -> Conditioning:
+        return replace(self, **{f.name: fn(v) for f in fields(self) if (v := getattr(self, f.name)) is not None})
+
+
+def group_prompts(prompts: Sequence[str] | Sequence[Sequence[str]], group_size: int | None) -> list[list[str]]:
+    """Normalise prompts to a ``[B][K]`` nested list.
+
+    Args:
+        prompts: either ``B`` strings (one prompt shared by the group) or ``B`` lists of ``K``
+            strings (one caption per image, as DCPO uses).
+        group_size: ``K`` to repeat a shared prompt to; ``None`` means 1 for flat prompts.
+    """
+    if isinstance(prompts, str):
+        raise TypeError("prompts must be a list of strings or a list of lists of strings, not one string")
+    if all(isinstance(p, str) for p in prompts):
+        return [[p] * (group_size or 1) for p in prompts]
+    nested = [list(p) for p in prompts]
+    sizes = {len(p) for p in nested}
+    if len(sizes) != 1 or (group_size is not None and sizes != {group_size}):
+        raise ValueError(f"every group needs the same number of captions; got sizes {sorted(sizes)}")
+    return nested
+
+
+class PromptOperations:
+    """``encode_prompts`` and ``make_conditioning``; a subclass implements ``_encode_text`` and,
+    where images carry conditioning of their own (SDXL's sizes and crops), ``_with_image_info``."""
+
+    @torch.no_grad()
+    def encode_prompts(
+        self,
+        prompts: Sequence[str] | Sequence[Sequence[str]],
+        group_size: int | None = None,
+        image_info: dict[str, Tensor] | None = None,
+    ) -> Conditioning:
+        """Encode one prompt per image with the pipeline's own ``encode_prompt``.
+
+        Identical strings are encoded once (a Diffusion-DPO pair shares its prompt, so this
+        halves the text-encoder work).
+
+        Args:
+            prompts: ``B`` prompts shared by each group, or ``B`` lists of ``K`` captions.
+            group_size: ``K`` when ``prompts`` are shared (default 1).
+            image_info: SDXL only: ``original_size`` and ``crop_top_left``, each ``[B, K, 2]``.
+
+        Returns:
+            :class:`Conditioning` with tensors shaped ``[B, K, ...]``.
+        """
+        grid = group_prompts(prompts, group_size)
+        b, k = len(grid), len(grid[0])
+        flat = [p for row in grid for p in row]
+        unique = list(dict.fromkeys(flat))
+        embeds, pooled = self._encode_text(unique)
+        index = torch.tensor([unique.index(p) for p in flat], device=embeds.device)
+        return self.make_conditioning(
+            embeds[index].unflatten(0, (b, k)),
+            None if pooled is None else pooled[index].unflatten(0, (b, k)),
+            image_info,
+        )
+
+    def make_conditioning(
+        self, prompt_embeds: Tensor, pooled: Tensor | None = None, image_info: dict[str, Tensor] | None = None
+    ) -> Conditioning:
+        """Conditioning from text embeddings computed earlier (e.g. by the latent cache).
+
+        Args:
+            prompt_embeds: ``[B, K, L, D]``; pooled: ``[B, K, P]`` or ``None``.
+            image_info: as for :meth:`encode_prompts` (SDXL's time ids are built here).
+        """
+        return self._with_image_info(Conditioning(prompt_embeds, pooled), image_info)
+
+    def image_info(self, batch: dict, size: tuple[int, int]) -> dict | None:
+        """What this family conditions each image on besides its text, from a training batch of
+        images trained at ``size`` (``None``: nothing; SDXL: sizes and crops)."""
+        return None
+
+    def _encode_text(self, prompts: list[str]) -> tuple[Tensor, Tensor | None]:
+        """``N`` strings → (``[N, L, D]`` embeddings, ``[N, P]`` pooled or ``None``)."""
+        raise NotImplementedError
+
+    def _with_image_info(self, cond: Conditioning, image_info: dict[str, Tensor] | None) -> Conditioning:
+        return cond

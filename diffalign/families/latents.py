@@ -1,0 +1,99 @@
+"""The VAE side of a family: images to scaled latents and back.
+
+Works on any leading shape (``[B, K, 3, H, W]`` images, ``[B, K, C, h, w]`` latents): the VAE
+sees them flattened to one batch axis.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+from torch import Tensor
+
+from diffalign.families.loading import vae_downsampling
+
+Generators = "torch.Generator | list[torch.Generator] | None"
+"""One generator for the whole batch, or one per group (the first dimension)."""
+
+
+class LatentOperations:
+    """``encode_images``, ``decode`` and the VAE's latent scaling (read from its config file
+    when the VAE is not loaded, as under the latent cache)."""
+
+    @property
+    def vae_scale_factor(self) -> int:
+        """Pixels per latent along each side (from the VAE's config file when it is not loaded:
+        the pipelines then fall back to a hard-coded 8)."""
+        vae = getattr(self.pipe, "vae", None)
+        return vae_downsampling(vae.config if vae is not None else self._vae_config)
+
+    @torch.no_grad()
+    def encode_images(self, pixels: Tensor, generator: Generators = None) -> Tensor:
+        """VAE-encode images and apply the checkpoint's latent scaling (and SD3's shift).
+
+        Args:
+            pixels: ``[..., 3, H, W]`` in [-1, 1], e.g. ``[B, K, 3, H, W]``.
+            generator: for the sample drawn from the VAE posterior (as Diffusion-DPO does).
+
+        Returns:
+            ``[..., C, H/f, W/f]`` latents, ``f`` the VAE scale factor, in the VAE's dtype.
+        """
+        mean, std = self.encode_posterior(pixels)
+        return self.latents_from_posterior(mean, std, generator)
+
+    @torch.no_grad()
+    def encode_posterior(self, pixels: Tensor) -> tuple[Tensor, Tensor]:
+        """The VAE posterior of each image, before scaling: ``(mean, std)``, each ``[..., C, h, w]``.
+
+        The latent cache stores these rather than one sample, so cached training still draws a
+        fresh posterior sample each time, exactly as the uncached path does.
+        """
+        vae = self._require("vae", "encode_images")
+        lead = pixels.shape[:-3]
+        flat = pixels.reshape(-1, *pixels.shape[-3:]).to(vae.device, vae.dtype)
+        posterior = vae.encode(flat).latent_dist
+        return (posterior.mean.reshape(*lead, *posterior.mean.shape[1:]),
+                posterior.std.reshape(*lead, *posterior.std.shape[1:]))
+
+    def latents_from_posterior(self, mean: Tensor, std: Tensor, generator: Generators = None) -> Tensor:
+        """Draw ``mean + std·ε`` and scale it to the denoiser's latent space: ``(z − shift)·scale``.
+
+        Draws ε as diffusers' ``DiagonalGaussianDistribution.sample`` does, so the same generator
+        gives the same latents whether the posterior came from the VAE or from the cache.
+        """
+        from diffusers.utils.torch_utils import randn_tensor
+
+        eps = randn_tensor(mean.shape, generator=generator, device=mean.device, dtype=mean.dtype)
+        return (mean + std * eps - self._vae_shift) * self.latent_scale
+
+    @property
+    def latent_scale(self) -> float:
+        """The VAE's ``scaling_factor``, read from its config file when the VAE is not loaded."""
+        vae = getattr(self.pipe, "vae", None)
+        if vae is not None:
+            return vae.config.scaling_factor
+        return self._vae_config["scaling_factor"]
+
+    @property
+    def _vae_shift(self) -> float:
+        vae = getattr(self.pipe, "vae", None)
+        config = vae.config if vae is not None else self._vae_config
+        return config.get("shift_factor", None) or 0.0
+
+    @functools.cached_property
+    def _vae_config(self) -> dict:
+        """The VAE's config file, read once: the cached-latent path asks for it at every step."""
+        from diffusers import AutoencoderKL
+
+        return AutoencoderKL.load_config(self.path, subfolder="vae", revision=self.revision)
+
+    @torch.no_grad()
+    def decode(self, latents: Tensor) -> Tensor:
+        """Inverse of :meth:`encode_images`: ``[..., C, h, w]`` latents → ``[..., 3, H, W]`` in [-1, 1]."""
+        vae = self._require("vae", "decode")
+        lead = latents.shape[:-3]
+        flat = latents.reshape(-1, *latents.shape[-3:]).to(vae.device, vae.dtype)
+        flat = flat / vae.config.scaling_factor + self._vae_shift
+        pixels = vae.decode(flat).sample.clamp(-1, 1)
+        return pixels.reshape(*lead, *pixels.shape[1:])
