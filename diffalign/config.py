@@ -182,16 +182,52 @@ class ValidationConfig:
     seed: int = 0
 
 
+def complete_objective(spec: dict, key: str = "objective", errors: list | None = None) -> dict:
+    """``{"name": ..., **params}`` checked against that objective's config class and returned with
+    every default filled in; problems go to ``errors`` as ``(key, message)`` (raised as one
+    :class:`ConfigError` when ``errors`` is not given)."""
+    from diffalign.objectives import OBJECTIVES, describe_config
+
+    own = [] if errors is None else errors
+    params = dict(spec)
+    name = params.pop("name", None)
+    if name not in OBJECTIVES:
+        close = difflib.get_close_matches(str(name), OBJECTIVES, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        own.append((f"{key}.name", f"{'missing' if name is None else f'unknown objective {name!r}'}{hint}; "
+                                   f"known objectives: {', '.join(OBJECTIVES)}"))
+        return _raise_or(spec, own, errors)
+    config_cls, first = OBJECTIVES[name].Config, len(own)
+    try:
+        config = _build(config_cls, params, key, own)
+    except (TypeError, ValueError) as err:  # the objective config's own checks (__post_init__)
+        own.append((key, f"{name}: {err}"))
+        config = None
+    if config is None:
+        accepted = f"{name} accepts: {describe_config(config_cls)}"
+        own[first:] = [(k, f"{msg}; {accepted}") for k, msg in own[first:]]
+        return _raise_or(spec, own, errors)
+    return {"name": name, **to_dict(config)}
+
+
+def _raise_or(value, own: list, errors: list | None):
+    if errors is None:
+        raise ConfigError("\n".join(f"  - {k}: {m}" for k, m in own))
+    return value
+
+
 @dataclass
 class TrainConfig:
-    """Everything one training run needs. ``objective`` holds ``name`` plus that objective's own
-    keys; they are checked against the objective's config class when the trainer builds it."""
+    """Everything one training run needs."""
 
     model: ModelConfig
     data: DataConfig
     optim: OptimConfig = field(default_factory=OptimConfig)
     lora: LoRAConfig | None = field(default_factory=LoRAConfig)
-    objective: dict[str, Any] = field(default_factory=lambda: {"name": "diffusion_dpo"})
+    objective: dict[str, Any] = field(default_factory=lambda: {"name": "diffusion_dpo"},
+                                      metadata={"complete": lambda value, key, errors: complete_objective(value, key, errors)})
+    """``name`` plus that objective's own keys, checked against its config class when the config
+    loads and filled in with its defaults (so a saved ``config.yaml`` shows every value used)."""
     output_dir: str = "outputs"
     seed: int = 0
     max_steps: int = field(default=1000, metadata=AT_LEAST_1)
@@ -351,12 +387,32 @@ def _build(schema: type, data: Any, prefix: str, errors: list) -> Any:
                 errors.append((key, "missing required key"))
             continue
         before = len(errors)
-        kwargs[name] = _coerce(data[name], hints[name], key, errors)
+        kwargs[name] = _coerce(_over_default(f, data[name]), hints[name], key, errors)
         if f.metadata.get("path") and isinstance(kwargs[name], str):
             _check_path(kwargs[name], f.metadata["path"], key, errors)
         if f.metadata.get("bounds") and len(errors) == before:
             _check_bounds(kwargs[name], f.metadata["bounds"], key, errors)
+        if f.metadata.get("complete") and len(errors) == before:
+            kwargs[name] = f.metadata["complete"](kwargs[name], key, errors)
     return None if len(errors) > first_error else schema(**kwargs)
+
+
+def _over_default(f: dataclasses.Field, value: Any) -> Any:
+    """A mapping given for a field whose default is a dataclass instance sets keys *of that
+    default*: ``inversion: {steps: 3}`` keeps the objective's own other inversion defaults."""
+    if f.default_factory is dataclasses.MISSING or not isinstance(value, dict):
+        return value
+    default = f.default_factory()
+    if not dataclasses.is_dataclass(default):
+        return value
+    return _merged(dataclasses.asdict(default), value)
+
+
+def _merged(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for key, value in over.items():
+        out[key] = _merged(out[key], value) if isinstance(out.get(key), dict) and isinstance(value, dict) else value
+    return out
 
 
 def _coerce(value: Any, hint: Any, key: str, errors: list) -> Any:

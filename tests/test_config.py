@@ -45,7 +45,30 @@ def test_load_with_defaults(config_file):
     assert cfg.optim.betas == (0.9, 0.999)
     assert cfg.lora == LoRAConfig(rank=16)
     assert cfg.data.resolution == 1024 and cfg.data.center_crop is True
-    assert cfg.objective == {"name": "diffusion_dpo", "beta": 5000}
+    # The objective block comes back with that objective's defaults filled in.
+    assert cfg.objective == {"name": "diffusion_dpo", "beta": 5000.0, "loss_type": "sigmoid"}
+
+
+def test_a_misspelt_objective_key_is_named_with_the_accepted_ones(config_file):
+    with pytest.raises(ConfigError) as err:
+        load_config(config_file(GOOD), ["objective.betta=1"])
+    message = str(err.value)
+    assert "objective.betta: unknown key (did you mean 'objective.beta'?)" in message
+    assert "diffusion_dpo accepts: beta (float, default 5000.0), loss_type" in message
+    assert "override 'objective.betta=1'" in message
+    with pytest.raises(ConfigError, match=r"objective.name: unknown objective 'inpoo' \(did you mean 'inpo'\?\)"):
+        load_config(config_file(GOOD), ["objective={name: inpoo}"])
+    with pytest.raises(ConfigError, match="beta must be positive"):
+        load_config(config_file(GOOD), ["objective.beta=-1"])
+
+
+def test_a_partial_nested_objective_block_keeps_that_objectives_defaults(config_file):
+    """``inversion: {steps: 3}`` changes the steps only: SmPO keeps its own ReNoise default (1),
+    not the inversion class's (0)."""
+    cfg = load_config(config_file(GOOD), ["objective={name: smpo, inversion: {steps: 3}}"])
+    assert cfg.objective["inversion"] == {"steps": 3, "renoise_iters": 1, "eta": 0.0, "guidance": 1.0, "model": "policy"}
+    with pytest.raises(ConfigError, match=r"objective.inversion.stepz: unknown key"):
+        load_config(config_file(GOOD), ["objective={name: smpo, inversion: {stepz: 3}}"])
 
 
 def test_dotted_overrides(config_file):
