@@ -24,7 +24,7 @@ from torch.utils.data import DataLoader
 
 from diffalign.config import LoRAConfig
 from diffalign.data.dataset import PreferenceDataset
-from diffalign.data.loader import GroupDataset, collate_groups, image_info, loader_workers
+from diffalign.data.loader import GroupDataset, collate_groups, loader_workers
 from diffalign.objectives.diffusion_dpo import dpo_margin, dpo_pair_loss
 
 
@@ -89,7 +89,7 @@ class NaiveDPO:
         pixels = batch["pixels"].to(self.device)
         with torch.no_grad(), self._autocast():
             latents = family.encode_images(pixels, self.generator)  # the VAE, every step
-            info = image_info(batch, tuple(pixels.shape[-2:]))
+            info = family.image_info(batch, tuple(pixels.shape[-2:]))
             cond = family.encode_prompts(batch["prompts"], group_size=2, image_info=info)  # every step
         noise, t = family.sample_noise_and_time(latents, self.generator)
         with self._autocast():

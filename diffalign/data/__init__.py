@@ -6,12 +6,13 @@ latent cache.
 - :mod:`.pick_a_pic`: the Pick-a-Pic v2 builder; :mod:`.synthetic`: synthetic ranked groups
   (RankDPO / Syn-Pic); :mod:`.dual_captions`: per-image captions (DCPO); :mod:`.filtering`:
   noisy-pair filtering (FiFA); :mod:`.prompts`: the prompt-set reader.
-- :mod:`.loader`: :class:`GroupDataset`, :func:`collate_groups`, :func:`family_inputs`.
+- :mod:`.loader`: :class:`GroupDataset`, :func:`collate_groups` (a family's ``inputs`` turns a batch into
+  latents and conditioning).
 - :mod:`.cache`: :func:`build_cache`, :class:`LatentCache`.
 """
 
 from diffalign.data.dataset import PreferenceDataset
-from diffalign.data.loader import GroupDataset, collate_groups, family_inputs
+from diffalign.data.loader import GroupDataset, collate_groups
 from diffalign.data.schema import SchemaError
 
-__all__ = ["GroupDataset", "PreferenceDataset", "SchemaError", "collate_groups", "family_inputs"]
+__all__ = ["GroupDataset", "PreferenceDataset", "SchemaError", "collate_groups"]

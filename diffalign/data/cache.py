@@ -35,6 +35,7 @@ from diffalign import stopping
 from diffalign.config import torch_dtype
 from diffalign.data.dataset import PreferenceDataset
 from diffalign.data.loader import GroupDataset
+from diffalign.data.schema import image_texts
 from diffalign.data.writer import atomic_write_json
 from diffalign.errors import DiffalignError
 
@@ -82,14 +83,16 @@ def _encode_shard(family, groups: GroupDataset, rows: range, batch_size: int, dt
     """Encode rows of the dataset; returns (tensors, metadata) of one shard."""
     items = [groups[i] for i in rows]
     valid = torch.tensor([item is not None for item in items])
-    captions = [c for item in items if item is not None for c in item["captions"]]
-    unique = list(dict.fromkeys(captions))
     k = groups.data.group_size
+    # A row's own captions when it has them (a cache of a captioned dataset serves DCPO), else its prompt.
+    texts = [None if item is None else image_texts(item["prompt"], item["captions"], k, item["captions"] is not None)
+             for item in items]
+    unique = list(dict.fromkeys(c for row in texts if row is not None for c in row))
     caption_index = torch.zeros(len(rows), k, dtype=torch.long)
-    means, stds, sizes, crops = [], [], [], []
-    for j, item in enumerate(items):
-        if item is not None:
-            caption_index[j] = torch.tensor([unique.index(c) for c in item["captions"]])
+    means, stds = [], []
+    for j, row in enumerate(texts):
+        if row is not None:
+            caption_index[j] = torch.tensor([unique.index(c) for c in row])
     present = [item for item in items if item is not None]
     for start in range(0, len(present), batch_size):
         chunk = present[start:start + batch_size]

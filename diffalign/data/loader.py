@@ -43,7 +43,8 @@ class GroupDataset(Dataset):
             same with any number of workers and after a resume.
         cache: serve cached latents and embeddings instead of images.
 
-    Items are dicts with ``id``, ``prompt``, ``captions`` (K strings), ``scores``/``ranks``
+    Items are dicts with ``id``, ``prompt``, ``captions`` (K strings or ``None``: which text
+    conditions which image is :func:`~diffalign.data.schema.image_texts`'s decision), ``scores``/``ranks``
     (``[K]`` or ``None``), ``original_size``/``crop_top_left`` (``[K, 2]``), and either
     ``pixels [K, 3, R, R]`` in [-1, 1] or the cache's tensors.
     """
@@ -79,7 +80,7 @@ class GroupDataset(Dataset):
             "index": index,
             "id": row["id"],
             "prompt": row["prompt"],
-            "captions": row["captions"] or [row["prompt"]] * k,
+            "captions": row["captions"],
             "scores": None if row["scores"] is None else torch.tensor(row["scores"], dtype=torch.float32),
             "ranks": None if row["ranks"] is None else torch.tensor(row["ranks"], dtype=torch.long),
         }
@@ -126,7 +127,8 @@ def collate_groups(items: list[dict | None]) -> dict:
     """Stack items into a batch; ``None`` items (unreadable images) are dropped and counted.
 
     Returns:
-        ``indices`` (dataset rows), ``ids``, ``prompts`` (B), ``captions`` (B lists of K), ``skipped`` (int), and the
+        ``indices`` (dataset rows), ``ids``, ``prompts`` (B), ``captions`` (B lists of K, or ``None`` per
+        row without captions), ``skipped`` (int), and the
         stacked tensors: ``pixels [B, K, 3, R, R]`` or the cached ``latent_mean``/``latent_std``
         ``[B, K, C, h, w]`` and text tensors, ``original_size``/``crop_top_left [B, K, 2]``,
         ``scores``/``ranks [B, K]`` (``None`` when any item lacks them).
@@ -146,37 +148,3 @@ def collate_groups(items: list[dict | None]) -> dict:
             values = [item[key] for item in kept]
             batch[key] = None if any(v is None for v in values) else torch.stack(values)
     return batch
-
-
-def family_inputs(family, batch: dict, generator: torch.Generator | None = None):
-    """Turn a batch into what a family's ``denoising_error`` takes: ``(latents, cond)``.
-
-    Uncached batches run the VAE and text encoders; cached ones sample from the stored posterior
-    and reuse the stored embeddings. Both draw the posterior noise the same way, so the same
-    ``generator`` gives the same latents.
-
-    Returns:
-        ``latents [B, K, C, h, w]`` and a ``Conditioning`` shaped ``[B, K, ...]``.
-    """
-    if "latent_mean" in batch:
-        device = family.device
-        latents = family.latents_from_posterior(batch["latent_mean"].to(device), batch["latent_std"].to(device), generator)
-        pooled = batch.get("pooled")
-        size = latents.shape[-2] * family.vae_scale_factor, latents.shape[-1] * family.vae_scale_factor
-        cond = family.make_conditioning(
-            batch["prompt_embeds"].to(device), None if pooled is None else pooled.to(device), image_info(batch, size)
-        )
-        return latents, cond
-    latents = family.encode_images(batch["pixels"], generator)
-    size = tuple(batch["pixels"].shape[-2:])
-    return latents, family.encode_prompts(batch["captions"], image_info=image_info(batch, size))
-
-
-def image_info(batch: dict, size: tuple[int, int]) -> dict:
-    """SDXL micro-conditioning of a batch: the recorded sizes and crops, the training size as target."""
-    b, k = batch["original_size"].shape[:2]
-    return {
-        "original_size": batch["original_size"],
-        "crop_top_left": batch["crop_top_left"],
-        "target_size": torch.tensor(size).expand(b, k, 2),
-    }

@@ -148,6 +148,21 @@ def check_schema(schema: pa.Schema, where: str) -> None:
         raise SchemaError(f"{where} is not a preference-dataset shard: " + "; ".join(problems))
 
 
+def image_texts(prompt: str, captions: list[str] | None, k: int, per_image: bool) -> list[str]:
+    """The text that conditions each of a row's ``k`` images: its own caption under ``per_image``
+    (objectives that condition per image, DCPO), else the row's prompt for all of them.
+
+    The one place that decides it: the training step, the latent cache and the start-up checks
+    all ask here.
+    """
+    if not per_image:
+        return [prompt] * k
+    if captions is None:
+        raise SchemaError("a caption per image was asked for, but the row has none; write them with "
+                          "`diffalign build dual-captions`")
+    return list(captions)
+
+
 def check_row(row: dict) -> None:
     """Check one row before it is written: K ≥ 2 images and per-image columns of length K."""
     k = len(row.get("images") or [])

@@ -30,8 +30,10 @@ def preflight(config: TrainConfig):
     data = PreferenceDataset.open(config.data.path)
     _check_rows(data)
     has_captions = all(c is not None for c in data.column("captions"))
-    has_ranks = all(r is not None for r in data.column("ranks")) or all(s is not None for s in data.column("scores"))
-    objective.check_data(data.group_size, has_captions, has_ranks)
+    has_scores = all(s is not None for s in data.column("scores"))
+    has_ranks = all(r is not None for r in data.column("ranks")) or has_scores
+    objective.check_data(data.group_size, has_captions, has_ranks, has_scores)
+    _check_step(config, objective)
     family = config.model.family or detect_family(config.model.path, config.model.revision).family
     supported = getattr(objective, "supported_families", None)
     if supported is not None and family not in supported:
@@ -53,6 +55,14 @@ def preflight(config: TrainConfig):
         raise StartupError(f"compile_memory_budget: {config.compile_memory_budget} needs compile: true")
     run_folder.check(config.output_dir, config.resume, config.overwrite)
     return objective, data, family
+
+
+def _check_step(config: TrainConfig, objective) -> None:
+    """What the objective's preference step needs beyond the data."""
+    inversion = getattr(objective.config, "inversion", None)
+    if inversion is not None and inversion.guidance != 1 and config.data.cache:
+        raise StartupError(f"objective.inversion.guidance: {inversion.guidance} needs the text encoders for the empty "
+                           "prompt, which the latent cache leaves unloaded; use guidance 1 or data.cache=false")
 
 
 def _check_rows(data: PreferenceDataset) -> None:

@@ -1,9 +1,8 @@
 """The training loop: one loop for every objective and family, on ``accelerate``.
 
-Per optimiser step: a batch of ``[B, K]`` groups → latents and conditioning (from images or the
-latent cache) → one noise and one time per group → the policy's denoising errors (one forward
-for all ``B·K`` images) and, for objectives that need it, the reference's (LoRA disabled, or a
-frozen copy) → the objective's loss. See :func:`train`.
+Per optimiser step: a batch of ``[B, K]`` groups → the objective's preference step
+(:mod:`diffalign.steps`: latents and conditioning, noisy latents, the errors of the policy and,
+for objectives that need it, of the reference) → the objective's loss → backward. See :func:`train`.
 """
 
 from __future__ import annotations
@@ -19,10 +18,10 @@ from tqdm.auto import tqdm
 
 from diffalign import stopping
 from diffalign.config import TrainConfig, save_config, to_dict, torch_dtype
-from diffalign.data.loader import GroupDataset, collate_groups, family_inputs, loader_workers
+from diffalign.data.loader import GroupDataset, collate_groups, loader_workers
 from diffalign.errors import DiffalignError
 from diffalign.families.reference import Reference
-from diffalign.objectives.base import PreferenceTerms
+from diffalign.steps import STEPS, group_generators
 from diffalign.training import checkpoint, run_folder
 from diffalign.training.checks import preflight
 from diffalign.training.lean_layers import lean_layers
@@ -148,6 +147,7 @@ class Trainer:
             denoiser.requires_grad_(True)
         denoiser.train()
         self.reference = Reference(denoiser, lora, dtype=weight_dtype) if self.objective.needs_reference else None
+        self.step = STEPS[self.objective.step](self.family, self.objective, self.reference, self.data.group_size)
         if config.lean_layers:
             lean_layers(denoiser)
         if config.gradient_checkpointing:
@@ -181,29 +181,8 @@ class Trainer:
         """Loss and metrics of one batch (``None`` when every group in it was unreadable)."""
         if not batch["ids"]:
             return None
-        if not self.objective.needs_captions:
-            k = self.data.group_size
-            batch = {**batch, "captions": [[p] * k for p in batch["prompts"]]}
-        family = self.family
-        # One generator per group, seeded by (seed, epoch, row): a group's VAE sample, noise and
-        # time do not depend on the batch it landed in, on the number of processes, or on a resume.
-        gen = [torch.Generator().manual_seed(_group_seed(self.config.seed, self.epoch, i)) for i in batch["indices"]]
-        latents, cond = family_inputs(family, batch, generator=gen)
-        noise, t = family.sample_noise_and_time(latents, generator=gen)
-        ref_err = None
-        if self.reference is not None:
-            # The reference runs first: its no-grad activations are freed before the policy's
-            # graph is built, so peak memory is the larger of the two, not their sum.
-            with self.reference.active() as reference:
-                ref_err = family.denoising_error(reference, latents, cond, noise, t)
-        policy_err = family.denoising_error(self.model, latents, cond, noise, t)
-        device = policy_err.device
-        terms = PreferenceTerms(
-            policy_err=policy_err, ref_err=ref_err, t=t,
-            ranks=None if batch.get("ranks") is None else batch["ranks"].to(device),
-            scores=None if batch.get("scores") is None else batch["scores"].to(device),
-        )
-        return self.objective.loss(terms)
+        generators = group_generators(self.config.seed, self.epoch, batch["indices"])
+        return self.objective.loss(self.step(self.model, batch, generators))
 
     # ----------------------------------------------------------------------------- loop
     def run(self, on_step=None) -> TrainResult:
@@ -398,10 +377,6 @@ def compiler_options(config: TrainConfig):
     import torch._functorch.config as functorch_config
 
     return functorch_config.patch(activation_memory_budget=config.compile_memory_budget)
-
-
-def _group_seed(seed: int, epoch: int, index: int) -> int:
-    return ((seed * 1_000_003 + epoch) * 1_000_003 + index) % (2**63)
 
 
 def _flat(tree: dict, prefix: str = "") -> dict:

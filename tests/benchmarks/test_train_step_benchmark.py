@@ -97,9 +97,7 @@ def test_naive_loss_equals_the_batched_diffusion_dpo_loss(tiny_path, tmp_path):
     family = naive.family
     gen = torch.Generator().manual_seed(7)
     latents = family.encode_images(batch["pixels"], gen)
-    from diffalign.data.loader import image_info
-
-    cond = family.encode_prompts(batch["prompts"], group_size=2, image_info=image_info(batch, (32, 32)))
+    cond = family.encode_prompts(batch["prompts"], group_size=2, image_info=family.image_info(batch, (32, 32)))
     noise, t = family.sample_noise_and_time(latents, gen)
     policy = family.denoising_error(family.denoiser, latents, cond, noise, t)
     ref = family.denoising_error(naive.reference, latents, cond, noise, t)

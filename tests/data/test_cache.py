@@ -8,7 +8,8 @@ from safetensors.torch import load_file
 import torch
 from pickapic_source import jpeg
 
-from diffalign.data import GroupDataset, collate_groups, family_inputs
+from diffalign.data import GroupDataset, collate_groups
+from diffalign.data.schema import image_texts
 from diffalign.data.cache import CacheMismatchError, LatentCache, build_cache
 from diffalign.data.writer import ShardWriter
 from diffalign.families import load
@@ -33,9 +34,15 @@ def prefs(tmp_path):
     return tmp_path / "prefs"
 
 
+def _inputs(family, batch, generator=None):
+    """A row's own captions when it has them, as the cache encodes them."""
+    texts = [image_texts(p, c, 2, c is not None) for p, c in zip(batch["prompts"], batch["captions"])]
+    return family.inputs(batch, texts, generator=generator)
+
+
 def _error(family, batch, seed):
     gen = torch.Generator().manual_seed(seed)
-    latents, cond = family_inputs(family, batch, generator=gen)
+    latents, cond = _inputs(family, batch, generator=gen)
     noise, t = family.sample_noise_and_time(latents, generator=gen)
     with torch.no_grad():
         return family.denoising_error(family.denoiser, latents, cond, noise, t)
@@ -64,7 +71,7 @@ def test_cached_equals_uncached(kind, tiny_path, prefs):
 def test_sdxl_time_ids_come_from_the_recorded_crop(tiny_path, prefs):
     family = load(tiny_path("sdxl"))
     batch = collate_groups([GroupDataset(prefs, resolution=RES)[0]])
-    _, cond = family_inputs(family, batch)
+    _, cond = _inputs(family, batch)
     # 48×32 (w×h) → 48×32 already has its short side at 32: centre crop left = 8.
     assert cond.time_ids[0, 0].tolist() == [32, 48, 0, 8, 32, 32]
 

@@ -1,0 +1,67 @@
+"""A preference *step*: one batch of ``[B, K]`` groups → :class:`PreferenceTerms`, using family
+operations only (DESIGN.md §3.7). The trainer's loop is ``terms = step(model, batch)``,
+``objective.loss(terms)``, backward; each objective names its step (``Objective.step``).
+
+Shared here: which text conditions which image (:func:`~diffalign.data.schema.image_texts`, asked
+with the objective's ``needs_captions``), one random generator per group, and the errors of policy
+and reference on given noisy latents.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import torch
+from torch import Tensor
+
+from diffalign.data.schema import image_texts
+from diffalign.objectives.base import PreferenceTerms
+
+
+def group_generators(seed: int, epoch: int, indices: list[int]) -> list[torch.Generator]:
+    """One generator per group, seeded by ``(seed, epoch, row)``: a group's VAE sample, noise and
+    time do not depend on the batch it landed in, on the number of processes, or on a resume."""
+    return [torch.Generator().manual_seed(((seed * 1_000_003 + epoch) * 1_000_003 + i) % (2**63)) for i in indices]
+
+
+class PreferenceStep:
+    """Base class. A subclass sets ``name`` and implements :meth:`__call__`.
+
+    Args:
+        family: the loaded :class:`~diffalign.families.base.ModelFamily`.
+        objective: the objective whose terms this step makes (its config may carry step options).
+        reference: a :class:`~diffalign.families.reference.Reference`, or ``None`` for
+            reference-free objectives.
+        group_size: the dataset's ``K``.
+    """
+
+    name: ClassVar[str]
+
+    def __init__(self, family, objective, reference, group_size: int):
+        self.family, self.objective, self.reference, self.group_size = family, objective, reference, group_size
+
+    def __call__(self, model, batch: dict, generator: list[torch.Generator]) -> PreferenceTerms:
+        """Terms of one batch; ``model`` is the (possibly wrapped) policy denoiser."""
+        raise NotImplementedError
+
+    def inputs(self, batch: dict, generator) -> tuple[Tensor, object]:
+        """``(latents [B, K, *latent], cond)`` of a batch, each image conditioned on its text."""
+        texts = [image_texts(prompt, captions, self.group_size, self.objective.needs_captions)
+                 for prompt, captions in zip(batch["prompts"], batch["captions"])]
+        return self.family.inputs(batch, texts, generator=generator)
+
+    def errors(self, model, batch: dict, latents: Tensor, cond, noise: Tensor, t: Tensor) -> PreferenceTerms:
+        """Policy and (when the objective needs it) reference errors at ``add_noise(latents, noise, t)``."""
+        family, ref_err = self.family, None
+        if self.reference is not None:
+            # The reference runs first: its no-grad activations are freed before the policy's
+            # graph is built, so peak memory is the larger of the two, not their sum.
+            with self.reference.active() as reference:
+                ref_err = family.denoising_error(reference, latents, cond, noise, t)
+        policy_err = family.denoising_error(model, latents, cond, noise, t)
+        device = policy_err.device
+        return PreferenceTerms(
+            policy_err=policy_err, ref_err=ref_err, t=t,
+            ranks=None if batch.get("ranks") is None else batch["ranks"].to(device),
+            scores=None if batch.get("scores") is None else batch["scores"].to(device),
+        )
