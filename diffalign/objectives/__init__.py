@@ -22,11 +22,14 @@ from .base import (
 )
 from .dcpo import DCPO, DCPOConfig
 from .diffusion_dpo import DiffusionDPO, DiffusionDPOConfig
+from .inpo import InPO, InPOConfig
 from .mapo import MaPO, MaPOConfig
 from .rank_dpo import RankDPO, RankDPOConfig
 from .sft import SFT, SFTConfig
+from .smpo import SmPO, SmPOConfig
 
-OBJECTIVES = {"diffusion_dpo": DiffusionDPO, "mapo": MaPO, "dcpo": DCPO, "rank_dpo": RankDPO, "sft": SFT}
+OBJECTIVES = {"diffusion_dpo": DiffusionDPO, "mapo": MaPO, "dcpo": DCPO, "rank_dpo": RankDPO, "sft": SFT,
+              "inpo": InPO, "smpo": SmPO}
 
 
 def objective_class(name: str) -> type[Objective]:
@@ -73,7 +76,7 @@ def build_objective(spec: Mapping[str, Any]) -> Objective:
 
 __all__ = [
     "DCPO", "METRIC_NAMES", "MaPO", "OBJECTIVES", "SFT", "DCPOConfig", "DiffusionDPO", "DiffusionDPOConfig",
-    "MaPOConfig", "Objective", "ObjectiveDataError", "ObjectiveOutput", "PreferenceTerms", "RankDPO",
-    "RankDPOConfig", "SFTConfig", "build_objective", "describe_config", "objective_class",
-    "objective_config_dataclass", "pair_metrics", "prepare_terms", "require_reference",
+    "InPO", "InPOConfig", "MaPOConfig", "Objective", "ObjectiveDataError", "ObjectiveOutput", "PreferenceTerms",
+    "RankDPO", "RankDPOConfig", "SFTConfig", "SmPO", "SmPOConfig", "build_objective", "describe_config",
+    "objective_class", "objective_config_dataclass", "pair_metrics", "prepare_terms", "require_reference",
 ]

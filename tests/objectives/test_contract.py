@@ -19,14 +19,16 @@ def group_size(cls) -> int:
 
 
 def make_terms(cls, seed=0, with_ref=True, k=None):
-    """float64 errors near 0.1 with small gaps, so every margin stays moderate and differences are visible."""
+    """float64 errors near 0.1 with small gaps, so every margin stays moderate and differences are visible;
+    descending scores (best first, 1 apart) for objectives that need scores."""
     gen = torch.Generator().manual_seed(seed)
     k = k or max(group_size(cls), 4 if cls.max_group_size is None and cls.needs_ranks else 0)
     policy = (0.1 + 1e-4 * torch.randn(B, k, generator=gen, dtype=torch.float64)).requires_grad_()
     ref = (policy.detach() + 1e-4 * torch.randn(B, k, generator=gen, dtype=torch.float64)).requires_grad_()
     ranks = torch.arange(k).expand(B, k)
+    scores = (22.0 - torch.arange(k, dtype=torch.float64)).expand(B, k) if cls.needs_scores else None
     return policy, ref, PreferenceTerms(policy_err=policy, ref_err=ref if with_ref else None,
-                                        t=torch.rand(B, generator=gen), ranks=ranks)
+                                        t=torch.rand(B, generator=gen), ranks=ranks, scores=scores)
 
 
 ITEMS = sorted(OBJECTIVES.items())
@@ -45,8 +47,8 @@ def test_registry_is_consistent(entry):
     assert type(built) is cls and built.config == cls.Config()
 
 
-def test_registry_holds_the_five_objectives():
-    assert set(OBJECTIVES) == {"diffusion_dpo", "mapo", "dcpo", "rank_dpo", "sft"}
+def test_registry_holds_the_seven_objectives():
+    assert set(OBJECTIVES) == {"diffusion_dpo", "mapo", "dcpo", "rank_dpo", "sft", "inpo", "smpo"}
 
 
 def test_finite_scalar_loss_and_detached_metrics(entry):
@@ -78,7 +80,8 @@ def test_loss_falls_when_the_preferred_error_falls(entry):
     better[:, 0] -= 1e-4
     obj = cls()
     before = obj.loss(terms).loss.item()
-    after = obj.loss(PreferenceTerms(policy_err=better, ref_err=ref, ranks=terms.ranks)).loss.item()
+    after = obj.loss(PreferenceTerms(policy_err=better, ref_err=ref, ranks=terms.ranks,
+                                     scores=terms.scores)).loss.item()
     assert after < before
 
 
@@ -95,7 +98,7 @@ def test_reference_use_matches_the_declaration(entry):
 
 def test_check_data_rejects_a_wrong_group_size_by_name(entry):
     _, cls = entry
-    cls.check_data(group_size=group_size(cls), has_captions=True, has_ranks=True)
+    cls.check_data(group_size=group_size(cls), has_captions=True, has_ranks=True, has_scores=True)
     bad = cls.max_group_size + 2 if cls.max_group_size is not None else cls.min_group_size - 1
     with pytest.raises(ObjectiveDataError, match=cls.name):
         cls.check_data(group_size=bad, has_captions=True, has_ranks=True)
@@ -116,7 +119,7 @@ def test_half_precision_inputs_give_a_float32_loss(entry):
     _, cls = entry
     policy, ref, terms = make_terms(cls)
     half = PreferenceTerms(policy_err=policy.detach().bfloat16().requires_grad_(), ref_err=ref.detach().bfloat16(),
-                           ranks=terms.ranks)
+                           ranks=terms.ranks, scores=terms.scores)
     out = cls().loss(half)
     assert out.loss.dtype == torch.float32 and torch.isfinite(out.loss)
 

@@ -57,6 +57,8 @@ def test_first_line_is_an_existing_command_that_makes_the_data(path):
     config = yaml.safe_load(path.read_text())
     if args.command == "make-tiny":
         assert config["data"]["path"].startswith(f"{args.out}/") and config["model"]["path"] == f"./{args.out}/model"
+    elif args.command == "score":  # scores written into a copy of a dataset (SmPO's labels)
+        assert args.into == Path(config["data"]["path"])
     else:
         assert args.out == config["data"]["path"]
 

@@ -1,0 +1,99 @@
+"""InPO: "Inversion Preference Optimization with Reparametrized DDIM for Efficient Diffusion Model Alignment".
+
+Lu et al., CVPR 2025, https://arxiv.org/abs/2503.18454 (official code: JaydenLyh/InPO ``train.py``,
+a Salesforce DiffusionDPO ``train.py`` fork).
+
+The paper treats the model as a one-step generator of x0 from each x_t and gives the implicit
+reward to the pair (x0, x_t); the ``x_t`` it trains on is the DDIM *inversion* of the image, not a
+forward-noised sample. The loss is then Diffusion-DPO's reference form on those latents, per pair
+(column 0 = preferred w, the dataset's label; column 1 = rejected l)::
+
+    margin = −(β/2)·[(err_θ(w) − err_θ(l)) − (err_ref(w) − err_ref(l))],   loss = mean_B −log σ(margin)
+
+where ``err = mean_CHW ‖τ − ε̂(x̃_t, t)‖²`` on the inverted latent ``x̃_t`` with its implied noise
+``τ = (x̃_t − a_t·x0)/s_t`` as target. This module is only that arithmetic (it reuses
+:func:`~diffalign.objectives.diffusion_dpo.dpo_margin`); the inversion belongs to the
+``"inversion"`` trainer step (``step = "inversion"``), which hands over the errors.
+
+Defaults, from the official launchers (``examples/sd15.sh``, ``examples/sdxl.sh``): β = 2000 for
+SD1.5 (``--beta_dpo 2000``); **SDXL uses β = 5000**. Same ½β convention and mean-over-elements
+errors as diffalign's Diffusion-DPO, so the official β carries over. The rest of the official
+recipe, for reference: 8 GPUs × batch 1 × accumulation 128 = 1,024 pairs per step, 400 steps with
+200 warm-up steps (``constant_with_warmup``), lr 1e-8 × ``--scale_lr`` = 1.024e-5, SD1.5 started
+from an SFT UNet that is not distributed.
+
+Inversion, as officially run: S = 10 DDIM-inversion steps on a fixed grid over the whole schedule
+(t ∈ [0, 1] here), plain DDIM (one model call per step, no ReNoise), a noise kick
+``z ← z + η·σ_DDIM·n`` after each step with η = 0.1, the current **policy** model (no gradient), no
+classifier-free guidance. The ``inversion`` block of this config (:class:`~diffalign.inversion.
+InversionConfig`, read by the step, not by the loss) defaults to that, with one change: every pair
+takes ``steps = 6`` steps from 0 to its own t, the official grid's mean number of steps below a
+uniform t (6.38), so the cost per pair is the official one and the grid is finer at small t.
+
+Deviations:
+- diffalign inverts **exactly to the sampled t** (a grid ending at t). The official code applies
+  the grid points of diffusers' ``DDIMInverseScheduler`` below t, so the latent stops at a grid
+  level up to one grid spacing from t (≈ 100 timesteps at S = 10, ≈ 200 at SmPO's S = 5; the first
+  step also queries the model at a negative timestep) while the model is told t and τ uses t.
+- the official code takes the timestep (and more) of the first item of a batch for the whole
+  batch, so only a per-device batch of 1 is right; here every pair has its own t.
+
+ε-prediction only: both InPO and SmPO assert ``prediction_type == "epsilon"``. diffalign keeps each
+family's own parameterisation (as its Diffusion-DPO does), which rescales the errors by a factor
+shared by w and l, i.e. multiplies β per group:
+
+- v-prediction, ``x_t = a_t·x0 + s_t·ε`` with ``a_t² + s_t² = 1`` and ``v = a_t·ε − s_t·x0``. At a
+  fixed ``x_t`` the clean estimate is ``x̂0 = (x_t − s_t·ε̂)/a_t``, so
+  ``v̂ = a_t·ε̂ − s_t·x̂0 = (a_t²·ε̂ + s_t²·ε̂ − s_t·x_t)/a_t = (ε̂ − s_t·x_t)/a_t`` and likewise
+  ``v = (ε − s_t·x_t)/a_t``; hence ``v̂ − v = (ε̂ − ε)/a_t`` and ``err_v = err_ε / a_t²``
+  (``a_t² = ᾱ_t``): β on v-errors acts as ``β/ᾱ_t`` on ε-errors.
+- rectified flow, ``x_σ = (1 − σ)·x0 + σ·ε`` and ``v = ε − x0``. At a fixed ``x_σ``,
+  ``x̂0 = (x_σ − σ·ε̂)/(1 − σ)`` gives ``v̂ = ε̂ − x̂0 = (ε̂ − x_σ)/(1 − σ)``; hence
+  ``v̂ − v = (ε̂ − ε)/(1 − σ)`` and ``err_v = err_ε / (1 − σ)²``: β acts as ``β/(1 − σ)²``.
+  (The implied flow target of an inverted ``x̃_σ`` is ``v* = (x̃_σ − x0)/σ``.)
+
+At θ = ref the margin is 0 and the loss is exactly ln 2 per pair.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ..inversion import InversionConfig
+from .base import Objective, ObjectiveOutput, PreferenceTerms, pair_metrics, prepare_terms, require_reference
+from .diffusion_dpo import dpo_margin, dpo_pair_loss
+
+
+@dataclass
+class InPOConfig:
+    """``beta``: KL strength for mean-over-elements errors (official: 2000 SD1.5, 5000 SDXL);
+    ``inversion``: how the step inverts each image (see the module docstring)."""
+
+    beta: float = 2000.0
+    inversion: InversionConfig = field(default_factory=lambda: InversionConfig(steps=6, eta=0.1))
+
+    def __post_init__(self):
+        if not self.beta > 0:
+            raise ValueError(f"beta must be positive, got {self.beta}")
+
+
+class InPO(Objective):
+    """InPO on pairs (``K = 2``) of inverted latents; needs the reference model's errors."""
+
+    name = "inpo"
+    Config = InPOConfig
+    needs_reference = True
+    min_group_size = 2
+    max_group_size = 2
+    step = "inversion"
+
+    def loss(self, terms: PreferenceTerms) -> ObjectiveOutput:
+        """``terms.policy_err``, ``terms.ref_err``: ``[B, 2]`` on inverted latents. Mean over the B pairs."""
+        require_reference(self.name, terms)
+        terms = prepare_terms(self.name, terms, min_k=2, max_k=2)
+        margin = dpo_margin(terms.policy_err, terms.ref_err, self.config.beta)
+        loss = dpo_pair_loss(margin, "sigmoid").mean()
+        return ObjectiveOutput(loss, pair_metrics(terms.policy_err, terms.ref_err, margin, loss))
+
+
+__all__ = ["InPO", "InPOConfig"]
