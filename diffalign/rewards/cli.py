@@ -10,6 +10,9 @@ own prompts (or per-image captions).
 Output columns: ``image`` (path relative to the folder, or ``<row id>/<k>``), ``prompt``, and one
 column per reward named by its label (``pickscore``, ``hpsv2.1``, ``clip_score[<backbone>]``...).
 The file also records which weights each label came from and per-reward mean, std and count.
+
+``--into OUT`` (a preference dataset and one ``--reward``) writes a new preference dataset instead:
+the same rows with their ``scores`` column filled (see :mod:`diffalign.rewards.into_dataset`).
 """
 
 from __future__ import annotations
@@ -208,8 +211,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="prompts file for a folder: .txt (one line per image, sorted order), .json or .jsonl")
     parser.add_argument("--prompt", default=None, help="one prompt for every image of the folder")
     add_reward_arguments(parser, several=True)
-    parser.add_argument("--out", type=Path, default=Path("scores.parquet"),
+    parser.add_argument("--out", type=Path, default=None,
                         help="where to write the scores: .parquet or .json (default: scores.parquet)")
+    parser.add_argument("--into", type=Path, default=None, metavar="OUT",
+                        help="with a preference dataset and one --reward: write a new dataset at OUT, the same rows "
+                        "with their scores column filled by the reward (resumable; the source is not changed)")
+    parser.add_argument("--shard-size", type=int, default=1000,
+                        help="with --into: rows per Parquet shard, the unit of resumption (default: 1000)")
+    parser.add_argument("--overwrite", action="store_true", help="with --into: discard what OUT holds and start again")
     parser.add_argument("--strict", action="store_true", help="fail on an unreadable image instead of skipping it")
 
 
@@ -217,6 +226,10 @@ def run(args: argparse.Namespace) -> int:
     from diffalign.data.schema import MANIFEST, SchemaError
     from diffalign.rewards import RewardLoadError, reward_class
 
+    if args.into is not None:
+        return run_into(args)
+    if args.out is None:
+        args.out = Path("scores.parquet")
     if args.out.suffix not in (".parquet", ".json"):
         print(f"error: --out must end in .parquet or .json, got {args.out.name}", file=sys.stderr)
         return 1
@@ -238,4 +251,57 @@ def run(args: argparse.Namespace) -> int:
     write_scores(args.out, rows, meta)
     means = ", ".join(f"{label} {s['mean']:.4g}" for label, s in meta["summary"].items() if s["mean"] is not None)
     print(f"scored {len(rows)} images ({len(skipped)} unreadable skipped): {means}; written to {args.out}")
+    return 0
+
+
+def _into_problem(args: argparse.Namespace) -> str | None:
+    """What is wrong with the options of ``--into``, or ``None``."""
+    from diffalign.data.schema import MANIFEST
+
+    if len(args.reward) != 1:
+        return (f"--into fills the one scores column of a dataset: give exactly one --reward (got {len(args.reward)}: "
+                f"{', '.join(args.reward)}); to compare several, write them to a file with --out instead")
+    if args.out is not None:
+        return "--into writes a dataset and --out a scores file: give one of them"
+    if args.prompts is not None or args.prompt is not None:
+        return "--into scores a preference dataset, which supplies its own prompts: drop --prompts/--prompt"
+    if not (args.images / MANIFEST).is_file():
+        what = "an unfinished build" if (args.images / ".progress.json").exists() else (
+            "a plain folder" if args.images.is_dir() else "not a folder")
+        return (f"--into needs --images to be a preference dataset (a folder with {MANIFEST}); {args.images} is {what}. "
+                "Build a dataset first (e.g. `diffalign build pick-a-pic ... --out DATASET`), or, for a folder of "
+                "images, drop --into and write a scores file with --out")
+    if args.shard_size < 1:
+        return f"--shard-size must be at least 1, got {args.shard_size}"
+    return None
+
+
+def run_into(args: argparse.Namespace) -> int:
+    """``--into``: a copy of the dataset ``--images`` with ``scores`` by the one ``--reward``."""
+    from diffalign import stopping
+    from diffalign.data.schema import SchemaError
+    from diffalign.data.writer import BuildError
+    from diffalign.rewards import RewardLoadError
+    from diffalign.rewards.into_dataset import DROP_REASON, check_target, score_into_dataset
+
+    problem = _into_problem(args)
+    try:
+        if problem:
+            raise ScoreInputError(problem)
+        check_target(args.images, args.into, args.overwrite)  # before gigabytes of weights load
+        reward = load_rewards_from_args(args)[0]
+        with stopping.stop_requests():  # SIGTERM/Ctrl-C: keep the shards written, resume on the next run
+            manifest = score_into_dataset(
+                args.images, args.into, reward, weights=str(args.model or reward.default_id), dtype=args.dtype,
+                batch_size=args.batch_size, strict=args.strict, shard_size=args.shard_size, overwrite=args.overwrite,
+                progress=not args.no_progress)
+    except (ScoreInputError, RewardLoadError, SchemaError, BuildError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    counts = manifest["counts"]
+    skipped = counts["dropped"].get(DROP_REASON, 0)
+    overwritten = manifest["scores_from"]["overwritten_rows"]
+    print(f"scored {counts.get('images_scored', 0)} images of {manifest['rows']} rows with {reward.label} "
+          f"({skipped} row(s) with an unreadable image skipped"
+          + (f"; {overwritten} row(s) had scores, replaced" if overwritten else "") + f"); written to {args.into}")
     return 0

@@ -154,3 +154,179 @@ def test_the_runnable_script(folder, tiny_clip_dir, tmp_path):
     )
     assert result.returncode == 0, result.stderr
     assert len(json.loads(out.read_text())["scores"]) == 5
+
+
+# ----------------------------------------------------------------------------- --into
+def _tree(folder: Path) -> dict:
+    """``relative path -> bytes`` of every file under ``folder`` (to show it is unchanged)."""
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture
+def source(tmp_path):
+    """Five rows in three shards: bytes, captions + old scores, images stored as paths, a corrupt
+    image (r3), and bytes again."""
+    from diffalign.data.writer import ShardWriter
+
+    images = [png_bytes(im) for im in smooth_images(8)]
+    root = tmp_path / "prefs"
+    (root / "images").mkdir(parents=True)
+    (root / "images" / "e.png").write_bytes(images[4])
+    (root / "images" / "f.png").write_bytes(images[5])
+
+    def raw(i):
+        return {"bytes": images[i], "path": None}
+
+    rows = [
+        {"id": "r0", "prompt": "a cat", "images": [raw(0), raw(1)], "scores": None, "ranks": [0, 1], "captions": None},
+        {"id": "r1", "prompt": "a dog", "images": [raw(2), raw(3)], "scores": [1.0, 0.0], "ranks": [0, 1],
+         "captions": ["a dog, sharp", "a dog, blurry"]},
+        {"id": "r2", "prompt": "a tree", "images": [{"bytes": None, "path": "images/e.png"},
+                                                     {"bytes": None, "path": "images/f.png"}],
+         "scores": None, "ranks": [0, 0], "captions": None},
+        {"id": "r3", "prompt": "a car", "images": [raw(6), {"bytes": b"not an image", "path": None}],
+         "scores": None, "ranks": [0, 1], "captions": None},
+        {"id": "r4", "prompt": "a house", "images": [raw(7), raw(0)], "scores": None, "ranks": [0, 1], "captions": None},
+    ]
+    writer = ShardWriter(root, builder="test-builder", options={"origin": "handmade"}, shard_size=2)
+    for position, row in enumerate(rows):
+        writer.add({**row, "source": "test", "meta": json.dumps({"n": position})})
+        writer.advance(position + 1)
+    writer.finish({"group_size": 2, "reward_models": [{"label": "old", "weight": 1.0}]})
+    return root
+
+
+def _into(source, out, model, *extra) -> int:
+    return _score("--reward", "pickscore", "--model", model, "--images", source, "--into", out, *extra)
+
+
+def test_into_writes_the_scores_into_a_new_dataset(source, tmp_path, tiny_clip_dir, capsys):
+    from diffalign.data import PreferenceDataset
+
+    before = _tree(source)
+    out = tmp_path / "scored"
+    assert _into(source, out, tiny_clip_dir, "--batch-size", 3, "--shard-size", 2) == 0
+    said = capsys.readouterr().out
+    assert "scored 8 images of 4 rows" in said and "1 row(s) with an unreadable image skipped" in said
+    assert "1 row(s) had scores, replaced" in said
+    assert _tree(source) == before  # the source is only read
+
+    # The same images scored into a separate file (captions where the row has them).
+    assert _score("--reward", "pickscore", "--model", tiny_clip_dir, "--images", source,
+                  "--out", tmp_path / "s.parquet") == 0
+    table = pq.read_table(tmp_path / "s.parquet")
+    separate = dict(zip(table.column("image").to_pylist(), table.column("pickscore").to_pylist()))
+
+    src = PreferenceDataset.open(source)
+    src_rows = {row["id"]: row for row in src}
+    scored = PreferenceDataset.open(out)  # what training opens
+    rows = list(scored)
+    assert [row["id"] for row in rows] == ["r0", "r1", "r2", "r4"]
+    for row in rows:
+        old = src_rows[row["id"]]
+        assert len(row["scores"]) == len(row["images"]) == 2
+        assert row["scores"] == pytest.approx([separate[f"{row['id']}/{k}"] for k in range(2)], abs=1e-5)
+        assert row["scores"][0] != pytest.approx(row["scores"][1], abs=1e-3)  # so image order shows
+        assert 0 < row["scores"][0] < 25  # the reward's own scale (exp(logit_scale) · cos), not [1, 0]
+        for key in ("prompt", "ranks", "captions", "source", "meta"):
+            assert row[key] == old[key], key
+        assert [im["bytes"] for im in row["images"]] == [src.image_bytes(im) for im in old["images"]]
+    manifest = scored.manifest
+    assert manifest["builder"] == "score-into" and manifest["group_size"] == 2
+    assert manifest["reward_models"] == [{"label": "pickscore", "name": "pickscore", "weights": str(tiny_clip_dir),
+                                          "weight": 1.0}]
+    assert manifest["scores_from"]["overwritten_rows"] == 1
+    assert manifest["scores_from"]["previous_reward_models"] == [{"label": "old", "weight": 1.0}]
+    assert manifest["source_dataset"]["builder"] == "test-builder"
+    assert manifest["source_dataset"]["options"] == {"origin": "handmade"}
+    assert manifest["counts"]["dropped"] == {"unreadable_image": 1} and manifest["skipped_rows"] == ["r3"]
+    assert len(manifest["shards"]) == 2
+
+    # Self-contained: readable with the source gone.
+    import shutil
+
+    from diffalign.data.images import decode
+
+    shutil.rmtree(source)
+    again = PreferenceDataset.open(out)
+    assert all(decode(again.image_bytes(im)) for row in again for im in row["images"])
+    assert all(row["scores"] is not None for row in again)
+
+
+def test_into_strict_stops_at_an_unreadable_image(source, tmp_path, tiny_clip_dir, capsys):
+    out = tmp_path / "scored"
+    assert _into(source, out, tiny_clip_dir, "--strict") == 1
+    assert "r3/1: unreadable image" in capsys.readouterr().err
+    assert not (out / "manifest.json").exists()
+
+
+def test_into_refusals(source, folder, tmp_path, tiny_clip_dir, capsys):
+    before = _tree(source)
+    out = tmp_path / "scored"
+    assert _score("--reward", "pickscore", "--reward", "hpsv2", "--images", source, "--into", out) == 1
+    assert "exactly one --reward" in capsys.readouterr().err
+    assert _into(folder, out, tiny_clip_dir) == 1
+    err = capsys.readouterr().err
+    assert "preference dataset" in err and "plain folder" in err and "--out" in err
+    assert _into(source, source, tiny_clip_dir) == 1
+    assert "is the source dataset" in capsys.readouterr().err
+    assert _into(source, source, tiny_clip_dir, "--overwrite") == 1  # --overwrite never deletes the source
+    assert _into(source, source / "scored", tiny_clip_dir) == 1
+    assert "inside the source" in capsys.readouterr().err
+    assert _into(source, tmp_path, tiny_clip_dir, "--overwrite") == 1
+    assert "around the source" in capsys.readouterr().err
+    assert _tree(source) == before and not out.exists()
+
+    from diffalign.testing import write_handmade_dataset
+
+    other = write_handmade_dataset(tmp_path / "other", [{"id": "x", "prompt": "p", "images": [
+        {"bytes": png_bytes(im), "path": None} for im in smooth_images(2)]}])
+    other_before = _tree(other)
+    assert _into(source, other, tiny_clip_dir) == 1
+    assert "already holds another dataset" in capsys.readouterr().err and _tree(other) == other_before
+    assert _into(source, folder, tiny_clip_dir) == 1  # a folder of images is not a place to write a dataset
+    assert "not empty" in capsys.readouterr().err
+    # A finished --into with other options is refused too, naming the fix.
+    assert _into(source, out, tiny_clip_dir) == 0
+    assert _into(source, out, tiny_clip_dir, "--shard-size", 3) == 1
+    assert "--overwrite" in capsys.readouterr().err
+
+
+def test_into_resumes_after_an_interruption(source, tmp_path, tiny_clip_dir, monkeypatch):
+    from diffalign.data import PreferenceDataset
+
+    class Boom(Exception):
+        pass
+
+    original = PickScore.score
+    calls = {"n": 0, "fail_at": 3}
+
+    def score(self, images, prompts):
+        calls["n"] += 1
+        if calls["n"] == calls["fail_at"]:
+            raise Boom
+        return original(self, images, prompts)
+
+    monkeypatch.setattr(PickScore, "score", score)
+    out = tmp_path / "scored"
+    options = ("--batch-size", 2, "--shard-size", 1)  # one row per call and per shard
+    with pytest.raises(Boom):
+        _into(source, out, tiny_clip_dir, *options)
+    progress = json.loads((out / ".progress.json").read_text())
+    assert len(progress["shards"]) == 2 and not (out / "manifest.json").exists()
+
+    calls.update(n=0, fail_at=None)
+    assert _into(source, out, tiny_clip_dir, *options) == 0
+    assert calls["n"] == 2  # r2, then r3 (skipped) with r4: the first two rows were not scored again
+    calls.update(n=0)
+    assert _into(source, tmp_path / "fresh", tiny_clip_dir, *options) == 0
+    assert calls["n"] == 4
+
+    resumed, fresh = PreferenceDataset.open(out), PreferenceDataset.open(tmp_path / "fresh")
+    assert resumed.column("id") == fresh.column("id") == ["r0", "r1", "r2", "r4"]
+    def flat(data):
+        return [s for row in data.column("scores") for s in row]
+
+    assert flat(resumed) == pytest.approx(flat(fresh), abs=1e-6)
+    assert resumed.manifest["counts"] == fresh.manifest["counts"]
+    assert resumed.manifest["skipped_rows"] == ["r3"]
