@@ -63,7 +63,8 @@ _MODULE_COMMANDS = {
     "score": (
         "diffalign.rewards.cli", "score images with reward models",
         "Score a folder of images, or every image of a preference dataset, with reward models (PickScore, "
-        "HPSv2/v2.1, ImageReward, CLIP score, aesthetic) and write a Parquet or JSON file of scores.",
+        "HPSv2/v2.1, ImageReward, CLIP score, aesthetic) and write a Parquet or JSON file of scores, or, with "
+        "--into OUT, a copy of a preference dataset with its scores column filled (SmPO's labels).",
     ),
     "evaluate": (
         "diffalign.evaluation.evaluate", "evaluate checkpoints: GenEval, rewards, win-rate, HTML report",

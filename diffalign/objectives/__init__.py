@@ -47,7 +47,12 @@ def describe_config(config_cls: type) -> str:
     parts = []
     for f in dataclasses.fields(config_cls):
         kind = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
-        parts.append(f"{f.name} ({kind}, default {f.default!r})")
+        default = f.default if f.default_factory is dataclasses.MISSING else f.default_factory()
+        if dataclasses.is_dataclass(default):  # a nested block: its keys with this objective's values
+            default = "{" + ", ".join(f"{k}: {v!r}" for k, v in dataclasses.asdict(default).items()) + "}"
+        else:
+            default = repr(default)
+        parts.append(f"{f.name} ({kind}, default {default})")
     return ", ".join(parts) or "no keys"
 
 

@@ -11,9 +11,10 @@ forward-noised sample. The loss is then Diffusion-DPO's reference form on those 
     margin = −(β/2)·[(err_θ(w) − err_θ(l)) − (err_ref(w) − err_ref(l))],   loss = mean_B −log σ(margin)
 
 where ``err = mean_CHW ‖τ − ε̂(x̃_t, t)‖²`` on the inverted latent ``x̃_t`` with its implied noise
-``τ = (x̃_t − a_t·x0)/s_t`` as target. This module is only that arithmetic (it reuses
-:func:`~diffalign.objectives.diffusion_dpo.dpo_margin`); the inversion belongs to the
-``"inversion"`` trainer step (``step = "inversion"``), which hands over the errors.
+``τ = (x̃_t − a_t·x0)/s_t`` as target. The arithmetic is Diffusion-DPO's, so :class:`InPO` is
+:class:`~diffalign.objectives.diffusion_dpo.DiffusionDPO` with its own defaults and another step:
+the inversion belongs to the ``"inversion"`` preference step (``step = "inversion"``), which
+hands over the errors.
 
 Defaults, from the official launchers (``examples/sd15.sh``, ``examples/sdxl.sh``): β = 2000 for
 SD1.5 (``--beta_dpo 2000``); **SDXL uses β = 5000**. Same ½β convention and mean-over-elements
@@ -60,40 +61,25 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ..inversion import InversionConfig
-from .base import Objective, ObjectiveOutput, PreferenceTerms, pair_metrics, prepare_terms, require_reference
-from .diffusion_dpo import dpo_margin, dpo_pair_loss
+from .diffusion_dpo import DiffusionDPO, DiffusionDPOConfig
 
 
 @dataclass
-class InPOConfig:
+class InPOConfig(DiffusionDPOConfig):
     """``beta``: KL strength for mean-over-elements errors (official: 2000 SD1.5, 5000 SDXL);
-    ``inversion``: how the step inverts each image (see the module docstring)."""
+    ``loss_type``: as Diffusion-DPO's (the paper: ``sigmoid``); ``inversion``: how the step inverts
+    each image (see the module docstring)."""
 
     beta: float = 2000.0
     inversion: InversionConfig = field(default_factory=lambda: InversionConfig(steps=6, eta=0.1))
 
-    def __post_init__(self):
-        if not self.beta > 0:
-            raise ValueError(f"beta must be positive, got {self.beta}")
 
-
-class InPO(Objective):
-    """InPO on pairs (``K = 2``) of inverted latents; needs the reference model's errors."""
+class InPO(DiffusionDPO):
+    """InPO on pairs (``K = 2``) of inverted latents: Diffusion-DPO's loss, the inversion step's terms."""
 
     name = "inpo"
     Config = InPOConfig
-    needs_reference = True
-    min_group_size = 2
-    max_group_size = 2
     step = "inversion"
-
-    def loss(self, terms: PreferenceTerms) -> ObjectiveOutput:
-        """``terms.policy_err``, ``terms.ref_err``: ``[B, 2]`` on inverted latents. Mean over the B pairs."""
-        require_reference(self.name, terms)
-        terms = prepare_terms(self.name, terms, min_k=2, max_k=2)
-        margin = dpo_margin(terms.policy_err, terms.ref_err, self.config.beta)
-        loss = dpo_pair_loss(margin, "sigmoid").mean()
-        return ObjectiveOutput(loss, pair_metrics(terms.policy_err, terms.ref_err, margin, loss))
 
 
 __all__ = ["InPO", "InPOConfig"]

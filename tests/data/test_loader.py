@@ -43,8 +43,18 @@ def test_items_are_best_first_resized_and_cropped(tmp_path):
     # 32×48 → shorter side 16 → 16×24 (w×h); centre crop of 16 rows from 24: top = 4.
     assert item["original_size"].tolist() == [[48, 32], [48, 32]]
     assert item["crop_top_left"].tolist() == [[4, 0], [4, 0]]
-    assert item["captions"] == ["p0", "p0"]
+    assert item["captions"] is None  # as stored: which text conditions each image is image_texts' call
     assert item["scores"].tolist() == [2.0, 1.0] and item["ranks"].tolist() == [0, 1]
+
+
+def test_image_texts_decides_which_text_conditions_each_image():
+    from diffalign.data.schema import SchemaError, image_texts
+
+    assert image_texts("a cat", ["a big cat", "a small cat"], 2, per_image=True) == ["a big cat", "a small cat"]
+    assert image_texts("a cat", ["a big cat", "a small cat"], 2, per_image=False) == ["a cat", "a cat"]
+    assert image_texts("a cat", None, 3, per_image=False) == ["a cat"] * 3
+    with pytest.raises(SchemaError, match="dual-captions"):
+        image_texts("a cat", None, 2, per_image=True)
 
 
 def test_random_crop_and_flip_are_shared_by_the_group_and_seeded(tmp_path):
