@@ -25,22 +25,38 @@ import torch
 from tqdm.auto import tqdm
 
 from diffalign.config import to_dict
+from diffalign.data.dataset import PreferenceDataset
 from diffalign.data.writer import ShardWriter
 from diffalign.evaluation.stats import paired_gain, win_rate
 from diffalign.toy.pretrain import PretrainConfig, base_model
 from diffalign.toy.reward import colour_coverage, follows_prompt, toy_reward
 from diffalign.toy.world import COLOURS, PROMPTS, parse
 
-ALL_OBJECTIVES = ("diffusion_dpo", "mapo", "dcpo", "rank_dpo", "sft")
+ALL_OBJECTIVES = ("diffusion_dpo", "mapo", "dcpo", "rank_dpo", "sft", "inpo", "smpo")
+
+TOY_REWARD_SPREAD = 0.374
+"""Max − min of the toy reward over the toy benchmark's 64 pairs at seed 0 (each run records its
+own in ``results.json`` as ``data.reward_spread``); the mean pair's gap, 0.138, gives SmPO a
+label p = 0.59."""
 
 # Per-objective training settings for the toy (LoRA rank 8): the strengths the papers use are
 # calibrated for 2000+ steps at batch 2048; a few hundred small steps need a stronger signal.
 DEFAULT_OBJECTIVES = {
     "diffusion_dpo": {"name": "diffusion_dpo", "beta": 1000.0},
-    "mapo": {"name": "mapo", "beta_mapo": 0.1, "snr_value": 0.5},
+    # Reference-free, MaPO's margin on the toy measures how hard each image is to denoise (the
+    # preferred, larger shapes are easier: saturated from step 1), and in 150 steps a stronger λ or
+    # T only unlearns the rejected images. Swept λ ∈ {0.01, 0.1, 1} × T ∈ {1e3, 1e4, 1e5}: the gain
+    # falls as λ·T grows (+0.032, +0.014, then −0.09 to −0.12), all below SFT's +0.040; only
+    # λ = 0.01 clears chance, so the toy's MaPO is close to SFT on the preferred image.
+    "mapo": {"name": "mapo", "beta_mapo": 0.01, "snr_value": 0.5},
     "dcpo": {"name": "dcpo", "beta": 1000.0},
     "rank_dpo": {"name": "rank_dpo", "beta": 1000.0},
     "sft": {"name": "sft"},
+    # Diffusion-DPO's toy β on inverted latents; the inversion as the objectives' defaults.
+    "inpo": {"name": "inpo", "beta": 1000.0},
+    # score_scale: the spread (max − min) of the toy reward over the toy's pairs, as the official
+    # code normalises PickScore by its spread over Pick-a-Pic.
+    "smpo": {"name": "smpo", "beta": 1000.0, "score_scale": TOY_REWARD_SPREAD},
 }
 
 
@@ -155,12 +171,19 @@ def align(objective: str, base: Path, data: Path, out: Path, config: BenchmarkCo
     )
     trainer = Trainer(train_config)
     curve = [(0, curve_fn(trainer.family.pipe))]
+    curve_seconds = 0.0
 
     def on_step(step, trainer):
+        nonlocal curve_seconds
         if step % config.curve_every == 0:
+            began = time.perf_counter()
             curve.append((step, curve_fn(trainer.family.pipe)))
+            curve_seconds += time.perf_counter() - began
 
+    began = time.perf_counter()
     trainer.run(on_step=on_step)
+    # Training alone: the reward-curve samples taken between steps are not the objective's cost.
+    trainer.seconds_per_step = (time.perf_counter() - began - curve_seconds) / config.train_steps
     return trainer, curve
 
 
@@ -169,6 +192,13 @@ def _summary(rewards: torch.Tensor, base_rewards: torch.Tensor, follows: torch.T
     wins = win_rate(rewards, base_rewards)
     return {"reward": float(rewards.mean()), "gain": gain.as_dict(), "gain_excludes_zero": gain.excludes_zero(),
             "win_rate": wins.as_dict(), "prompt_following": float(follows.float().mean())}
+
+
+def _step_costs(objectives: dict) -> None:
+    """Each objective's training-step time as a multiple of Diffusion-DPO's in the same run."""
+    dpo = objectives.get("diffusion_dpo")
+    for summary in objectives.values():
+        summary["step_cost_vs_dpo"] = round(summary["seconds_per_step"] / dpo["seconds_per_step"], 2) if dpo else None
 
 
 def run_benchmark(out: str | Path, config: BenchmarkConfig = BenchmarkConfig(), cache: Path | None = None,
@@ -182,6 +212,7 @@ def run_benchmark(out: str | Path, config: BenchmarkConfig = BenchmarkConfig(), 
     base = base_model(config.pretrain, cache=cache, progress=progress)
     base_pipe = _sampling_pipe(base)
     pairs, ranked = build_preference_data(base_pipe, out / "data", config)
+    pair_scores = [s for row in PreferenceDataset.open(pairs).column("scores") for s in row]
     eval_prompts, eval_seeds = _grid(config.eval_seeds_per_prompt, offset=90_000_000 + config.seed * 1_000_000)
     curve_prompts, curve_seeds = _grid(config.curve_seeds_per_prompt, offset=80_000_000)
 
@@ -197,6 +228,7 @@ def run_benchmark(out: str | Path, config: BenchmarkConfig = BenchmarkConfig(), 
         "config": to_dict(config), "base_model": str(base),
         "pretrain": json.loads((base / "pretrain.json").read_text()),
         "base": {"reward": float(base_rewards.mean()), "prompt_following": float(base_follow.float().mean())},
+        "data": {"reward_spread": round(max(pair_scores) - min(pair_scores), 4)},
         "objectives": {},
     }
     grids = {}
@@ -209,9 +241,11 @@ def run_benchmark(out: str | Path, config: BenchmarkConfig = BenchmarkConfig(), 
         rewards = toy_reward(images, eval_prompts)
         summary = _summary(rewards, base_rewards, follows_prompt(images, eval_prompts))
         summary.update({"reward_before": results["base"]["reward"], "curve": curve,
-                        "wall_seconds": round(time.time() - began, 1), "weights": str(trainer.config.output_dir)})
+                        "wall_seconds": round(time.time() - began, 1), "weights": str(trainer.config.output_dir),
+                        "seconds_per_step": round(trainer.seconds_per_step, 4)})
         results["objectives"][objective] = summary
         grids[objective] = images
+    _step_costs(results["objectives"])
     results["wall_seconds"] = round(time.time() - start, 1)
     write_report(out, results, base_images, grids, eval_prompts, config.eval_seeds_per_prompt)
     return results

@@ -8,20 +8,25 @@ from pathlib import Path
 import torch
 
 COLUMNS = ("objective", "reward before", "reward after", "gain [95% CI]", "win-rate vs base [95% CI]",
-           "prompt following", "wall s")
+           "prompt following", "step × DPO", "wall s")
 
 
 def markdown_table(results: dict) -> str:
     base = results["base"]
     lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
-    lines.append(f"| base | {base['reward']:.4f} | – | – | – | {base['prompt_following']:.2f} | – |")
+    lines.append(f"| base | {base['reward']:.4f} | – | – | – | {base['prompt_following']:.2f} | – | – |")
     for name, r in results["objectives"].items():
         g, w = r["gain"], r["win_rate"]
         lines.append(
             f"| {name} | {r['reward_before']:.4f} | {r['reward']:.4f} | {g['value']:+.4f} [{g['low']:+.4f}, {g['high']:+.4f}]"
-            f" | {w['value']:.2f} [{w['low']:.2f}, {w['high']:.2f}] | {r['prompt_following']:.2f} | {r['wall_seconds']:.0f} |"
+            f" | {w['value']:.2f} [{w['low']:.2f}, {w['high']:.2f}] | {r['prompt_following']:.2f}"
+            f" | {_times(r.get('step_cost_vs_dpo'))} | {r['wall_seconds']:.0f} |"
         )
     return "\n".join(lines) + "\n"
+
+
+def _times(ratio) -> str:
+    return "–" if ratio is None else f"{ratio:.2f}×"
 
 
 def plot_curves(results: dict, path: Path) -> None:

@@ -64,7 +64,8 @@ def test_reduced_benchmark_writes_every_field(tmp_path):
     assert saved == json.loads(json.dumps(results))
     assert set(saved["objectives"]) == set(ALL_OBJECTIVES)
     for name, r in saved["objectives"].items():
-        for key in ("reward_before", "reward", "gain", "win_rate", "prompt_following", "wall_seconds", "curve", "grid"):
+        for key in ("reward_before", "reward", "gain", "win_rate", "prompt_following", "wall_seconds", "curve", "grid",
+                    "seconds_per_step", "step_cost_vs_dpo"):
             assert key in r, (name, key)
         assert set(r["gain"]) == {"value", "low", "high"} and r["gain"]["low"] <= r["gain"]["high"]
         assert [step for step, _ in r["curve"]] == [0, 1, 2]

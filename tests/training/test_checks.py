@@ -34,7 +34,7 @@ def _both(capsys, *args) -> tuple[tuple[int, str], tuple[int, str]]:
     "overrides, message",
     [
         (["objective.name=diffusion_dop"], "unknown objective 'diffusion_dop' (did you mean 'diffusion_dpo'?)"),
-        (["objective.betta=1"], "betta: unknown key (did you mean 'beta'?)"),
+        (["objective.betta=1"], "objective.betta: unknown key (did you mean 'objective.beta'?)"),
         (["batch_size=0"], "batch_size: expected a value ≥ 1, got 0"),
         (["optim.lr=-1e-4"], "optim.lr: expected a value ≥ 0, got -0.0001"),
         (["optim.betas=[0.9,1.0]"], "optim.betas: expected a value in [0, 1), got 1.0"),
