@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Mapping
 
-from ..config import ConfigError, from_dict, lookup
+from ..typed_config import ConfigError, from_dict, lookup
 from .base import (
     METRIC_NAMES,
     Objective,

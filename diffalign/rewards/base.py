@@ -29,6 +29,11 @@ if TYPE_CHECKING:
     from diffalign.rewards.preprocess import ImageTransform
 
 
+class ScoreInputError(DiffalignError, ValueError):
+    """Images or prompts that cannot be matched up, or a dataset to score that cannot be used;
+    says which and how to fix it."""
+
+
 class RewardLoadError(DiffalignError, OSError):
     """Weights or files of a reward model that cannot be found or do not fit; names the files
     and where they were looked for."""

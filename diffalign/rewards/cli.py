@@ -27,15 +27,11 @@ from typing import Callable
 import torch
 
 from diffalign.config import DTYPE_NAMES, torch_dtype
-from diffalign.errors import DiffalignError
+from diffalign.rewards.base import ScoreInputError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 _FILE_KEYS = ("file_name", "file", "image", "path")
 _PROMPT_KEYS = ("prompt", "text", "caption")
-
-
-class ScoreInputError(DiffalignError, ValueError):
-    """Images or prompts that cannot be matched up; says which and how to fix it."""
 
 
 @dataclass

@@ -90,7 +90,7 @@ def score_into_dataset(source: str | Path, out: str | Path, reward, *, weights: 
     from diffalign.data.dataset import PreferenceDataset
     from diffalign.data.images import IMAGE_ERRORS, decode
     from diffalign.data.schema import UnsafeImagePathError
-    from diffalign.rewards.cli import ScoreInputError
+    from diffalign.rewards.base import ScoreInputError
 
     source, out = Path(source), Path(out)
     check_target(source, out, overwrite)  # before the writer: --overwrite deletes what out holds
