@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from diffalign.toy.benchmark import ALL_OBJECTIVES, BenchmarkConfig, run_benchmark
+from diffalign.toy.benchmark import ALL_OBJECTIVES, DEFAULT_OBJECTIVES, BenchmarkConfig, run_benchmark
 from diffalign.toy.pretrain import PretrainConfig, base_model
 
 TINY = PretrainConfig(images=64, vae_steps=2, unet_steps=2, batch_size=8)
@@ -54,15 +54,24 @@ def test_the_pretraining_command_remakes_a_model_that_follows_prompts(tmp_path):
         assert follows_prompt(images, prompts).float().mean() >= 0.9, folder
 
 
+def test_every_objective_is_in_the_benchmark():
+    from diffalign.objectives import OBJECTIVES
+
+    assert set(ALL_OBJECTIVES) == set(OBJECTIVES)
+    assert set(DEFAULT_OBJECTIVES) == set(OBJECTIVES)
+
+
 def test_reduced_benchmark_writes_every_field(tmp_path):
+    # One objective per kind of data and step: pairs, ranked groups, captions, inverted latents with scores.
     config = BenchmarkConfig(
+        objectives=("diffusion_dpo", "rank_dpo", "dcpo", "smpo"),
         pretrain=TINY, samples_per_prompt=4, group_size=4, inference_steps=2, train_steps=2, batch_size=2,
         eval_seeds_per_prompt=1, curve_every=1, curve_seeds_per_prompt=1,
     )
     results = run_benchmark(tmp_path / "run", config, cache=tmp_path / "cache", progress=False)
     saved = json.loads((tmp_path / "run" / "results.json").read_text())
     assert saved == json.loads(json.dumps(results))
-    assert set(saved["objectives"]) == set(ALL_OBJECTIVES)
+    assert set(saved["objectives"]) == set(config.objectives)
     for name, r in saved["objectives"].items():
         for key in ("reward_before", "reward", "gain", "win_rate", "prompt_following", "wall_seconds", "curve", "grid",
                     "seconds_per_step", "step_cost_vs_dpo"):
@@ -75,7 +84,7 @@ def test_reduced_benchmark_writes_every_field(tmp_path):
         assert width >= 8 * 128 and height >= 2 * 128  # eight prompts, before and after, each at 128 px or more
     assert 0 <= saved["base"]["prompt_following"] <= 1
     table = (tmp_path / "run" / "report.md").read_text()
-    assert all(f"| {name} |" in table for name in ALL_OBJECTIVES)
+    assert all(f"| {name} |" in table for name in config.objectives)
     assert (tmp_path / "run" / "reward_curve.png").stat().st_size > 1000
     # The preference data: pairs with captions for DCPO, ranked groups of 4 with scores.
     from diffalign.data import PreferenceDataset
