@@ -12,7 +12,6 @@ may be written ``1e-5``, which YAML 1.1 would otherwise read as a string.
 
 from __future__ import annotations
 
-import difflib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Sequence
@@ -26,7 +25,6 @@ from diffalign.typed_config import (  # noqa: F401  (re-exported: the names user
     MUST_EXIST,
     POSITIVE,
     ConfigError,
-    _build,
     bounds,
     from_dict,
     lookup,
@@ -166,40 +164,6 @@ class ValidationConfig:
     seed: int = 0
 
 
-def complete_objective(spec: dict, key: str = "objective", errors: list | None = None) -> dict:
-    """``{"name": ..., **params}`` checked against that objective's config class and returned with
-    every default filled in; problems go to ``errors`` as ``(key, message)`` (raised as one
-    :class:`ConfigError` when ``errors`` is not given)."""
-    from diffalign.objectives import OBJECTIVES, describe_config
-
-    own = [] if errors is None else errors
-    params = dict(spec)
-    name = params.pop("name", None)
-    if name not in OBJECTIVES:
-        close = difflib.get_close_matches(str(name), OBJECTIVES, n=1)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
-        own.append((f"{key}.name", f"{'missing' if name is None else f'unknown objective {name!r}'}{hint}; "
-                                   f"known objectives: {', '.join(OBJECTIVES)}"))
-        return _raise_or(spec, own, errors)
-    config_cls, first = OBJECTIVES[name].Config, len(own)
-    try:
-        config = _build(config_cls, params, key, own)
-    except (TypeError, ValueError) as err:  # the objective config's own checks (__post_init__)
-        own.append((key, f"{name}: {err}"))
-        config = None
-    if config is None:
-        accepted = f"{name} accepts: {describe_config(config_cls)}"
-        own[first:] = [(k, f"{msg}; {accepted}") for k, msg in own[first:]]
-        return _raise_or(spec, own, errors)
-    return {"name": name, **to_dict(config)}
-
-
-def _raise_or(value, own: list, errors: list | None):
-    if errors is None:
-        raise ConfigError("\n".join(f"  - {k}: {m}" for k, m in own))
-    return value
-
-
 @dataclass
 class TrainConfig:
     """Everything one training run needs."""
@@ -209,7 +173,7 @@ class TrainConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     lora: LoRAConfig | None = field(default_factory=LoRAConfig)
     objective: dict[str, Any] = field(default_factory=lambda: {"name": "diffusion_dpo"},
-                                      metadata={"complete": lambda value, key, errors: complete_objective(value, key, errors)})
+                                      metadata={"complete": lambda value, key, errors: _complete_objective(value, key, errors)})
     """``name`` plus that objective's own keys, checked against its config class when the config
     loads and filled in with its defaults (so a saved ``config.yaml`` shows every value used)."""
     output_dir: str = "outputs"
@@ -252,6 +216,12 @@ class TrainConfig:
 MAKE_FIRST = "# First:"
 """A shipped config whose model or data must be made first opens with ``# First: <command>``;
 when a path it names is missing, the error repeats that command."""
+
+
+def _complete_objective(value, key: str, errors: list):
+    from diffalign.objectives import complete_spec  # the objectives build their configs with this module's machinery
+
+    return complete_spec(value, key, errors)
 
 
 def load_config(path: str | Path, overrides: Sequence[str] = (), schema: type = TrainConfig):

@@ -121,7 +121,7 @@ def walk(
         for i in range(grid.shape[1] - 1):
             u, v = grid[:, i].to(x.device), grid[:, i + 1].to(x.device)
             rising = bool((v >= u).all())
-            x = _step(family, model, x, cond, uncond, u, v, guidance, renoise_iters if rising else 0)
+            x = _step(family, model, x, cond, uncond, u, v, guidance, rising, renoise_iters if rising else 0)
             if rising and eta > 0:
                 x = x + eta * per_group(ddim_sigma(family, u, v), x) * _randn(x, generator)
             if callback is not None:
@@ -129,12 +129,13 @@ def walk(
     return x
 
 
-def _step(family, model, x: Tensor, cond, uncond, u: Tensor, v: Tensor, guidance: float, renoise: int) -> Tensor:
+def _step(family, model, x: Tensor, cond, uncond, u: Tensor, v: Tensor, guidance: float, rising: bool,
+          renoise: int) -> Tensor:
     """One DDIM step from times ``u`` to ``v`` (``[B]``), with ``renoise`` ReNoise iterations."""
     a_u, s_u = (per_group(c, x) for c in family.noise_scales(u))
     a_v, s_v = (per_group(c, x) for c in family.noise_scales(v))
     eps, x0 = _estimate(family, model, x, u, cond, uncond, guidance)
-    if bool((v >= u).all()):
+    if rising:
         # Rising: keep ε̂ and take x̂0 consistent with the start, x̂0 = (x − s_u·ε̂)/a_u (a_u > 0 below t = 1).
         x_next = a_v * (x - s_u * eps) / a_u + s_v * eps
         estimates = []

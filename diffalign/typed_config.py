@@ -82,6 +82,13 @@ def lookup(table: dict, name: str, kind: str):
     return table[name]
 
 
+def build_checked(schema: type, data: Any, prefix: str, errors: list) -> Any:
+    """Build the dataclass ``schema`` from ``data``, appending each problem to ``errors`` as
+    ``(key, message)`` with keys under ``prefix``; ``None`` when there was one. (:func:`from_dict`
+    raises them instead; a field's ``complete`` hook uses this to check a free-form block in place.)"""
+    return _build(schema, data, prefix, errors)
+
+
 def _build(schema: type, data: Any, prefix: str, errors: list) -> Any:
     if not isinstance(data, dict):
         errors.append((prefix, f"expected a mapping of {schema.__name__} keys, got {_describe(data)}"))

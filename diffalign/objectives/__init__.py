@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Mapping
 
-from ..typed_config import ConfigError, from_dict, lookup
+from ..typed_config import ConfigError, build_checked, lookup, to_dict
 from .base import (
     METRIC_NAMES,
     Objective,
@@ -56,6 +56,41 @@ def describe_config(config_cls: type) -> str:
     return ", ".join(parts) or "no keys"
 
 
+def _configured(spec: Any, key: str, errors: list) -> tuple[type[Objective], Any] | None:
+    """The objective class named by ``spec`` and its config built from the other keys, or ``None``
+    with each problem appended to ``errors`` as ``(key, message)`` (the accepted keys named)."""
+    if not isinstance(spec, Mapping) or "name" not in spec:
+        errors.append((f"{key}.name", f"an objective spec is a mapping with a 'name' key (one of "
+                                      f"{', '.join(OBJECTIVES)}), got {spec!r}"))
+        return None
+    params = dict(spec)
+    name = params.pop("name")
+    try:
+        cls = objective_class(name)
+    except ConfigError as err:
+        errors.append((f"{key}.name", str(err)))
+        return None
+    first = len(errors)
+    try:
+        config = build_checked(cls.Config, params, key, errors)
+    except (TypeError, ValueError) as err:  # the config's own checks (__post_init__)
+        errors.append((key, f"{name}: {err}"))
+        config = None
+    if config is None:
+        accepted = f"{name} accepts: {describe_config(cls.Config)}"
+        errors[first:] = [(k, f"{message}; {accepted}") for k, message in errors[first:]]
+        return None
+    return cls, config
+
+
+def complete_spec(spec: Any, key: str = "objective", errors: list | None = None) -> Any:
+    """``spec`` checked against its objective's config class and returned with every default filled
+    in (what a saved ``config.yaml`` shows); problems go to ``errors`` (the config loader's list),
+    and ``spec`` comes back as it was."""
+    found = _configured(spec, key, [] if errors is None else errors)
+    return spec if found is None else {"name": found[0].name, **to_dict(found[1])}
+
+
 def build_objective(spec: Mapping[str, Any]) -> Objective:
     """Build an objective from ``{"name": ..., **params}``; params are checked against its Config.
 
@@ -63,25 +98,17 @@ def build_objective(spec: Mapping[str, Any]) -> Objective:
         ConfigError (a ``ValueError``): unknown name (listing the known ones), unknown key or
             wrong type (naming the key and what the config accepts), or an invalid value.
     """
-    if not isinstance(spec, Mapping) or "name" not in spec:
-        raise ConfigError(f"an objective spec is a mapping with a 'name' key (one of {', '.join(OBJECTIVES)}), "
-                          f"got {spec!r}")
-    params = dict(spec)
-    name = params.pop("name")
-    cls = objective_class(name)
-    accepted = f"{cls.Config.__name__} accepts: {describe_config(cls.Config)}"
-    try:
-        config = from_dict(cls.Config, params, source=f"objective {name!r}")
-    except ConfigError as err:
-        raise ConfigError(f"{err}\n  {accepted}") from err
-    except (TypeError, ValueError) as err:  # the config's own checks (__post_init__)
-        raise ConfigError(f"objective {name!r}: {err}; {accepted}") from err
+    errors: list = []
+    found = _configured(spec, "objective", errors)
+    if found is None:
+        raise ConfigError("invalid objective:\n" + "\n".join(f"  - {k}: {message}" for k, message in errors))
+    cls, config = found
     return cls(config)
 
 
 __all__ = [
     "DCPO", "METRIC_NAMES", "MaPO", "OBJECTIVES", "SFT", "DCPOConfig", "DiffusionDPO", "DiffusionDPOConfig",
     "InPO", "InPOConfig", "MaPOConfig", "Objective", "ObjectiveDataError", "ObjectiveOutput", "PreferenceTerms",
-    "RankDPO", "RankDPOConfig", "SFTConfig", "SmPO", "SmPOConfig", "build_objective", "describe_config",
+    "RankDPO", "RankDPOConfig", "SFTConfig", "SmPO", "SmPOConfig", "build_objective", "complete_spec", "describe_config",
     "objective_class", "objective_config_dataclass", "pair_metrics", "prepare_terms", "require_reference",
 ]
