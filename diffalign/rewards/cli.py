@@ -129,12 +129,12 @@ def _field(record: dict, names: tuple[str, ...], path: Path) -> str:
 def dataset_items(folder: Path) -> list[Item]:
     """Every image of a preference dataset, keyed ``<row id>/<k>``, with its caption or prompt."""
     from diffalign.data import PreferenceDataset
+    from diffalign.rewards.into_dataset import own_texts
 
     dataset = PreferenceDataset.open(folder)
     items = []
     for row in dataset:
-        captions = row.get("captions") or [row["prompt"]] * len(row["images"])
-        for k, (image, caption) in enumerate(zip(row["images"], captions)):
+        for k, (image, caption) in enumerate(zip(row["images"], own_texts(row))):
             items.append(Item(f"{row['id']}/{k}", caption, lambda image=image: dataset.image_bytes(image)))
     return items
 

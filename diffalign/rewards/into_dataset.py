@@ -26,6 +26,14 @@ BUILDER = "score-into"
 DROP_REASON = "unreadable_image"
 
 
+def own_texts(row: dict) -> list[str]:
+    """What each image of a dataset row is scored against: its own caption when the row has
+    captions, else the prompt (:func:`~diffalign.data.schema.image_texts`)."""
+    from diffalign.data.schema import image_texts
+
+    return image_texts(row["prompt"], row.get("captions"), len(row["images"]), row.get("captions") is not None)
+
+
 def _contains(outer: Path, inner: Path) -> bool:
     return inner == outer or inner.is_relative_to(outer)
 
@@ -108,7 +116,7 @@ def score_into_dataset(source: str | Path, out: str | Path, reward, *, weights: 
     def flush_chunk(chunk: list[tuple[int, dict, list[bytes] | None, list]]) -> None:
         images = [im for _, _, _, pil in chunk for im in pil]
         prompts = [text for _, row, stored, _ in chunk if stored is not None
-                   for text in (row.get("captions") or [row["prompt"]] * len(row["images"]))]
+                   for text in own_texts(row)]
         scores = []
         for start in range(0, len(images), batch_size):
             scores += reward.score(images[start:start + batch_size], prompts[start:start + batch_size]).tolist()
