@@ -9,7 +9,7 @@ from torch import nn
 
 from diffusers.models.activations import GEGLU
 
-from diffalign.training.lean_layers import LeanConv2d, lean_layers
+from diffalign.training.lean_layers import LeanConv2d, LeanGroupNorm, lean_layers
 
 CONFIGS = Path(__file__).resolve().parents[2] / "training" / "configs"
 
@@ -99,11 +99,13 @@ def test_swap_keeps_parameters_and_leaves_other_modules_alone():
     class MyConv(nn.Conv2d):
         pass
 
-    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.GroupNorm(2, 4), MyConv(4, 4, 1), nn.Sequential(nn.Conv1d(2, 2, 1)))
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.GroupNorm(2, 4), MyConv(4, 4, 1), nn.Sequential(nn.Conv1d(2, 2, 1)),
+                          nn.SiLU())
     keys = list(model.state_dict())
-    assert lean_layers(model) == 2
+    assert lean_layers(model) == 3
     assert type(model[0]) is LeanConv2d and isinstance(model[0], nn.Conv2d)
-    assert type(model[2]) is MyConv
+    assert type(model[1]) is LeanGroupNorm and isinstance(model[1], nn.GroupNorm)
+    assert type(model[2]) is MyConv and type(model[4]) is nn.SiLU
     assert list(model.state_dict()) == keys
 
 
@@ -147,9 +149,10 @@ def test_trainer_with_lean_layers_trains_the_same_and_saves_less(checkpointing, 
         loss.backward()
         runs[lean] = (loss.item(), [p.grad.clone() for p in trainer.trainable], sum(saved.values()))
     (loss_off, grads_off, saved_off), (loss_on, grads_on, saved_on) = runs[False], runs[True]
-    assert loss_on == loss_off
+    assert loss_on == loss_off  # the forward is the same kernels
     for a, b in zip(grads_off, grads_on, strict=True):
-        assert torch.equal(b, a)
+        # The norms remake x̂ from their output: equal to rounding (the convolutions and GEGLU: exactly).
+        torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-7)
     if not checkpointing:  # checkpointed blocks keep only their inputs either way
         assert saved_on < 0.9 * saved_off
 
@@ -209,3 +212,81 @@ def test_lean_model_pickles_by_name(tmp_path):
     assert [type(m).__name__ for m in loaded] == ["LeanConv2d", "LeanGEGLU"]
     x = torch.randn(1, 3, 4, 4)  # conv → [1, 4, 4, 4]; GEGLU acts on the last axis (4)
     assert torch.equal(loaded(x), model(x))
+
+
+NORMS = [
+    (nn.LayerNorm(16), (2, 5, 16)),
+    (nn.GroupNorm(4, 8), (2, 8, 3, 5)),
+    (nn.GroupNorm(2, 8), (2, 8, 2, 3, 5)),  # a video latent's 5-D activations
+]
+
+
+@pytest.mark.parametrize("norm, shape", NORMS, ids=["layer-norm", "group-norm", "group-norm-5d"])
+def test_frozen_norm_gradients_match_pytorch_and_only_the_output_is_saved(norm, shape):
+    """The SiLU after a ResNet's GroupNorm (or LoRA after a LayerNorm) keeps the norm's output
+    anyway; the lean norm keeps that and not its input."""
+    torch.manual_seed(0)
+    with torch.no_grad():
+        norm.weight.normal_()
+        norm.bias.normal_()
+    norm.requires_grad_(False)
+    lean = copy.deepcopy(norm)
+    assert lean_layers(lean) == 1
+    x = torch.randn(shape)
+    upstream = torch.randn(shape)
+
+    def grads(module):
+        leaf = x.clone().requires_grad_(True)
+        h = leaf * 1.5
+        out, saved = _saved_storages(lambda: torch.nn.functional.silu(module(h)))
+        (out * upstream).sum().backward()
+        return out, leaf.grad, h.untyped_storage().data_ptr() in saved
+
+    out_ref, grad_ref, saved_ref = grads(norm)
+    out_lean, grad_lean, saved_lean = grads(lean)
+    assert torch.equal(out_lean, out_ref)
+    torch.testing.assert_close(grad_lean, grad_ref, rtol=1e-5, atol=1e-6)
+    assert saved_ref and not saved_lean
+
+
+def test_norm_gradient_by_hand():
+    """LayerNorm (eps 0) of x = (0, 2) with γ = 2, β = 1: mean 1, rstd 1, x̂ = (−1, 1), y = (−1, 3).
+    Upstream (1, −1): ĝ = (2, −2), mean ĝ = 0, mean(ĝ·x̂) = −2, so
+    dx = rstd·(ĝ − mean ĝ − x̂·mean(ĝ·x̂)) = (2 − 0 − 2, −2 − 0 + 2) = (0, 0) (two values always
+    normalise to ±1). Then x = (1, 2, 3), γ = 1, upstream (1, 0, 0): rstd = √1.5,
+    x̂ = (−1, 0, 1)·√1.5, mean ĝ = ⅓, mean(ĝ·x̂) = −√1.5/3."""
+    norm = nn.LayerNorm(2, eps=0.0).requires_grad_(False)
+    with torch.no_grad():
+        norm.weight.fill_(2.0)
+        norm.bias.fill_(1.0)
+    lean_layers(nn.Sequential(norm))
+    x = torch.tensor([[0.0, 2.0]], requires_grad=True)
+    y = norm(x * 1.0)
+    assert torch.equal(y, torch.tensor([[-1.0, 3.0]]))
+    (g,) = torch.autograd.grad(y, x, torch.tensor([[1.0, -1.0]]))
+    torch.testing.assert_close(g, torch.zeros(1, 2), atol=1e-7, rtol=0)
+    norm3 = nn.LayerNorm(3, eps=0.0).requires_grad_(False)
+    lean_layers(nn.Sequential(norm3))
+    x3 = torch.tensor([[1.0, 2.0, 3.0]], requires_grad=True)
+    (g3,) = torch.autograd.grad(norm3(x3 * 1.0), x3, torch.tensor([[1.0, 0.0, 0.0]]))
+    r = 1.5 ** 0.5
+    expected = torch.tensor([[r * (1 - 1 / 3 - 1.5 / 3), r * (0 - 1 / 3), r * (0 - 1 / 3 + 1.5 / 3)]])
+    torch.testing.assert_close(g3, expected, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("case", ["trainable", "zero-gamma", "autocast"])
+def test_norms_that_cannot_remake_their_input_take_pytorchs_path(case):
+    """A trainable norm needs x̂ for γ's gradient anyway; γ = 0 cannot be divided by; under
+    autocast the consumer keeps its own low-precision copy, so saving the output saves nothing."""
+    norm = nn.GroupNorm(2, 4)
+    if case != "trainable":
+        norm.requires_grad_(False)
+    if case == "zero-gamma":
+        with torch.no_grad():
+            norm.weight[1] = 0.0
+    lean_layers(nn.Sequential(norm))
+    leaf = torch.randn(2, 4, 3, 3, requires_grad=True)
+    h = leaf * 1.0
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=case == "autocast"):
+        _, saved = _saved_storages(lambda: norm(h))
+    assert h.untyped_storage().data_ptr() in saved
