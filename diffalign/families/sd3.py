@@ -21,6 +21,7 @@ class SD3Family(ModelFamily):
     name = "sd3"
     pipeline_class = "StableDiffusion3Pipeline"
     denoiser_name = "transformer"
+    repeated_blocks = ("JointTransformerBlock",)  # diffusers' SD3 transformer names none
     text_components = ("text_encoder", "text_encoder_2", "text_encoder_3")
     default_time_sampling = "logit_normal"
     loss_weightings = ("none", "sigma_sqrt", "cosmap")
