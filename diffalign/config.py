@@ -101,9 +101,12 @@ class DataConfig:
     random_flip: bool = False
     strict: bool = False
     """``True``: an unreadable image is an error instead of being skipped and counted."""
-    cache: bool = False
+    cache: bool | Literal["auto"] = "auto"
     """Serve latents and prompt embeddings from the latent cache (``diffalign cache``); training
-    then loads neither the VAE nor the text encoders."""
+    then loads neither the VAE nor the text encoders. ``auto``: use the dataset's cache for this
+    model and resolution, building it first when it is missing or unfinished (once; later runs
+    reuse it), wherever a cache can serve the run (see :func:`diffalign.training.checks.plan_cache`);
+    ``true``: require a built cache; ``false``: encode images and prompts at every step."""
     workers: int | None = field(default=None, metadata=AT_LEAST_0)
     """DataLoader worker processes. ``None``: 4 (at most the CPU count) when a GPU trains, so image
     decoding overlaps its step; 0 on CPU, where the model already uses every core."""
@@ -185,11 +188,14 @@ class TrainConfig:
     gradient_checkpointing: bool = False
     lean_layers: bool = True
     """Frozen convolutions (all of them under LoRA) keep only their weight for backward, not their
-    input, and GEGLU feed-forwards remake ``gelu(gate)`` in backward
-    (:mod:`diffalign.training.lean_layers`): the same gradients, less activation memory.
+    input; frozen LayerNorms and GroupNorms keep their output, not their input; GEGLU
+    feed-forwards remake ``gelu(gate)`` in backward (:mod:`diffalign.training.lean_layers`): the
+    same gradients (the norms' to rounding), less activation memory, a little more backward work.
     ``False``: PyTorch's and diffusers' own layers."""
-    compile: bool = False
-    """``torch.compile`` the denoiser (the first steps are slow while it compiles)."""
+    compile: bool | Literal["regional"] = False
+    """``torch.compile`` the denoiser (the first steps are slow while it compiles): ``true`` the
+    whole model, ``regional`` only its repeated blocks (diffusers' ``compile_repeated_blocks``:
+    the transformer blocks), which compiles each distinct block once instead of the whole graph."""
     compile_memory_budget: float | None = field(default=None, metadata=bounds(0, 1, low_open=True))
     """With ``compile``: the fraction (0–1] of the activations the compiler may keep for backward;
     it recomputes the cheapest of the rest (PyTorch's memory-budget activation checkpointing).

@@ -162,7 +162,8 @@ def align(objective: str, base: Path, data: Path, out: Path, config: BenchmarkCo
     from diffalign.training import Trainer
 
     train_config = TrainConfig(
-        model=ModelConfig(path=str(base)), data=DataConfig(path=str(data), resolution=32),
+        # Uncached: the reward curve samples from the trained pipeline, which needs its text encoders.
+        model=ModelConfig(path=str(base)), data=DataConfig(path=str(data), resolution=32, cache=False),
         optim=OptimConfig(lr=config.lr, lr_scheduler="constant", weight_decay=0.0),
         lora=LoRAConfig(rank=config.lora_rank, alpha=float(config.lora_rank)),
         objective=dict(config.objective_settings[objective]), output_dir=str(out), seed=config.seed,

@@ -5,6 +5,9 @@ before anything heavy loads. ``diffalign train`` and ``diffalign check-config`` 
 from __future__ import annotations
 
 import importlib.util
+import os
+from dataclasses import dataclass
+from pathlib import Path
 
 from diffalign.config import TrainConfig
 from diffalign.data.dataset import PreferenceDataset
@@ -15,12 +18,29 @@ class StartupError(DiffalignError, ValueError):
     """A run that cannot start; the message names the fix."""
 
 
+@dataclass(frozen=True)
+class CachePlan:
+    """How a run gets its latents and prompt embeddings.
+
+    ``action``: ``"use"`` (a finished cache for this model), ``"build"`` (build it first, then
+    use it) or ``"off"`` (VAE and text encoders at every step); ``reason`` says why, for the log.
+    """
+
+    action: str
+    folder: Path
+    reason: str
+
+    @property
+    def cached(self) -> bool:
+        return self.action != "off"
+
+
 def preflight(config: TrainConfig):
     """Build the objective and check it against the data, the family, the output folder and the
     machine. Reads configs and Parquet footers, never weights.
 
     Returns:
-        ``(objective, dataset, family_name)``.
+        ``(objective, dataset, family_name, cache_plan)``.
     """
     from diffalign.families import detect_family
     from diffalign.objectives import build_objective
@@ -33,7 +53,6 @@ def preflight(config: TrainConfig):
     has_scores = all(s is not None for s in data.column("scores"))
     has_ranks = all(r is not None for r in data.column("ranks")) or has_scores
     objective.check_data(data.group_size, has_captions, has_ranks, has_scores)
-    _check_step(config, objective)
     family = config.model.family or detect_family(config.model.path, config.model.revision).family
     supported = getattr(objective, "supported_families", None)
     if supported is not None and family not in supported:
@@ -45,8 +64,7 @@ def preflight(config: TrainConfig):
         if family not in KOHYA_FAMILIES:
             raise StartupError(f"lora.formats: kohya is written for the UNet families ({', '.join(KOHYA_FAMILIES)}), "
                                f"not {family}; keep lora.formats=[diffusers]")
-    if config.data.cache:
-        _check_cache(config, family, data, has_captions and not objective.needs_captions, objective.name)
+    cache_plan = plan_cache(config, family, data, has_captions and not objective.needs_captions, objective)
     if config.optim.optimizer == "adamw_8bit" and importlib.util.find_spec("bitsandbytes") is None:
         raise StartupError("optim.optimizer: adamw_8bit needs bitsandbytes: pip install 'diffalign[bnb]'")
     if config.logging.report_to == "wandb" and importlib.util.find_spec("wandb") is None:
@@ -54,15 +72,7 @@ def preflight(config: TrainConfig):
     if config.compile_memory_budget is not None and not config.compile:
         raise StartupError(f"compile_memory_budget: {config.compile_memory_budget} needs compile: true")
     run_folder.check(config.output_dir, config.resume, config.overwrite)
-    return objective, data, family
-
-
-def _check_step(config: TrainConfig, objective) -> None:
-    """What the objective's preference step needs beyond the data."""
-    inversion = getattr(objective.config, "inversion", None)
-    if inversion is not None and inversion.guidance != 1 and config.data.cache:
-        raise StartupError(f"objective.inversion.guidance: {inversion.guidance} needs the text encoders for the empty "
-                           "prompt, which the latent cache leaves unloaded; use guidance 1 or data.cache=false")
+    return objective, data, family, cache_plan
 
 
 def _check_rows(data: PreferenceDataset) -> None:
@@ -86,14 +96,98 @@ def _check_resolution(config: TrainConfig, family: str) -> None:
             raise StartupError(f"{key}: {why}")
 
 
-def _check_cache(config: TrainConfig, family: str, data: PreferenceDataset, caption_mismatch: bool, name: str) -> None:
+def plan_cache(config: TrainConfig, family: str, data: PreferenceDataset, caption_mismatch: bool,
+               objective) -> CachePlan:
+    """Decide ``data.cache``: ``true`` requires a finished, matching cache; ``false`` trains
+    uncached; ``auto`` uses the cache wherever one can serve the run, building it when it is
+    missing or unfinished, and otherwise trains uncached and says why.
+
+    A cache holds centre-cropped, unflipped latents, and a captioned dataset's cache holds the
+    captions' embeddings; it cannot serve random crops or flips, an objective conditioned on the
+    prompt of a captioned dataset, or an inversion that needs the text encoders for guidance.
+    A cache built for another model or an older version of the dataset is an error under
+    ``auto`` too: it is the user's data, so it is never deleted or overwritten here.
+    """
+    from diffalign.data.cache import META, cache_dir
+
+    mode = config.data.cache
+    folder = cache_dir(config.data.path, family, config.data.resolution)
+    if mode is False:
+        return CachePlan("off", folder, "data.cache is false")
+    why_not = _cache_cannot_serve(config, caption_mismatch, objective)
+    if mode is True:
+        if (folder / META).exists():  # a cache of another model is named before what it could not serve
+            _matching_cache(config, family, data)
+        if why_not:
+            raise StartupError(f"data.cache: true, but {why_not}; train with data.cache=false (or auto)")
+        _matching_cache(config, family, data)
+        return CachePlan("use", folder, "data.cache is true")
+    if why_not:
+        return CachePlan("off", folder, why_not)
+    meta_file = folder / META
+    if mode == "auto" and not _finished(meta_file):
+        if not _writable(Path(config.data.path)):
+            return CachePlan("off", folder, f"no latent cache in {folder}, and {config.data.path} is not writable")
+        need, free = latent_bytes(config, len(data) * data.group_size), _free_bytes(Path(config.data.path))
+        if need > free:
+            raise StartupError(f"data.cache: auto would build a latent cache of at least {need / 2**30:.1f} GiB in "
+                               f"{folder}, but only {free / 2**30:.1f} GiB are free there; free space, or train "
+                               "uncached with data.cache=false")
+        return CachePlan("build", folder, f"no finished latent cache for this model and resolution yet; "
+                                          f"its latents take {need / 2**30:.2f} GiB, plus the prompt embeddings")
+    _matching_cache(config, family, data)
+    return CachePlan("use", folder, "a finished latent cache for this model and resolution")
+
+
+def _matching_cache(config: TrainConfig, family: str, data: PreferenceDataset) -> None:
+    """A finished cache of this model, resolution and dataset, or the error that names the fix."""
     from diffalign.data.cache import LatentCache
 
     cache = LatentCache.for_model(config.data.path, family, config.model.path, config.model.revision,
                                   config.data.resolution)
     cache.check_compatible(resolution=config.data.resolution, rows=len(data))
+
+
+def _cache_cannot_serve(config: TrainConfig, caption_mismatch: bool, objective) -> str | None:
+    """Why no latent cache can serve this run (``None``: one can)."""
+    if not config.data.center_crop or config.data.random_flip:
+        return "the latent cache holds centre-cropped, unflipped latents (data.center_crop: true, data.random_flip: false)"
     if caption_mismatch:
-        raise StartupError(
-            f"the cache holds per-image caption embeddings but {name} conditions on the prompt; "
-            "train with data.cache=false"
-        )
+        return f"a captioned dataset's cache holds its captions' embeddings, and {objective.name} conditions on the prompt"
+    inversion = getattr(objective.config, "inversion", None)
+    if inversion is not None and inversion.guidance != 1:
+        return (f"objective.inversion.guidance: {inversion.guidance} needs the text encoders for the empty prompt, "
+                "which a cached run leaves unloaded")
+    return None
+
+
+def latent_bytes(config: TrainConfig, images: int) -> int:
+    """What a cache's latents take on disk for ``images`` images: the posterior's mean and std,
+    fp32, ``C × (R/f)²`` each (read from the VAE's config; the prompt embeddings come on top)."""
+    from diffusers import AutoencoderKL
+
+    from diffalign.families.base import vae_downsampling
+
+    vae = AutoencoderKL.load_config(config.model.path, subfolder="vae", revision=config.model.revision)
+    side = config.data.resolution // vae_downsampling(vae)
+    return images * 2 * 4 * vae["latent_channels"] * side * side
+
+
+def _free_bytes(folder: Path) -> int:
+    import shutil
+
+    return shutil.disk_usage(folder).free
+
+
+def _finished(meta_file: Path) -> bool:
+    import json
+
+    try:
+        return bool(json.loads(meta_file.read_text()).get("complete"))
+    except (OSError, ValueError):
+        return False
+
+
+def _writable(folder: Path) -> bool:
+    cache = folder / "cache"
+    return os.access(cache if cache.exists() else folder, os.W_OK)

@@ -105,12 +105,13 @@ class Trainer:
         from accelerate.utils import set_seed
 
         self.config = config
-        self.objective, self.data, self.family_name = preflight(config)
+        self.objective, self.data, self.family_name, self.cache_plan = preflight(config)
         self.out = Path(config.output_dir)
         self.accelerator = _accelerator(config)
         set_seed(config.seed)
         if config.allow_tf32 and torch.cuda.is_available():
             torch.backends.cuda.matmul.allow_tf32 = True
+        self._prepare_cache()
         self._load_model()
         self._build_data()
         self.trainable = [p for p in self.family.denoiser.parameters() if p.requires_grad]
@@ -123,12 +124,46 @@ class Trainer:
         self.state = {"step": 0, "batches": 0, "skipped_steps": 0, "skipped_groups": 0, "nonfinite_in_a_row": 0}
 
     # ----------------------------------------------------------------------------- set-up
+    def _prepare_cache(self) -> None:
+        """``data.cache: auto`` on a dataset without this model's cache: build it now (split
+        across the processes, resumable), with the encoders loaded only for that, then train
+        from it. Later runs find it finished and reuse it."""
+        plan, accelerator = self.cache_plan, self.accelerator
+        if plan.action == "off" and self.config.data.cache == "auto":
+            accelerator.print(f"latent cache: off ({plan.reason}); encoding images and prompts at every step")
+        if plan.action == "use":
+            accelerator.print(f"latent cache: reading {plan.folder}")
+        if plan.action != "build":
+            return
+        import gc
+
+        import json
+
+        from diffalign.data.cache import META, build_cache
+        from diffalign.families import load
+
+        config = self.config
+        accelerator.print(f"latent cache: building {plan.folder} ({plan.reason}); later runs reuse it")
+        options = config.model.family_options()
+        options.update(family=self.family_name, dtype=torch.float32)
+        # The whole pipeline, for the build only: training loads it again without the encoders.
+        family = load(config.model.path, device=accelerator.device, **options)
+        # An unfinished cache (a killed build, or one `diffalign cache` started) continues with
+        # the layout it was begun with.
+        meta_file = plan.folder / META
+        begun = json.loads(meta_file.read_text()) if meta_file.exists() else {}
+        build_cache(config.data.path, family, resolution=config.data.resolution,
+                    shard_size=begun.get("shard_size", 256), dtype=begun.get("dtype", "fp32"),
+                    progress=config.logging.progress_bar)
+        del family
+        gc.collect()
+
     def _load_model(self) -> None:
         from diffalign.families import load
 
         config, lora = self.config, self.config.lora is not None
         weight_dtype = torch_dtype(self.accelerator.mixed_precision)
-        cached = config.data.cache
+        cached = self.cache_plan.cached
         need_encoders = not cached or bool(config.validation.prompts)
         options = config.model.family_options()
         options["family"] = self.family_name
@@ -152,7 +187,9 @@ class Trainer:
             lean_layers(denoiser)
         if config.gradient_checkpointing:
             denoiser.enable_gradient_checkpointing()
-        if config.compile:
+        if config.compile == "regional":
+            self.family.compile_repeated_blocks()
+        elif config.compile:
             # In place (nn.Module.compile), so the reference, accelerate and saving keep seeing
             # the same module object; LoRA on/off for the reference is one more guarded graph.
             denoiser.compile()
@@ -161,7 +198,7 @@ class Trainer:
         from diffalign.data.cache import LatentCache
 
         config = self.config
-        cache = LatentCache.open(config.data.path, self.family, config.data.resolution) if config.data.cache else None
+        cache = LatentCache.open(config.data.path, self.family, config.data.resolution) if self.cache_plan.cached else None
         self.groups = GroupDataset(
             self.data, resolution=config.data.resolution, center_crop=config.data.center_crop,
             random_flip=config.data.random_flip, strict=config.data.strict, seed=config.seed, cache=cache,

@@ -45,7 +45,8 @@ THREE_STEP_RUNS = [(objective, kind, mode) for objective in sorted(OBJECTIVES) f
 
 @pytest.mark.parametrize("objective, kind, mode", THREE_STEP_RUNS, ids=["-".join(run) for run in THREE_STEP_RUNS])
 def test_three_steps_change_weights_and_log(objective, kind, mode, tiny_path, pair_data, ranked_data, tmp_path):
-    extra = ["lora=null", "optim.lr=1e-3"] if mode == "full" else []
+    # The record is of the uncached path (a cache changes the rounding, see test_cache_plan.py).
+    extra = ["data.cache=false"] + (["lora=null", "optim.lr=1e-3"] if mode == "full" else [])
     out = _train(tiny_path, _data_for(objective, pair_data, ranked_data), tmp_path / "run", objective, kind, *extra)
     rows = _metrics(out)
     assert [r["step"] for r in rows] == [1, 2, 3]
@@ -94,12 +95,18 @@ def _fingerprint(weights: dict) -> list[float]:
 def _check_golden(key: str, losses: list[float], weights: dict) -> None:
     """The losses and weights after 3 steps are those recorded before the preference-step seam
     was built (commit 8991673, by this test's fingerprint of that code's runs): moving the
-    training step into ``DenoisingStep`` changed nothing. Objectives added since have no record."""
+    training step into ``DenoisingStep`` changed nothing. Objectives added since have no record.
+
+    The first loss is the same forward to 1e-6. Since the lean norms (which remake their input
+    from their output in backward, so their gradients equal PyTorch's to rounding), later steps
+    to 1e-4 and the weights' fingerprint to 1e-3: three updates amplified that rounding to at most
+    2e-5 in the losses and 1.5e-4 in the fingerprint (a sum with cancellations)."""
     if key.split("/")[0] not in GOLDEN_OBJECTIVES:
         return
     want = json.loads(GOLDEN.read_text())[key]
-    assert losses == pytest.approx(want["losses"], rel=1e-6, abs=1e-9)
-    assert _fingerprint(weights) == pytest.approx(want["weights"], rel=1e-6, abs=1e-9)
+    assert losses[0] == pytest.approx(want["losses"][0], rel=1e-6, abs=1e-9)
+    assert losses == pytest.approx(want["losses"], rel=1e-4, abs=1e-9)
+    assert _fingerprint(weights) == pytest.approx(want["weights"], rel=1e-3, abs=1e-9)
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -385,12 +392,16 @@ def test_training_script_runs(tiny_path, pair_data, tmp_path):
 
 
 @pytest.mark.slow
-def test_compile_switch_trains_the_same_steps(tiny_path, pair_data, tmp_path):
-    """``compile: true`` (torch.compile of the denoiser, in place) gives the eager run's losses;
-    slow because inductor compiles the forward, the backward and the LoRA-disabled reference."""
-    eager = _metrics(_train(tiny_path, pair_data, tmp_path / "eager", "diffusion_dpo", "sdxl", "max_steps=2"))
-    compiled = _metrics(_train(tiny_path, pair_data, tmp_path / "compiled", "diffusion_dpo", "sdxl", "max_steps=2",
-                               "compile=true"))
+@pytest.mark.parametrize("kind, mode", [("sdxl", "true"), ("sdxl", "regional"), ("sd3", "regional")])
+def test_compile_switch_trains_the_same_steps(kind, mode, tiny_path, pair_data, tmp_path):
+    """``compile: true`` (torch.compile of the denoiser, in place) and ``compile: regional`` (its
+    repeated blocks: diffusers' ``_repeated_blocks`` for the UNet, the family's own list for
+    SD3's transformer) give the eager run's losses; slow because inductor compiles the forward,
+    the backward and the LoRA-disabled reference."""
+    eager = _metrics(_train(tiny_path, pair_data, tmp_path / "eager", "diffusion_dpo", kind, "max_steps=2"))
+    torch._dynamo.reset()
+    compiled = _metrics(_train(tiny_path, pair_data, tmp_path / "compiled", "diffusion_dpo", kind, "max_steps=2",
+                               f"compile={mode}"))
     assert [r["step"] for r in compiled] == [1, 2]
     for a, b in zip(eager, compiled):
         assert b["train/loss"] == pytest.approx(a["train/loss"], rel=1e-3, abs=1e-5)
