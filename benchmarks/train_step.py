@@ -1,7 +1,8 @@
-"""Training-step benchmark: naive per-paper Diffusion-DPO loop vs diffalign's trainer, one process.
+"""Training-step benchmark: diffalign's trainer against diffusers' DPO SDXL script (the peer) and a naive loop.
 
-CPU, SDXL proportions (the README's table):
-    python benchmarks/train_step.py --size mini --batch-size 1
+CPU, SDXL proportions, with the peer from your diffusers checkout (the README's tables: peer_table.py):
+    python benchmarks/train_step.py --size mini --batch-size 1 \
+        --peer-script ~/diffusers/examples/research_projects/diffusion_dpo/train_diffusion_dpo_sdxl.py
 CPU, the unit tests' tiny SDXL:
     python benchmarks/train_step.py
 GPU, real-size SDXL at 1024 px, bf16, LoRA rank 64, with FLOPs and MFU:

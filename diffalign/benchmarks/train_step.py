@@ -1,19 +1,29 @@
-"""Training-step benchmark: the naive per-paper loop against diffalign's trainer, in one process.
+"""Training-step benchmark: diffalign's trainer against diffusers' DPO SDXL script and a naive loop.
 
 For one family × objective × {LoRA, full} × resolution it measures, for each set-up, the median
 optimiser-step time over ``--steps`` steps after ``--warmup`` steps, pairs/s, and peak memory
-(see :mod:`.measure`), then writes JSON and a Markdown table with the ratios diffalign/naive.
-The memory ratio is of allocated memory (CUDA ``max_memory_allocated``, on CPU the live-tensor
-peak); on CPU the RSS ratio follows beside it (:func:`columns` says why it is not the headline).
+(see :mod:`.measure`), then writes JSON and a Markdown table with the ratios to the peer script
+first and to the naive loop second. The memory ratio is of allocated memory (CUDA
+``max_memory_allocated``, on CPU the live-tensor peak); on CPU the RSS follows beside it
+(:func:`columns` says why it is not the headline).
+
+Every set-up reads the same pairs: random-noise JPEGs written in Pick-a-Pic's Parquet columns
+(what the peer script reads), converted by diffalign's ``build pick-a-pic`` for the others.
 
 Set-ups (``--setups``):
 
+- ``peer``: diffusers' ``train_diffusion_dpo_sdxl.py`` itself, given by ``--peer-script`` and run
+  in a child process (:mod:`.peer`); skipped, with a message, when no script is given;
 - ``naive``: :class:`~diffalign.benchmarks.naive.NaiveDPO` (VAE and text encoders every step,
   preferred and rejected in separate forwards, a second full copy as reference);
-- ``diffalign``: the real :class:`~diffalign.training.Trainer` with the latent cache, one
-  forward per group and the LoRA-disabled reference (a frozen copy under full fine-tuning);
+- ``diffalign``: the real :class:`~diffalign.training.Trainer` with the default config: the latent
+  cache (``data.cache: auto``, built before the rounds), one forward per group and the
+  LoRA-disabled reference (a frozen copy under full fine-tuning);
+- ``diffalign-uncached``: the same with ``data.cache: false`` (VAE and text encoders every step);
 - ``diffalign+ckpt``: the same with gradient checkpointing;
-- ``diffalign+compile``: the same with ``torch.compile``;
+- ``diffalign+nolean``: the same with ``lean_layers: false`` (PyTorch's and diffusers' own layers);
+- ``diffalign+regional``: the same with ``compile: regional`` (the repeated blocks compiled);
+- ``diffalign+compile``: the same with ``torch.compile`` of the whole model;
 - ``diffalign+ckpt+compile``: both switches;
 - ``diffalign+compile+budget``: ``torch.compile`` with ``compile_memory_budget``
   (``--memory-budget``, default 0.95): the compiler recomputes what it must to keep that
@@ -46,12 +56,27 @@ from diffalign.benchmarks.measure import (BenchmarkError, PeakMemory, StepTimer,
                                           pipeline_folder, release_memory, warm_up_compiler, write_report)
 from diffalign.benchmarks.real_size import TINY_KIND
 
-SETUPS = ("naive", "diffalign", "diffalign+ckpt", "diffalign+compile", "diffalign+ckpt+compile", "diffalign+compile+budget")
+SETUPS = ("peer", "naive", "diffalign", "diffalign-uncached", "diffalign+nolean", "diffalign-uncached+nolean",
+          "diffalign+regional", "diffalign-uncached+regional",
+          "diffalign+ckpt", "diffalign+compile", "diffalign+ckpt+compile", "diffalign+compile+budget")
 # The tensor-memory pass: the first step allocates the optimiser's state, the second is a steady one.
 MEMORY_PASS_STEPS = 2
+BASELINES = ("peer", "naive")
+"""What the ratios are against, the table's first ratio columns first."""
 
 
 # ---------------------------------------------------------------------------------- data
+def prepare_data(args, work: Path) -> tuple[Path, Path]:
+    """``(parquet folder, dataset folder)``: the pairs in Pick-a-Pic's columns (the peer reads
+    them) and the same pairs converted by diffalign's Pick-a-Pic builder (the other set-ups)."""
+    from diffalign.benchmarks.peer import write_pick_a_pic_parquet
+    from diffalign.data.pick_a_pic import build_pick_a_pic
+
+    parquet = write_pick_a_pic_parquet(work / "pick_a_pic", args.pairs, args.resolution)
+    build_pick_a_pic([str(parquet)], work / "data", progress=False)
+    return parquet, work / "data"
+
+
 def build_latent_cache(model: str, data: Path, resolution: int, device: str, use_t5: bool) -> float:
     """Build the latent cache the diffalign set-ups read; returns the seconds it took."""
     from diffalign.data.cache import build_cache
@@ -66,6 +91,35 @@ def build_latent_cache(model: str, data: Path, resolution: int, device: str, use
 
 
 # ---------------------------------------------------------------------------------- set-ups
+def run_peer_setup(args, model: str, parquet: Path, first_round: bool = True) -> dict:
+    """Time the peer script in a child process (:mod:`.peer`); on CPU its first round also runs
+    the profiled two-step pass for the live-tensor peak, as the other set-ups do."""
+    from diffalign.benchmarks.peer import run_peer
+
+    timed = run_peer(args, model, parquet, "peak", args.warmup + args.steps)
+    timer = StepTimer(args.device, warmup=args.warmup, times=timed["step_times_s"])
+    mem = PeakMemory(args.device)
+    mem.peak_bytes = timed["peak_bytes"]
+    tensors = None
+    if first_round and args.tensor_memory and not args.device.startswith("cuda"):
+        tensors = run_peer(args, model, parquet, "tensor", MEMORY_PASS_STEPS)["peak_bytes"]
+    return _result("peer", args, timer, mem, None, tensors)
+
+
+def peer_skipped(args) -> str | None:
+    """Why the ``peer`` set-up cannot run with these arguments (``None``: it can)."""
+    from diffalign.benchmarks.peer import PEER_FAMILIES, PEER_SCRIPT
+
+    if args.peer_script is None:
+        return (f"peer: skipped, no --peer-script given; pass --peer-script DIFFUSERS/{PEER_SCRIPT} from a "
+                "diffusers checkout (and install the requirements.txt beside it) to measure against it")
+    if not Path(args.peer_script).is_file():
+        return f"peer: skipped, --peer-script {args.peer_script} is not a file"
+    if args.family not in PEER_FAMILIES or args.mode != "lora":
+        return f"peer: skipped, the peer script trains SDXL with LoRA only (asked: {args.family}, {args.mode})"
+    return None
+
+
 def make_naive(args, model: str, data: Path):
     from diffalign.benchmarks.naive import NaiveDPO
 
@@ -104,7 +158,8 @@ def diffalign_config(args, model: str, data: Path, out: Path, setup: str, steps:
 
     raw = {
         "model": {"path": model, "use_t5": args.use_t5, "attention": args.attention},
-        "data": {"path": str(data), "resolution": args.resolution, "cache": True, "workers": args.workers},
+        "data": {"path": str(data), "resolution": args.resolution, "cache": False if setup.startswith("diffalign-uncached") else "auto",
+                 "workers": args.workers},
         "objective": {"name": args.objective},
         "lora": {"rank": args.lora_rank, "alpha": args.lora_rank} if args.mode == "lora" else None,
         "optim": {"lr": args.lr, "lr_scheduler": "constant", "optimizer": args.optimizer},
@@ -112,7 +167,8 @@ def diffalign_config(args, model: str, data: Path, out: Path, setup: str, steps:
         "max_steps": steps or args.warmup + args.steps,
         "mixed_precision": args.mixed_precision,
         "gradient_checkpointing": "+ckpt" in setup,
-        "compile": "+compile" in setup,
+        "lean_layers": "+nolean" not in setup,
+        "compile": "regional" if "+regional" in setup else "+compile" in setup,
         "compile_memory_budget": args.memory_budget if setup.endswith("+budget") else None,
         "checkpoint_every": 0,
         "output_dir": str(out),
@@ -155,7 +211,7 @@ def forget_compiled(setup: str) -> None:
     """Before a compiled set-up: drop the graphs dynamo holds in memory. Its guards do not check
     which module instance runs, so a new trainer's UNet would reuse the previous set-up's graphs
     (compiled under other settings, e.g. another memory budget) instead of compiling its own."""
-    if "+compile" in setup:
+    if "+compile" in setup or "+regional" in setup:
         import torch
 
         torch._dynamo.reset()
@@ -215,14 +271,18 @@ def _result(setup: str, args, timer: StepTimer, mem: PeakMemory, flops: int | No
 
 
 def add_ratios(rows: list[dict]) -> list[dict]:
-    """Each row's speed-up (pairs/s ÷ naive's) and memory ratio (peak ÷ naive's)."""
-    naive = next((r for r in rows if r["setup"] == "naive"), None)
-    for row in rows:
-        if naive is not None:
-            row["speedup"] = row["pairs_per_s"] / naive["pairs_per_s"]
-            row["memory_ratio"] = row["peak_mib"] / naive["peak_mib"] if naive["peak_mib"] > 0 else None
-            if row.get("tensor_peak_mib") is not None and naive.get("tensor_peak_mib"):
-                row["tensor_memory_ratio"] = row["tensor_peak_mib"] / naive["tensor_peak_mib"]
+    """Each row's ratios to each baseline present (:data:`BASELINES`): ``speedup_<base>``
+    (pairs/s ÷ the baseline's), ``memory_ratio_<base>`` (peak ÷ the baseline's) and, on CPU,
+    ``tensor_memory_ratio_<base>``."""
+    for base in BASELINES:
+        ref = next((r for r in rows if r["setup"] == base), None)
+        if ref is None:
+            continue
+        for row in rows:
+            row[f"speedup_{base}"] = row["pairs_per_s"] / ref["pairs_per_s"]
+            row[f"memory_ratio_{base}"] = row["peak_mib"] / ref["peak_mib"] if ref["peak_mib"] > 0 else None
+            if row.get("tensor_peak_mib") is not None and ref.get("tensor_peak_mib"):
+                row[f"tensor_memory_ratio_{base}"] = row["tensor_peak_mib"] / ref["tensor_peak_mib"]
     return rows
 
 
@@ -230,9 +290,9 @@ def combine_rounds(rounds: list[list[dict]], args) -> list[dict]:
     """One row per set-up from ``rounds`` (each a list of rows, one per set-up, with ratios).
 
     A round runs every set-up back to back, so a slow spell of the machine (on the shared 2-core
-    machine, whole runs differed by 25 %) hits both sides of a ratio: ``speedup`` and
-    ``memory_ratio`` are the medians over rounds of each round's ratio, with the range beside
-    them. Step time is the median of every timed step of every round; peak RSS the median over
+    machine, whole runs differed by 25 %) hits both sides of a ratio: ``speedup_<base>`` and
+    ``memory_ratio_<base>`` are the medians over rounds of each round's ratio, with the range
+    beside them. Step time is the median of every timed step of every round; peak RSS the median over
     rounds; FLOPs and tensor memory come from the first round.
     """
     combined = []
@@ -244,12 +304,13 @@ def combine_rounds(rounds: list[list[dict]], args) -> list[dict]:
                "round_peak_mib": [row["peak_mib"] for row in per_round],
                "median_step_s": statistics.median(times), "peak_mib": statistics.median(r["peak_mib"] for r in per_round)}
         row["pairs_per_s"] = args.batch_size / row["median_step_s"]
-        for key in ("speedup", "memory_ratio"):
-            values = [r[key] for r in per_round if r.get(key) is not None]
-            if values:
-                row[key] = statistics.median(values)
-                spread = len(values) > 1 and first["setup"] != "naive"  # naive's own ratios are all 1
-                row[f"{key}_range"] = f"{min(values):.2f}–{max(values):.2f}" if spread else None
+        for base in BASELINES:
+            for key in (f"speedup_{base}", f"memory_ratio_{base}"):
+                values = [r[key] for r in per_round if r.get(key) is not None]
+                if values:
+                    row[key] = statistics.median(values)
+                    spread = len(values) > 1 and first["setup"] != base  # a baseline's own ratios are all 1
+                    row[f"{key}_range"] = f"{min(values):.2f}–{max(values):.2f}" if spread else None
         if row.get("flops_per_step") is not None:
             row["tflops_per_s"] = row["flops_per_step"] / row["median_step_s"] / 1e12
             if args.peak_tflops:
@@ -259,7 +320,8 @@ def combine_rounds(rounds: list[list[dict]], args) -> list[dict]:
 
 
 def columns(device: str) -> list[tuple[str, str, str]]:
-    """The table's ``(key, header, format)`` columns.
+    """The table's ``(key, header, format)`` columns: the ratios to the peer script first, to the
+    naive loop second (the caller drops columns no row has).
 
     The memory the ratios are judged by is *allocated* memory: CUDA's ``max_memory_allocated``,
     and on CPU its counterpart, the peak of live tensor bytes (:class:`.measure.TensorMemory`).
@@ -268,15 +330,21 @@ def columns(device: str) -> list[tuple[str, str, str]]:
     on the tiny SDXL the heap's top reached 1.5–2.2× the bytes in use (``mallinfo2``), and a
     compiled set-up's RSS also holds the host memory of tracing the model.
     """
-    speed = [("setup", "set-up", ""), ("median_step_s", "step (s)", ".4f"), ("pairs_per_s", "pairs/s", ".2f"),
-             ("speedup", "× naive pairs/s", ".2f"), ("speedup_range", "range", "")]
+    speed = [("setup", "set-up", ""), ("median_step_s", "step (s)", ".4f"), ("pairs_per_s", "pairs/s", ".2f")]
+    for base in BASELINES:
+        speed += [(f"speedup_{base}", f"× {base} pairs/s", ".2f"), (f"speedup_{base}_range", "range", "")]
     flops = [("tflops_per_s", "TFLOP/s", ".3g"), ("mfu", "MFU", ".1%")]
     if device.startswith("cuda"):
-        return speed + [("peak_mib", "peak allocated (MiB)", ".1f"), ("memory_ratio", "× naive allocated", ".2f"),
-                        ("memory_ratio_range", "range", "")] + flops
-    return speed + [("tensor_peak_mib", "peak allocated (MiB)", ".1f"), ("tensor_memory_ratio", "× naive allocated", ".2f"),
-                    ("peak_mib", "peak RSS (MiB)", ".1f"), ("memory_ratio", "× naive RSS", ".2f"),
-                    ("memory_ratio_range", "range", "")] + flops
+        memory = [("peak_mib", "peak allocated (MiB)", ".1f")]
+        for base in BASELINES:
+            memory += [(f"memory_ratio_{base}", f"× {base} allocated", ".2f"), (f"memory_ratio_{base}_range", "range", "")]
+        return speed + memory + flops
+    memory = [("tensor_peak_mib", "peak allocated (MiB)", ".1f")]
+    memory += [(f"tensor_memory_ratio_{base}", f"× {base} allocated", ".2f") for base in BASELINES]
+    memory += [("peak_mib", "peak RSS (MiB)", ".1f")]
+    for base in BASELINES:
+        memory += [(f"memory_ratio_{base}", f"× {base} RSS", ".2f"), (f"memory_ratio_{base}_range", "range", "")]
+    return speed + memory + flops
 
 
 def one_off_costs(extra: dict) -> str:
@@ -308,7 +376,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--rounds", type=int, default=None,
                    help="times every set-up is run, back to back in turn (default: 3 on CPU, 1 on CUDA)")
     p.add_argument("--warmup", type=int, default=3, help="untimed steps first")
-    p.add_argument("--setups", nargs="+", choices=SETUPS, default=["naive", "diffalign", "diffalign+ckpt"])
+    p.add_argument("--setups", nargs="+", choices=SETUPS, default=["peer", "naive", "diffalign", "diffalign-uncached"])
+    p.add_argument("--peer-script", default=None, metavar="PATH",
+                   help="diffusers' examples/research_projects/diffusion_dpo/train_diffusion_dpo_sdxl.py, from your "
+                        "diffusers checkout, for the peer set-up (skipped without it)")
     p.add_argument("--memory-budget", type=float, default=0.95,
                    help="compile_memory_budget of the diffalign+compile+budget set-up (default 0.95)")
     p.add_argument("--mixed-precision", choices=("no", "bf16", "fp16"), default=None,
@@ -333,6 +404,7 @@ def parser() -> argparse.ArgumentParser:
 def _defaults(args) -> None:
     from diffalign.benchmarks.real_size import DEFAULT_RESOLUTION, MINI_RESOLUTION, gpu_peak_tflops
 
+    args.peer_skipped = None
     if args.mixed_precision is None:
         args.mixed_precision = "bf16" if args.device.startswith("cuda") else "no"
     if args.resolution is None:
@@ -370,18 +442,22 @@ def main(argv: list[str] | None = None) -> int:
         check_counts(steps=args.steps, rounds=args.rounds, batch_size=args.batch_size)
     except BenchmarkError as err:
         raise SystemExit(f"error: {err}") from err
-    if "naive" in args.setups and args.objective != "diffusion_dpo":
-        print("note: the naive set-up is Diffusion-DPO; ratios compare it with the diffalign objective "
+    if "peer" in args.setups and (why := peer_skipped(args)) is not None:
+        print(why, file=sys.stderr)
+        args.setups = [s for s in args.setups if s != "peer"]
+        args.peer_skipped = why
+        if not args.setups:
+            raise SystemExit(f"error: no set-up left to run ({why})")
+    if ("naive" in args.setups or "peer" in args.setups) and args.objective != "diffusion_dpo":
+        print("note: the peer and naive set-ups are Diffusion-DPO; ratios compare them with the diffalign objective "
               f"{args.objective!r}", file=sys.stderr)
     with tempfile.TemporaryDirectory() as work:
         work = Path(work)
         model = prepare_model(args, work)
-        from diffalign.testing import write_random_pairs
-
-        data = write_random_pairs(work / "data", args.pairs, args.resolution)
+        parquet, data = prepare_data(args, work)
         cache_s = build_latent_cache(model, data, args.resolution, args.device, args.use_t5)
         extra = {"cache_build_s": cache_s}
-        compiled = [setup for setup in args.setups if "+compile" in setup]
+        compiled = [setup for setup in args.setups if "+compile" in setup or "+regional" in setup]
         if compiled:
             extra["compiler_startup_mib"] = mib(warm_up_compiler(args.device))
             extra["first_compile"] = {}
@@ -393,12 +469,18 @@ def main(argv: list[str] | None = None) -> int:
             rows = []
             for setup in args.setups:
                 print(f"[train_step] round {r + 1}/{args.rounds}: {setup} ...", file=sys.stderr, flush=True)
-                rows.append(run_naive(args, model, data, r == 0) if setup == "naive"
-                            else run_diffalign(args, model, data, setup, r == 0))
+                if setup == "peer":
+                    rows.append(run_peer_setup(args, model, parquet, r == 0))
+                elif setup == "naive":
+                    rows.append(run_naive(args, model, data, r == 0))
+                else:
+                    rows.append(run_diffalign(args, model, data, setup, r == 0))
             rounds.append(add_ratios(rows))
     rows = combine_rounds(rounds, args)
     table = markdown_table(rows, [c for c in columns(args.device) if any(r.get(c[0]) is not None for r in rows)])
     table += "\n" + one_off_costs(extra)
+    if args.peer_skipped:
+        table += f"- {args.peer_skipped}\n"
     settings = {k: v for k, v in vars(args).items() if k not in ("out", "name")}
     write_report(args.out, args.name, {"settings": settings, **extra, "rows": rows},
                  table, "train_step.py", sys.argv[1:] if argv is None else list(argv))
