@@ -87,3 +87,26 @@ def test_sigterm_stops_every_process_after_the_same_step(tiny_path, pair_data, t
     b = load_file(str(tmp_path / "straight" / "lora" / "pytorch_lora_weights.safetensors"))
     for key in a:
         torch.testing.assert_close(a[key], b[key], rtol=0, atol=1e-6)
+
+
+@pytest.mark.slow
+def test_two_processes_build_the_cache_together_and_train_from_it(tiny_path, tmp_path):
+    """``data.cache: auto`` under ``accelerate launch``: the first run's two processes both decide
+    to build, build the cache together (its split by shard is tested in
+    ``tests/data/test_cache_multiprocess.py``), agree it is finished and train from it; the run
+    matches one process trained from that cache."""
+    from conftest import write_groups
+
+    data = write_groups(tmp_path / "prefs", k=2, rows=4, captions=False)
+    common = [f"model.path={tiny_path('sd15')}", f"data.path={data}", "max_steps=2"]
+    run = _launch(["--multi_gpu", "--num_processes", "2", "-m", "diffalign", "train", "--config", str(CONFIG), *common,
+                   f"output_dir={tmp_path / 'two'}", "batch_size=1"], capture_output=True, text=True)
+    assert run.stdout.count("latent cache: building") == 1  # printed by the main process
+    meta = json.loads((data / "cache" / "sd-32" / "cache.json").read_text())
+    assert meta["complete"] and meta["shards"] == 1
+    assert main(["train", "--config", str(CONFIG), *common, f"output_dir={tmp_path / 'one'}", "batch_size=2"]) == 0
+    one = [json.loads(x) for x in (tmp_path / "one" / "metrics.jsonl").read_text().splitlines()]
+    two = [json.loads(x) for x in (tmp_path / "two" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in two] == [1, 2]
+    for a, b in zip(one, two, strict=True):
+        assert b["train/loss"] == pytest.approx(a["train/loss"], abs=2e-4)
