@@ -136,7 +136,6 @@ class Trainer:
         if plan.action != "build":
             return
         import gc
-
         import json
 
         from diffalign.data.cache import META, build_cache
