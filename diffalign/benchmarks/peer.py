@@ -81,6 +81,18 @@ def peer_arguments(args, model: str, parquet: Path, out: Path, steps: int) -> li
     ]
 
 
+def peer_skipped(args) -> str | None:
+    """Why the ``peer`` set-up cannot run with these benchmark arguments (``None``: it can)."""
+    if args.peer_script is None:
+        return (f"peer: skipped, no --peer-script given; pass --peer-script DIFFUSERS/{PEER_SCRIPT} from a "
+                "diffusers checkout (and install the requirements.txt beside it) to measure against it")
+    if not Path(args.peer_script).is_file():
+        return f"peer: skipped, --peer-script {args.peer_script} is not a file"
+    if args.family not in PEER_FAMILIES or args.mode != "lora":
+        return f"peer: skipped, the peer script trains SDXL with LoRA only (asked: {args.family}, {args.mode})"
+    return None
+
+
 def run_peer(args, model: str, parquet: Path, memory: str, steps: int) -> dict:
     """Run the peer script in a child process; returns ``{"step_times_s", "peak_bytes"}``.
 

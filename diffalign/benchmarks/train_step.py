@@ -98,26 +98,10 @@ def run_peer_setup(args, model: str, parquet: Path, first_round: bool = True) ->
 
     timed = run_peer(args, model, parquet, "peak", args.warmup + args.steps)
     timer = StepTimer(args.device, warmup=args.warmup, times=timed["step_times_s"])
-    mem = PeakMemory(args.device)
-    mem.peak_bytes = timed["peak_bytes"]
     tensors = None
     if first_round and args.tensor_memory and not args.device.startswith("cuda"):
         tensors = run_peer(args, model, parquet, "tensor", MEMORY_PASS_STEPS)["peak_bytes"]
-    return _result("peer", args, timer, mem, None, tensors)
-
-
-def peer_skipped(args) -> str | None:
-    """Why the ``peer`` set-up cannot run with these arguments (``None``: it can)."""
-    from diffalign.benchmarks.peer import PEER_FAMILIES, PEER_SCRIPT
-
-    if args.peer_script is None:
-        return (f"peer: skipped, no --peer-script given; pass --peer-script DIFFUSERS/{PEER_SCRIPT} from a "
-                "diffusers checkout (and install the requirements.txt beside it) to measure against it")
-    if not Path(args.peer_script).is_file():
-        return f"peer: skipped, --peer-script {args.peer_script} is not a file"
-    if args.family not in PEER_FAMILIES or args.mode != "lora":
-        return f"peer: skipped, the peer script trains SDXL with LoRA only (asked: {args.family}, {args.mode})"
-    return None
+    return _result("peer", args, timer, timed["peak_bytes"], PeakMemory(args.device).kind, None, tensors)
 
 
 def make_naive(args, model: str, data: Path):
@@ -149,7 +133,7 @@ def run_naive(args, model: str, data: Path, first_round: bool = True) -> dict:
             naive.step()
 
     tensors = _tensor_peak(args, "naive", memory_pass) if first_round else None
-    return _result("naive", args, timer, mem, flops, tensors)
+    return _result("naive", args, timer, mem.peak_bytes, mem.kind, flops, tensors)
 
 
 def diffalign_config(args, model: str, data: Path, out: Path, setup: str, steps: int | None = None):
@@ -194,7 +178,7 @@ def run_diffalign(args, model: str, data: Path, setup: str, first_round: bool = 
     release_memory()
 
     tensors = _tensor_peak(args, setup, lambda: short_run(args, model, data, setup)) if first_round else None
-    return _result(setup, args, timer, mem, flops, tensors)
+    return _result(setup, args, timer, mem.peak_bytes, mem.kind, flops, tensors)
 
 
 def short_run(args, model: str, data: Path, setup: str) -> None:
@@ -207,11 +191,16 @@ def short_run(args, model: str, data: Path, setup: str) -> None:
         Trainer(diffalign_config(args, model, data, Path(out), setup, steps=MEMORY_PASS_STEPS)).run()
 
 
+def compiles(setup: str) -> bool:
+    """Whether a set-up's name turns ``compile`` on (``+compile``, or ``+regional``)."""
+    return "+compile" in setup or "+regional" in setup
+
+
 def forget_compiled(setup: str) -> None:
     """Before a compiled set-up: drop the graphs dynamo holds in memory. Its guards do not check
     which module instance runs, so a new trainer's UNet would reuse the previous set-up's graphs
     (compiled under other settings, e.g. another memory budget) instead of compiling its own."""
-    if "+compile" in setup or "+regional" in setup:
+    if compiles(setup):
         import torch
 
         torch._dynamo.reset()
@@ -259,10 +248,11 @@ def _count_flops(step) -> int:
     return counter.get_total_flops()
 
 
-def _result(setup: str, args, timer: StepTimer, mem: PeakMemory, flops: int | None, tensor_bytes: int | None) -> dict:
+def _result(setup: str, args, timer: StepTimer, peak_bytes: int, memory_kind: str, flops: int | None,
+            tensor_bytes: int | None) -> dict:
     step_s = timer.median_s
     row = {"setup": setup, "median_step_s": step_s, "pairs_per_s": args.batch_size / step_s,
-           "peak_mib": mib(mem.peak_bytes), "memory_kind": mem.kind, "step_times_s": timer.times}
+           "peak_mib": mib(peak_bytes), "memory_kind": memory_kind, "step_times_s": timer.times}
     if tensor_bytes is not None:
         row["tensor_peak_mib"] = mib(tensor_bytes)
     if flops is not None:
@@ -442,6 +432,8 @@ def main(argv: list[str] | None = None) -> int:
         check_counts(steps=args.steps, rounds=args.rounds, batch_size=args.batch_size)
     except BenchmarkError as err:
         raise SystemExit(f"error: {err}") from err
+    from diffalign.benchmarks.peer import peer_skipped
+
     if "peer" in args.setups and (why := peer_skipped(args)) is not None:
         print(why, file=sys.stderr)
         args.setups = [s for s in args.setups if s != "peer"]
@@ -457,7 +449,7 @@ def main(argv: list[str] | None = None) -> int:
         parquet, data = prepare_data(args, work)
         cache_s = build_latent_cache(model, data, args.resolution, args.device, args.use_t5)
         extra = {"cache_build_s": cache_s}
-        compiled = [setup for setup in args.setups if "+compile" in setup or "+regional" in setup]
+        compiled = [setup for setup in args.setups if compiles(setup)]
         if compiled:
             extra["compiler_startup_mib"] = mib(warm_up_compiler(args.device))
             extra["first_compile"] = {}

@@ -131,8 +131,8 @@ def _scatter(parts: list[torch.Tensor], valid: torch.Tensor, dtype=None) -> torc
     return out
 
 
-def build_cache(data_root: str | Path, family, *, resolution: int, batch_size: int = 8, shard_size: int = 256,
-                dtype: str = "fp32", progress: bool = True) -> Path:
+def build_cache(data_root: str | Path, family, *, resolution: int, batch_size: int = 8, shard_size: int | None = None,
+                dtype: str | None = None, progress: bool = True) -> Path:
     """Encode a dataset's images and captions once with ``family``'s VAE and text encoders.
 
     Resumable (finished shards are kept) and split across ``accelerate`` processes by shard. On
@@ -144,8 +144,8 @@ def build_cache(data_root: str | Path, family, *, resolution: int, batch_size: i
         family: a loaded :class:`~diffalign.families.ModelFamily` with its VAE and text encoders.
         resolution: the training resolution (centre crop, no flip).
         batch_size: images per VAE/text-encoder call.
-        shard_size: dataset rows per cache shard.
-        dtype: ``fp32``, ``fp16`` or ``bf16`` storage.
+        shard_size: dataset rows per cache shard (``None``: an unfinished cache's own, else 256).
+        dtype: ``fp32``, ``fp16`` or ``bf16`` storage (``None``: an unfinished cache's own, else fp32).
 
     Returns:
         The cache folder.
@@ -160,6 +160,10 @@ def build_cache(data_root: str | Path, family, *, resolution: int, batch_size: i
     if why:
         raise CacheMismatchError(f"--resolution {why}")
     out = cache_dir(data_root, family.name, resolution)
+    # Unset, the layout is the one an unfinished build began with, so it continues.
+    begun = json.loads((out / META).read_text()) if (out / META).exists() else {}
+    shard_size = shard_size or begun.get("shard_size", 256)
+    dtype = dtype or begun.get("dtype", "fp32")
     meta = {
         "format": CACHE_FORMAT, "version": CACHE_VERSION, "family": family.name, "model": family.path,
         "revision": family.revision, "fingerprint": model_fingerprint(family.path, family.revision),

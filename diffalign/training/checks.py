@@ -124,8 +124,7 @@ def plan_cache(config: TrainConfig, family: str, data: PreferenceDataset, captio
         return CachePlan("use", folder, "data.cache is true")
     if why_not:
         return CachePlan("off", folder, why_not)
-    meta_file = folder / META
-    if mode == "auto" and not _finished(meta_file):
+    if not _finished(folder / META):  # mode is "auto" from here on
         if not _writable(Path(config.data.path)):
             return CachePlan("off", folder, f"no latent cache in {folder}, and {config.data.path} is not writable")
         need, free = latent_bytes(config, len(data) * data.group_size), _free_bytes(Path(config.data.path))

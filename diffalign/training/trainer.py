@@ -136,9 +136,8 @@ class Trainer:
         if plan.action != "build":
             return
         import gc
-        import json
 
-        from diffalign.data.cache import META, build_cache
+        from diffalign.data.cache import build_cache
         from diffalign.families import load
 
         config = self.config
@@ -147,13 +146,8 @@ class Trainer:
         options.update(family=self.family_name, dtype=torch.float32)
         # The whole pipeline, for the build only: training loads it again without the encoders.
         family = load(config.model.path, device=accelerator.device, **options)
-        # An unfinished cache (a killed build, or one `diffalign cache` started) continues with
-        # the layout it was begun with.
-        meta_file = plan.folder / META
-        begun = json.loads(meta_file.read_text()) if meta_file.exists() else {}
-        build_cache(config.data.path, family, resolution=config.data.resolution,
-                    shard_size=begun.get("shard_size", 256), dtype=begun.get("dtype", "fp32"),
-                    progress=config.logging.progress_bar)
+        # An unfinished cache (a killed build, or one `diffalign cache` began) continues in its layout.
+        build_cache(config.data.path, family, resolution=config.data.resolution, progress=config.logging.progress_bar)
         del family
         gc.collect()
 
