@@ -87,7 +87,7 @@ def _add_module_commands(sub) -> None:
 
 
 def _add_build(sub) -> None:
-    from diffalign.data import dual_captions, filtering, pick_a_pic, synthetic
+    from diffalign.data import dual_captions, experts, filtering, pick_a_pic, synthetic
 
     build = sub.add_parser("build", help="build a preference dataset")
     builders = build.add_subparsers(dest="builder", required=True, metavar="BUILDER")
@@ -96,6 +96,7 @@ def _add_build(sub) -> None:
         ("synthetic", synthetic, "synthetic ranked groups: generators' images scored by reward models"),
         ("dual-captions", dual_captions, "a caption per image for DCPO: captioning, perturbation or hybrid"),
         ("filter", filtering, "keep the top fraction of pairs by reward margin, prompt quality and diversity"),
+        ("experts", experts, "one expert image per row (K = 1, Diffusion-DRO): each row's best, or the top N by score"),
     ):
         parser = builders.add_parser(name, help=help_text, description=module.__doc__.split("\n\n")[0])
         module.add_arguments(parser)

@@ -5,7 +5,8 @@ latent cache.
 - :mod:`.writer`: resumable, atomic shard writing; :mod:`.sources`: streaming source readers.
 - :mod:`.pick_a_pic`: the Pick-a-Pic v2 builder; :mod:`.synthetic`: synthetic ranked groups
   (RankDPO / Syn-Pic); :mod:`.dual_captions`: per-image captions (DCPO); :mod:`.filtering`:
-  noisy-pair filtering (FiFA); :mod:`.prompts`: the prompt-set reader.
+  noisy-pair filtering (FiFA); :mod:`.experts`: expert images, one per row (K = 1, Diffusion-DRO);
+  :mod:`.prompts`: the prompt-set reader.
 - :mod:`.loader`: :class:`GroupDataset`, :func:`collate_groups` (a family's ``inputs`` turns a batch into
   latents and conditioning).
 - :mod:`.cache`: :func:`build_cache`, :class:`LatentCache`.

@@ -213,6 +213,9 @@ def build_dual_captions(
     if strategy in ("perturbation", "hybrid") and not text_model:
         raise BuildError(f"the {strategy} strategy needs a text model: pass --text-model")
     data = PreferenceDataset.open(data_dir)
+    if data.group_size < 2 and strategy != "captioning":
+        raise BuildError(f"{data_dir} has one image per prompt (K = 1): the {strategy} strategy rewrites the "
+                         "captions of the images after the best, and there are none; use --strategy captioning")
     options = dict(data=str(Path(data_dir).resolve()), strategy=strategy, captioner=captioner,
                    caption_template=caption_template, text_model=text_model, level=level, seed=seed,
                    max_new_tokens=max_new_tokens, shard_size=shard_size)

@@ -166,7 +166,7 @@ def filter_pairs(
     """Keep the top ``fraction`` of a preference dataset's rows by margin, prompt quality and diversity.
 
     Args:
-        data_dir: a preference dataset (pairs, or groups read as best vs worst).
+        data_dir: a preference dataset (pairs, or groups read as best vs worst; not K = 1).
         out: the filtered dataset folder.
         fraction: share of rows to keep (exactly ``round(fraction · N)``).
         weights: weight per term (default ``{"margin": 1, "quality": 1, "diversity": 1}``).
@@ -187,6 +187,12 @@ def filter_pairs(
     if unknown:
         raise BuildError(f"unknown filtering term(s) {unknown}; the terms are {list(TERMS)}")
     data = PreferenceDataset.open(data_dir)
+    if data.group_size < 2:
+        raise BuildError(
+            f"{data_dir} has one image per prompt (K = {data.group_size}, an expert dataset): the filter ranks pairs "
+            "by the margin between their best and worst image, which needs K ≥ 2. Filter the pair dataset it "
+            "was built from, then run `diffalign build experts` on the result"
+        )
     options = dict(data=str(Path(data_dir).resolve()), fraction=fraction, weights=weights, k=k,
                    reward=reward.label if reward is not None else "stored scores", text_model=text_model,
                    quality=getattr(quality, "__name__", "custom"), shard_size=shard_size)

@@ -15,7 +15,9 @@ Why the shards sit in ``data/`` and not beside ``manifest.json`` (DESIGN.md put 
 ``load_dataset("parquet", data_dir=...)`` reads *every* non-hidden file under ``data_dir`` as
 Parquet, so a manifest or a cache beside the shards makes it fail.
 
-One row is one group: a prompt and ``K ≥ 2`` images ordered best first.
+One row is one group: a prompt and ``K ≥ 1`` images ordered best first. ``K ≥ 2`` are preference
+pairs or ranked groups; ``K = 1`` is an *expert* dataset, one image per row (Diffusion-DRO's data,
+``diffalign build experts``), which the pair builders (filter, pairs) refuse.
 
 | column     | type                              | meaning                                        |
 |------------|-----------------------------------|------------------------------------------------|
@@ -164,10 +166,10 @@ def image_texts(prompt: str, captions: list[str] | None, k: int, per_image: bool
 
 
 def check_row(row: dict) -> None:
-    """Check one row before it is written: K ≥ 2 images and per-image columns of length K."""
+    """Check one row before it is written: K ≥ 1 images and per-image columns of length K."""
     k = len(row.get("images") or [])
-    if k < 2:
-        raise SchemaError(f"row {row.get('id')!r}: a group needs at least 2 images, got {k}")
+    if k < 1:
+        raise SchemaError(f"row {row.get('id')!r}: a row needs at least 1 image, got none")
     for name in PER_IMAGE:
         value = row.get(name)
         if value is not None and len(value) != k:
@@ -194,10 +196,14 @@ def dataset_card(manifest: dict) -> str:
         "---",
         f"# Preference dataset ({manifest.get('builder', 'unknown builder')})",
         "",
-        f"Format `{FORMAT}` v{FORMAT_VERSION}, written by diffalign. Rows are groups of images, best first.",
+        f"Format `{FORMAT}` v{FORMAT_VERSION}, written by diffalign. " + (
+            "Rows are expert images, one per row with its prompt (K = 1)." if manifest.get("group_size") == 1
+            else "Rows are groups of images, best first."),
         "",
         f"- rows: {manifest.get('rows', 0)}",
     ]
+    if manifest.get("group_size") is not None:
+        lines.append(f"- images per row (K): {manifest['group_size']}")
     for reason, n in sorted(counts.get("dropped", {}).items()):
         lines.append(f"- dropped ({reason}): {n}")
     return "\n".join(lines) + "\n"

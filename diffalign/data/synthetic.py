@@ -308,6 +308,8 @@ def ranked_to_pairs(ranked: str | Path, out: str | Path, mode: str = "best-worst
     if mode not in PAIR_MODES:
         raise BuildError(f"pair mode must be one of {PAIR_MODES}, not {mode!r}")
     data = PreferenceDataset.open(ranked)
+    if data.group_size < 2:
+        raise BuildError(f"{ranked} has one image per prompt (K = {data.group_size}): no pairs can be made from it")
     writer = ShardWriter(out, builder=PAIRS_BUILDER, options={"ranked": str(Path(ranked).resolve()), "mode": mode},
                          shard_size=shard_size, overwrite=overwrite)
     if writer.complete:
