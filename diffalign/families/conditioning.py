@@ -40,6 +40,20 @@ class Conditioning:
         """The conditioning of images ``index`` of every group: ``[B, K', ...]``."""
         return self._map(lambda x: x[:, index])
 
+    def groups(self, index: Tensor) -> Conditioning:
+        """The conditioning of groups ``index`` (``[B']`` indices): ``[B', K, ...]``."""
+        return self._map(lambda x: x[index.to(x.device)])
+
+    def repeat_images(self, times: int) -> Conditioning:
+        """Each image's conditioning ``times`` times in a row: ``[B, K·times, ...]``."""
+        return self._map(lambda x: x.repeat_interleave(times, dim=1))
+
+    def join(self, other: Conditioning) -> Conditioning:
+        """``self``'s images then ``other``'s in each group: ``[B, K + K', ...]`` (one forward for
+        classifier-free guidance's two predictions)."""
+        return replace(self, **{f.name: torch.cat([mine, getattr(other, f.name)], dim=1)
+                                for f in fields(self) if (mine := getattr(self, f.name)) is not None})
+
     def to(self, *args, **kwargs) -> Conditioning:
         """``Tensor.to`` on every tensor (device and/or dtype)."""
         return self._map(lambda x: x.to(*args, **kwargs))

@@ -127,6 +127,16 @@ class NoiseOperations:
         """``(a_t, s_t)``, each ``[N]`` float32, with ``x_t = a_t·x0 + s_t·ε`` at normalised times ``t [N]``."""
         raise NotImplementedError
 
+    def sampling_times(self, steps: int) -> Tensor:
+        """``[steps + 1]`` falling normalised times of the family's sampler with ``steps`` steps,
+        ending at 0 (:mod:`diffalign.sampling`)."""
+        raise NotImplementedError
+
+    def final_scales(self) -> tuple[float, float]:
+        """``(a, s)`` of the clean level a sampler's last step lands on (t = 0)."""
+        a, s = self.noise_scales(torch.zeros(1))
+        return float(a), float(s)
+
     def split_prediction(self, pred: Tensor, noisy: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
         """The model's noise and clean-latent estimates ``(ε̂, x̂0)`` from its prediction.
 

@@ -72,6 +72,22 @@ class SDFamily(ModelFamily):
         abar = self.train_scheduler.alphas_cumprod.to(t.device)[self.timestep_index(t)].float()
         return abar.sqrt(), (1 - abar).sqrt()
 
+    def sampling_times(self, steps: int) -> Tensor:
+        # DDIM's timesteps from the checkpoint's scheduler config (its spacing and offset), as
+        # the pipeline uses them with a DDIMScheduler; each step lands on the next one, the last on t = 0.
+        ddim = self._ddim()
+        ddim.set_timesteps(steps)
+        return torch.cat([ddim.timesteps.float() / (self.num_train_timesteps - 1), torch.zeros(1)])
+
+    def final_scales(self) -> tuple[float, float]:
+        # DDIM's last step lands on alpha = 1 under set_alpha_to_one, else on ᾱ_0 (SD1.5's config).
+        return (1.0, 0.0) if self._ddim().config.set_alpha_to_one else super().final_scales()
+
+    def _ddim(self):
+        from diffusers import DDIMScheduler
+
+        return DDIMScheduler.from_config(self.pipe.scheduler.config)
+
     def split_prediction(self, pred: Tensor, noisy: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
         a, s = (per_group(v, noisy) for v in self.noise_scales(t))  # [B, 1, 1, ...]
         if self.prediction_type == "epsilon":

@@ -69,6 +69,17 @@ class SD3Family(ModelFamily):
         sigma = t.float()
         return 1 - sigma, sigma
 
+    def sampling_times(self, steps: int) -> Tensor:
+        # The pipeline's shifted sigmas (FlowMatchEulerDiscreteScheduler.set_timesteps), ending at σ = 0.
+        from diffusers import FlowMatchEulerDiscreteScheduler
+
+        scheduler = FlowMatchEulerDiscreteScheduler.from_config(self.pipe.scheduler.config)
+        if scheduler.config.get("use_dynamic_shifting"):
+            raise NotImplementedError("sampling with a dynamically shifted schedule (use_dynamic_shifting) "
+                                      "is not supported; the SD3 checkpoints use a fixed shift")
+        scheduler.set_timesteps(steps)
+        return scheduler.sigmas.float()
+
     def split_prediction(self, pred: Tensor, noisy: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
         # x = (1 − σ)·x0 + σ·ε and v = ε − x0:  x0 = x − σ·v,  ε = x + (1 − σ)·v.
         sigma = per_group(t, noisy)
