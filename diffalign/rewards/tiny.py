@@ -201,3 +201,59 @@ def save_tiny_reward(name: str, folder: str | os.PathLike) -> tuple[Path, dict]:
         tiny_bert_tokenizer().save_pretrained(folder)
         return folder, {"vision_config": TINY_BLIP_VISION}
     raise ValueError(f"no tiny build for reward {name!r}")
+
+
+def tiny_step_aware(seed: int = 0, time_std: float = 0.0):
+    """A step-aware preference model on :func:`tiny_clip` (eval mode, frozen).
+
+    Args:
+        time_std: ``0`` keeps the identity initialisation (scores equal the CLIP backbone's);
+            otherwise N(0, time_std²) noise is added to every time-conditioning weight, so the
+            score depends on ``t``.
+    """
+    from diffalign.rewards.base import finish
+    from diffalign.rewards.clip import HFTokenize
+    from diffalign.rewards.step_aware import SPMTransform, StepAwarePreferenceModel
+
+    model = StepAwarePreferenceModel(tiny_clip(seed), SPMTransform(IMAGE_SIZE), HFTokenize(tiny_clip_tokenizer()))
+    if time_std:
+        generator = torch.Generator().manual_seed(seed + 1)
+        with torch.no_grad():
+            for param in model.time.parameters():
+                param.add_(torch.randn(param.shape, generator=generator) * time_std)
+    return finish(model)
+
+
+def save_tiny_step_aware_authors_layout(folder: str | os.PathLike, seed: int = 0, time_std: float = 0.5) -> tuple[Path, Path]:
+    """Write :func:`tiny_step_aware` ``(seed, time_std)`` as the authors' released ``.bin``.
+
+    The key names are spelt out here from the authors' module tree (``StepAwarePreferenceModel.model``
+    = ``HFTimeConditionedCLIPModel``: ``t_embedder.mlp`` = Linear, SiLU, Linear; a SiLU, Linear
+    ``adaLN_modulation`` per vision layer and on the pooled output), not produced by the key map
+    under test; the ``position_ids`` buffers that transformers 4.27 saved are included.
+
+    Returns:
+        ``(checkpoint, clip_source)``: the ``.bin`` and a tiny CLIP folder (config, tokenizer,
+        preprocessor) of another seed, so every weight that loads must come from the ``.bin``.
+    """
+    from diffalign.rewards.step_aware import AUTHORS_FILES
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    model = tiny_step_aware(seed, time_std)
+    state = {f"model.{key}": value for key, value in model.clip.state_dict().items()}
+    vision = model.clip.config.vision_config
+    state["model.text_model.embeddings.position_ids"] = torch.arange(MAX_TOKENS)[None]
+    state["model.vision_model.embeddings.position_ids"] = torch.arange((vision.image_size // vision.patch_size) ** 2 + 1)[None]
+    time = model.time
+    for index, linear in ((0, time.embedder.linear_1), (2, time.embedder.linear_2)):
+        state[f"model.t_embedder.mlp.{index}.weight"] = linear.weight
+        state[f"model.t_embedder.mlp.{index}.bias"] = linear.bias
+    for layer, linear in enumerate(time.layers):
+        state[f"model.vision_model.encoder.layers.{layer}.adaLN_modulation.1.weight"] = linear.weight
+        state[f"model.vision_model.encoder.layers.{layer}.adaLN_modulation.1.bias"] = linear.bias
+    state["model.vision_model.adaLN_modulation.1.weight"] = time.pooled.weight
+    state["model.vision_model.adaLN_modulation.1.bias"] = time.pooled.bias
+    checkpoint = folder / AUTHORS_FILES["sd15"]
+    torch.save({key: value.detach().clone() for key, value in state.items()}, checkpoint)
+    return checkpoint, save_tiny_clip(folder / "clip-config", seed=seed + 7)

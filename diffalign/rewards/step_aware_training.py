@@ -1,0 +1,423 @@
+"""Training a step-aware preference model (SPM) on human pairs, as SPO does (Liang et al., arXiv
+2406.04314; RockeyCoss/SPO ``step_aware_preference_model/trainer/tasks/spm_task.py``).
+
+For each pair ``(I_w, I_l, c)`` of a diffalign preference dataset (``K = 2``, best first):
+
+1. draw one time ``t`` and one noise ``ε`` shared by both images (the family's
+   ``sample_noise_and_time``: uniform over the 1000 DDPM steps for SD/SDXL);
+2. VAE-encode both images and noise them to ``t``;
+3. run the **frozen** base model once, with classifier-free guidance ``w`` (5), to get ``x̂0`` of
+   each, and decode it (:func:`~diffalign.rewards.step_aware.pixels_from_noisy`);
+4. logits ``z = S(x̂0, t, c)`` for the two images, loss
+   ``ℓ = −Σ_i y_i·log softmax(z)_i + [tie]·log ½`` with ``y = (1, 0)``, or ``(½, ½)`` when the
+   row's ranks are equal (a tie); each pair weighted by ``1 / #pairs of its prompt`` (PickScore's
+   convention), normalised over the batch.
+
+Only the SPM trains (AdamW, defaults of the SD1.5 SPM: lr 3e-6, weight decay 0.3, 500 warmup
+steps then linear decay; the authors' DeepSpeed ``WarmupDecayLR`` warms up log-shaped).
+
+Resumable: every ``checkpoint_every`` steps ``accelerate.save_state`` writes model, optimiser,
+schedule and RNG states plus the step; which rows a step reads and its noise depend only on
+``(seed, step)``, so a resumed run takes exactly the steps an uninterrupted one would.
+
+Held-out accuracy: a deterministic fraction of the pairs (by a hash of the row id) never trains;
+accuracy at each evaluation time is the mean over held-out pairs of ``y_0·[z_0 > z_1] +
+y_1·[z_1 > z_0]`` (a tie counts ½ unless the scores are equal, as the authors count), with the
+same noise at every evaluation; at ``t = 0`` the clean images are scored, as the authors do.
+
+Output folder: ``config.json``, ``metrics.jsonl`` (one line per step and per evaluation),
+``heldout_accuracy.json``, ``checkpoints/checkpoint-NNNNNNN/`` and, when done, ``final/`` (an SPM
+folder for :meth:`StepAwarePreferenceModel.from_pretrained`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import shutil
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from diffalign.rewards.step_aware import StepAwarePreferenceModel, pixels_from_noisy
+
+AUTHORS_EVAL_INDICES = (0, 251, 501, 701, 951)
+"""The DDPM indices the authors report accuracy at (``spm_task.py``)."""
+CHECKPOINT_PREFIX = "checkpoint-"
+TRAINER_STATE = "trainer_state.json"
+
+
+@dataclass
+class SPMTrainConfig:
+    """Everything one SPM training run depends on (see the module docstring).
+
+    Attributes:
+        data: preference dataset folder (``K = 2``).
+        base_model: the diffusers pipeline whose ``x̂0`` the SPM learns to score (frozen).
+        out: output folder.
+        init: an SPM folder (``save_pretrained``) or a CLIP/PickScore model (default PickScore_v1).
+        steps: optimiser steps; batch_size: pairs per step and process; grad_accum: micro-batches per step.
+        guidance: CFG scale of the base model's ``x̂0`` (5.0 in the paper).
+        heldout_fraction: share of pairs kept out of training for the accuracy.
+        eval_times: normalised times of the held-out accuracy (default the authors' DDPM indices / 999).
+        eval_every: also evaluate every N steps (0: only at the end).
+        checkpoint_every: save a resumable checkpoint every N steps; keep_checkpoints: how many to keep.
+        resume: ``None``, ``"latest"`` (start fresh when there is none) or a checkpoint folder.
+        train_parts: ``"all"`` (the paper) or ``"time"`` (only the added time conditioning).
+        base_dtype: dtype of the frozen base model (``"float32"``, ``"bfloat16"``, ``"float16"``).
+        mixed_precision: accelerate's ``"no"``, ``"bf16"`` or ``"fp16"`` for the SPM.
+    """
+
+    data: str
+    base_model: str
+    out: str
+    init: str | None = None
+    steps: int = 8000
+    batch_size: int = 16
+    grad_accum: int = 1
+    lr: float = 3e-6
+    weight_decay: float = 0.3
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
+    warmup_steps: int = 500
+    lr_scheduler: str = "linear"
+    max_grad_norm: float = 1.0
+    guidance: float = 5.0
+    resolution: int = 512
+    heldout_fraction: float = 0.05
+    eval_times: tuple[float, ...] = field(default_factory=lambda: tuple(i / 999 for i in AUTHORS_EVAL_INDICES))
+    eval_every: int = 0
+    eval_batch_size: int = 16
+    checkpoint_every: int = 500
+    keep_checkpoints: int = 2
+    resume: str | None = None
+    seed: int = 0
+    train_parts: str = "all"
+    base_dtype: str = "float32"
+    mixed_precision: str = "no"
+
+    # Settings a resumed run may change: the rest decides which steps are taken and how.
+    RESUMABLE_CHANGES = ("resume", "eval_every", "eval_batch_size", "checkpoint_every", "keep_checkpoints", "eval_times")
+
+    def __post_init__(self):
+        if not 0 <= self.heldout_fraction < 1:
+            raise ValueError(f"heldout_fraction must be in [0, 1), got {self.heldout_fraction}")
+        if min(self.steps, self.batch_size, self.grad_accum) < 1:
+            raise ValueError("steps, batch_size and grad_accum must be at least 1")
+        if any(not 0 <= t <= 1 for t in self.eval_times):
+            raise ValueError(f"eval_times are normalised times in [0, 1], got {self.eval_times}")
+        self.betas, self.eval_times = tuple(self.betas), tuple(self.eval_times)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+# ----------------------------------------------------------------------------------- the loss
+def pair_labels(batch: dict) -> Tensor:
+    """``[B, 2]`` targets of best-first pairs: ``(1, 0)``, or ``(½, ½)`` where the ranks tie."""
+    count = len(batch["ids"])
+    labels = torch.tensor([[1.0, 0.0]]).repeat(count, 1)
+    ranks = batch.get("ranks")
+    if ranks is not None:
+        labels[ranks[:, 0] == ranks[:, 1]] = 0.5
+    return labels
+
+
+def spm_pair_loss(logits: Tensor, labels: Tensor, weights: Tensor | None = None) -> Tensor:
+    """The authors' SPM loss over ``B`` pairs (module docstring, step 4).
+
+    Args:
+        logits: ``[B, 2]`` preference logits; labels: ``[B, 2]`` targets summing to 1.
+        weights: ``[B]`` example weights (normalised here to sum 1); ``None``: the mean.
+
+    Returns:
+        A scalar; 0 for a perfectly fitted batch (ties included: ``log ½`` is added back).
+    """
+    loss = -(labels * F.log_softmax(logits.float(), dim=-1)).sum(-1)
+    loss = loss + (labels[:, 0] == labels[:, 1]).float() * math.log(0.5)
+    weights = torch.ones_like(loss) if weights is None else weights.to(loss)
+    return (loss * weights / weights.sum()).sum()
+
+
+def split_heldout(ids: list[str], fraction: float) -> tuple[list[int], list[int]]:
+    """``(train, heldout)`` row indices: the ``round(fraction · N)`` rows (at least one when
+    ``fraction > 0``) with the smallest SHA-256 of their id are held out, so the split depends
+    only on the ids, not on row order or seed."""
+    order = sorted(range(len(ids)), key=lambda i: hashlib.sha256(ids[i].encode()).hexdigest())
+    held = min(len(ids) - 1, max(1, round(fraction * len(ids)))) if fraction > 0 else 0
+    return sorted(order[held:]), sorted(order[:held])
+
+
+def _generator(*numbers: int) -> torch.Generator:
+    """A CPU generator seeded from ``numbers`` (mixed by numpy's SeedSequence)."""
+    seed = int(np.random.SeedSequence(list(numbers)).generate_state(1, dtype=np.uint64)[0] >> 1)
+    return torch.Generator().manual_seed(seed)
+
+
+# ----------------------------------------------------------------------------------- x̂0 of a pair
+def estimate_pixels(family, batch: dict, guidance: float, generator: torch.Generator,
+                    t: float | None = None) -> tuple[Tensor, Tensor]:
+    """The decoded one-step estimates of a batch of pairs, noised with one ``ε`` and ``t`` per pair.
+
+    Args:
+        batch: from :func:`~diffalign.data.loader.collate_groups` (``pixels [B, 2, 3, R, R]``).
+        t: a fixed normalised time for every pair (evaluation); ``None`` draws one per pair.
+
+    Returns:
+        ``(pixels [B, 2, 3, R, R] in [0, 1], t [B])``.
+    """
+    count, size = len(batch["ids"]), tuple(batch["pixels"].shape[-2:])
+    texts = [[prompt] * 2 for prompt in batch["prompts"]]
+    latents, cond = family.inputs(batch, texts, generator)
+    noise, times = family.sample_noise_and_time(latents, generator)
+    if t is not None:
+        times = torch.full_like(times, t)
+    uncond = family.encode_prompts([""] * count, group_size=2, image_info=family.image_info(batch, size))
+    noisy = family.add_noise(latents, noise, times)
+    return pixels_from_noisy(family, family.denoiser, noisy, times, cond, uncond, guidance), times
+
+
+def _pair_logits(spm, pixels: Tensor, prompts: list[str], times: Tensor) -> Tensor:
+    """``[B, 2]`` SPM logits of ``pixels [B, 2, 3, H, W]``, each pair at its time. Called through
+    ``forward`` (the SPM's ``score_noisy``), so an accelerate/DDP-wrapped SPM syncs its gradients."""
+    return spm(pixels.flatten(0, 1), [p for p in prompts for _ in range(2)], times.repeat_interleave(2)).view(-1, 2)
+
+
+@torch.no_grad()
+def heldout_accuracy(spm: StepAwarePreferenceModel, family, groups, indices: list[int], times: tuple[float, ...],
+                     guidance: float = 5.0, batch_size: int = 16, seed: int = 0) -> dict:
+    """Pair accuracy of ``spm`` on rows ``indices`` of ``groups`` at each normalised time.
+
+    Returns:
+        ``{"pairs": N, "accuracy": {"<t>": acc}, "ddpm_index": {"<t>": round(t·999)}, "mean": acc}``
+        with ``<t>`` written to 4 decimals; accuracies are ``None`` when there are no pairs.
+    """
+    from diffalign.data.loader import collate_groups
+
+    was_training = spm.training
+    spm.eval()
+    accuracy = {}
+    for t in times:
+        correct = []
+        for start in range(0, len(indices), batch_size):
+            batch = collate_groups([groups[i] for i in indices[start : start + batch_size]])
+            if not batch["ids"]:
+                continue
+            labels = pair_labels(batch)
+            if t == 0:  # the clean images themselves, as the authors evaluate t = 0
+                pixels = (batch["pixels"].float() / 2 + 0.5).clamp(0, 1)
+                times_ = torch.zeros(len(batch["ids"]))
+            else:  # the same noise at every t and every evaluation: only the model changes
+                pixels, times_ = estimate_pixels(family, batch, guidance, _generator(seed, 1, start), t)
+            logits = _pair_logits(spm, pixels.to(spm.device), batch["prompts"], times_).cpu()
+            correct += (labels[:, 0] * (logits[:, 0] > logits[:, 1]) + labels[:, 1] * (logits[:, 1] > logits[:, 0])).tolist()
+        accuracy[f"{t:.4f}"] = sum(correct) / len(correct) if correct else None
+    spm.train(was_training)
+    values = [a for a in accuracy.values() if a is not None]
+    return {"pairs": len(indices), "accuracy": accuracy, "ddpm_index": {f"{t:.4f}": round(t * 999) for t in times},
+            "mean": sum(values) / len(values) if values else None}
+
+
+# ----------------------------------------------------------------------------------- the run
+def load_initial_spm(init: str | None, seed: int = 0, dtype=None) -> StepAwarePreferenceModel:
+    """An SPM folder (has ``step_aware.json``) as saved, else a CLIP/PickScore model with the
+    time conditioning at identity (the paper starts from PickScore_v1), its random part drawn
+    from ``seed`` so that every run with the same settings starts from the same model."""
+    if init is not None and (Path(init) / "step_aware.json").is_file():
+        return StepAwarePreferenceModel.from_pretrained(init, dtype=dtype)
+    model = StepAwarePreferenceModel.from_clip(init, dtype=dtype)
+    model.time.reset_parameters(_generator(seed, 3))
+    return model
+
+
+def checkpoints(folder: Path) -> list[Path]:
+    """Complete checkpoints under ``folder/checkpoints``, oldest first."""
+    root = folder / "checkpoints"
+    found = [p for p in root.iterdir() if p.name.startswith(CHECKPOINT_PREFIX) and (p / TRAINER_STATE).is_file()] \
+        if root.is_dir() else []
+    return sorted(found, key=lambda p: int(p.name[len(CHECKPOINT_PREFIX):]))
+
+
+def _save_checkpoint(accelerator, out: Path, step: int, keep: int) -> Path:
+    """``accelerate.save_state`` (on every process, as it requires) into a temporary folder that is
+    renamed once complete, so ``resume="latest"`` never sees half a checkpoint."""
+    final = out / "checkpoints" / f"{CHECKPOINT_PREFIX}{step:07d}"
+    tmp = final.with_name(f".tmp-{final.name}")
+    if accelerator.is_main_process:
+        shutil.rmtree(tmp, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(tmp))
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        (tmp / TRAINER_STATE).write_text(json.dumps({"step": step}))
+        shutil.rmtree(final, ignore_errors=True)
+        tmp.rename(final)
+        for old in checkpoints(out)[:-keep] if keep > 0 else []:
+            shutil.rmtree(old)
+    accelerator.wait_for_everyone()
+    return final
+
+
+def _resume_from(config: SPMTrainConfig, out: Path) -> Path | None:
+    if config.resume is None:
+        return None
+    if config.resume == "latest":
+        found = checkpoints(out)
+        return found[-1] if found else None
+    path = Path(config.resume)
+    if not (path / TRAINER_STATE).is_file():
+        raise FileNotFoundError(f"resume: {path} is not a complete checkpoint (no {TRAINER_STATE})")
+    return path
+
+
+def _check_same_settings(config: SPMTrainConfig, out: Path) -> None:
+    saved = json.loads((out / "config.json").read_text())
+    now = json.loads(json.dumps(config.to_dict()))  # tuples as lists, as saved
+    changed = [k for k in now if k not in SPMTrainConfig.RESUMABLE_CHANGES and saved.get(k) != now[k]]
+    if changed:
+        raise ValueError(f"resume: {out} was trained with other settings ({', '.join(changed)}); "
+                         "resume with the same ones, or train into a new folder")
+
+
+class _Order:
+    """Which training rows slot ``n`` of the sample stream reads: epochs of seeded permutations."""
+
+    def __init__(self, rows: list[int], seed: int):
+        self.rows, self.seed, self._perms = rows, seed, {}
+
+    def __getitem__(self, slot: int) -> int:
+        epoch, place = divmod(slot, len(self.rows))
+        if epoch not in self._perms:
+            self._perms = {epoch: torch.randperm(len(self.rows), generator=_generator(self.seed, 0, epoch))}
+        return self.rows[int(self._perms[epoch][place])]
+
+
+def _accumulate(config: SPMTrainConfig, accelerator, spm, family, groups, order: _Order, per_prompt: dict,
+                step: int) -> float:
+    """Forward and backward of step ``step``'s ``grad_accum`` micro-batches; returns its mean loss.
+
+    The rows and the noise depend only on ``(seed, step, micro-batch, process)``."""
+    from diffalign.data.loader import collate_groups
+
+    world, rank, total = accelerator.num_processes, accelerator.process_index, 0.0
+    for micro in range(config.grad_accum):
+        first = (((step - 1) * config.grad_accum + micro) * world + rank) * config.batch_size
+        batch = collate_groups([groups[order[slot]] for slot in range(first, first + config.batch_size)])
+        if not batch["ids"]:  # every image of the micro-batch unreadable
+            continue
+        pixels, times = estimate_pixels(family, batch, config.guidance, _generator(config.seed, 2, step, micro, rank))
+        weights = torch.tensor([1.0 / per_prompt[p] for p in batch["prompts"]])
+        # Gradients are all-reduced only on the last micro-batch of a step.
+        with nullcontext() if micro == config.grad_accum - 1 else accelerator.no_sync(spm):
+            with accelerator.autocast():
+                logits = _pair_logits(spm, pixels.to(accelerator.device), batch["prompts"], times)
+                loss = spm_pair_loss(logits, pair_labels(batch).to(logits.device), weights)
+            accelerator.backward(loss / config.grad_accum)
+        total += loss.item() / config.grad_accum
+    return total
+
+
+def train_step_aware(config: SPMTrainConfig, stop_after: int | None = None, progress: bool = True) -> dict:
+    """Train an SPM (module docstring); returns the last step, loss and held-out accuracy.
+
+    Args:
+        stop_after: stop (with a checkpoint) once this step is done, e.g. to fit a time slot;
+            a later run with ``resume="latest"`` continues from there.
+        progress: show a tqdm bar.
+    """
+    from accelerate import Accelerator
+    from diffusers.optimization import get_scheduler
+    from tqdm.auto import tqdm
+
+    from diffalign.data.loader import GroupDataset
+    from diffalign.families import load
+
+    out = Path(config.out)
+    resume = _resume_from(config, out)
+    if resume is not None:
+        _check_same_settings(config, out)
+    accelerator = Accelerator(mixed_precision=config.mixed_precision)
+    main = accelerator.is_main_process
+    groups = GroupDataset(config.data, resolution=config.resolution, center_crop=True, random_flip=False, seed=config.seed)
+    if groups.data.group_size != 2:
+        raise ValueError(f"{config.data} has groups of {groups.data.group_size} images; the SPM trains on pairs (K = 2)")
+    ids = groups.data.column("id")
+    train_rows, heldout_rows = split_heldout(ids, config.heldout_fraction)
+    prompts = groups.data.column("prompt")
+    per_prompt: dict[str, int] = {}
+    for row in train_rows:
+        per_prompt[prompts[row]] = per_prompt.get(prompts[row], 0) + 1
+
+    family = load(config.base_model, dtype=getattr(torch, config.base_dtype), device=accelerator.device)
+    family.denoiser.eval().requires_grad_(False)
+    spm = load_initial_spm(config.init, config.seed).to(accelerator.device)
+    params = spm.train_parameters(config.train_parts)
+    optimizer = torch.optim.AdamW(params, lr=config.lr, betas=config.betas, eps=config.eps, weight_decay=config.weight_decay)
+    # A prepared scheduler steps once per process per optimiser step, hence the factor.
+    world = accelerator.num_processes
+    schedule = get_scheduler(config.lr_scheduler, optimizer, num_warmup_steps=config.warmup_steps * world,
+                             num_training_steps=config.steps * world)
+    spm, optimizer, schedule = accelerator.prepare(spm, optimizer, schedule)
+    model = accelerator.unwrap_model(spm)
+
+    start = 0
+    if resume is not None:
+        accelerator.load_state(str(resume))
+        start = json.loads((resume / TRAINER_STATE).read_text())["step"]
+    elif main:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "config.json").write_text(json.dumps(config.to_dict(), indent=2))
+        (out / "metrics.jsonl").unlink(missing_ok=True)  # a fresh run: no lines of an earlier one
+    order = _Order(train_rows, config.seed)
+    per_step = config.batch_size * world * config.grad_accum
+    last = min(config.steps, stop_after if stop_after is not None else config.steps)
+
+    def evaluate(step: int) -> dict:
+        result = {"step": step, **heldout_accuracy(model, family, groups, heldout_rows, config.eval_times,
+                                                   config.guidance, config.eval_batch_size, config.seed)}
+        (out / "heldout_accuracy.json").write_text(json.dumps(result, indent=2))
+        with open(out / "metrics.jsonl", "a") as log:
+            log.write(json.dumps({"heldout": result}) + "\n")
+        print(f"held-out pair accuracy at step {step} ({result['pairs']} pairs): "
+              + ", ".join(f"t={t} (DDPM {result['ddpm_index'][t]}): {a}" for t, a in result["accuracy"].items())
+              + f"; mean {result['mean']}")
+        return result
+
+    loss_value, result = None, None
+    bar = tqdm(total=config.steps, initial=start, disable=not (progress and main), desc="SPM training")
+    for step in range(start + 1, last + 1):
+        total = _accumulate(config, accelerator, spm, family, groups, order, per_prompt, step)
+        if config.max_grad_norm > 0:
+            accelerator.clip_grad_norm_(params, config.max_grad_norm)
+        optimizer.step()
+        schedule.step()
+        optimizer.zero_grad(set_to_none=True)
+        loss_value = total
+        bar.update(1)
+        bar.set_postfix(loss=f"{total:.4f}")
+        if main:
+            with open(out / "metrics.jsonl", "a") as log:
+                log.write(json.dumps({"step": step, "loss": total, "lr": schedule.get_last_lr()[0],
+                                      "pairs_seen": step * per_step}) + "\n")
+        if (config.checkpoint_every > 0 and step % config.checkpoint_every == 0) or step == last:
+            _save_checkpoint(accelerator, out, step, config.keep_checkpoints)
+        if main and (step == config.steps or (config.eval_every > 0 and step % config.eval_every == 0)):
+            result = evaluate(step)
+    bar.close()
+    if main and last == config.steps:
+        model.save_pretrained(out / "final")
+        if result is None:  # resumed after the last step: report the finished model
+            result = evaluate(last)
+    accelerator.wait_for_everyone()
+    return {"step": last, "loss": loss_value, "heldout": result, "out": str(out)}
+
+
+__all__ = ["AUTHORS_EVAL_INDICES", "SPMTrainConfig", "checkpoints", "estimate_pixels", "heldout_accuracy",
+           "load_initial_spm", "pair_labels", "spm_pair_loss", "split_heldout", "train_step_aware"]
