@@ -52,3 +52,49 @@ class Reference:
     def _switch(self, enabled: bool) -> None:
         for layer in self._adapters:
             layer.enable_adapters(enabled)
+
+
+class Snapshot:
+    """A frozen copy of the policy as of its last :meth:`refresh`: Diffusion-DRO's rollout model.
+
+    Under LoRA only the trainable (adapter) tensors are copied, and :meth:`active` swaps them into
+    the policy for the rollout and back afterwards: no second copy of the base weights. Under full
+    fine-tuning it is a third copy of the denoiser, as in the official code.
+
+    Args:
+        denoiser: the (unwrapped) trained module.
+        lora: the denoiser carries LoRA adapters.
+    """
+
+    def __init__(self, denoiser: torch.nn.Module, lora: bool):
+        self.denoiser, self.lora = denoiser, lora
+        if lora:
+            self._live = [p for p in denoiser.parameters() if p.requires_grad]
+            self._saved = [p.detach().clone() for p in self._live]
+        else:
+            self.module = copy.deepcopy(denoiser).requires_grad_(False).eval()
+
+    @torch.no_grad()
+    def refresh(self) -> None:
+        """Copy the policy's current weights into the snapshot."""
+        if self.lora:
+            for saved, live in zip(self._saved, self._live):
+                saved.copy_(live.detach())
+        else:
+            self.module.load_state_dict(self.denoiser.state_dict())
+
+    @contextmanager
+    def active(self):
+        """Yield the module to call as the snapshot, under ``no_grad``."""
+        with torch.no_grad():
+            if not self.lora:
+                yield self.module
+                return
+            current = [p.detach().clone() for p in self._live]
+            for saved, live in zip(self._saved, self._live):
+                live.copy_(saved)
+            try:
+                yield self.denoiser
+            finally:
+                for now, live in zip(current, self._live):
+                    live.copy_(now)

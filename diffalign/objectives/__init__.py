@@ -22,14 +22,16 @@ from .base import (
 )
 from .dcpo import DCPO, DCPOConfig
 from .diffusion_dpo import DiffusionDPO, DiffusionDPOConfig
+from .diffusion_dro import DiffusionDRO, DiffusionDROConfig
 from .inpo import InPO, InPOConfig
 from .mapo import MaPO, MaPOConfig
 from .rank_dpo import RankDPO, RankDPOConfig
 from .sft import SFT, SFTConfig
 from .smpo import SmPO, SmPOConfig
+from .spo import SPO, SPOConfig
 
 OBJECTIVES = {"diffusion_dpo": DiffusionDPO, "mapo": MaPO, "dcpo": DCPO, "rank_dpo": RankDPO, "sft": SFT,
-              "inpo": InPO, "smpo": SmPO}
+              "inpo": InPO, "smpo": SmPO, "spo": SPO, "diffusion_dro": DiffusionDRO}
 
 
 def objective_class(name: str) -> type[Objective]:
@@ -107,7 +109,8 @@ def build_objective(spec: Mapping[str, Any]) -> Objective:
 
 
 __all__ = [
-    "DCPO", "METRIC_NAMES", "MaPO", "OBJECTIVES", "SFT", "DCPOConfig", "DiffusionDPO", "DiffusionDPOConfig",
+    "DCPO", "METRIC_NAMES", "MaPO", "OBJECTIVES", "SFT", "SPO", "DCPOConfig", "DiffusionDPO", "DiffusionDPOConfig",
+    "DiffusionDRO", "DiffusionDROConfig", "SPOConfig",
     "InPO", "InPOConfig", "MaPOConfig", "Objective", "ObjectiveDataError", "ObjectiveOutput", "PreferenceTerms",
     "RankDPO", "RankDPOConfig", "SFTConfig", "SmPO", "SmPOConfig", "build_objective", "complete_spec", "describe_config",
     "objective_class", "objective_config_dataclass", "pair_metrics", "prepare_terms", "require_reference",

@@ -45,6 +45,9 @@ class PreferenceTerms:
         ranks: ``[B, K]`` 0 = best; equal ranks are ties. ``None`` means "best first, no ties".
         scores: ``[B, K]`` reward scores (higher is better), or ``None``.
         policy_logp, ref_logp: ``[B, K]`` trajectory log-probabilities (sampling objectives).
+        weights: ``[B]`` weight of each group in the mean, or ``None`` (all 1). A sampling step
+            that found nothing to train on gives weight 0, so the loss is 0 but has a gradient
+            graph (every process must run backward).
     """
 
     policy_err: Tensor
@@ -54,6 +57,15 @@ class PreferenceTerms:
     scores: Tensor | None = None
     policy_logp: Tensor | None = None
     ref_logp: Tensor | None = None
+    weights: Tensor | None = None
+
+
+def weighted_mean(values: Tensor, weights: Tensor | None) -> Tensor:
+    """Mean of ``[B]`` values, weighted by ``terms.weights`` when given (all-zero weights: 0)."""
+    if weights is None:
+        return values.mean()
+    weights = weights.to(values)
+    return (values * weights).sum() / weights.sum().clamp(min=1e-12) if weights.any() else (values * weights).sum()
 
 
 @dataclass
@@ -77,7 +89,10 @@ class Objective:
         needs_ranks: needs ranks or scores in the data (RankDPO).
         needs_scores: needs reward scores in the data (SmPO).
         step: the preference step that makes its terms (:data:`diffalign.steps.STEPS`):
-            ``"denoising"`` (forward-noised latents) or ``"inversion"`` (inverted latents).
+            ``"denoising"`` (forward-noised latents), ``"inversion"`` (inverted latents), or a
+            sampling step (``"spo"``, ``"diffusion_dro"``: terms made from the policy's rollouts).
+        terms_group_size: the ``K`` of the terms when it is not the dataset's (SPO: pairs made
+            from a prompt; Diffusion-DRO: one expert image and one rollout state per prompt).
 
     These attributes are the one statement of what an objective accepts; ``diffalign train``
     and ``diffalign check-config`` check them against the dataset before any model loads.
@@ -92,6 +107,7 @@ class Objective:
     needs_ranks: ClassVar[bool] = False
     needs_scores: ClassVar[bool] = False
     step: ClassVar[str] = "denoising"
+    terms_group_size: ClassVar[int | None] = None
 
     def __init__(self, config=None):
         self.config = config if config is not None else self.Config()
@@ -113,9 +129,18 @@ class Objective:
             wanted = (f"K = {cls.min_group_size}" if cls.min_group_size == cls.max_group_size
                       else f"K ≥ {cls.min_group_size}" if cls.max_group_size is None
                       else f"{cls.min_group_size} ≤ K ≤ {cls.max_group_size}")
-            kind = "pairs" if group_size == 2 else f"groups of K = {group_size}"
-            hint = " (use rank_dpo for ranked groups, or build pairs)" if group_size > 2 else ""
-            raise ObjectiveDataError(f"{cls.name} needs {wanted} images per prompt; the dataset has {kind}{hint}")
+            needs = ("one image per prompt (K = 1)" if cls.max_group_size == 1
+                     else f"{wanted} images per prompt")
+            kind = ("one image per prompt (K = 1, an expert dataset)" if group_size == 1
+                    else "pairs" if group_size == 2 else f"groups of K = {group_size}")
+            if cls.max_group_size == 1:  # an objective of expert images, given groups
+                hint = " (make an expert dataset from it with `diffalign build experts --from DATASET --out OUT`)"
+            elif group_size == 1:
+                hint = (" (diffusion_dro is the objective that trains on one image per prompt; "
+                        f"give {cls.name} pairs or groups)")
+            else:
+                hint = " (use rank_dpo for ranked groups, or build pairs)" if group_size > 2 else ""
+            raise ObjectiveDataError(f"{cls.name} needs {needs}; the dataset has {kind}{hint}")
         if cls.needs_captions and not has_captions:
             raise ObjectiveDataError(
                 f"{cls.name} needs a caption per image (the dataset's 'captions' column is empty); "
@@ -182,4 +207,4 @@ def prepare_terms(name: str, terms: PreferenceTerms, min_k: int = 2, max_k: int 
 
 
 __all__ = ["METRIC_NAMES", "Objective", "ObjectiveDataError", "ObjectiveOutput", "PreferenceTerms",
-           "pair_metrics", "prepare_terms", "require_reference"]
+           "pair_metrics", "prepare_terms", "require_reference", "weighted_mean"]

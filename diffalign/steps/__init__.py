@@ -7,8 +7,13 @@ from __future__ import annotations
 
 from diffalign.steps.base import PreferenceStep, group_generators
 from diffalign.steps.denoising import DenoisingStep
+from diffalign.steps.diffusion_dro import DiffusionDROStep
 from diffalign.steps.inversion import InversionStep
+from diffalign.steps.rollout import RolloutStep
+from diffalign.steps.spo import SPOStep
 
-STEPS: dict[str, type[PreferenceStep]] = {"denoising": DenoisingStep, "inversion": InversionStep}
+STEPS: dict[str, type[PreferenceStep]] = {"denoising": DenoisingStep, "inversion": InversionStep, "spo": SPOStep,
+                                          "diffusion_dro": DiffusionDROStep}
 
-__all__ = ["STEPS", "DenoisingStep", "InversionStep", "PreferenceStep", "group_generators"]
+__all__ = ["STEPS", "DenoisingStep", "DiffusionDROStep", "InversionStep", "PreferenceStep", "RolloutStep", "SPOStep",
+           "group_generators"]

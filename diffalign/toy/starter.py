@@ -5,6 +5,9 @@ A fresh clone has neither; this writes both in a few seconds, with no download:
     <out>/model    the shipped toy base model (an SD1.5-style pipeline at 32 px, :mod:`.pretrain`)
     <out>/pairs    best-vs-worst pairs of rendered toy scenes, scores and a caption per image
     <out>/ranked   groups of three, best first, with scores (for rank_dpo)
+    <out>/experts  the preferred image of each pair alone, one per prompt (K = 1, for diffusion_dro)
+    <out>/step_aware  a tiny step-aware preference model with random weights (for spo: it runs, its
+                   scores mean nothing; the toy benchmark trains one on the toy pairs)
 
 The images are renders of the toy world (:mod:`.world`), ordered by the toy reward, so the
 preferred image of each group is the one with the larger object, as in the benchmark.
@@ -18,6 +21,7 @@ from pathlib import Path
 import torch
 
 from diffalign.data.writer import ShardWriter
+from diffalign.rewards.tiny import tiny_step_aware
 from diffalign.toy.benchmark import caption, tensor_png
 from diffalign.toy.pretrain import base_model
 from diffalign.toy.reward import toy_reward
@@ -30,10 +34,13 @@ def write_starter(out: str | Path, seed: int = 0) -> dict[str, Path]:
     """Write the model, pairs and ranked groups into ``out`` (replacing earlier ones).
 
     Returns:
-        ``{"model": ..., "pairs": ..., "ranked": ...}`` folders.
+        ``{"model": ..., "pairs": ..., "ranked": ..., "experts": ..., "step_aware": ...}`` folders.
     """
+    from diffalign.data.experts import build_experts
+
     out = Path(out)
-    folders = {"model": out / "model", "pairs": out / "pairs", "ranked": out / "ranked"}
+    folders = {"model": out / "model", "pairs": out / "pairs", "ranked": out / "ranked", "experts": out / "experts",
+               "step_aware": out / "step_aware"}
     shutil.rmtree(folders["model"], ignore_errors=True)
     shutil.copytree(base_model(progress=False), folders["model"])
     generator = torch.Generator().manual_seed(seed)
@@ -53,4 +60,6 @@ def write_starter(out: str | Path, seed: int = 0) -> dict[str, Path]:
                        "captions": [caption(images[best], prompt), caption(images[worst], prompt)]})
     pairs.finish({"group_size": 2, "reward_models": ["toy_coverage"]})
     ranked.finish({"group_size": 3, "reward_models": ["toy_coverage"]})
+    build_experts(folders["pairs"], folders["experts"], overwrite=True, progress=False)
+    tiny_step_aware(seed=seed).save_pretrained(folders["step_aware"])
     return folders

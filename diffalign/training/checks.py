@@ -153,6 +153,11 @@ def _cache_cannot_serve(config: TrainConfig, caption_mismatch: bool, objective) 
         return "the latent cache holds centre-cropped, unflipped latents (data.center_crop: true, data.random_flip: false)"
     if caption_mismatch:
         return f"a captioned dataset's cache holds its captions' embeddings, and {objective.name} conditions on the prompt"
+    from diffalign.steps import STEPS, RolloutStep
+
+    if issubclass(STEPS[objective.step], RolloutStep):
+        return (f"{objective.name} samples from the policy while it trains, which needs the VAE and text encoders "
+                "loaded anyway")
     inversion = getattr(objective.config, "inversion", None)
     if inversion is not None and inversion.guidance != 1:
         return (f"objective.inversion.guidance: {inversion.guidance} needs the text encoders for the empty prompt, "

@@ -21,7 +21,7 @@ from diffalign.config import TrainConfig, save_config, to_dict, torch_dtype
 from diffalign.data.loader import GroupDataset, collate_groups, loader_workers
 from diffalign.errors import DiffalignError
 from diffalign.families.reference import Reference
-from diffalign.steps import STEPS, group_generators
+from diffalign.steps import STEPS, RolloutStep, group_generators
 from diffalign.training import checkpoint, run_folder
 from diffalign.training.checks import preflight
 from diffalign.training.lean_layers import lean_layers
@@ -212,7 +212,10 @@ class Trainer:
         if not batch["ids"]:
             return None
         generators = group_generators(self.config.seed, self.epoch, batch["indices"])
-        return self.objective.loss(self.step(self.model, batch, generators))
+        out = self.objective.loss(self.step(self.model, batch, generators))
+        if isinstance(self.step, RolloutStep):
+            out.metrics.update(self.step.metrics())
+        return out
 
     # ----------------------------------------------------------------------------- loop
     def run(self, on_step=None) -> TrainResult:
@@ -344,17 +347,43 @@ class Trainer:
         config, step = self.config, self.state["step"] + 1
         self.state["step"] = step
         bar.update(1)
+        timing = self._rollout_timing(step)
         if step % config.logging.every == 0 or step == config.max_steps:
-            logged = log.flush(step, self._counters())
+            logged = log.flush(step, {**self._counters(), **timing})
             if "train/loss" in logged:
-                bar.set_postfix(loss=f"{logged['train/loss']:.4g}")
+                bar.set_postfix(loss=f"{logged['train/loss']:.4g}", **{k.split("/")[1]: f"{v:.2f}"
+                                                                        for k, v in timing.items()})
         if self._checkpoint_due(step):
             checkpoint.save(self.accelerator, ckpt_dir, step, dict(self.state), config.keep_checkpoints)
         every = config.validation.every
-        if config.validation.prompts and every and step % every == 0 and self.accelerator.is_main_process:
-            self._validate(step)
+        if every and step % every == 0 and self.accelerator.is_main_process:
+            if config.validation.prompts:
+                self._validate(step)
+            self._save_rollouts(step)
         if self._on_step is not None:
             self._on_step(step, self)
+
+    def _rollout_timing(self, step: int) -> dict:
+        """A sampling step's seconds per optimiser step, rolling out and training (``time/rollout_s``,
+        ``time/train_s``), after telling it of the update (its snapshot refresh); ``{}`` otherwise."""
+        if not isinstance(self.step, RolloutStep):
+            return {}
+        self.step.on_update(step)
+        seconds = self.step.pop_timing()
+        return {"time/rollout_s": seconds["rollout"], "time/train_s": seconds["train"]}
+
+    def _save_rollouts(self, step: int) -> None:
+        """The last rollout's images as a grid, ``validation/rollouts-step-N.png``."""
+        if not isinstance(self.step, RolloutStep):
+            return
+        images = self.step.rollout_images()
+        if images is None:
+            return
+        from torchvision.utils import save_image
+
+        path = self.out / "validation" / f"rollouts-step-{step:07d}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        save_image(images, str(path), nrow=math.ceil(math.sqrt(len(images))))
 
     def _counters(self) -> dict:
         return {"lr": self.scheduler.get_last_lr()[0], "skipped_steps": self.state["skipped_steps"],

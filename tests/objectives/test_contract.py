@@ -22,7 +22,7 @@ def make_terms(cls, seed=0, with_ref=True, k=None):
     """float64 errors near 0.1 with small gaps, so every margin stays moderate and differences are visible;
     descending scores (best first, 1 apart) for objectives that need scores."""
     gen = torch.Generator().manual_seed(seed)
-    k = k or max(group_size(cls), 4 if cls.max_group_size is None and cls.needs_ranks else 0)
+    k = k or cls.terms_group_size or max(group_size(cls), 4 if cls.max_group_size is None and cls.needs_ranks else 0)
     policy = (0.1 + 1e-4 * torch.randn(B, k, generator=gen, dtype=torch.float64)).requires_grad_()
     ref = (policy.detach() + 1e-4 * torch.randn(B, k, generator=gen, dtype=torch.float64)).requires_grad_()
     ranks = torch.arange(k).expand(B, k)
@@ -47,8 +47,9 @@ def test_registry_is_consistent(entry):
     assert type(built) is cls and built.config == cls.Config()
 
 
-def test_registry_holds_the_seven_objectives():
-    assert set(OBJECTIVES) == {"diffusion_dpo", "mapo", "dcpo", "rank_dpo", "sft", "inpo", "smpo"}
+def test_registry_holds_the_nine_objectives():
+    assert set(OBJECTIVES) == {"diffusion_dpo", "mapo", "dcpo", "rank_dpo", "sft", "inpo", "smpo", "spo",
+                               "diffusion_dro"}
 
 
 def test_finite_scalar_loss_and_detached_metrics(entry):

@@ -41,5 +41,19 @@ def ranked_data(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def expert_data(tmp_path_factory):
+    """One image per prompt (K = 1), as Diffusion-DRO takes."""
+    return write_groups(tmp_path_factory.mktemp("experts") / "prefs", k=1, captions=False)
+
+
+@pytest.fixture(scope="session")
+def step_aware_model(tmp_path_factory):
+    """A tiny step-aware preference model folder (random weights), as SPO's config names."""
+    from diffalign.rewards.tiny import tiny_step_aware
+
+    return tiny_step_aware(seed=0).save_pretrained(tmp_path_factory.mktemp("step_aware") / "spm")
+
+
+@pytest.fixture(scope="session")
 def plain_pair_data(tmp_path_factory):
     return write_groups(tmp_path_factory.mktemp("plain") / "prefs", k=2, captions=False)

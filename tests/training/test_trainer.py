@@ -24,8 +24,8 @@ def _train(tiny_path, data, out, objective, kind, *overrides, expect=0):
     return out
 
 
-def _data_for(objective, pair_data, ranked_data):
-    return ranked_data if objective == "rank_dpo" else pair_data
+def _data_for(objective, pair_data, ranked_data, expert_data=None):
+    return {"rank_dpo": ranked_data, "diffusion_dro": expert_data}.get(objective, pair_data)
 
 
 def _metrics(out):
@@ -38,16 +38,22 @@ def _base_denoiser_state(tiny_path, kind):
 
 
 # Full fine-tuning's frozen reference copy is trained with the denoising objectives; the inversion
-# step only adds no-grad calls of the same two modules, so its objectives run under LoRA (CI budget).
+# and SPO steps only add no-grad calls of the same two modules, so their objectives run under LoRA
+# (CI budget). Diffusion-DRO's snapshot is a third copy under full fine-tuning, so it runs both.
 THREE_STEP_RUNS = [(objective, kind, mode) for objective in sorted(OBJECTIVES) for kind in KINDS
-                   for mode in ("lora", "full") if mode == "lora" or OBJECTIVES[objective].step == "denoising"]
+                   for mode in ("lora", "full")
+                   if mode == "lora" or OBJECTIVES[objective].step in ("denoising", "diffusion_dro")]
 
 
 @pytest.mark.parametrize("objective, kind, mode", THREE_STEP_RUNS, ids=["-".join(run) for run in THREE_STEP_RUNS])
-def test_three_steps_change_weights_and_log(objective, kind, mode, tiny_path, pair_data, ranked_data, tmp_path):
+def test_three_steps_change_weights_and_log(objective, kind, mode, tiny_path, pair_data, ranked_data, expert_data,
+                                            step_aware_model, tmp_path):
     # The record is of the uncached path (a cache changes the rounding, see test_cache_plan.py).
     extra = ["data.cache=false"] + (["lora=null", "optim.lr=1e-3"] if mode == "full" else [])
-    out = _train(tiny_path, _data_for(objective, pair_data, ranked_data), tmp_path / "run", objective, kind, *extra)
+    if objective == "spo":  # any pair passes, so every step trains
+        extra += [f"objective.preference_model={step_aware_model}", "objective.threshold=0.0"]
+    data = _data_for(objective, pair_data, ranked_data, expert_data)
+    out = _train(tiny_path, data, tmp_path / "run", objective, kind, *extra)
     rows = _metrics(out)
     assert [r["step"] for r in rows] == [1, 2, 3]
     for row in rows:

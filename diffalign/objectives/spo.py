@@ -1,0 +1,130 @@
+"""SPO: "Aesthetic Post-Training Diffusion Models from Generic Preferences with Step-by-step
+Preference Optimization" (v1: "Step-aware Preference Optimization").
+
+Liang et al., CVPR 2025, https://arxiv.org/abs/2406.04314 (official code: RockeyCoss/SPO,
+``train_scripts/train_spo.py``, ``spo/custom_diffusers/ddim_with_logprob.py``).
+
+The pairs are made while training (:class:`~diffalign.steps.spo.SPOStep`): from one shared
+``x_t`` of the policy's own sampling chain, ``k`` candidates ``x_{t'}`` are drawn, scored by the
+step-aware preference model, and the best and worst become ``(x^w, x^l)`` when their score gap
+passes the threshold. The loss is DPO on the log-probability ratio of that one step::
+
+    r = log p_θ(x' | x_t) − log p_ref(x' | x_t),   r̄ = clamp(r, log(1 − ε), log(1 + ε))
+    loss = mean_pairs −log σ(β·(r̄_w − r̄_l))
+
+with ``p`` the sampler's Gaussian step (:mod:`diffalign.sampling`), both models guided as the
+sampler is. β = 10, ε = 0.1 (both official launchers).
+
+**Terms.** The step gives each candidate's ``err = mean_d (x' − μ)²/(2σ²)``, its negative
+log-probability less the ``log σ + ½ log 2π`` that policy and reference share at the same step,
+so ``r = ref_err − policy_err`` exactly: ``policy_err``/``ref_err`` ``[B, 2]``, column 0 the winner.
+
+**The clip and the reduction (SPO issue #19).** The official code averages the log-density over
+latent elements, so ``r`` is ``D`` times smaller than the whole latent's log-ratio (D = 16,384 at
+SD1.5's 64²·4) and the ratio clip ``[0.9, 1.1]`` almost never acts. Here too the default is the
+mean (``log_prob_reduction: mean``): β = 10 was tuned on that scale, and with a sum the same β
+would give margins thousands of times larger and a clip that always acts. The clip is kept as the
+official code writes it, a hard clamp (no gradient outside the band); ``clip: 0`` switches it off.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+
+from .base import (Objective, ObjectiveOutput, PreferenceTerms, pair_metrics, prepare_terms, require_reference,
+                   weighted_mean)
+
+LOG_PROB_REDUCTIONS = ("mean", "sum")
+
+
+@dataclass
+class SPOConfig:
+    """Defaults: the official SD1.5 launcher (``spo_sd-v1-5_4k-prompts_num-sam-4_10ep_bs10.py``).
+
+    Attributes:
+        beta: DPO strength on the (mean-reduced) step log-ratio.
+        clip: ε of the ratio clamp ``[1 − ε, 1 + ε]`` (0: none).
+        candidates: ``k``, candidates drawn at each branching step (SDXL launcher: 2).
+        threshold: a pair is kept when ``softmax([S_b, S_w])_0 − softmax(...)_1 > threshold``,
+            i.e. ``S_b − S_w > 2·artanh(threshold)`` (SDXL launcher: 0.4).
+        steps: sampler steps (DDIM, 20).
+        eta: sampler η (1 = DDPM posterior variance).
+        guidance: classifier-free guidance of the sampler and of both log-probabilities.
+        branch_from: the first step that branches (4 of 20: t ≤ 750, the paper's κ).
+        max_pairs_per_prompt: cap on the pairs of one prompt's chain that enter the loss (``None``:
+            all, as the official code trains on every kept pair); memory grows with it.
+        preference_model: folder of a step-aware preference model
+            (:class:`~diffalign.rewards.step_aware.StepAwarePreferenceModel`, ``save_pretrained``).
+        preference_checkpoint: or the authors' released ``.bin``, with ``preference_model`` the
+            CLIP folder it was fine-tuned from.
+        log_prob_reduction: ``mean`` over latent elements (official) or ``sum``.
+    """
+
+    beta: float = 10.0
+    clip: float = 0.1
+    candidates: int = 4
+    threshold: float = 0.3
+    steps: int = 20
+    eta: float = 1.0
+    guidance: float = 5.0
+    branch_from: int = 4
+    max_pairs_per_prompt: int | None = None
+    preference_model: str | None = None
+    preference_checkpoint: str | None = None
+    log_prob_reduction: Literal["mean", "sum"] = "mean"
+
+    def __post_init__(self):
+        if not self.beta > 0:
+            raise ValueError(f"beta must be positive, got {self.beta}")
+        if not 0 <= self.clip < 1:
+            raise ValueError(f"clip must be in [0, 1), got {self.clip}")
+        if not (isinstance(self.candidates, int) and self.candidates >= 2):
+            raise ValueError(f"candidates must be an integer ≥ 2, got {self.candidates!r}")
+        if not 0 <= self.threshold < 1:
+            raise ValueError(f"threshold must be in [0, 1), got {self.threshold}")
+        if not (isinstance(self.steps, int) and 1 <= self.branch_from < self.steps):
+            raise ValueError(f"need 1 ≤ branch_from < steps, got branch_from={self.branch_from}, steps={self.steps}")
+        if not self.eta > 0:
+            raise ValueError(f"eta must be > 0 (SPO needs a stochastic sampler), got {self.eta}")
+        if self.max_pairs_per_prompt is not None and self.max_pairs_per_prompt < 1:
+            raise ValueError(f"max_pairs_per_prompt must be ≥ 1 or null, got {self.max_pairs_per_prompt}")
+        if self.log_prob_reduction not in LOG_PROB_REDUCTIONS:
+            raise ValueError(f"log_prob_reduction must be one of {', '.join(LOG_PROB_REDUCTIONS)}")
+
+    @property
+    def score_gap(self) -> float:
+        """The score difference the threshold asks for: ``2·artanh(threshold)``."""
+        return 2 * math.atanh(self.threshold)
+
+
+class SPO(Objective):
+    """SPO on pairs made from the policy's own steps; the dataset gives prompts only (any K)."""
+
+    name = "spo"
+    Config = SPOConfig
+    needs_reference = True
+    min_group_size = 1
+    max_group_size = None
+    terms_group_size = 2
+    step = "spo"
+
+    def loss(self, terms: PreferenceTerms) -> ObjectiveOutput:
+        """``terms.policy_err``, ``terms.ref_err``: ``[N, 2]`` scaled step errors of the kept pairs
+        (winner first). Returns the mean over the N pairs."""
+        require_reference(self.name, terms)
+        terms = prepare_terms(self.name, terms, min_k=2, max_k=2)
+        ratio = terms.ref_err - terms.policy_err  # log p_θ − log p_ref, [N, 2]
+        if self.config.clip > 0:
+            ratio = ratio.clamp(math.log(1 - self.config.clip), math.log(1 + self.config.clip))
+        margin = self.config.beta * (ratio[:, 0] - ratio[:, 1])
+        loss = weighted_mean(F.softplus(-margin), terms.weights)
+        metrics = pair_metrics(terms.policy_err, terms.ref_err, margin, loss)
+        return ObjectiveOutput(loss, metrics)
+
+
+__all__ = ["SPO", "SPOConfig"]

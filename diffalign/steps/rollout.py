@@ -1,0 +1,105 @@
+"""What the sampling steps (SPO, Diffusion-DRO) share: prompts → conditioning at the batch's
+resolution, start noise per group, the time the rollouts take, and the last rollout's images.
+
+A rollout step samples from the policy inside the training step (no gradient through the chain,
+:mod:`diffalign.sampling`), then makes its terms from what it sampled. Each process rolls out its
+own batch's prompts, so rollouts are split across processes like the data.
+
+The trainer reads :attr:`RolloutStep.timing` (seconds spent rolling out and training since the
+last read) for the progress bar and the log, :meth:`RolloutStep.metrics` for the step's own
+metrics, and :meth:`RolloutStep.rollout_images` for the rollout grids it saves at the
+validation interval.
+"""
+
+from __future__ import annotations
+
+import time
+from contextlib import contextmanager
+
+import torch
+from torch import Tensor
+
+from diffalign.steps.base import PreferenceStep
+
+GRID_IMAGES = 8
+"""Images of the last rollout kept for the grid the trainer saves."""
+
+
+class RolloutStep(PreferenceStep):
+    """Base class of the steps that sample from the policy while training."""
+
+    def __init__(self, family, objective, reference, group_size: int):
+        super().__init__(family, objective, reference, group_size)
+        self.config = objective.config
+        self.timing = {"rollout": 0.0, "train": 0.0}
+        self._metrics: dict[str, Tensor] = {}
+        self._last_latents: Tensor | None = None
+        self._uncond = None
+
+    @contextmanager
+    def timed(self, part: str):
+        """Add the wall time of the block to ``timing[part]`` (after the device's queue drains,
+        so GPU work is counted where it was queued)."""
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            if torch.cuda.is_available():
+                torch.cuda.synchronize()
+            self.timing[part] += time.perf_counter() - start
+
+    def pop_timing(self) -> dict[str, float]:
+        """Seconds of rollout and of training since the last call."""
+        out, self.timing = self.timing, {"rollout": 0.0, "train": 0.0}
+        return out
+
+    def metrics(self) -> dict[str, Tensor]:
+        """The last step's own metrics (detached scalars), named ``<objective>/<what>``."""
+        return dict(self._metrics)
+
+    def conditioning(self, batch: dict, images_per_prompt: int = 1):
+        """``(cond, uncond)`` ``[B, images_per_prompt, ...]`` for the batch's prompts at its
+        resolution; ``uncond`` (the empty prompt) only when the step guides."""
+        size = self.image_size(batch)
+        b = len(batch["prompts"])
+        info = {key: torch.tensor(size, dtype=torch.float32).expand(b, images_per_prompt, 2)
+                for key in ("original_size", "target_size")}  # SDXL's micro-conditioning; others ignore it
+        cond = self.family.encode_prompts(list(batch["prompts"]), group_size=images_per_prompt, image_info=info)
+        uncond = None
+        if getattr(self.config, "guidance", 1.0) != 1:
+            uncond = self.family.encode_prompts([""] * b, group_size=images_per_prompt, image_info=info)
+        return cond, uncond
+
+    def image_size(self, batch: dict) -> tuple[int, int]:
+        """``(H, W)`` in pixels of the batch's images: the rollouts are made at that size."""
+        if "pixels" in batch:
+            return tuple(batch["pixels"].shape[-2:])
+        return tuple(side * self.family.vae_scale_factor for side in batch["latent_mean"].shape[-2:])
+
+    def start_noise(self, batch: dict, generator, images_per_prompt: int = 1) -> Tensor:
+        """``[B, images_per_prompt, C, h, w]`` N(0, I) start latents, one draw per group's generator."""
+        from diffusers.utils.torch_utils import randn_tensor
+
+        h, w = (side // self.family.vae_scale_factor for side in self.image_size(batch))
+        channels = self.family.denoiser.config.in_channels
+        shape = (len(batch["prompts"]), images_per_prompt, channels, h, w)
+        return randn_tensor(shape, generator=generator, device=self.family.device, dtype=torch.float32)
+
+    def keep_images(self, latents: Tensor) -> None:
+        """Keep up to :data:`GRID_IMAGES` latents ``[N, *latent]`` of this rollout for its grid."""
+        self._last_latents = latents[:GRID_IMAGES].detach()
+
+    def rollout_images(self) -> Tensor | None:
+        """The last rollout's kept latents decoded, ``[n, 3, H, W]`` in [0, 1] on the CPU (``None``
+        before the first rollout or without a VAE). Decoded only when asked: the trainer asks at
+        the validation interval."""
+        if self._last_latents is None or getattr(self.family.pipe, "vae", None) is None:
+            return None
+        pixels = self.family.decode(self._last_latents)
+        return (pixels.float() / 2 + 0.5).clamp(0, 1).cpu()
+
+    def on_update(self, step: int) -> None:
+        """Called by the trainer after optimiser update ``step`` (a step's snapshot refresh)."""
+
+
+__all__ = ["GRID_IMAGES", "RolloutStep"]
