@@ -110,3 +110,27 @@ def test_two_processes_build_the_cache_together_and_train_from_it(tiny_path, tmp
     assert [r["step"] for r in two] == [1, 2]
     for a, b in zip(one, two, strict=True):
         assert b["train/loss"] == pytest.approx(a["train/loss"], abs=2e-4)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("objective", ["spo", "diffusion_dro"])
+def test_a_rollout_step_on_two_processes_gives_the_loss_of_one(objective, tiny_path, pair_data, expert_data,
+                                                               step_aware_model, tmp_path):
+    """Each process rolls out its own prompts with each group's own generator, so two processes
+    with one prompt each sample what one process with both does, and the loss is the same."""
+    config = CONFIG.with_name(f"{objective}.yaml")
+    common = [f"model.path={tiny_path('sd15')}", "max_steps=3", "logging.progress_bar=false",
+              f"data.path={expert_data if objective == 'diffusion_dro' else pair_data}"]
+    if objective == "spo":  # every candidate pair kept: each prompt gives the same number of pairs
+        common += [f"objective.preference_model={step_aware_model}", "objective.threshold=0.0"]
+    assert main(["train", "--config", str(config), *common, f"output_dir={tmp_path / 'one'}", "batch_size=2"]) == 0
+    run = _launch([*LAUNCHES["ddp"], "-m", "diffalign", "train", "--config", str(config), *common,
+                   f"output_dir={tmp_path / 'two'}", "batch_size=1"], capture_output=True, text=True, check=False)
+    assert run.returncode == 0, run.stderr[-3000:]
+    one = [json.loads(x) for x in (tmp_path / "one" / "metrics.jsonl").read_text().splitlines()]
+    two = [json.loads(x) for x in (tmp_path / "two" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in two] == [1, 2, 3]
+    for a, b in zip(one, two):
+        assert b["train/loss"] == pytest.approx(a["train/loss"], abs=1e-5, rel=1e-4)
+        assert b["train/err_w"] == pytest.approx(a["train/err_w"], abs=1e-5, rel=1e-4)
+        assert b["time/rollout_s"] > 0
