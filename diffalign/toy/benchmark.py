@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -55,6 +55,13 @@ DEFAULT_OBJECTIVES = {
     # score_scale: the spread (max − min) of the toy reward over the toy's pairs, as the official
     # code normalises PickScore by its spread over Pick-a-Pic.
     "smpo": {"name": "smpo", "beta": 1000.0, "score_scale": TOY_REWARD_SPREAD},
+    # The sampler the toy samples with (guidance 4), a 10-step chain branching after 2 steps, 3
+    # candidates, at most 2 pairs per prompt; the step-aware model is trained on the toy's pairs
+    # first (``preference_model`` is filled in by the run). β, clip and threshold as the paper.
+    "spo": {"name": "spo", "steps": 10, "branch_from": 2, "candidates": 3, "guidance": 4.0,
+            "max_pairs_per_prompt": 2},
+    # Experts: the best image of each toy group (K = 1); a 10-step rollout; the paper's margin.
+    "diffusion_dro": {"name": "diffusion_dro", "steps": 10},
 }
 
 
@@ -76,6 +83,8 @@ class BenchmarkConfig:
     eval_seeds_per_prompt: int = 16
     curve_every: int = 25
     curve_seeds_per_prompt: int = 2
+    step_aware_steps: int = 300
+    """Training steps of the toy's step-aware preference model (SPO)."""
     seed: int = 0
     objective_settings: dict = field(default_factory=lambda: {k: dict(v) for k, v in DEFAULT_OBJECTIVES.items()})
 
@@ -126,14 +135,17 @@ def caption(image: torch.Tensor, prompt: str) -> str:
     return f"a {'large' if coverage > 0.15 else 'small'} {colour} {shape}"
 
 
-def build_preference_data(pipe, out: Path, config: BenchmarkConfig) -> tuple[Path, Path]:
-    """Sample and score ``samples_per_prompt`` images per prompt; write ranked groups and pairs."""
+def build_preference_data(pipe, out: Path, config: BenchmarkConfig) -> dict[str, Path]:
+    """Sample and score ``samples_per_prompt`` images per prompt; write ranked groups, best-vs-worst
+    pairs, experts (each group's best alone, K = 1) and the step-aware model's training pairs
+    (each group's best against every other image). Returns the folders by those names."""
     n = config.samples_per_prompt
     prompts, seeds = _grid(n, offset=10_000 + config.seed * 1_000_000)
     images = generate(pipe, prompts, seeds, config.inference_steps, config.guidance_scale)
     rewards = toy_reward(images, prompts)
     ranked = ShardWriter(out / "ranked", builder="toy", options={"seed": config.seed}, overwrite=True)
     pairs = ShardWriter(out / "pairs", builder="toy", options={"seed": config.seed}, overwrite=True)
+    spm_pairs = ShardWriter(out / "step_aware_pairs", builder="toy", options={"seed": config.seed}, overwrite=True)
     k = config.group_size
     for p, prompt in enumerate(PROMPTS):
         for g in range(n // k):
@@ -148,9 +160,34 @@ def build_preference_data(pipe, out: Path, config: BenchmarkConfig) -> tuple[Pat
                        "scores": [float(rewards[best]), float(rewards[worst])], "ranks": [0, 1],
                        "captions": [caption(images[best], prompt), caption(images[worst], prompt)],
                        "source": "toy", "meta": json.dumps({"seeds": [seeds[best], seeds[worst]]})})
+            for j, other in enumerate(order[1:]):
+                spm_pairs.add({"id": f"{row_id}-{j}", "prompt": prompt, "scores": [float(rewards[best]), float(rewards[other])],
+                               "images": [{"bytes": tensor_png(images[i]), "path": None} for i in (best, other)],
+                               "ranks": [0, 1], "captions": None, "source": "toy", "meta": None})
     ranked.finish({"group_size": k, "reward_models": ["toy_coverage"]})
     pairs.finish({"group_size": 2, "reward_models": ["toy_coverage"]})
-    return out / "pairs", out / "ranked"
+    spm_pairs.finish({"group_size": 2, "reward_models": ["toy_coverage"]})
+    from diffalign.data.experts import build_experts
+
+    build_experts(out / "pairs", out / "experts", overwrite=True, progress=False)
+    return {name: out / name for name in ("pairs", "ranked", "experts", "step_aware_pairs")}
+
+
+def train_step_aware_model(base: Path, data: Path, out: Path, config: BenchmarkConfig, progress: bool = True) -> dict:
+    """SPO's step-aware preference model for the toy: a tiny CLIP (:func:`~diffalign.rewards.tiny.tiny_step_aware`,
+    random weights) trained on the toy's pairs on the base model's ``x̂0``, as the paper trains
+    its on Pick-a-Pic. Returns the held-out pair accuracy (a quarter of the pairs never train)
+    and the model folder."""
+    from diffalign.rewards.step_aware_training import SPMTrainConfig, train_step_aware
+    from diffalign.rewards.tiny import tiny_step_aware
+
+    init = tiny_step_aware(seed=config.seed).save_pretrained(out / "init")
+    spm = SPMTrainConfig(data=str(data), base_model=str(base), out=str(out / "run"), init=str(init),
+                         steps=config.step_aware_steps, batch_size=16, lr=1e-3, weight_decay=0.0, warmup_steps=0,
+                         lr_scheduler="constant", guidance=config.guidance_scale, resolution=32,
+                         heldout_fraction=0.25, checkpoint_every=0, seed=config.seed)
+    result = train_step_aware(spm, progress=progress)
+    return {"model": str(out / "run" / "final"), "heldout_accuracy": result}
 
 
 # --------------------------------------------------------------------------------- alignment
@@ -212,8 +249,8 @@ def run_benchmark(out: str | Path, config: BenchmarkConfig = BenchmarkConfig(), 
     start = time.time()
     base = base_model(config.pretrain, cache=cache, progress=progress)
     base_pipe = _sampling_pipe(base)
-    pairs, ranked = build_preference_data(base_pipe, out / "data", config)
-    pair_scores = [s for row in PreferenceDataset.open(pairs).column("scores") for s in row]
+    data = build_preference_data(base_pipe, out / "data", config)
+    pair_scores = [s for row in PreferenceDataset.open(data["pairs"]).column("scores") for s in row]
     eval_prompts, eval_seeds = _grid(config.eval_seeds_per_prompt, offset=90_000_000 + config.seed * 1_000_000)
     curve_prompts, curve_seeds = _grid(config.curve_seeds_per_prompt, offset=80_000_000)
 
@@ -232,11 +269,15 @@ def run_benchmark(out: str | Path, config: BenchmarkConfig = BenchmarkConfig(), 
         "data": {"reward_spread": round(max(pair_scores) - min(pair_scores), 4)},
         "objectives": {},
     }
-    grids = {}
+    grids, config = {}, replace(config, objective_settings={k: dict(v) for k, v in config.objective_settings.items()})
+    if "spo" in config.objectives:
+        step_aware = train_step_aware_model(base, data["step_aware_pairs"], out / "step_aware", config, progress)
+        results["step_aware"] = step_aware
+        config.objective_settings["spo"]["preference_model"] = step_aware["model"]
     for objective in tqdm(config.objectives, desc="objectives", disable=not progress):
         began = time.time()
-        data = ranked if objective == "rank_dpo" else pairs
-        trainer, curve, seconds_per_step = align(objective, base, data, out / "runs" / objective, config, curve_fn,
+        folder = data["ranked" if objective == "rank_dpo" else "experts" if objective == "diffusion_dro" else "pairs"]
+        trainer, curve, seconds_per_step = align(objective, base, folder, out / "runs" / objective, config, curve_fn,
                                                  progress)
         images = generate(_sampling_pipe(trainer.family.pipe), eval_prompts, eval_seeds, config.inference_steps,
                           config.guidance_scale)

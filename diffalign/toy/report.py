@@ -81,4 +81,14 @@ def write_report(out: Path, results: dict, base_images, grids: dict, prompts: li
         f"{results['pretrain']['seconds']:.0f} s); "
         f"whole run {results['wall_seconds']:.0f} s. Gains are paired over the same prompts and seeds.\n\n"
     )
-    (out / "report.md").write_text(intro + markdown_table(results))
+    (out / "report.md").write_text(intro + markdown_table(results) + step_aware_line(results))
+
+
+def step_aware_line(results: dict) -> str:
+    """SPO's step-aware model's held-out pair accuracy (chance is 0.5), when the run trained one."""
+    if "step_aware" not in results:
+        return ""
+    held = results["step_aware"]["heldout_accuracy"]["heldout"]
+    per_t = ", ".join(f"t = {t}: {a:.2f}" for t, a in held["accuracy"].items())
+    return (f"\nSPO's step-aware preference model, trained on the toy's pairs: held-out pair accuracy "
+            f"{held['mean']:.2f} over {held['pairs']} pairs (chance 0.50; {per_t}).\n")

@@ -62,11 +62,12 @@ def test_every_objective_is_in_the_benchmark():
 
 
 def test_reduced_benchmark_writes_every_field(tmp_path):
-    # One objective per kind of data and step: pairs, ranked groups, captions, inverted latents with scores.
+    # One objective per kind of data and step: pairs, ranked groups, captions, inverted latents with
+    # scores, rollouts with a step-aware model, experts.
     config = BenchmarkConfig(
-        objectives=("diffusion_dpo", "rank_dpo", "dcpo", "smpo"),
+        objectives=("diffusion_dpo", "rank_dpo", "dcpo", "smpo", "spo", "diffusion_dro"),
         pretrain=TINY, samples_per_prompt=4, group_size=4, inference_steps=2, train_steps=2, batch_size=2,
-        eval_seeds_per_prompt=1, curve_every=1, curve_seeds_per_prompt=1,
+        eval_seeds_per_prompt=1, curve_every=1, curve_seeds_per_prompt=1, step_aware_steps=2,
     )
     results = run_benchmark(tmp_path / "run", config, cache=tmp_path / "cache", progress=False)
     saved = json.loads((tmp_path / "run" / "results.json").read_text())
@@ -95,6 +96,11 @@ def test_reduced_benchmark_writes_every_field(tmp_path):
     row = ranked[0]
     assert row["scores"] == sorted(row["scores"], reverse=True)
     assert all(c.split()[1] in ("large", "small") for c in pairs[0]["captions"])
+    # SPO's step-aware model was trained on the toy's pairs first, and its held-out accuracy kept.
+    accuracy = saved["step_aware"]["heldout_accuracy"]["heldout"]
+    assert 0 <= accuracy["mean"] <= 1
+    experts = PreferenceDataset.open(tmp_path / "run" / "data" / "experts")
+    assert experts.group_size == 1 and len(experts) == 8
 
 
 @pytest.mark.slow
