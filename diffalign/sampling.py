@@ -47,6 +47,7 @@ own prompts, so rollouts are split across processes with nothing repeated.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass
 from typing import Callable, Literal
@@ -162,8 +163,9 @@ def sample(
     family, model, noise: Tensor, cond, grid: Tensor, *, eta: float = 1.0, guidance: float = 1.0, uncond=None,
     generator=None, reference=None, log_probs: bool = False, keep_predictions: bool = False,
     reduction: Literal["mean", "sum"] = "mean", stop_after: int | None = None, callback: Callable | None = None,
+    grad: bool = False,
 ) -> Trajectory:
-    """Denoise ``noise`` along ``grid`` with ``model``, keeping the trajectory. No gradient.
+    """Denoise ``noise`` along ``grid`` with ``model``, keeping the trajectory.
 
     Args:
         noise: ``[B, K, *latent]`` start latents at ``grid[:, 0]`` (for a full sample, N(0, I)).
@@ -178,11 +180,13 @@ def sample(
         stop_after: take only the first ``stop_after`` steps (Diffusion-DRO needs the states up to
             a drawn step, not the clean sample).
         callback: ``callback(i, x, t)`` after each step.
+        grad: keep the autograd graph through the whole chain (memory grows with every step);
+            by default no gradient, as SPO and Diffusion-DRO need none through the chain.
     """
     steps = grid.shape[1] - 1 if stop_after is None else min(stop_after, grid.shape[1] - 1)
     x = noise.float()
     latents, preds, logps, ref_logps = [x], [], [], []
-    with torch.no_grad():
+    with contextlib.nullcontext() if grad else torch.no_grad():
         for i in range(steps):
             u, v = grid[:, i].to(x.device), grid[:, i + 1].to(x.device)
             pred = guided(family, model, x, u, cond, uncond, guidance)

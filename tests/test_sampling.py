@@ -133,3 +133,17 @@ def test_eta_zero_reproduces_the_diffusers_pipeline_image(kind, tiny_path):
     images = (family.decode(traj.final)[:, 0] / 2 + 0.5).clamp(0, 1)
     torch.testing.assert_close(images, expected.float(), rtol=1e-4, atol=1e-4)
     assert traj.latents.shape == (steps + 1, len(prompts), 1, *noise.shape[2:])
+
+
+def test_no_gradient_through_the_chain_unless_asked(tiny_path):
+    from diffalign.families import load
+
+    family = load(tiny_path("sd15"))
+    cond = family.encode_prompts(["a red cat"], group_size=1)
+    noise = initial_noise(family, 1, 1, 32, generator=torch.Generator().manual_seed(0))
+    grid = sampling_grid(family, 2, 1)
+    assert not sample(family, family.denoiser, noise, cond, grid, eta=1.0).final.requires_grad
+    out = sample(family, family.denoiser, noise, cond, grid, eta=1.0, grad=True).final
+    out.sum().backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in family.denoiser.parameters())
+    family.denoiser.zero_grad(set_to_none=True)

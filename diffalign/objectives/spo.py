@@ -33,7 +33,6 @@ import math
 from dataclasses import dataclass
 from typing import Literal
 
-import torch
 import torch.nn.functional as F
 
 from .base import (Objective, ObjectiveOutput, PreferenceTerms, pair_metrics, prepare_terms, require_reference,
