@@ -36,7 +36,6 @@ import dataclasses
 import hashlib
 import json
 import math
-import shutil
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,11 +46,10 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from diffalign.rewards.step_aware import StepAwarePreferenceModel, pixels_from_noisy
+from diffalign.training import checkpoint
 
 AUTHORS_EVAL_INDICES = (0, 251, 501, 701, 951)
 """The DDPM indices the authors report accuracy at (``spm_task.py``)."""
-CHECKPOINT_PREFIX = "checkpoint-"
-TRAINER_STATE = "trainer_state.json"
 
 
 @dataclass
@@ -237,46 +235,6 @@ def load_initial_spm(init: str | None, seed: int = 0, dtype=None) -> StepAwarePr
     return model
 
 
-def checkpoints(folder: Path) -> list[Path]:
-    """Complete checkpoints under ``folder/checkpoints``, oldest first."""
-    root = folder / "checkpoints"
-    found = [p for p in root.iterdir() if p.name.startswith(CHECKPOINT_PREFIX) and (p / TRAINER_STATE).is_file()] \
-        if root.is_dir() else []
-    return sorted(found, key=lambda p: int(p.name[len(CHECKPOINT_PREFIX):]))
-
-
-def _save_checkpoint(accelerator, out: Path, step: int, keep: int) -> Path:
-    """``accelerate.save_state`` (on every process, as it requires) into a temporary folder that is
-    renamed once complete, so ``resume="latest"`` never sees half a checkpoint."""
-    final = out / "checkpoints" / f"{CHECKPOINT_PREFIX}{step:07d}"
-    tmp = final.with_name(f".tmp-{final.name}")
-    if accelerator.is_main_process:
-        shutil.rmtree(tmp, ignore_errors=True)
-    accelerator.wait_for_everyone()
-    accelerator.save_state(str(tmp))
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        (tmp / TRAINER_STATE).write_text(json.dumps({"step": step}))
-        shutil.rmtree(final, ignore_errors=True)
-        tmp.rename(final)
-        for old in checkpoints(out)[:-keep] if keep > 0 else []:
-            shutil.rmtree(old)
-    accelerator.wait_for_everyone()
-    return final
-
-
-def _resume_from(config: SPMTrainConfig, out: Path) -> Path | None:
-    if config.resume is None:
-        return None
-    if config.resume == "latest":
-        found = checkpoints(out)
-        return found[-1] if found else None
-    path = Path(config.resume)
-    if not (path / TRAINER_STATE).is_file():
-        raise FileNotFoundError(f"resume: {path} is not a complete checkpoint (no {TRAINER_STATE})")
-    return path
-
-
 def _check_same_settings(config: SPMTrainConfig, out: Path) -> None:
     saved = json.loads((out / "config.json").read_text())
     now = json.loads(json.dumps(config.to_dict()))  # tuples as lists, as saved
@@ -340,7 +298,7 @@ def train_step_aware(config: SPMTrainConfig, stop_after: int | None = None, prog
     from diffalign.families import load
 
     out = Path(config.out)
-    resume = _resume_from(config, out)
+    resume = checkpoint.resolve_resume(config.resume, out / "checkpoints")
     if resume is not None:
         _check_same_settings(config, out)
     accelerator = Accelerator(mixed_precision=config.mixed_precision)
@@ -369,8 +327,7 @@ def train_step_aware(config: SPMTrainConfig, stop_after: int | None = None, prog
 
     start = 0
     if resume is not None:
-        accelerator.load_state(str(resume))
-        start = json.loads((resume / TRAINER_STATE).read_text())["step"]
+        start = checkpoint.load(accelerator, resume)["step"]
     elif main:
         out.mkdir(parents=True, exist_ok=True)
         (out / "config.json").write_text(json.dumps(config.to_dict(), indent=2))
@@ -407,7 +364,8 @@ def train_step_aware(config: SPMTrainConfig, stop_after: int | None = None, prog
                 log.write(json.dumps({"step": step, "loss": total, "lr": schedule.get_last_lr()[0],
                                       "pairs_seen": step * per_step}) + "\n")
         if (config.checkpoint_every > 0 and step % config.checkpoint_every == 0) or step == last:
-            _save_checkpoint(accelerator, out, step, config.keep_checkpoints)
+            # The trainer's checkpoints: atomic (a temporary folder renamed once complete), the last N kept.
+            checkpoint.save(accelerator, out / "checkpoints", step, {"step": step}, config.keep_checkpoints)
         if main and (step == config.steps or (config.eval_every > 0 and step % config.eval_every == 0)):
             result = evaluate(step)
     bar.close()
@@ -419,5 +377,5 @@ def train_step_aware(config: SPMTrainConfig, stop_after: int | None = None, prog
     return {"step": last, "loss": loss_value, "heldout": result, "out": str(out)}
 
 
-__all__ = ["AUTHORS_EVAL_INDICES", "SPMTrainConfig", "checkpoints", "estimate_pixels", "heldout_accuracy",
+__all__ = ["AUTHORS_EVAL_INDICES", "SPMTrainConfig", "estimate_pixels", "heldout_accuracy",
            "load_initial_spm", "pair_labels", "spm_pair_loss", "split_heldout", "train_step_aware"]
