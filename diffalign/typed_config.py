@@ -72,12 +72,20 @@ def _plain(value):
     return value
 
 
+def closest(name: str, known) -> str | None:
+    """The known name most like ``name``; among equally close ones, one with the same letters (a
+    transposition: ``diffusion_dop`` is ``diffusion_dpo``, not ``diffusion_dro``)."""
+    close = difflib.get_close_matches(name, known, n=3)
+    same_letters = [c for c in close if sorted(c) == sorted(name)]
+    return (same_letters or close or [None])[0]
+
+
 def lookup(table: dict, name: str, kind: str):
     """``table[name]``, or a :class:`ConfigError` suggesting the closest name and listing them all
     (the one behaviour of every name → class table: objectives, reward models, ...)."""
     if name not in table:
-        close = difflib.get_close_matches(str(name), table, n=1)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        close = closest(str(name), table)
+        hint = f" (did you mean {close!r}?)" if close else ""
         raise ConfigError(f"unknown {kind} {name!r}{hint}; known {kind}s: {', '.join(table)}")
     return table[name]
 
