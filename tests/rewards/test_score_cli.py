@@ -1,8 +1,6 @@
 """``diffalign score`` on a folder of images and on a preference dataset writes the scores file."""
 
 import json
-import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -145,14 +143,18 @@ def test_a_dataset_path_out_of_its_folder_is_skipped_not_scored(escape, tmp_path
                   "--strict") == 1
 
 
-def test_the_runnable_script(folder, tiny_clip_dir, tmp_path):
+def test_the_runnable_script(folder, tiny_clip_dir, tmp_path, monkeypatch):
+    """``python reward_models/score.py …`` runs it as ``__main__`` (in this process: a subprocess
+    would spend most of the test importing torch again)."""
+    import runpy
+
     out = tmp_path / "scores.json"
-    result = subprocess.run(
-        [sys.executable, str(ROOT / "reward_models" / "score.py"), "--reward", "pickscore", "--model", str(tiny_clip_dir),
-         "--images", str(folder), "--prompt", "a cat", "--out", str(out), "--no-progress"],
-        capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"},
-    )
-    assert result.returncode == 0, result.stderr
+    script = ROOT / "reward_models" / "score.py"
+    monkeypatch.setattr(sys, "argv", [str(script), "--reward", "pickscore", "--model", str(tiny_clip_dir),
+                                      "--images", str(folder), "--prompt", "a cat", "--out", str(out), "--no-progress"])
+    with pytest.raises(SystemExit) as exited:
+        runpy.run_path(str(script), run_name="__main__")
+    assert exited.value.code == 0
     assert len(json.loads(out.read_text())["scores"]) == 5
 
 

@@ -71,7 +71,7 @@ def test_a_signal_finishes_the_step_saves_and_resumes(signum, code, tiny_path, p
 
 def test_sigterm_to_a_training_process(tiny_path, pair_data, tmp_path):
     """What SLURM and Kubernetes do: SIGTERM to the process, mid-run."""
-    out, steps = tmp_path / "run", 12
+    out, steps = tmp_path / "run", 8
     args = _args(tiny_path, pair_data, out, f"max_steps={steps}", "checkpoint_every=0", "logging.progress_bar=false")
     # Two threads, as the tests' own process uses (conftest): kernels then round the same way.
     env = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())}
