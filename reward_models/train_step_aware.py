@@ -1,5 +1,5 @@
 """Train a step-aware preference model (SPO's SPM) on human pairs; the logic lives in
-``diffalign.rewards.step_aware_training``.
+``diffalign.training.step_aware``.
 
     python reward_models/train_step_aware.py --data pickapic_v1_pairs/ \
         --base-model runwayml/stable-diffusion-v1-5 --out runs/spm-sd15 --steps 8000 --batch-size 16
@@ -13,7 +13,7 @@ import argparse
 import json
 import sys
 
-from diffalign.rewards.step_aware_training import SPMTrainConfig, train_step_aware
+from diffalign.training.step_aware import SPMTrainConfig, train_step_aware
 
 
 def parse(argv=None) -> tuple[SPMTrainConfig, int | None]:

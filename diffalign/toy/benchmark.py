@@ -178,7 +178,7 @@ def train_step_aware_model(base: Path, data: Path, out: Path, config: BenchmarkC
     random weights) trained on the toy's pairs on the base model's ``x̂0``, as the paper trains
     its on Pick-a-Pic. Returns the held-out pair accuracy (a quarter of the pairs never train)
     and the model folder."""
-    from diffalign.rewards.step_aware_training import SPMTrainConfig, train_step_aware
+    from diffalign.training.step_aware import SPMTrainConfig, train_step_aware
     from diffalign.rewards.tiny import tiny_step_aware
 
     init = tiny_step_aware(seed=config.seed).save_pretrained(out / "init")

@@ -1,22 +1,17 @@
 """The step-aware preference model (SPO's SPM): identity init, time conditioning, the authors'
-checkpoint layout, and training on pairs with resume and held-out accuracy (tiny models)."""
+checkpoint layout and the one-step estimate it scores (tiny models). Its training:
+tests/training/test_step_aware.py."""
 
-import importlib.util
-import io
-import json
 import math
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from PIL import Image
 from reward_images import as_tensor, clip_normalise, smooth_images
 
 from diffalign.rewards.base import RewardLoadError
 from diffalign.rewards.step_aware import StepAwarePreferenceModel, authors_to_ours, ours_to_authors, pixels_from_noisy
-from diffalign.rewards.step_aware_training import SPMTrainConfig, pair_labels, spm_pair_loss, split_heldout, train_step_aware
 from diffalign.rewards.tiny import save_tiny_clip, save_tiny_step_aware_authors_layout, tiny_step_aware
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -161,57 +156,10 @@ def test_a_bad_checkpoint_names_the_keys(tmp_path):
         StepAwarePreferenceModel.from_authors_checkpoint(tmp_path / "clip-config", clip_source)
 
 
-# ----------------------------------------------------------------------------------- training
-def test_the_pair_loss_by_hand():
-    logits = torch.tensor([[2.0, 0.0], [1.0, 1.0], [1.0, 0.0]])
-    labels = torch.tensor([[1.0, 0.0], [0.5, 0.5], [0.5, 0.5]])
-    each = [math.log(1 + math.exp(-2)), 0.0,
-            -0.5 * math.log(1 / (1 + math.exp(-1))) - 0.5 * math.log(1 / (1 + math.exp(1))) + math.log(0.5)]
-    assert spm_pair_loss(logits, labels).item() == pytest.approx(sum(each) / 3, abs=1e-6)
-    weights = torch.tensor([1.0, 1.0, 2.0])  # normalised to 1/4, 1/4, 1/2
-    assert spm_pair_loss(logits, labels, weights).item() == pytest.approx(each[0] / 4 + each[2] / 2, abs=1e-6)
-
-
-def test_labels_follow_the_ranks_and_ties():
-    assert pair_labels({"ids": ["a", "b"], "ranks": torch.tensor([[0, 1], [0, 0]])}).tolist() == [[1.0, 0.0], [0.5, 0.5]]
-    assert pair_labels({"ids": ["a"], "ranks": None}).tolist() == [[1.0, 0.0]]
-
-
-def test_the_heldout_split_depends_only_on_the_ids():
-    ids = [f"row{i}" for i in range(20)]
-    train, held = split_heldout(ids, 0.25)
-    assert len(held) == 5 and sorted(train + held) == list(range(20))
-    shuffled = ids[::-1]
-    _, held_again = split_heldout(shuffled, 0.25)
-    assert {shuffled[i] for i in held_again} == {ids[i] for i in held}
-    assert split_heldout(ids, 0.0) == (list(range(20)), [])
-
-
-@pytest.fixture(scope="module")
-def tiny_setup(tmp_path_factory):
-    """A tiny SD1.5 pipeline, a tiny CLIP to start from and ten 32 px pairs (every third a tie,
-    two rows sharing a prompt)."""
-    from diffalign.testing import save_tiny_pipeline, write_handmade_dataset
-
-    root = tmp_path_factory.mktemp("spm")
-    rng = np.random.default_rng(0)
-    rows = []
-    for i in range(10):
-        images = []
-        for _ in range(2):
-            buffer = io.BytesIO()
-            Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(buffer, "PNG")
-            images.append({"bytes": buffer.getvalue(), "path": None})
-        rows.append({"id": f"p{i}", "prompt": "a red cat" if i < 2 else f"a blue dog {i}", "images": images,
-                     "ranks": [0, 0] if i % 3 == 0 else [0, 1]})
-    return {"base": save_tiny_pipeline("sd15", root / "sd15"), "clip": save_tiny_clip(root / "clip"),
-            "data": write_handmade_dataset(root / "pairs", rows), "root": root}
-
-
-def test_pixels_from_noisy_decodes_the_guided_one_step_estimate(tiny_setup):
+def test_pixels_from_noisy_decodes_the_guided_one_step_estimate(tiny_path):
     from diffalign.families import load
 
-    family = load(tiny_setup["base"])
+    family = load(tiny_path("sd15"))
     unet, vae, scheduler = family.pipe.unet, family.pipe.vae, family.train_scheduler
     noisy = torch.randn(1, 2, 4, 16, 16, generator=torch.Generator().manual_seed(0))
     t = torch.tensor([500 / 999])
@@ -226,59 +174,3 @@ def test_pixels_from_noisy_decodes_the_guided_one_step_estimate(tiny_setup):
         expected = (vae.decode(x0 / vae.config.scaling_factor).sample.clamp(-1, 1) / 2 + 0.5)
     assert out.shape == (1, 2, 3, 32, 32)
     torch.testing.assert_close(out[0], expected, atol=1e-5, rtol=1e-5)
-
-
-def _script():
-    spec = importlib.util.spec_from_file_location("train_step_aware", ROOT / "reward_models" / "train_step_aware.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def _steps(out: Path) -> list[dict]:
-    lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    return [line for line in lines if "step" in line and "loss" in line]
-
-
-def test_training_writes_accuracy_and_a_resumed_run_equals_an_uninterrupted_one(tiny_setup, capsys):
-    root = tiny_setup["root"]
-    args = ["--data", str(tiny_setup["data"]), "--base-model", str(tiny_setup["base"]), "--init", str(tiny_setup["clip"]),
-            "--steps", "4", "--batch-size", "2", "--lr", "1e-3", "--warmup-steps", "1", "--resolution", "32",
-            "--heldout-fraction", "0.2", "--checkpoint-every", "2", "--eval-batch-size", "4", "--eval-times", "0", "0.5", "0.9"]
-    # uninterrupted, through the script
-    assert _script().main(args + ["--out", str(root / "whole")]) == 0
-    whole = root / "whole"
-    assert "held-out pair accuracy at step 4" in capsys.readouterr().out
-    report = json.loads((whole / "heldout_accuracy.json").read_text())
-    assert report["pairs"] == 2 and set(report["accuracy"]) == {"0.0000", "0.5000", "0.9000"}
-    assert all(0 <= a <= 1 for a in report["accuracy"].values())
-    assert report["mean"] == pytest.approx(sum(report["accuracy"].values()) / 3)
-    losses = [line["loss"] for line in _steps(whole)]
-    assert len(losses) == 4 and all(math.isfinite(x) for x in losses)
-    trained = StepAwarePreferenceModel.from_pretrained(whole / "final")
-    start = StepAwarePreferenceModel.from_clip(tiny_setup["clip"])
-    assert not torch.equal(trained.time.layers[0].weight, start.time.layers[0].weight)  # it trained
-
-    # stopped after step 2, then resumed to 4
-    config, _ = _script().parse(args + ["--out", str(root / "parts")])
-    assert train_step_aware(config, stop_after=2, progress=False)["step"] == 2
-    assert (root / "parts" / "checkpoints" / "checkpoint-0000002").is_dir() and not (root / "parts" / "final").exists()
-    config.resume = "latest"
-    train_step_aware(config, progress=False)
-    parts = _steps(root / "parts")
-    assert [line["step"] for line in parts] == [1, 2, 3, 4]  # nothing repeated, nothing skipped
-    assert [line["loss"] for line in parts] == losses
-    resumed = StepAwarePreferenceModel.from_pretrained(root / "parts" / "final")
-    for (name, a), b in zip(trained.state_dict().items(), resumed.state_dict().values()):
-        assert torch.equal(a, b), name
-    assert json.loads((root / "parts" / "heldout_accuracy.json").read_text())["accuracy"] == report["accuracy"]
-
-
-def test_resume_refuses_other_settings(tiny_setup, tmp_path):
-    out = tmp_path / "run"
-    (out / "checkpoints" / "checkpoint-0000002").mkdir(parents=True)
-    (out / "checkpoints" / "checkpoint-0000002" / "trainer_state.json").write_text('{"step": 2}')
-    config = SPMTrainConfig(data=str(tiny_setup["data"]), base_model=str(tiny_setup["base"]), out=str(out), resume="latest")
-    (out / "config.json").write_text(json.dumps({**config.to_dict(), "batch_size": 3}))
-    with pytest.raises(ValueError, match="batch_size"):
-        train_step_aware(config)
