@@ -118,6 +118,7 @@ def _big_source(folder, n=4000):
     return write_parquet(rows, folder, per_file=500)
 
 
+@pytest.mark.slow  # 18 s of subprocess; the in-process stop test below keeps the resume in the default suite
 def test_killed_build_resumes_row_for_row(tmp_path):
     source = _big_source(tmp_path / "big")
     out = tmp_path / "killed"

@@ -69,6 +69,7 @@ def test_a_signal_finishes_the_step_saves_and_resumes(signum, code, tiny_path, p
     assert _steps(out) == [1, 2, 3, 4, 5, 6]
 
 
+@pytest.mark.slow  # 22 s of subprocess; the in-process signal tests above keep stop-and-resume in the default suite
 def test_sigterm_to_a_training_process(tiny_path, pair_data, tmp_path):
     """What SLURM and Kubernetes do: SIGTERM to the process, mid-run."""
     out, steps = tmp_path / "run", 8
