@@ -48,8 +48,6 @@ class DiffusionDROStep(RolloutStep):
 
     def __init__(self, family, objective, reference, group_size: int):
         super().__init__(family, objective, reference, group_size)
-        if reference is None:
-            raise ValueError("diffusion_dro needs the reference model")
         self.snapshot = Snapshot(family.denoiser, reference.lora)
         self._refreshed = False
 

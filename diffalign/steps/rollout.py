@@ -30,6 +30,8 @@ class RolloutStep(PreferenceStep):
 
     def __init__(self, family, objective, reference, group_size: int):
         super().__init__(family, objective, reference, group_size)
+        if reference is None:  # both sampling objectives weigh the policy against the reference
+            raise ValueError(f"{objective.name} needs the reference model")
         self.config = objective.config
         self.timing = {"rollout": 0.0, "train": 0.0}
         self._metrics: dict[str, Tensor] = {}

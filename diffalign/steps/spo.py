@@ -60,8 +60,6 @@ class SPOStep(RolloutStep):
 
     def __init__(self, family, objective, reference, group_size: int):
         super().__init__(family, objective, reference, group_size)
-        if reference is None:
-            raise ValueError("spo needs the reference model")
         self.scorer = load_preference_model(self.config, family.device)
 
     def __call__(self, model, batch: dict, generator) -> PreferenceTerms:

@@ -7,8 +7,6 @@ import math
 import pytest
 import torch
 
-from diffalign.data.loader import GroupDataset, collate_groups
-from diffalign.families import load
 from diffalign.families.reference import Reference
 from diffalign.objectives import SPO, DiffusionDRO, DiffusionDROConfig, SPOConfig
 from diffalign.steps import DiffusionDROStep, SPOStep, group_generators
@@ -26,19 +24,6 @@ class Brightness(torch.nn.Module):
     def score_noisy(self, pixels, prompts, t):
         self.calls.append((pixels.shape[0], list(prompts), t.clone()))
         return 100 * pixels.mean((1, 2, 3))
-
-    def last_scores(self, family, x):
-        return 100 * (family.decode(x.flatten(0, 1)).float() / 2 + 0.5).clamp(0, 1).mean((1, 2, 3))
-
-
-@pytest.fixture(scope="module")
-def setting(tiny_path, tmp_path_factory):
-    from diffalign.testing import write_random_pairs
-
-    pairs = write_random_pairs(tmp_path_factory.mktemp("pairs") / "pairs", pairs=2, resolution=32)
-    family = load(tiny_path("sd15"))
-    batch = collate_groups([GroupDataset(pairs, resolution=32)[i] for i in range(2)])
-    return family, Reference(family.denoiser, lora=False), batch
 
 
 def _spo_step(setting, monkeypatch, **options):

@@ -5,21 +5,8 @@ errors are taken at the inverted latents, against the noise they imply."""
 import pytest
 import torch
 
-from diffalign.data.loader import GroupDataset, collate_groups
-from diffalign.families import load
-from diffalign.families.reference import Reference
 from diffalign.objectives import DiffusionDPO, DiffusionDPOConfig, InPO, InPOConfig
 from diffalign.steps import DenoisingStep, InversionStep, group_generators
-
-
-@pytest.fixture(scope="module")
-def setting(tiny_path, tmp_path_factory):
-    from diffalign.testing import write_random_pairs
-
-    pairs = write_random_pairs(tmp_path_factory.mktemp("pairs") / "pairs", pairs=2, resolution=32)
-    family = load(tiny_path("sd15"))
-    batch = collate_groups([GroupDataset(pairs, resolution=32)[i] for i in range(2)])
-    return family, Reference(family.denoiser, lora=False), batch
 
 
 def test_inversion_with_forward_noising_is_the_denoising_step(setting, monkeypatch):
