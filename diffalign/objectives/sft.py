@@ -4,13 +4,16 @@
 https://arxiv.org/abs/2311.12908, §5.5 (official code: SalesforceAIResearch/DiffusionDPO
 ``train.py --sft``, plain denoising loss on the chosen image of each pair).
 
-Loss, per group of K ≥ 2 images (column 0 = preferred)::
+Loss, per group of K ≥ 1 images (column 0 = preferred)::
 
     loss = mean_B err_θ(x_0)
 
-No reference model and no parameters. The other images are only logged.
+No reference model and no parameters. The other images are only logged. With K = 1 (an expert
+dataset, ``diffalign build experts``) it is the "SFT on experts" baseline of Diffusion-DRO (Wu et
+al., NeurIPS 2025, Table 3), trained on the same images as ``diffusion_dro``.
 
-Metrics: ``loss``, ``err_w`` (mean error of column 0) and ``err_l`` (mean error of columns 1..K−1).
+Metrics: ``loss``, ``err_w`` (mean error of column 0) and, for K ≥ 2, ``err_l`` (mean error of
+columns 1..K−1).
 ``implicit_acc`` and ``margin`` are omitted: SFT has no preference margin, and a reference-free
 comparison of raw errors across different images would not measure preference.
 """
@@ -28,24 +31,22 @@ class SFTConfig:
 
 
 class SFT(Objective):
-    """Denoising loss on the preferred image of each group (any ``K ≥ 2``)."""
+    """Denoising loss on the preferred image of each group (any ``K ≥ 1``)."""
 
     name = "sft"
     Config = SFTConfig
     needs_reference = False
-    min_group_size = 2
+    min_group_size = 1
     max_group_size = None
 
     def loss(self, terms: PreferenceTerms) -> ObjectiveOutput:
         """``terms.policy_err``: ``[B, K]``; only column 0 enters the loss; ``ref_err`` is ignored."""
-        terms = prepare_terms(self.name, terms, min_k=2)
+        terms = prepare_terms(self.name, terms, min_k=1)
         err = terms.policy_err
         loss = err[:, 0].mean()
-        metrics = {
-            "loss": loss.detach(),
-            "err_w": err[:, 0].mean().detach(),
-            "err_l": err[:, 1:].mean().detach(),
-        }
+        metrics = {"loss": loss.detach(), "err_w": err[:, 0].mean().detach()}
+        if err.shape[1] > 1:
+            metrics["err_l"] = err[:, 1:].mean().detach()
         return ObjectiveOutput(loss, metrics)
 
 

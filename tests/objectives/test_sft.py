@@ -1,4 +1,4 @@
-"""SFT on the preferred image: hand values, gradient, any K ≥ 2."""
+"""SFT on the preferred image: hand values, gradient, any K ≥ 1 (K = 1: SFT on experts)."""
 
 import pytest
 import torch
@@ -7,7 +7,7 @@ from diffalign.objectives import SFT, ObjectiveDataError, PreferenceTerms
 
 
 def test_declarations():
-    assert not SFT.needs_reference and SFT.min_group_size == 2 and SFT.max_group_size is None
+    assert not SFT.needs_reference and SFT.min_group_size == 1 and SFT.max_group_size is None
 
 
 def test_hand_value_pairs():
@@ -37,7 +37,13 @@ def test_reference_is_ignored():
 
 def test_group_size_checks():
     SFT.check_data(group_size=7, has_captions=False, has_ranks=False)
-    with pytest.raises(ObjectiveDataError, match="sft needs K ≥ 2"):
-        SFT.check_data(group_size=1, has_captions=False, has_ranks=False)
-    with pytest.raises(ObjectiveDataError, match="sft"):
-        SFT().loss(PreferenceTerms(policy_err=torch.rand(3, 1)))
+    SFT.check_data(group_size=1, has_captions=False, has_ranks=False)  # an expert dataset
+    with pytest.raises(ObjectiveDataError, match="sft needs K ≥ 1"):
+        SFT.check_data(group_size=0, has_captions=False, has_ranks=False)
+
+
+def test_one_expert_image_per_prompt():
+    """err [[0.2], [0.4]]: loss = 0.3 and no err_l (there is no other image)."""
+    out = SFT().loss(PreferenceTerms(policy_err=torch.tensor([[0.2], [0.4]], dtype=torch.float64)))
+    assert out.loss.item() == pytest.approx(0.3, rel=1e-12)
+    assert set(out.metrics) == {"loss", "err_w"}

@@ -457,3 +457,10 @@ def test_compile_memory_budget_recomputes_without_changing_the_steps(tiny_path, 
     assert seen and set(seen) == {0.5}
     for a, b in zip(eager, budget, strict=True):
         assert b["train/loss"] == pytest.approx(a["train/loss"], rel=1e-3, abs=1e-5)
+
+
+def test_sft_trains_on_one_expert_image_per_prompt(tiny_path, expert_data, tmp_path):
+    """SFT on experts (Diffusion-DRO's baseline): the same K = 1 dataset Diffusion-DRO takes."""
+    rows = _metrics(_train(tiny_path, expert_data, tmp_path / "run", "sft", "sd15", "data.cache=false"))
+    assert [r["step"] for r in rows] == [1, 2, 3]
+    assert all(math.isfinite(r["train/loss"]) and "train/err_l" not in r for r in rows)
