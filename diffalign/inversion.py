@@ -151,11 +151,9 @@ def _step(family, model, x: Tensor, cond, uncond, u: Tensor, v: Tensor, guidance
 
 def _estimate(family, model, x: Tensor, t: Tensor, cond, uncond, guidance: float) -> tuple[Tensor, Tensor]:
     """``(ε̂, x̂0)`` of ``model`` at ``x`` and ``t``, in float32, guided when ``guidance != 1``."""
-    pred = family.predict(model, x, t, cond).float()
-    if guidance != 1:
-        pred_uncond = family.predict(model, x, t, uncond).float()
-        pred = pred_uncond + guidance * (pred - pred_uncond)
-    return family.split_prediction(pred, x.float(), t)
+    from diffalign.sampling import guided
+
+    return family.split_prediction(guided(family, model, x, t, cond, uncond, guidance), x.float(), t)
 
 
 def _randn(like: Tensor, generator) -> Tensor:

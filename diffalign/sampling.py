@@ -209,13 +209,15 @@ def sample(
                       stack(ref_logps))
 
 
-def initial_noise(family, batch: int, group_size: int, resolution: int, generator=None, device=None) -> Tensor:
-    """``[B, K, C, h, w]`` N(0, I) start latents for images of side ``resolution``."""
+def initial_noise(family, batch: int, group_size: int, size: int | tuple[int, int], generator=None,
+                  device=None) -> Tensor:
+    """``[B, K, C, h, w]`` N(0, I) start latents for images of ``size`` pixels (a side, or ``(H, W)``)."""
     from diffusers.utils.torch_utils import randn_tensor
 
-    side = resolution // family.vae_scale_factor
+    height, width = (size, size) if isinstance(size, int) else size
+    f = family.vae_scale_factor
     channels = family.denoiser.config.in_channels
-    return randn_tensor((batch, group_size, channels, side, side), generator=generator,
+    return randn_tensor((batch, group_size, channels, height // f, width // f), generator=generator,
                         device=device or family.device, dtype=torch.float32)
 
 

@@ -44,6 +44,15 @@ class PreferenceStep:
         """Terms of one batch; ``model`` is the (possibly wrapped) policy denoiser."""
         raise NotImplementedError
 
+    def metrics(self) -> dict[str, Tensor]:
+        """The step's own metrics of its last batch (detached scalars, ``<objective>/<what>``),
+        logged beside the objective's; none for the forward-noising and inversion steps."""
+        return {}
+
+    def on_update(self, step: int) -> None:
+        """Called by the trainer after each optimiser update ``step`` (Diffusion-DRO refreshes its
+        snapshot here); nothing for the others."""
+
     def inputs(self, batch: dict, generator) -> tuple[Tensor, object]:
         """``(latents [B, K, *latent], cond)`` of a batch, each image conditioned on its text."""
         texts = [image_texts(prompt, captions, self.group_size, self.objective.needs_captions)

@@ -52,6 +52,7 @@ class DiffusionDROStep(RolloutStep):
         self._refreshed = False
 
     def on_update(self, step: int) -> None:
+        """Refresh the snapshot every ``refresh_every`` updates."""
         if step % self.config.refresh_every == 0:
             self.snapshot.refresh()
 
@@ -82,9 +83,7 @@ class DiffusionDROStep(RolloutStep):
             grid = perturbed_grid(grid, generator)
         gens = generator if isinstance(generator, (list, tuple)) else [generator] * b
         j = torch.cat([torch.randint(config.steps, (1,), generator=g) for g in gens]).to(family.device)
-        uncond = None
-        if config.guidance != 1:
-            uncond = family.encode_prompts([""] * b, group_size=1, image_info=None)
+        uncond = self.unconditional(batch)
         with self.snapshot.active() as snapshot:
             traj = sample(family, snapshot, self.start_noise(batch, generator), cond, grid, eta=0.0,
                           guidance=config.guidance, uncond=uncond, keep_predictions=True,

@@ -36,7 +36,6 @@ class RolloutStep(PreferenceStep):
         self.timing = {"rollout": 0.0, "train": 0.0}
         self._metrics: dict[str, Tensor] = {}
         self._last_latents: Tensor | None = None
-        self._uncond = None
 
     @contextmanager
     def timed(self, part: str):
@@ -56,7 +55,6 @@ class RolloutStep(PreferenceStep):
         return out
 
     def metrics(self) -> dict[str, Tensor]:
-        """The last step's own metrics (detached scalars), named ``<objective>/<what>``."""
         return dict(self._metrics)
 
     def conditioning(self, batch: dict, images_per_prompt: int = 1):
@@ -67,10 +65,15 @@ class RolloutStep(PreferenceStep):
         info = {key: torch.tensor(size, dtype=torch.float32).expand(b, images_per_prompt, 2)
                 for key in ("original_size", "target_size")}  # SDXL's micro-conditioning; others ignore it
         cond = self.family.encode_prompts(list(batch["prompts"]), group_size=images_per_prompt, image_info=info)
-        uncond = None
-        if getattr(self.config, "guidance", 1.0) != 1:
-            uncond = self.family.encode_prompts([""] * b, group_size=images_per_prompt, image_info=info)
-        return cond, uncond
+        return cond, self.unconditional(batch, images_per_prompt, info)
+
+    def unconditional(self, batch: dict, images_per_prompt: int = 1, image_info: dict | None = None):
+        """The empty prompt's conditioning ``[B, images_per_prompt, ...]`` when the step guides
+        (``config.guidance != 1``), else ``None``."""
+        if getattr(self.config, "guidance", 1.0) == 1:
+            return None
+        return self.family.encode_prompts([""] * len(batch["prompts"]), group_size=images_per_prompt,
+                                          image_info=image_info)
 
     def image_size(self, batch: dict) -> tuple[int, int]:
         """``(H, W)`` in pixels of the batch's images: the rollouts are made at that size."""
@@ -80,12 +83,10 @@ class RolloutStep(PreferenceStep):
 
     def start_noise(self, batch: dict, generator, images_per_prompt: int = 1) -> Tensor:
         """``[B, images_per_prompt, C, h, w]`` N(0, I) start latents, one draw per group's generator."""
-        from diffusers.utils.torch_utils import randn_tensor
+        from diffalign.sampling import initial_noise
 
-        h, w = (side // self.family.vae_scale_factor for side in self.image_size(batch))
-        channels = self.family.denoiser.config.in_channels
-        shape = (len(batch["prompts"]), images_per_prompt, channels, h, w)
-        return randn_tensor(shape, generator=generator, device=self.family.device, dtype=torch.float32)
+        return initial_noise(self.family, len(batch["prompts"]), images_per_prompt, self.image_size(batch),
+                             generator=generator)
 
     def keep_images(self, latents: Tensor) -> None:
         """Keep up to :data:`GRID_IMAGES` latents ``[N, *latent]`` of this rollout for its grid."""
@@ -99,9 +100,6 @@ class RolloutStep(PreferenceStep):
             return None
         pixels = self.family.decode(self._last_latents)
         return (pixels.float() / 2 + 0.5).clamp(0, 1).cpu()
-
-    def on_update(self, step: int) -> None:
-        """Called by the trainer after optimiser update ``step`` (a step's snapshot refresh)."""
 
 
 __all__ = ["GRID_IMAGES", "RolloutStep"]

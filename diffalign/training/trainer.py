@@ -213,8 +213,7 @@ class Trainer:
             return None
         generators = group_generators(self.config.seed, self.epoch, batch["indices"])
         out = self.objective.loss(self.step(self.model, batch, generators))
-        if isinstance(self.step, RolloutStep):
-            out.metrics.update(self.step.metrics())
+        out.metrics.update(self.step.metrics())
         return out
 
     # ----------------------------------------------------------------------------- loop
@@ -347,7 +346,8 @@ class Trainer:
         config, step = self.config, self.state["step"] + 1
         self.state["step"] = step
         bar.update(1)
-        timing = self._rollout_timing(step)
+        self.step.on_update(step)
+        timing = self._rollout_timing()
         if step % config.logging.every == 0 or step == config.max_steps:
             logged = log.flush(step, {**self._counters(), **timing})
             if "train/loss" in logged:
@@ -363,12 +363,11 @@ class Trainer:
         if self._on_step is not None:
             self._on_step(step, self)
 
-    def _rollout_timing(self, step: int) -> dict:
-        """A sampling step's seconds per optimiser step, rolling out and training (``time/rollout_s``,
-        ``time/train_s``), after telling it of the update (its snapshot refresh); ``{}`` otherwise."""
+    def _rollout_timing(self) -> dict:
+        """A sampling step's seconds in this optimiser step, rolling out and training
+        (``time/rollout_s``, ``time/train_s``); ``{}`` for the other steps."""
         if not isinstance(self.step, RolloutStep):
             return {}
-        self.step.on_update(step)
         seconds = self.step.pop_timing()
         return {"time/rollout_s": seconds["rollout"], "time/train_s": seconds["train"]}
 
