@@ -59,7 +59,7 @@ class ModelConfig:
 
     path: str = field(metadata=LOCAL_OR_HUB)
     """Diffusers pipeline folder or hub id."""
-    family: Literal["sd", "sdxl", "sd3"] | None = None
+    family: Literal["sd", "sdxl", "sd3", "wan"] | None = None
     """``None`` detects it from ``model_index.json``."""
     revision: str | None = None
     variant: str | None = None
@@ -75,8 +75,8 @@ class ModelConfig:
     snr_gamma: float = field(default=5.0, metadata=POSITIVE)
     use_t5: bool = True
     """SD3 only: ``False`` leaves the T5 encoder out."""
-    max_sequence_length: int = field(default=256, metadata=AT_LEAST_1)
-    """SD3 only: T5 tokens."""
+    max_sequence_length: int | None = field(default=None, metadata=AT_LEAST_1)
+    """T5 tokens of SD3 (``None``: 256) and Wan (``None``: 512), as their pipelines use."""
 
     def family_options(self) -> dict[str, Any]:
         """Keyword arguments for :func:`diffalign.families.load`, which drops the

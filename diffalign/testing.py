@@ -25,8 +25,12 @@ from pathlib import Path
 
 import torch
 
-TINY_FAMILIES = ("sd15", "sd21", "sdxl", "sd3")
-"""Names of the tiny pipelines: SD1.5-style (epsilon), SD2.1-style (v), SDXL-style, SD3-style."""
+TINY_FAMILIES = ("sd15", "sd21", "sdxl", "sd3", "wan")
+"""Names of the tiny pipelines: SD1.5-style (epsilon), SD2.1-style (v), SDXL-style, SD3-style,
+Wan 2.1-style (text-to-video)."""
+
+TINY_FRAMES = 5
+"""Frames of the tiny Wan's videos: 1 + 4, two latent frames."""
 
 MAX_TOKENS = 77  # CLIP's context length; the tiny encoders keep it so truncation behaves as in SD.
 
@@ -131,6 +135,19 @@ def tiny_t5_encoder(d_model: int = 32, seed: int = 0):
     return T5EncoderModel(config).eval()
 
 
+def tiny_umt5_encoder(d_model: int = 32, seed: int = 0):
+    """A 1-layer UMT5 encoder (Wan's text encoder class) over the tiny T5 vocabulary."""
+    from transformers import UMT5Config, UMT5EncoderModel
+
+    config = UMT5Config(
+        vocab_size=len(tiny_t5_tokenizer()), d_model=d_model, d_kv=8, d_ff=2 * d_model,
+        num_layers=1, num_heads=4, relative_attention_num_buckets=8, pad_token_id=0, eos_token_id=1,
+        decoder_start_token_id=0,
+    )
+    _seeded(seed)
+    return UMT5EncoderModel(config).eval()
+
+
 def tiny_vae(latent_channels: int = 4, shift_factor: float | None = None, seed: int = 0):
     """A 2-block ``AutoencoderKL`` (downsamples ×2); SD3 passes its ``shift_factor``."""
     from diffusers import AutoencoderKL
@@ -178,6 +195,28 @@ def tiny_sd3_transformer(seed: int = 0):
     )
 
 
+def tiny_wan_vae(seed: int = 0):
+    """The tiny ``AutoencoderKLWan`` of diffusers' own Wan tests (×8 spatial, ×4 temporal, 16
+    channels, the released per-channel ``latents_mean``/``latents_std``)."""
+    from diffusers import AutoencoderKLWan
+
+    _seeded(seed)
+    return AutoencoderKLWan(base_dim=3, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1,
+                            temperal_downsample=[False, True, True]).eval()
+
+
+def tiny_wan_transformer(seed: int = 0):
+    """A 2-layer ``WanTransformer3DModel`` (diffusers' test configuration: 2 heads × 12, text width 32)."""
+    from diffusers import WanTransformer3DModel
+
+    _seeded(seed)
+    return WanTransformer3DModel(
+        patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=12, in_channels=16, out_channels=16,
+        text_dim=32, freq_dim=256, ffn_dim=32, num_layers=2, cross_attn_norm=True,
+        qk_norm="rms_norm_across_heads", rope_max_seq_len=32,
+    )
+
+
 def scheduler_for(kind: str):
     """The released pipelines' scheduler settings for ``kind`` (one of :data:`TINY_FAMILIES`)."""
     import diffusers
@@ -196,6 +235,10 @@ def scheduler_for(kind: str):
             )
         if kind == "sd3":
             return diffusers.FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=3.0)
+        if kind == "wan":
+            # What the released Wan 2.1 folders ship (diffusers' convert_wan_to_diffusers.py, 480p).
+            return diffusers.UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True,
+                                                     num_train_timesteps=1000, flow_shift=3.0)
     raise ValueError(f"unknown tiny pipeline {kind!r}; choose one of {', '.join(TINY_FAMILIES)}")
 
 
@@ -242,6 +285,11 @@ def tiny_components(kind: str, seed: int = 0, with_t5: bool = True) -> tuple[typ
             tokenizer_3=tiny_t5_tokenizer() if with_t5 else None,
         )
         return diffusers.StableDiffusion3Pipeline, components
+    if kind == "wan":
+        return diffusers.WanPipeline, dict(
+            transformer=tiny_wan_transformer(seed=seed), vae=tiny_wan_vae(seed=seed), scheduler=scheduler,
+            text_encoder=tiny_umt5_encoder(seed=seed), tokenizer=tiny_t5_tokenizer(),
+        )
     raise ValueError(f"unknown tiny pipeline {kind!r}; choose one of {', '.join(TINY_FAMILIES)}")
 
 

@@ -1,4 +1,4 @@
-"""Model families: the only code that knows how SD1.5/2.1, SDXL and SD3 differ.
+"""Model families: the only code that knows how SD1.5/2.1, SDXL, SD3 and Wan differ.
 
 ``FAMILIES`` maps the config name to its class; :func:`load` detects the family of a checkpoint
 from its ``model_index.json`` and scheduler config.
@@ -18,8 +18,9 @@ from diffalign.families.base import Conditioning, FamilyError, ModelFamily, read
 from diffalign.families.sd import SDFamily
 from diffalign.families.sd3 import SD3Family
 from diffalign.families.sdxl import SDXLFamily
+from diffalign.families.wan import WanFamily, refuse_wan22
 
-FAMILIES: dict[str, type[ModelFamily]] = {"sd": SDFamily, "sdxl": SDXLFamily, "sd3": SD3Family}
+FAMILIES: dict[str, type[ModelFamily]] = {"sd": SDFamily, "sdxl": SDXLFamily, "sd3": SD3Family, "wan": WanFamily}
 
 _BY_PIPELINE = {cls.pipeline_class: name for name, cls in FAMILIES.items()}
 _SUPPORTED = "; ".join(f"{name} ({cls.pipeline_class})" for name, cls in FAMILIES.items())
@@ -47,6 +48,8 @@ def _family_from_index(index: dict) -> str | None:
         return name
     if _component_class(index, "transformer") == "SD3Transformer2DModel":
         return "sd3"
+    if _component_class(index, "transformer") == "WanTransformer3DModel":
+        return "wan"
     if _component_class(index, "unet") == "UNet2DConditionModel" and _component_class(index, "text_encoder"):
         return "sdxl" if _component_class(index, "text_encoder_2") else "sd"
     return None
@@ -69,9 +72,14 @@ def detect_family(path: str | Path, revision: str | None = None) -> Detected:
 
     scheduler = DDPMScheduler.load_config(str(path), subfolder="scheduler", revision=revision)
     scheduler_class = scheduler.get("_class_name", "")
-    if name == "sd3":
-        if "FlowMatch" not in scheduler_class:
-            raise FamilyError(f"{path}: an SD3 transformer with a {scheduler_class}; expected a flow-matching scheduler")
+    if name == "wan":
+        refuse_wan22(index, path)
+    if name in ("sd3", "wan"):
+        flow = "FlowMatch" in scheduler_class or (scheduler.get("use_flow_sigmas") and
+                                                  scheduler.get("prediction_type") == "flow_prediction")
+        if not flow:
+            raise FamilyError(f"{path}: a {name} transformer with a {scheduler_class}; expected a flow-matching "
+                              "scheduler (FlowMatchEulerDiscreteScheduler, or UniPC with use_flow_sigmas)")
         return Detected(name, "flow")
     prediction = scheduler.get("prediction_type", "epsilon")
     if prediction not in ("epsilon", "v_prediction"):
@@ -98,7 +106,7 @@ def load(path: str | Path, family: str | None = None, **kwargs) -> ModelFamily:
 
 # Options that only some families take, with their defaults: a config may carry them for any
 # model, so they are dropped where they do not apply, unless the user changed them.
-_FAMILY_SPECIFIC = {"snr_gamma": 5.0, "use_t5": True, "max_sequence_length": 256}
+_FAMILY_SPECIFIC = {"snr_gamma": 5.0, "use_t5": True, "max_sequence_length": None}
 
 
 def _drop_inapplicable(cls: type[ModelFamily], kwargs: dict) -> dict:
@@ -113,5 +121,5 @@ def _drop_inapplicable(cls: type[ModelFamily], kwargs: dict) -> dict:
 
 __all__ = [
     "FAMILIES", "Conditioning", "Detected", "FamilyError", "ModelFamily",
-    "SDFamily", "SDXLFamily", "SD3Family", "detect_family", "load",
+    "SDFamily", "SDXLFamily", "SD3Family", "WanFamily", "detect_family", "load",
 ]

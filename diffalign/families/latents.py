@@ -1,7 +1,9 @@
 """The VAE side of a family: images to scaled latents and back.
 
-Works on any leading shape (``[B, K, 3, H, W]`` images, ``[B, K, C, h, w]`` latents): the VAE
-sees them flattened to one batch axis.
+Works on any leading shape (``[B, K, 3, H, W]`` images, ``[B, K, C, h, w]`` latents; a video
+family's ``[B, K, 3, F, H, W]`` and ``[B, K, C, f, h, w]``): the VAE sees them flattened to one
+batch axis. The scaling is ``(z − shift)·scale``, where shift and scale are numbers (SD's
+``scaling_factor``, SD3's ``shift_factor``) or per-channel tensors ``[C, 1, ...]`` (Wan).
 """
 
 from __future__ import annotations
@@ -20,6 +22,14 @@ Generators = "torch.Generator | list[torch.Generator] | None"
 class LatentOperations:
     """``encode_images``, ``decode`` and the VAE's latent scaling (read from its config file
     when the VAE is not loaded, as under the latent cache)."""
+
+    media = "image"
+    """What the family's VAE encodes: ``"image"`` or ``"video"``."""
+    pixel_ndim = 3
+    """Dimensions of one item's pixels: 3 for an image ``[3, H, W]``, 4 for a video ``[3, F, H, W]``."""
+
+    def check_pixels(self, pixels: Tensor) -> None:
+        """Refuse pixels the VAE cannot encode (a video family checks the frame count)."""
 
     @property
     def vae_scale_factor(self) -> int:
@@ -50,8 +60,10 @@ class LatentOperations:
         fresh posterior sample each time, exactly as the uncached path does.
         """
         vae = self._require("vae", "encode_images")
-        lead = pixels.shape[:-3]
-        flat = pixels.reshape(-1, *pixels.shape[-3:]).to(vae.device, vae.dtype)
+        self.check_pixels(pixels)
+        n = self.pixel_ndim
+        lead = pixels.shape[:-n]
+        flat = pixels.reshape(-1, *pixels.shape[-n:]).to(vae.device, vae.dtype)
         posterior = vae.encode(flat).latent_dist
         return (posterior.mean.reshape(*lead, *posterior.mean.shape[1:]),
                 posterior.std.reshape(*lead, *posterior.std.shape[1:]))
@@ -65,7 +77,15 @@ class LatentOperations:
         from diffusers.utils.torch_utils import randn_tensor
 
         eps = randn_tensor(mean.shape, generator=generator, device=mean.device, dtype=mean.dtype)
-        return (mean + std * eps - self._vae_shift) * self.latent_scale
+        shift, scale = self._affine(mean)
+        return (mean + std * eps - shift) * scale
+
+    def _affine(self, like: Tensor):
+        """``(shift, scale)`` of the latent scaling, as numbers or tensors on ``like``'s device and dtype."""
+        def place(value):
+            return value.to(like.device, like.dtype) if isinstance(value, Tensor) else value
+
+        return place(self._vae_shift), place(self.latent_scale)
 
     @property
     def latent_scale(self) -> float:
@@ -90,10 +110,13 @@ class LatentOperations:
 
     @torch.no_grad()
     def decode(self, latents: Tensor) -> Tensor:
-        """Inverse of :meth:`encode_images`: ``[..., C, h, w]`` latents → ``[..., 3, H, W]`` in [-1, 1]."""
+        """Inverse of :meth:`encode_images`: ``[..., C, h, w]`` latents → ``[..., 3, H, W]`` in [-1, 1]
+        (a video family: ``[..., C, f, h, w]`` → ``[..., 3, F, H, W]``)."""
         vae = self._require("vae", "decode")
-        lead = latents.shape[:-3]
-        flat = latents.reshape(-1, *latents.shape[-3:]).to(vae.device, vae.dtype)
-        flat = flat / vae.config.scaling_factor + self._vae_shift
+        n = self.pixel_ndim
+        lead = latents.shape[:-n]
+        flat = latents.reshape(-1, *latents.shape[-n:]).to(vae.device, vae.dtype)
+        shift, scale = self._affine(flat)
+        flat = flat / scale + shift
         pixels = vae.decode(flat).sample.clamp(-1, 1)
         return pixels.reshape(*lead, *pixels.shape[1:])

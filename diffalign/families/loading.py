@@ -93,9 +93,13 @@ def untileable(resolution: int, multiple: int, path) -> str | None:
 
 
 def vae_downsampling(vae_config) -> int:
-    """Pixels per latent along each side of a VAE with this config: each encoder block but the
-    last halves the image."""
-    return 2 ** (len(vae_config["block_out_channels"]) - 1)
+    """Pixels per latent along each side of a VAE with this config: its ``scale_factor_spatial``
+    (Wan's VAE), else each encoder block but the last halves the image (``block_out_channels``;
+    Wan's older configs: ``dim_mult``)."""
+    if vae_config.get("scale_factor_spatial"):
+        return int(vae_config["scale_factor_spatial"])
+    blocks = vae_config.get("block_out_channels") or vae_config["dim_mult"]
+    return 2 ** (len(blocks) - 1)
 
 
 def _pipeline_components(pipeline_cls) -> list[str]:

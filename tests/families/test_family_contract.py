@@ -19,12 +19,20 @@ def _alphas_cumprod():
 
 
 FRAMES = pytest.mark.parametrize("frames", [None, 3], ids=["image", "video"])
+FLOW = ("sd3", "wan")
+
+
+def _latent_shape(family, frames=None):
+    """One item's latent shape: ``C, h, w``, or ``C, f, h, w`` with ``frames`` (a video family's
+    denoiser always takes frames: 2 when none are asked for)."""
+    if family.media == "video":
+        frames = frames or 2
+    return (family.denoiser.config.in_channels, *([frames] if frames else []), 8, 8)
 
 
 def _group(family, seed=0, frames=None):
     gen = torch.Generator().manual_seed(seed)
-    c = family.denoiser.config.in_channels
-    latents = torch.randn(B, K, c, *([frames] if frames else []), 8, 8, generator=gen)
+    latents = torch.randn(B, K, *_latent_shape(family, frames), generator=gen)
     noise, t = family.sample_noise_and_time(latents, generator=gen)
     return latents, noise, t
 
@@ -40,7 +48,7 @@ def _per_group(values, latents):
 
 def _scales(tiny_kind, t, latents):
     """``(a_t, s_t)`` with ``x_t = a_t·x0 + s_t·ε``, rebuilt from the schedule, broadcastable to ``latents``."""
-    if tiny_kind == "sd3":
+    if tiny_kind in FLOW:
         sigma = _per_group(t, latents)
         return 1 - sigma, sigma
     abar = _per_group(_alphas_cumprod()[(t * 999).round().long()].float(), latents)
@@ -52,7 +60,7 @@ def test_add_noise_and_target_identities(tiny_family, tiny_kind, frames):
     latents, noise, t = _group(tiny_family, frames=frames)
     x_t = tiny_family.add_noise(latents, noise, t)
     target = tiny_family.target(latents, noise, t)
-    if tiny_kind == "sd3":
+    if tiny_kind in FLOW:
         sigma = _per_group(t, latents)
         torch.testing.assert_close(x_t, (1 - sigma) * latents + sigma * noise)
         torch.testing.assert_close(target, noise - latents)
@@ -64,7 +72,7 @@ def test_add_noise_and_target_identities(tiny_family, tiny_kind, frames):
 
 
 def test_prediction_types(tiny_family, tiny_kind):
-    expected = {"sd15": "epsilon", "sd21": "v_prediction", "sdxl": "epsilon", "sd3": "flow"}[tiny_kind]
+    expected = {"sd15": "epsilon", "sd21": "v_prediction", "sdxl": "epsilon", "sd3": "flow", "wan": "flow"}[tiny_kind]
     assert tiny_family.prediction_type == expected
 
 
@@ -114,7 +122,7 @@ def test_prediction_splits_into_noise_and_clean_latent(tiny_family, tiny_kind, f
     latents, noise, t = _group(tiny_family, frames=frames)
     a, s = _scales(tiny_kind, t, latents)
     x_t = a * latents + s * noise
-    if tiny_kind == "sd3":
+    if tiny_kind in FLOW:
         truth = noise - latents
     elif tiny_kind == "sd21":
         truth = a * noise - s * latents
@@ -148,7 +156,7 @@ def test_encode_prompts_shapes(tiny_family, tiny_kind):
     cond = tiny_family.encode_prompts([["a", "b"], ["c", "d"], ["e", "f"]])
     assert cond.group_shape == (B, K)
     assert cond.prompt_embeds.ndim == 4
-    assert (cond.pooled is None) == (tiny_kind in ("sd15", "sd21"))
+    assert (cond.pooled is None) == (tiny_kind in ("sd15", "sd21", "wan"))
     assert (cond.time_ids is None) == (tiny_kind != "sdxl")
     # Deduplication must not change the result: "a" alone equals "a" encoded next to others.
     alone = tiny_family.encode_prompts(["a"])
@@ -165,6 +173,8 @@ def test_mismatched_groups_are_rejected(tiny_family):
 
 
 def test_images_encode_and_decode(tiny_family, tiny_kind):
+    if tiny_family.media == "video":
+        pytest.skip("videos: test_videos_encode_and_decode")
     pixels = torch.rand(2, K, 3, 32, 32) * 2 - 1
     latents = tiny_family.encode_images(pixels, generator=torch.Generator().manual_seed(1))
     f = tiny_family.vae_scale_factor
@@ -177,9 +187,31 @@ def test_images_encode_and_decode(tiny_family, tiny_kind):
     assert tiny_family.decode(latents).shape == pixels.shape
 
 
+def test_videos_encode_and_decode(tiny_family, tiny_kind):
+    """A video family: ``[B, K, 3, F, H, W]`` pixels → ``[B, K, C, (F − 1)/4 + 1, H/8, W/8]``, normalised
+    per channel by the VAE config's ``latents_mean``/``latents_std``; a frame count the VAE cannot
+    take is refused by name."""
+    from diffalign.families import FamilyError
+
+    if tiny_family.media != "video":
+        pytest.skip("images: test_images_encode_and_decode")
+    pixels = torch.rand(1, K, 3, 5, 32, 32) * 2 - 1
+    latents = tiny_family.encode_images(pixels, generator=torch.Generator().manual_seed(1))
+    assert latents.shape == (1, K, 16, 2, 4, 4)
+    vae = tiny_family.pipe.vae
+    raw = vae.encode(pixels.flatten(0, 1)).latent_dist.sample(torch.Generator().manual_seed(1))
+    mean = torch.tensor(vae.config.latents_mean).view(1, 16, 1, 1, 1)
+    std = torch.tensor(vae.config.latents_std).view(1, 16, 1, 1, 1)
+    assert mean.flatten()[0] == pytest.approx(-0.7571) and std.flatten()[0] == pytest.approx(2.8184)
+    torch.testing.assert_close(latents.flatten(0, 1), (raw - mean) / std)
+    assert tiny_family.decode(latents).shape == pixels.shape
+    with pytest.raises(FamilyError, match="6 frames cannot be encoded.*5 or 9"):
+        tiny_family.encode_images(torch.zeros(1, 1, 3, 6, 32, 32))
+
+
 def test_one_generator_per_group_is_layout_independent(tiny_family):
     """A group's noise and time depend only on its own generator, not on the batch around it."""
-    latents = torch.zeros(3, K, tiny_family.denoiser.config.in_channels, 8, 8)
+    latents = torch.zeros(3, K, *_latent_shape(tiny_family))
 
     def gens(*seeds):
         return [torch.Generator().manual_seed(s) for s in seeds]
@@ -189,7 +221,7 @@ def test_one_generator_per_group_is_layout_independent(tiny_family):
     torch.testing.assert_close(noise[1:2], alone_noise)
     torch.testing.assert_close(t[1:2], alone_t)
     assert not torch.equal(noise[0], noise[1])
-    mean, std = torch.zeros(3, K, 4, 8, 8), torch.ones(3, K, 4, 8, 8)
+    mean, std = torch.zeros(3, K, *_latent_shape(tiny_family)), torch.ones(3, K, *_latent_shape(tiny_family))
     sampled = tiny_family.latents_from_posterior(mean, std, gens(10, 11, 12))
     torch.testing.assert_close(sampled[2:], tiny_family.latents_from_posterior(mean[2:], std[2:], gens(12)))
 

@@ -9,7 +9,8 @@ import torch
 from diffalign.families import FAMILIES, FamilyError, detect_family, load
 from diffalign.testing import tiny_components
 
-FAMILY_OF = {"sd15": ("sd", "epsilon"), "sd21": ("sd", "v_prediction"), "sdxl": ("sdxl", "epsilon"), "sd3": ("sd3", "flow")}
+FAMILY_OF = {"sd15": ("sd", "epsilon"), "sd21": ("sd", "v_prediction"), "sdxl": ("sdxl", "epsilon"), "sd3": ("sd3", "flow"),
+             "wan": ("wan", "flow")}
 
 
 def test_detect(tiny_kind, tiny_path):
@@ -85,3 +86,32 @@ def test_detection_by_components(tiny_path, tmp_path):
 def test_missing_hub_id_offline():
     with pytest.raises(FamilyError, match="hub lookup failed"):
         detect_family("no-such-org/no-such-model-for-diffalign")
+
+
+def _edited_wan(tiny_path, tmp_path, **index_changes):
+    folder = shutil.copytree(tiny_path("wan"), tmp_path / "wan-edited")
+    index = json.loads((folder / "model_index.json").read_text())
+    index.update(index_changes)
+    (folder / "model_index.json").write_text(json.dumps(index))
+    return folder
+
+
+def test_wan22_two_experts_are_refused_by_name(tiny_path, tmp_path):
+    folder = _edited_wan(tiny_path, tmp_path, transformer_2=["diffusers", "WanTransformer3DModel"], boundary_ratio=0.875)
+    with pytest.raises(FamilyError, match="two-expert Wan 2.2 .*boundary_ratio=0.875.*Wan2.1-T2V-1.3B"):
+        detect_family(folder)
+
+
+def test_wan22_ti2v_is_refused_by_name(tiny_path, tmp_path):
+    with pytest.raises(FamilyError, match="TI2V-5B .*expand_timesteps"):
+        detect_family(_edited_wan(tiny_path, tmp_path, expand_timesteps=True))
+
+
+def test_wan_shift_comes_from_the_shipped_unipc_scheduler(tiny_path):
+    """The released folders ship UniPC with ``flow_shift``; training uses its shifted sigmas:
+    σ' = s·σ/(1 + (s − 1)·σ) with s = 3, at σ = 1 − i/1000 (written out here)."""
+    family = load(tiny_path("wan"))
+    assert type(family.pipe.scheduler).__name__ == "UniPCMultistepScheduler" and family.flow_shift() == 3.0
+    for i in (0, 500, 999):
+        sigma = 1 - i / 1000
+        assert float(family.train_sigmas[i]) == pytest.approx(3 * sigma / (1 + 2 * sigma), abs=1e-6)

@@ -1,0 +1,157 @@
+"""Wan 2.1 text-to-video (Wan Team, 2025, "Wan: Open and Advanced Large-Scale Video Generative
+Models"): a video DiT (``WanTransformer3DModel``) trained by rectified flow over the latents of a
+causal 3-D VAE (``AutoencoderKLWan``), conditioned on UMT5 text embeddings.
+
+How Wan differs from the image families, all of it here:
+- latents are ``[B, K, C, f, h, w]``, ``f = (frames − 1)/4 + 1``: the VAE keeps the first frame
+  and compresses each later run of 4 (``frames ≡ 1 mod 4``, else a clear error);
+- the VAE normalises **per channel**: ``z' = (z − latents_mean[c]) / latents_std[c]`` (its config's
+  16-value lists), not one scaling factor;
+- the flow's shift is the scheduler's ``flow_shift`` (the released checkpoints ship a UniPC
+  scheduler over flow sigmas; 3.0 for 480p, 5.0 for 720p) or ``shift`` (FlowMatchEuler);
+- text is the pipeline's own ``encode_prompt``: UMT5 states trimmed to the prompt's tokens and
+  zero-padded to ``max_sequence_length`` (512, the pipeline's ``__call__`` default; the
+  transformer gets no mask, so the pad length must match what inference uses).
+
+Wan 2.2's two-expert A14B (``transformer_2`` + ``boundary_ratio``) and TI2V-5B
+(``expand_timesteps``) are recognised and refused by name (:func:`refuse_wan22`).
+Time sampling defaults to uniform over the shifted training sigmas.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from diffalign.families.base import Conditioning, FamilyError, ModelFamily, input_dtype
+from diffalign.families.flow import FlowMatching
+
+
+def refuse_wan22(index: dict, path) -> None:
+    """Raise :class:`FamilyError` naming the Wan 2.2 variant at ``path`` (from its
+    ``model_index.json``): the two-expert A14B or the TI2V-5B. Wan 2.1 passes."""
+    experts = (index.get("transformer_2") or [None])[0] is not None or index.get("boundary_ratio") is not None
+    if experts:
+        raise FamilyError(
+            f"{path} is a two-expert Wan 2.2 (A14B: `transformer` denoises t ≥ boundary_ratio·N, "
+            f"`transformer_2` below, boundary_ratio={index.get('boundary_ratio')}). diffalign trains one "
+            "denoiser per run and does not yet train either expert of it; use a Wan 2.1 checkpoint "
+            "(Wan-AI/Wan2.1-T2V-1.3B-Diffusers or Wan2.1-T2V-14B-Diffusers)."
+        )
+    if index.get("expand_timesteps"):
+        raise FamilyError(
+            f"{path} is Wan 2.2 TI2V-5B (expand_timesteps: a timestep per latent token, a 48-channel "
+            "VAE), which diffalign does not yet train; use a Wan 2.1 checkpoint "
+            "(Wan-AI/Wan2.1-T2V-1.3B-Diffusers)."
+        )
+
+
+class WanFamily(FlowMatching, ModelFamily):
+    """Wan 2.1 text-to-video pipelines (``WanPipeline``)."""
+
+    name = "wan"
+    pipeline_class = "WanPipeline"
+    denoiser_name = "transformer"
+    text_components = ("text_encoder",)
+    default_time_sampling = "uniform"
+    media = "video"
+    pixel_ndim = 4  # a video is [3, F, H, W]
+
+    def __init__(self, pipe, path: str | None = None, *, max_sequence_length: int | None = None, **options):
+        """
+        Args:
+            max_sequence_length: UMT5 tokens; ``None`` = 512, what ``WanPipeline.__call__`` uses.
+            options: see :class:`~diffalign.families.base.ModelFamily`; ``loss_weighting`` may be
+                ``"sigma_sqrt"`` or ``"cosmap"``.
+        """
+        if getattr(pipe, "transformer_2", None) is not None or pipe.config.get("boundary_ratio") is not None \
+                or pipe.config.get("expand_timesteps"):
+            refuse_wan22(dict(pipe.config), path)
+        super().__init__(pipe, path, **options)
+        self.max_sequence_length = max_sequence_length or 512
+        self._init_flow()
+
+    def flow_shift(self) -> float:
+        config = self.pipe.scheduler.config
+        return float(config.get("flow_shift") if "flow_shift" in config else config.get("shift", 1.0))
+
+    # ----------------------------------------------------------------------------- frames
+    @property
+    def temporal_factor(self) -> int:
+        """Frames per latent frame after the first (4 for Wan 2.1)."""
+        return int(self._vae_settings.get("scale_factor_temporal") or 4)
+
+    def latent_frames(self, frames: int) -> int:
+        """``(frames − 1)/4 + 1``, or a :class:`FamilyError` when ``frames ≢ 1 (mod 4)``."""
+        why = frames_problem(frames, self.temporal_factor)
+        if why:
+            raise FamilyError(f"{why} ({self.path})")
+        return (frames - 1) // self.temporal_factor + 1
+
+    def check_pixels(self, pixels: Tensor) -> None:
+        """Refuse a video tensor ``[..., 3, F, H, W]`` whose frame count the VAE cannot take."""
+        if pixels.ndim < 4 or pixels.shape[-4] != 3:
+            raise FamilyError(f"the wan family encodes videos shaped [..., 3, F, H, W]; got {tuple(pixels.shape)}")
+        self.latent_frames(pixels.shape[-3])
+
+    # ----------------------------------------------------------------------------- VAE scaling
+    @property
+    def latent_scale(self) -> Tensor:
+        """``1 / latents_std`` per channel, shaped ``[C, 1, 1, 1]`` to broadcast over ``[..., C, f, h, w]``."""
+        return 1.0 / self._channel_tensor("latents_std")
+
+    @property
+    def _vae_shift(self) -> Tensor:
+        return self._channel_tensor("latents_mean")
+
+    @property
+    def _vae_settings(self) -> dict:
+        vae = getattr(self.pipe, "vae", None)
+        return vae.config if vae is not None else self._vae_config
+
+    def _channel_tensor(self, key: str) -> Tensor:
+        # Kept once: the cached-latent path scales at every step.
+        cached = self.__dict__.setdefault("_channel_tensors", {})
+        if key not in cached:
+            values = self._vae_settings.get(key)
+            if values is None:
+                raise FamilyError(f"the VAE of {self.path} has no {key} in its config; a Wan VAE normalises per channel")
+            cached[key] = torch.tensor(values, dtype=torch.float32).view(-1, 1, 1, 1)
+        return cached[key]
+
+    # ----------------------------------------------------------------------------- denoiser and text
+    def _predict_flat(self, model, noisy: Tensor, t: Tensor, cond: Conditioning) -> Tensor:
+        dtype = input_dtype(model, self.denoiser)
+        return model(
+            hidden_states=noisy.to(dtype),
+            timestep=t * self.num_train_timesteps,
+            encoder_hidden_states=cond.prompt_embeds.to(dtype),
+            return_dict=False,
+        )[0]
+
+    def _encode_text(self, prompts: list[str]) -> tuple[Tensor, Tensor | None]:
+        encoder = self._require("text_encoder", "encode_prompts")
+        embeds, _ = self.pipe.encode_prompt(
+            prompt=prompts, do_classifier_free_guidance=False, num_videos_per_prompt=1,
+            max_sequence_length=self.max_sequence_length, device=encoder.device,
+        )
+        return embeds, None
+
+    # ----------------------------------------------------------------------------- config-only facts
+    @classmethod
+    def pixel_multiple(cls, path, revision: str | None = None) -> int:
+        """The VAE's spatial factor times the transformer's patch (Wan 2.1: 8 × 2 = 16 pixels)."""
+        from diffusers import WanTransformer3DModel
+
+        patch = WanTransformer3DModel.load_config(str(path), subfolder="transformer", revision=revision)["patch_size"]
+        return super().pixel_multiple(path, revision) * int(patch[-1])
+
+
+def frames_problem(frames: int, factor: int = 4) -> str | None:
+    """Why a clip of ``frames`` frames cannot be encoded by a Wan VAE (``None`` when it can): it
+    needs ``frames ≡ 1 (mod factor)``; the message names the nearest counts that work."""
+    if frames >= 1 and (frames - 1) % factor == 0:
+        return None
+    low = max(1, (frames - 1) // factor * factor + 1)
+    return (f"{frames} frames cannot be encoded: the Wan VAE needs 1 + {factor}·n frames "
+            f"(e.g. {low} or {low + factor}; 81 for Wan 2.1's 5-second clips)")
