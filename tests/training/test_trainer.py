@@ -119,6 +119,12 @@ def _check_golden(key: str, losses: list[float], weights: dict) -> None:
     was built (commit 8991673, by this test's fingerprint of that code's runs): moving the
     training step into ``DenoisingStep`` changed nothing. Objectives added since have no record.
 
+    Re-recorded from commit b8432c6 (the code before the Wan family) when the libraries the
+    install resolves moved on (torch 2.14.1, diffusers 0.42.1, transformers 5.24.0): under them
+    the old record's full fine-tuning runs start at exactly log 2 (policy and reference copy now
+    agree to the bit) and later steps moved by up to 1.4e-3. The code since b8432c6 reproduces
+    the new record exactly, so the flow maths shared with Wan changed nothing either.
+
     The first loss is the same forward to 1e-6. Since the lean norms (which remake their input
     from their output in backward, so their gradients equal PyTorch's to rounding), later steps
     to 1e-4 and the weights' fingerprint to 1e-3: three updates amplified that rounding to at most
