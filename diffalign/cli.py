@@ -87,12 +87,13 @@ def _add_module_commands(sub) -> None:
 
 
 def _add_build(sub) -> None:
-    from diffalign.data import dual_captions, experts, filtering, pick_a_pic, synthetic
+    from diffalign.data import dual_captions, experts, filtering, pick_a_pic, synthetic, video_pairs
 
     build = sub.add_parser("build", help="build a preference dataset")
     builders = build.add_subparsers(dest="builder", required=True, metavar="BUILDER")
     for name, module, help_text in (
         ("pick-a-pic", pick_a_pic, "Pick-a-Pic v2 human pairs -> best-first groups"),
+        ("video-pairs", video_pairs, "human video pairs, Pick-a-Pic style -> best-first groups of two videos"),
         ("synthetic", synthetic, "synthetic ranked groups: generators' images scored by reward models"),
         ("dual-captions", dual_captions, "a caption per image for DCPO: captioning, perturbation or hybrid"),
         ("filter", filtering, "keep the top fraction of pairs by reward margin, prompt quality and diversity"),

@@ -15,6 +15,11 @@ Why the shards sit in ``data/`` and not beside ``manifest.json`` (DESIGN.md put 
 ``load_dataset("parquet", data_dir=...)`` reads *every* non-hidden file under ``data_dir`` as
 Parquet, so a manifest or a cache beside the shards makes it fail.
 
+Video datasets (``"media": "video"`` in the manifest) keep the same columns: ``images`` then holds
+each group's K videos (MP4 bytes, or a path to a video file or to a folder of frames). One column
+name for both media keeps every reader, builder and ``datasets.load_dataset`` on one schema; the
+manifest, not the column, says which media a dataset holds.
+
 One row is one group: a prompt and ``K ≥ 1`` images ordered best first. ``K ≥ 2`` are preference
 pairs or ranked groups; ``K = 1`` is an *expert* dataset, one image per row (Diffusion-DRO's data,
 ``diffalign build experts``), which the pair builders (filter, pairs) refuse.
@@ -186,6 +191,7 @@ def dataset_card(manifest: dict) -> str:
     """README.md for a dataset folder: a ``configs`` header so ``load_dataset(folder)`` reads
     only ``data/``, then a human summary of the manifest."""
     counts = manifest.get("counts", {})
+    media = manifest.get("media", "image")  # a video dataset's `images` column holds videos
     lines = [
         "---",
         "configs:",
@@ -197,8 +203,8 @@ def dataset_card(manifest: dict) -> str:
         f"# Preference dataset ({manifest.get('builder', 'unknown builder')})",
         "",
         f"Format `{FORMAT}` v{FORMAT_VERSION}, written by diffalign. " + (
-            "Rows are expert images, one per row with its prompt (K = 1)." if manifest.get("group_size") == 1
-            else "Rows are groups of images, best first."),
+            f"Rows are expert {media}s, one per row with its prompt (K = 1)." if manifest.get("group_size") == 1
+            else f"Rows are groups of {media}s, best first."),
         "",
         f"- rows: {manifest.get('rows', 0)}",
     ]

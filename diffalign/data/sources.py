@@ -117,8 +117,10 @@ def open_parquet(path: Path) -> pq.ParquetFile:
 
 
 # Image members of a WebDataset sample, by the names re-uploads use, mapped to Pick-a-Pic's.
-_WDS_ALIASES = {"0.jpg": "jpg_0", "1.jpg": "jpg_1", "jpg0": "jpg_0", "jpg1": "jpg_1", "txt": "caption"}
-_WDS_BINARY = {"jpg_0", "jpg_1", "jpg", "png", "webp", "jpeg"}
+_VIDEO_MEMBERS = {f"{i}.{suffix}": f"video_{i}" for i in (0, 1) for suffix in ("mp4", "webm", "mkv", "mov", "avi")}
+_WDS_ALIASES = {"0.jpg": "jpg_0", "1.jpg": "jpg_1", "jpg0": "jpg_0", "jpg1": "jpg_1", "txt": "caption",
+                **_VIDEO_MEMBERS}
+_WDS_BINARY = {"jpg_0", "jpg_1", "jpg", "png", "webp", "jpeg", "video_0", "video_1", "mp4"}
 
 
 def iter_webdataset(files: Sequence[Path], start: int = 0) -> Iterator[dict]:
