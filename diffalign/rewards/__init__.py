@@ -12,6 +12,11 @@ path. :class:`Ensemble` z-normalises and averages several.
 | ``clip_score`` | CLIP score, backbone in the label       | max(100 · cos, 0)                      |
 | ``aesthetic``  | LAION aesthetic predictor v2 (ViT-L/14)  | AVA rating, 1–10                       |
 
+Videos (:mod:`diffalign.rewards.video`): any of these scores a video ``[F, 3, H, W]`` averaged over
+chosen frames through :class:`FrameAveraged`; ``VIDEO_REWARDS`` holds the rewards that score videos
+only (``temporal_consistency``: 100 · mean cosine of consecutive frames' CLIP embeddings).
+:func:`load_reward` and :func:`reward_class` know both tables.
+
 Example:
     >>> reward = load_reward("pickscore", dtype=torch.float16, device="cuda")   # doctest: +SKIP
     >>> reward.score(images, ["a cat"] * len(images))                          # [B]
@@ -32,6 +37,7 @@ from diffalign.rewards.hps import HPSv2, HPSv21
 from diffalign.rewards.image_reward import ImageReward
 from diffalign.rewards.pickscore import PickScore
 from diffalign.rewards.preprocess import ImageTransform
+from diffalign.rewards.video import VIDEO_REWARDS, FrameAveraged, TemporalConsistency, VideoEnsemble, scores_videos
 
 REWARDS = {
     "pickscore": PickScore,
@@ -44,8 +50,9 @@ REWARDS = {
 
 
 def reward_class(name: str) -> type[RewardModel]:
-    """The class registered as ``name``; a ``ValueError`` (``ConfigError``) listing the known names otherwise."""
-    return lookup(REWARDS, name, "reward model")
+    """The class registered as ``name`` (an image reward or a video-only one); a ``ValueError``
+    (``ConfigError``) listing the known names otherwise."""
+    return lookup({**REWARDS, **VIDEO_REWARDS}, name, "reward model")
 
 
 def load_reward(name: str, path_or_id: str | os.PathLike | None = None, dtype: torch.dtype | None = torch.float32,
@@ -63,6 +70,7 @@ def load_reward(name: str, path_or_id: str | os.PathLike | None = None, dtype: t
 
 
 __all__ = [
-    "REWARDS", "Aesthetic", "CLIPScore", "Ensemble", "HPSv2", "HPSv21", "ImageReward", "ImageTransform",
-    "PickScore", "RewardLoadError", "RewardModel", "load_ensemble", "load_reward", "reward_class",
+    "REWARDS", "VIDEO_REWARDS", "Aesthetic", "CLIPScore", "Ensemble", "FrameAveraged", "HPSv2", "HPSv21", "ImageReward",
+    "ImageTransform", "PickScore", "RewardLoadError", "RewardModel", "TemporalConsistency", "VideoEnsemble",
+    "load_ensemble", "load_reward", "reward_class", "scores_videos",
 ]

@@ -13,6 +13,19 @@ The file also records which weights each label came from and per-reward mean, st
 
 ``--into OUT`` (a preference dataset and one ``--reward``) writes a new preference dataset instead:
 the same rows with their ``scores`` column filled (see :mod:`diffalign.rewards.into_dataset`).
+
+Videos: ``--images`` may instead hold video files (``.mp4``, ``.webm``, ``.mkv``, ``.mov``, ``.avi``)
+and/or frame folders (a folder of frame images, in name order, is one video), or be a preference
+dataset whose manifest says ``"media": "video"``. A folder is read as videos when it holds a video
+file, or when ``--frames``, ``--max-frames`` or a video-only reward (``temporal_consistency``) is
+given; then each folder directly holding images is one video. Videos are decoded with
+:func:`~diffalign.data.videos.read_frames` (``--max-frames N``: the first N frames only); an image
+reward scores the mean over ``--frames`` (:class:`~diffalign.rewards.video.FrameAveraged`:
+``all``, ``first`` or ``every:N``; its cost is one image score per chosen frame), and its column
+is named ``<label>@frames:<choice>``; ``temporal_consistency`` scores all decoded frames. The key
+column is then ``video``, and ``--batch-size`` counts frames: videos are gathered until their
+scored frames reach it (a video is never split). Decoding video files needs PyAV
+(``pip install av``); an undecodable video is skipped and counted, like an unreadable image.
 """
 
 from __future__ import annotations
@@ -36,20 +49,24 @@ _PROMPT_KEYS = ("prompt", "text", "caption")
 
 @dataclass
 class Item:
-    """One image to score: ``key`` names it in the output; ``read`` returns its bytes."""
+    """One image or video to score: ``key`` names it in the output; ``read`` returns an image's
+    bytes, or what :func:`~diffalign.data.videos.read_frames` takes for a video (MP4 bytes, a video
+    file or a frame folder)."""
 
     key: str
     prompt: str
-    read: Callable[[], bytes]
+    read: Callable[[], bytes | Path]
+    media: str = "image"
 
 
 # ----------------------------------------------------------------------------- shared options
-def add_reward_arguments(parser: argparse.ArgumentParser, several: bool, required: bool = True) -> None:
+def add_reward_arguments(parser: argparse.ArgumentParser, several: bool, required: bool = True,
+                         videos: bool = False) -> None:
     """``--reward``, ``--model``, ``--dtype``, ``--device``, ``--batch-size``, ``--no-progress``
-    (also used by ``reward_models/agreement.py``)."""
-    from diffalign.rewards import REWARDS
+    (also used by ``reward_models/agreement.py``); ``videos`` lists the video-only rewards too."""
+    from diffalign.rewards import REWARDS, VIDEO_REWARDS
 
-    names = ", ".join(REWARDS)
+    names = ", ".join([*REWARDS, *(VIDEO_REWARDS if videos else ())])
     if several:
         parser.add_argument("--reward", action="append", required=required, metavar="NAME",
                             help=f"reward model; repeat for several ({names})")
@@ -84,24 +101,62 @@ def folder_items(folder: Path, prompts_file: Path | None = None, prompt: str | N
     if not files:
         raise ScoreInputError(f"no images ({', '.join(IMAGE_SUFFIXES)}) under {folder}")
     keys = [p.relative_to(folder).as_posix() for p in files]
-    if prompt is not None:
-        prompts = [prompt] * len(keys)
-    elif prompts_file is not None or (folder / "metadata.jsonl").is_file():
-        prompts = match_prompts(keys, prompts_file or folder / "metadata.jsonl")
-    elif needs_prompts:
-        raise ScoreInputError(f"{folder}: give --prompts FILE or --prompt TEXT (or put a metadata.jsonl in the folder)")
-    else:
-        prompts = [""] * len(keys)
+    prompts = folder_prompts(folder, keys, prompts_file, prompt, needs_prompts)
     return [Item(key, text, path.read_bytes) for key, text, path in zip(keys, prompts, files)]
 
 
-def match_prompts(keys: list[str], path: Path) -> list[str]:
-    """One prompt per image key from a ``.txt``, ``.json`` or ``.jsonl`` prompts file."""
+def folder_prompts(folder: Path, keys: list[str], prompts_file: Path | None, prompt: str | None,
+                   needs_prompts: bool, noun: str = "image") -> list[str]:
+    """One prompt per key: ``prompt`` for all, else from ``prompts_file`` or the folder's
+    ``metadata.jsonl``, else empty strings for prompt-free rewards."""
+    if prompt is not None:
+        return [prompt] * len(keys)
+    if prompts_file is not None or (folder / "metadata.jsonl").is_file():
+        return match_prompts(keys, prompts_file or folder / "metadata.jsonl", noun)
+    if needs_prompts:
+        raise ScoreInputError(f"{folder}: give --prompts FILE or --prompt TEXT (or put a metadata.jsonl in the folder)")
+    return [""] * len(keys)
+
+
+def video_folder_items(folder: Path, prompts_file: Path | None = None, prompt: str | None = None,
+                       needs_prompts: bool = True) -> list[Item]:
+    """The videos under ``folder``, sorted by relative path: each video file, and each folder that
+    directly holds frame images (keyed by the folder's relative path)."""
+    from diffalign.data.videos import FRAME_SUFFIXES, VIDEO_SUFFIXES
+
+    if not folder.is_dir():
+        raise ScoreInputError(f"{folder}: no such folder")
+    files = [p for p in folder.rglob("*") if p.is_file()]
+    videos = {p for p in files if p.suffix.lower() in VIDEO_SUFFIXES}
+    frame_folders = {p.parent for p in files if p.suffix.lower() in FRAME_SUFFIXES}
+    if folder in frame_folders:
+        # One loose frame folder at the top would make the whole folder one video, hiding any other.
+        raise ScoreInputError(
+            f"{folder} holds images directly, but is read as videos (it holds video files, or --frames, --max-frames "
+            "or a video reward was given): put each video's frames in a folder of their own under it, or pass "
+            "that frame folder's parent as --images")
+    sources = sorted(videos | frame_folders, key=lambda p: p.relative_to(folder).as_posix())
+    if not sources:
+        raise ScoreInputError(f"no videos ({', '.join(VIDEO_SUFFIXES)}) or folders of frame images under {folder}")
+    keys = [p.relative_to(folder).as_posix() for p in sources]
+    prompts = folder_prompts(folder, keys, prompts_file, prompt, needs_prompts, noun="video")
+    return [Item(key, text, lambda path=path: path, media="video") for key, text, path in zip(keys, prompts, sources)]
+
+
+def holds_videos(folder: Path) -> bool:
+    """True when a video file lies anywhere under ``folder``."""
+    from diffalign.data.videos import VIDEO_SUFFIXES
+
+    return folder.is_dir() and any(p.suffix.lower() in VIDEO_SUFFIXES and p.is_file() for p in folder.rglob("*"))
+
+
+def match_prompts(keys: list[str], path: Path, noun: str = "image") -> list[str]:
+    """One prompt per key (an image's or a video's) from a ``.txt``, ``.json`` or ``.jsonl`` prompts file."""
     if path.suffix == ".txt":
         lines = [line for line in path.read_text().splitlines() if line.strip()]
         if len(lines) != len(keys):
             raise ScoreInputError(
-                f"{path} has {len(lines)} prompts for {len(keys)} images (one line per image, in sorted file order)")
+                f"{path} has {len(lines)} prompts for {len(keys)} {noun}s (one line per {noun}, in sorted file order)")
         return lines
     if path.suffix == ".jsonl":
         records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
@@ -115,7 +170,7 @@ def match_prompts(keys: list[str], path: Path) -> list[str]:
         by_file = {_field(r, _FILE_KEYS, path): _field(r, _PROMPT_KEYS, path) for r in records}
     missing = [k for k in keys if k not in by_file and Path(k).name not in by_file]
     if missing:
-        raise ScoreInputError(f"{path} has no prompt for {len(missing)} image(s), e.g. {missing[:3]}")
+        raise ScoreInputError(f"{path} has no prompt for {len(missing)} {noun}(s), e.g. {missing[:3]}")
     return [by_file.get(k, by_file.get(Path(k).name)) for k in keys]
 
 
@@ -127,48 +182,116 @@ def _field(record: dict, names: tuple[str, ...], path: Path) -> str:
 
 
 def dataset_items(folder: Path) -> list[Item]:
-    """Every image of a preference dataset, keyed ``<row id>/<k>``, with its caption or prompt."""
+    """Every image (or video, for ``"media": "video"``) of a preference dataset, keyed
+    ``<row id>/<k>``, with its caption or prompt."""
     from diffalign.data import PreferenceDataset
     from diffalign.rewards.into_dataset import own_texts
 
     dataset = PreferenceDataset.open(folder)
+    # A video's reader takes bytes or a path (a file or a frame folder), so videos are not read here.
+    read = dataset.media_source if dataset.media == "video" else dataset.image_bytes
     items = []
     for row in dataset:
         for k, (image, caption) in enumerate(zip(row["images"], own_texts(row))):
-            items.append(Item(f"{row['id']}/{k}", caption, lambda image=image: dataset.image_bytes(image)))
+            items.append(Item(f"{row['id']}/{k}", caption, lambda image=image: read(image), media=dataset.media))
     return items
 
 
 # ----------------------------------------------------------------------------- scoring
-def score_items(rewards: list, items: list[Item], batch_size: int = 16, progress: bool = True,
-                strict: bool = False) -> tuple[list[dict], list[str]]:
-    """Rows ``{"image", "prompt", <label>: score, ...}`` and the keys of unreadable images
-    (skipped; an error under ``strict``)."""
-    from tqdm.auto import tqdm
+@dataclass(frozen=True)
+class Reader:
+    """How samples of one media are read: ``load`` an item's sample, the errors that mean an
+    unreadable one (skipped), those that must stop the run, and how many images a sample puts
+    into a reward call (what ``--batch-size`` counts)."""
 
+    media: str
+    load: Callable[[Item], object]
+    unreadable: tuple[type[BaseException], ...]
+    fatal: tuple[type[BaseException], ...] = ()
+    size: Callable[[object], int] = lambda sample: 1
+
+
+def image_reader() -> Reader:
+    """PIL images decoded from the items' bytes."""
     from diffalign.data.images import IMAGE_ERRORS, decode
     from diffalign.data.schema import UnsafeImagePathError
 
-    rows, skipped = [], []
-    bar = tqdm(total=len(items), unit="image", disable=not progress, desc="scoring")
-    for start in range(0, len(items), batch_size):
-        batch, images = [], []
-        for item in items[start : start + batch_size]:
-            try:
-                images.append(decode(item.read()))
-                batch.append(item)
-            except (UnsafeImagePathError, *IMAGE_ERRORS) as err:  # a path out of the dataset is never opened
-                if strict:
-                    raise ScoreInputError(f"{item.key}: unreadable image ({err})") from err
-                skipped.append(item.key)
-        if batch:
-            prompts = [item.prompt for item in batch]
-            scores = {r.label: r.score(images, prompts).tolist() for r in rewards}
-            rows += [{"image": item.key, "prompt": item.prompt, **{label: s[i] for label, s in scores.items()}}
-                     for i, item in enumerate(batch)]
-        bar.update(len(items[start : start + batch_size]))
+    return Reader("image", lambda item: decode(item.read()), (UnsafeImagePathError, *IMAGE_ERRORS))
+
+
+def video_reader(rewards: list, max_frames: int | None = None) -> Reader:
+    """uint8 ``[F, 3, H, W]`` videos from :func:`~diffalign.data.videos.read_frames` (the first
+    ``max_frames``); a missing PyAV stops the run, since it would fail every video the same way."""
+    from diffalign.data import videos
+
+    def size(frames) -> int:  # the most frames any reward scores of this video
+        return max(len(r.frame_indices(len(frames))) if hasattr(r, "frame_indices") else len(frames) for r in rewards)
+
+    return Reader("video", lambda item: read_at_most(item.read(), max_frames), unreadable_video_errors(),
+                  fatal=(videos.MissingVideoExtraError,), size=size)
+
+
+def read_at_most(source, max_frames: int | None):
+    """uint8 ``[F, 3, H, W]``: the first ``max_frames`` frames of a video, or all of a shorter one
+    (``read_frames`` refuses a video shorter than the count asked for; ``--max-frames`` is a cap)."""
+    from diffalign.data.videos import UnreadableVideoError, read_frames
+
+    if max_frames is None:
+        return read_frames(source)
+    try:
+        return read_frames(source, frames=max_frames)  # stops decoding after max_frames
+    except UnreadableVideoError:
+        return read_frames(source)  # shorter than the cap (or broken: then this raises too)
+
+
+def unreadable_video_errors() -> tuple[type[BaseException], ...]:
+    """What reading a broken video (or a dataset path out of its folder) raises."""
+    from diffalign.data import videos
+    from diffalign.data.schema import UnsafeImagePathError
+
+    return (UnsafeImagePathError, videos.UnreadableVideoError, *getattr(videos, "VIDEO_ERRORS", ()))
+
+
+def score_items(rewards: list, items: list[Item], batch_size: int = 16, progress: bool = True,
+                strict: bool = False, reader: Reader | None = None) -> tuple[list[dict], list[str]]:
+    """Rows ``{"image" (or "video"), "prompt", <label>: score, ...}`` and the keys of unreadable
+    samples (skipped; an error under ``strict``). Samples are read one by one and scored in
+    batches of ``batch_size`` images (for videos: scored frames, whole videos)."""
+    from tqdm.auto import tqdm
+
+    reader = reader or image_reader()
+    rows, skipped, batch, pending = [], [], [], 0
+    bar = tqdm(total=len(items), unit=reader.media, disable=not progress, desc="scoring")
+    for item in items:
+        try:
+            sample = reader.load(item)
+        except reader.fatal:
+            raise
+        except reader.unreadable as err:  # a path out of the dataset is never opened
+            if strict:
+                raise ScoreInputError(f"{item.key}: unreadable {reader.media} ({err})") from err
+            skipped.append(item.key)
+            bar.update(1)
+            continue
+        batch.append((item, sample))
+        pending += reader.size(sample)
+        if pending >= batch_size:
+            rows += _score_batch(rewards, batch, reader.media)
+            bar.update(len(batch))
+            batch, pending = [], 0
+    if batch:
+        rows += _score_batch(rewards, batch, reader.media)
+        bar.update(len(batch))
     bar.close()
     return rows, skipped
+
+
+def _score_batch(rewards: list, batch: list[tuple[Item, object]], key: str) -> list[dict]:
+    """One row per item of ``batch``, scored by every reward in one call each."""
+    samples, prompts = [sample for _, sample in batch], [item.prompt for item, _ in batch]
+    scores = {r.label: r.score(samples, prompts).tolist() for r in rewards}
+    return [{key: item.key, "prompt": item.prompt, **{label: s[i] for label, s in scores.items()}}
+            for i, (item, _) in enumerate(batch)]
 
 
 def summarise(rows: list[dict], labels: list[str]) -> dict:
@@ -189,7 +312,7 @@ def write_scores(out: Path, rows: list[dict], meta: dict) -> None:
         import pyarrow as pa
         import pyarrow.parquet as pq
 
-        columns = ["image", "prompt", *meta["rewards"]]
+        columns = [meta.get("media", "image"), "prompt", *meta["rewards"]]
         table = pa.table({c: [row[c] for row in rows] for c in columns})
         pq.write_table(table.replace_schema_metadata({"diffalign": json.dumps(meta)}), tmp)
     elif out.suffix == ".json":
@@ -202,11 +325,19 @@ def write_scores(out: Path, rows: list[dict], meta: dict) -> None:
 # ----------------------------------------------------------------------------- command
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--images", required=True, type=Path,
-                        help="a folder of images (searched recursively) or a preference dataset folder (has manifest.json)")
+                        help="a folder of images (searched recursively), of videos and/or frame folders, or a "
+                        "preference dataset folder (has manifest.json; images or, with \"media\": \"video\", videos)")
     parser.add_argument("--prompts", type=Path, default=None,
                         help="prompts file for a folder: .txt (one line per image, sorted order), .json or .jsonl")
     parser.add_argument("--prompt", default=None, help="one prompt for every image of the folder")
-    add_reward_arguments(parser, several=True)
+    add_reward_arguments(parser, several=True, videos=True)
+    parser.add_argument("--frames", default=None, metavar="all|first|every:N",
+                        help="videos: the frames an image reward scores, averaged per video (default: all). The cost is "
+                        "one image score per chosen frame: all = F per video, every:N = F/N, first = 1; "
+                        "temporal_consistency always uses every decoded frame. With videos, --batch-size counts "
+                        "scored frames (whole videos per call)")
+    parser.add_argument("--max-frames", type=int, default=None, metavar="N",
+                        help="videos: decode at most the first N frames of each (default: all of them)")
     parser.add_argument("--out", type=Path, default=None,
                         help="where to write the scores: .parquet or .json (default: scores.parquet)")
     parser.add_argument("--into", type=Path, default=None, metavar="OUT",
@@ -215,12 +346,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--shard-size", type=int, default=1000,
                         help="with --into: rows per Parquet shard, the unit of resumption (default: 1000)")
     parser.add_argument("--overwrite", action="store_true", help="with --into: discard what OUT holds and start again")
-    parser.add_argument("--strict", action="store_true", help="fail on an unreadable image instead of skipping it")
+    parser.add_argument("--strict", action="store_true", help="fail on an unreadable image or video instead of skipping it")
 
 
 def run(args: argparse.Namespace) -> int:
-    from diffalign.data.schema import MANIFEST, SchemaError
-    from diffalign.rewards import RewardLoadError, reward_class
+    from diffalign.errors import DiffalignError
 
     if args.into is not None:
         return run_into(args)
@@ -231,23 +361,93 @@ def run(args: argparse.Namespace) -> int:
         return 1
     try:
         # Inputs first: a wrong folder or prompts file should not wait for gigabytes of weights.
-        if (args.images / MANIFEST).is_file():
-            items = dataset_items(args.images)
-        else:
-            needs_prompts = any(reward_class(name).uses_prompts for name in args.reward)
-            items = folder_items(args.images, args.prompts, args.prompt, needs_prompts)
+        items = input_items(args)
+        media = items[0].media if items else "image"
+        if media == "video":
+            check_video_decoding(items)
         rewards = load_rewards_from_args(args)
-        rows, skipped = score_items(rewards, items, args.batch_size, not args.no_progress, args.strict)
-    except (ScoreInputError, RewardLoadError, SchemaError, ValueError) as err:
+        if media == "video":
+            from diffalign.rewards.video import FrameAveraged, scores_videos
+
+            frames = args.frames or "all"
+            rewards = [r if scores_videos(r) else FrameAveraged(r, frames) for r in rewards]
+            reader = video_reader(rewards, args.max_frames)
+        else:
+            reader = image_reader()
+        rows, skipped = score_items(rewards, items, args.batch_size, not args.no_progress, args.strict, reader)
+    except (DiffalignError, ValueError) as err:  # a missing PyAV too: one line naming the install
         print(f"error: {err}", file=sys.stderr)
         return 1
-    labels = [r.label for r in rewards]
-    meta = {"rewards": {label: {"name": r.name, "weights": str(args.model or r.default_id)} for label, r in zip(labels, rewards)},
-            "summary": summarise(rows, labels), "skipped": skipped}
+    meta = score_meta(args, rewards, rows, skipped, media)
     write_scores(args.out, rows, meta)
     means = ", ".join(f"{label} {s['mean']:.4g}" for label, s in meta["summary"].items() if s["mean"] is not None)
-    print(f"scored {len(rows)} images ({len(skipped)} unreadable skipped): {means}; written to {args.out}")
+    print(f"scored {len(rows)} {media}s ({len(skipped)} unreadable skipped): {means}; written to {args.out}")
     return 0
+
+
+def wants_videos(args: argparse.Namespace) -> bool:
+    """True when the options only make sense for videos: ``--frames``, ``--max-frames``, a video reward."""
+    from diffalign.rewards import VIDEO_REWARDS
+
+    return args.frames is not None or args.max_frames is not None or any(name in VIDEO_REWARDS for name in args.reward)
+
+
+def input_items(args: argparse.Namespace) -> list[Item]:
+    """The items ``--images`` names: a dataset's images or videos, a folder's videos (it holds a
+    video file, or the options ask for videos), or a folder's images; options checked first."""
+    from diffalign.data.schema import MANIFEST
+    from diffalign.rewards import VIDEO_REWARDS, reward_class
+
+    if args.frames is not None:
+        from diffalign.rewards.video import parse_frames
+
+        parse_frames(args.frames)
+    if args.max_frames is not None and args.max_frames < 1:
+        raise ScoreInputError(f"--max-frames must be at least 1, got {args.max_frames}")
+    if (args.images / MANIFEST).is_file():
+        items = dataset_items(args.images)
+        if items and items[0].media == "image" and wants_videos(args):
+            raise ScoreInputError(f"{args.images} is a dataset of images: --frames, --max-frames and "
+                                  f"{', '.join(VIDEO_REWARDS)} are for videos; drop them")
+        return items
+    needs_prompts = any(reward_class(name).uses_prompts for name in args.reward)
+    if wants_videos(args) or holds_videos(args.images):
+        return video_folder_items(args.images, args.prompts, args.prompt, needs_prompts)
+    return folder_items(args.images, args.prompts, args.prompt, needs_prompts)
+
+
+def check_video_decoding(items: list[Item]) -> None:
+    """Before any weights load: when a video file (not a frame folder) is to be decoded, PyAV must
+    be installed (:class:`~diffalign.data.videos.MissingVideoExtraError` names the install)."""
+    from diffalign.data.schema import UnsafeImagePathError
+    from diffalign.data.videos import require_av
+
+    for item in items:
+        try:
+            source = item.read()
+        except UnsafeImagePathError:  # skipped and counted when scoring
+            continue
+        if not (isinstance(source, Path) and source.is_dir()):
+            require_av()
+            return
+
+
+def score_meta(args: argparse.Namespace, rewards: list, rows: list[dict], skipped: list[str], media: str) -> dict:
+    """What the scores file records: each label's reward and weights (and frame choice), the summary,
+    the skipped keys and, for videos, the media and ``--max-frames``."""
+    from diffalign.rewards.video import FrameAveraged, frames_label
+
+    labels = [r.label for r in rewards]
+    about = {}
+    for label, r in zip(labels, rewards):
+        inner = r.reward if isinstance(r, FrameAveraged) else r  # record the image reward a video's frames went to
+        about[label] = {"name": inner.name, "weights": str(args.model or inner.default_id)}
+        if inner is not r:
+            about[label]["frames"] = frames_label(r.frames)
+    meta = {"rewards": about, "summary": summarise(rows, labels), "skipped": skipped}
+    if media == "video":
+        meta.update(media="video", max_frames=args.max_frames)
+    return meta
 
 
 def _into_problem(args: argparse.Namespace) -> str | None:
@@ -261,6 +461,11 @@ def _into_problem(args: argparse.Namespace) -> str | None:
         return "--into writes a dataset and --out a scores file: give one of them"
     if args.prompts is not None or args.prompt is not None:
         return "--into scores a preference dataset, which supplies its own prompts: drop --prompts/--prompt"
+    if (args.images / MANIFEST).is_file() and json.loads((args.images / MANIFEST).read_text()).get("media") == "video":
+        return (f"--into does not score video datasets yet; {args.images} holds videos: write a scores file with "
+                "--out instead (drop --into)")
+    if args.frames is not None or args.max_frames is not None:
+        return "--into scores image datasets: drop --frames/--max-frames"
     if not (args.images / MANIFEST).is_file():
         what = "an unfinished build" if (args.images / ".progress.json").exists() else (
             "a plain folder" if args.images.is_dir() else "not a folder")

@@ -332,3 +332,120 @@ def test_into_resumes_after_an_interruption(source, tmp_path, tiny_clip_dir, mon
     assert flat(resumed) == pytest.approx(flat(fresh), abs=1e-6)
     assert resumed.manifest["counts"] == fresh.manifest["counts"]
     assert resumed.manifest["skipped_rows"] == ["r3"]
+
+
+# ----------------------------------------------------------------------------- videos
+def _clip(seed: int, frames: int = 9, size: int = 32) -> torch.Tensor:
+    """uint8 ``[F, 3, size, size]``: smooth colour fields that change from frame to frame."""
+    coarse = torch.rand(frames, 3, 4, 4, generator=torch.Generator().manual_seed(seed))
+    fields = torch.nn.functional.interpolate(coarse, size=(size, size), mode="bilinear", align_corners=False)
+    return (fields * 255).round().to(torch.uint8)
+
+
+@pytest.fixture
+def video_folder(tmp_path):
+    """Two 9-frame 32 × 32 MP4s (one in a subfolder) and a prompts.txt in sorted order."""
+    from diffalign.data.videos import encode_video
+
+    videos = tmp_path / "videos"
+    (videos / "sub").mkdir(parents=True)
+    (videos / "a.mp4").write_bytes(encode_video(_clip(0)))
+    (videos / "sub" / "b.mp4").write_bytes(encode_video(_clip(1)))
+    (tmp_path / "video_prompts.txt").write_text("a red circle\na dog\n")
+    return videos
+
+
+def test_a_folder_of_videos_one_row_per_video(video_folder, tiny_clip_dir, capsys):
+    from diffalign.data.videos import read_frames
+    from diffalign.rewards import FrameAveraged
+
+    out = video_folder.parent / "scores.parquet"
+    assert _score("--reward", "pickscore", "--model", tiny_clip_dir, "--images", video_folder, "--frames", "every:4",
+                  "--prompts", video_folder.parent / "video_prompts.txt", "--out", out, "--batch-size", 3) == 0
+    table = pq.read_table(out)
+    label = "pickscore@frames:every:4"
+    assert table.column_names == ["video", "prompt", label]
+    assert table.column("video").to_pylist() == ["a.mp4", "sub/b.mp4"]
+    # Frames 0, 4, 8 of each decoded video, averaged: what the library gives.
+    decoded = [read_frames(video_folder / name) for name in ("a.mp4", "sub/b.mp4")]
+    expected = FrameAveraged(PickScore.from_pretrained(tiny_clip_dir), "every:4").score(decoded, ["a red circle", "a dog"])
+    assert torch.allclose(torch.tensor(table.column(label).to_pylist()), expected, atol=1e-5)
+    meta = json.loads(table.schema.metadata[b"diffalign"])
+    assert meta["media"] == "video" and meta["rewards"][label] == {"name": "pickscore", "weights": str(tiny_clip_dir),
+                                                                  "frames": "every:4"}
+    assert "scored 2 videos (0 unreadable skipped)" in capsys.readouterr().out
+
+
+def test_a_corrupt_video_is_skipped_and_counted(video_folder, tiny_clip_dir, capsys):
+    (video_folder / "broken.mp4").write_bytes(b"not a video")
+    out = video_folder.parent / "scores.json"
+    assert _score("--reward", "clip_score", "--model", tiny_clip_dir, "--images", video_folder, "--prompt", "a cat",
+                  "--frames", "first", "--out", out) == 0
+    written = json.loads(out.read_text())
+    assert [row["video"] for row in written["scores"]] == ["a.mp4", "sub/b.mp4"] and written["skipped"] == ["broken.mp4"]
+    assert "1 unreadable skipped" in capsys.readouterr().out
+    assert _score("--reward", "clip_score", "--model", tiny_clip_dir, "--images", video_folder, "--prompt", "a cat",
+                  "--out", out, "--strict") == 1
+    assert "broken.mp4: unreadable video" in capsys.readouterr().err
+
+
+def test_temporal_consistency_of_videos_and_frame_folders(video_folder, tiny_clip_dir):
+    from diffalign.data.videos import read_frames
+    from diffalign.rewards import TemporalConsistency
+
+    frames = video_folder / "frames"
+    frames.mkdir()
+    still = _clip(2, frames=1)[0].permute(1, 2, 0).numpy()
+    for i in range(6):  # one still frame six times: a frame folder with nothing changing
+        from PIL import Image
+
+        Image.fromarray(still).save(frames / f"{i:05d}.png")
+    out = video_folder.parent / "tc.json"
+    assert _score("--reward", "temporal_consistency", "--model", tiny_clip_dir, "--images", video_folder,
+                  "--max-frames", 5, "--out", out) == 0  # prompt-free: no prompts needed
+    written = json.loads(out.read_text())
+    label = f"temporal_consistency[{tiny_clip_dir}]"
+    scores = {row["video"]: row[label] for row in written["scores"]}
+    assert list(scores) == ["a.mp4", "frames", "sub/b.mp4"] and written["max_frames"] == 5
+    assert scores["frames"] == pytest.approx(100.0, abs=1e-3)
+    expected = TemporalConsistency.from_pretrained(tiny_clip_dir).score([read_frames(video_folder / "a.mp4")[:5]])
+    assert scores["a.mp4"] == pytest.approx(expected.item(), abs=1e-4) and scores["a.mp4"] < 100.0 - 1e-3
+
+
+def test_a_video_preference_dataset(tmp_path, tiny_clip_dir):
+    from diffalign.data.videos import encode_video
+    from diffalign.testing import write_handmade_dataset
+
+    clips = [encode_video(_clip(seed, frames=3)) for seed in range(2)]
+    root = write_handmade_dataset(tmp_path / "prefs", [{"id": "r0", "prompt": "a cat", "images": [
+        {"bytes": clips[0], "path": None}, {"bytes": clips[1], "path": None}]}])
+    manifest = json.loads((root / "manifest.json").read_text())
+    (root / "manifest.json").write_text(json.dumps({**manifest, "media": "video"}))
+    out = tmp_path / "scores.json"
+    assert _score("--reward", "pickscore", "--model", tiny_clip_dir, "--images", root, "--out", out) == 0
+    rows = json.loads(out.read_text())["scores"]
+    assert [(row["video"], row["prompt"]) for row in rows] == [("r0/0", "a cat"), ("r0/1", "a cat")]
+    assert rows[0]["pickscore@frames:all"] != pytest.approx(rows[1]["pickscore@frames:all"], abs=1e-4)
+    assert _score("--reward", "pickscore", "--model", tiny_clip_dir, "--images", root, "--into", tmp_path / "x") == 1
+
+
+def test_video_mistakes_exit_with_one_line(video_folder, folder, tiny_clip_dir, tmp_path, capsys, monkeypatch):
+    out = tmp_path / "s.json"
+    assert _score("--reward", "pickscore", "--model", tiny_clip_dir, "--images", video_folder, "--prompt", "x",
+                  "--frames", "every:0", "--out", out) == 1
+    assert "every:N" in capsys.readouterr().err
+    # A folder of loose images asked to be read as videos says how to lay the frames out.
+    assert _score("--reward", "temporal_consistency", "--model", tiny_clip_dir, "--images", folder, "--out", out) == 1
+    assert "a folder of their own" in capsys.readouterr().err
+    # No PyAV: the install hint, as one error line, before any weights load.
+    from diffalign.data.videos import MissingVideoExtraError, require_av
+
+    monkeypatch.setitem(sys.modules, "av", None)
+    with pytest.raises(MissingVideoExtraError) as missing:
+        require_av()
+    assert _score("--reward", "pickscore", "--model", tmp_path / "no-weights", "--images", video_folder,
+                  "--prompt", "x", "--out", out) == 1
+    err = capsys.readouterr().err
+    assert err == f"error: {missing.value}\n"
+    # Images need no PyAV.
+    assert _score("--reward", "pickscore", "--model", tiny_clip_dir, "--images", folder, "--prompt", "x", "--out", out) == 0
