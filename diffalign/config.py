@@ -97,6 +97,11 @@ class DataConfig:
     path: str = field(metadata=MUST_EXIST)
     """Folder of the on-disk preference dataset (``manifest.json`` + Parquet shards)."""
     resolution: int = field(default=512, metadata=AT_LEAST_1)
+    frames: int | None = field(default=None, metadata=AT_LEAST_1)
+    """Video datasets: frames per training clip, from each clip's start (Wan: 1 + 4n; 81 is Wan 2.1's
+    5 s at 16 fps). Needed for a video dataset, refused for an image one."""
+    frame_stride: int = field(default=1, metadata=AT_LEAST_1)
+    """Video datasets: take every n-th frame (2 turns a 30 fps source into ~15 fps clips)."""
     center_crop: bool = True
     random_flip: bool = False
     strict: bool = False

@@ -334,6 +334,32 @@ def write_random_pairs(folder: Path, pairs: int, resolution: int, seed: int = 0)
     return folder
 
 
+def write_random_video_pairs(folder: Path, pairs: int, resolution: int, frames: int = TINY_FRAMES, seed: int = 0) -> Path:
+    """A video preference dataset (``media: video``) of ``pairs`` pairs of MP4 clips with short
+    prompts: smooth moving colour gradients (random noise would not survive the video codec), the
+    preferred clip of each pair brighter than the other. Needs the ``video`` extra (PyAV)."""
+    from diffalign.data.videos import encode_video
+    from diffalign.data.writer import ShardWriter
+
+    gen = torch.Generator().manual_seed(seed)
+    ramp = torch.linspace(0, 1, resolution)
+    writer = ShardWriter(folder, builder="benchmark", options={"pairs": pairs, "resolution": resolution, "frames": frames},
+                         shard_size=256, overwrite=True)
+    for i in range(pairs):
+        clips = []
+        for brightness in (0.8, 0.4):
+            colour = torch.rand(3, 1, 1, generator=gen)
+            speed = float(torch.rand(1, generator=gen)) * 0.2
+            video = torch.stack([(colour * brightness * (0.5 + 0.5 * torch.sin(6 * ramp[None, :] + speed * f))
+                                  ).expand(3, resolution, resolution) for f in range(frames)])
+            clips.append({"bytes": encode_video(video.clamp(0, 1)), "path": None})
+        writer.add({"id": f"v{i}", "prompt": f"a video of a red cat {i}", "images": clips, "scores": [1.0, 0.0],
+                    "ranks": [0, 1], "captions": None, "source": "benchmark", "meta": None})
+        writer.advance(i + 1)
+    writer.finish({"group_size": 2, "media": "video"})
+    return folder
+
+
 def write_handmade_dataset(folder: Path, rows: list[dict], group_size: int = 2) -> Path:
     """A preference dataset written directly, without the builders' row checks: what a user's own
     script might produce (image ``path`` values included), for tests of the readers' defences.

@@ -50,8 +50,11 @@ class CacheMismatchError(DiffalignError, ValueError):
     """A cache built for another model, resolution or dataset."""
 
 
-def cache_dir(data_root: str | Path, family_name: str, resolution: int) -> Path:
-    return Path(data_root) / "cache" / f"{family_name}-{resolution}"
+def cache_dir(data_root: str | Path, family_name: str, resolution: int, frames: int | None = None,
+              frame_stride: int = 1) -> Path:
+    """``DATA/cache/<family>-<resolution>``; a video cache adds its clip: ``-<frames>f`` (and ``s<stride>``)."""
+    clip = "" if frames is None else f"-{frames}f" + (f"s{frame_stride}" if frame_stride != 1 else "")
+    return Path(data_root) / "cache" / f"{family_name}-{resolution}{clip}"
 
 
 def model_fingerprint(path: str, revision: str | None = None) -> str:
@@ -132,7 +135,8 @@ def _scatter(parts: list[torch.Tensor], valid: torch.Tensor, dtype=None) -> torc
 
 
 def build_cache(data_root: str | Path, family, *, resolution: int, batch_size: int = 8, shard_size: int | None = None,
-                dtype: str | None = None, progress: bool = True) -> Path:
+                dtype: str | None = None, progress: bool = True, frames: int | None = None,
+                frame_stride: int = 1) -> Path:
     """Encode a dataset's images and captions once with ``family``'s VAE and text encoders.
 
     Resumable (finished shards are kept) and split across ``accelerate`` processes by shard. On
@@ -146,6 +150,7 @@ def build_cache(data_root: str | Path, family, *, resolution: int, batch_size: i
         batch_size: images per VAE/text-encoder call.
         shard_size: dataset rows per cache shard (``None``: an unfinished cache's own, else 256).
         dtype: ``fp32``, ``fp16`` or ``bf16`` storage (``None``: an unfinished cache's own, else fp32).
+        frames, frame_stride: a video dataset's clip: frames per clip, taken every ``frame_stride``.
 
     Returns:
         The cache folder.
@@ -159,7 +164,7 @@ def build_cache(data_root: str | Path, family, *, resolution: int, batch_size: i
     why = untileable(resolution, family.pixel_multiple(family.path, family.revision), family.path)
     if why:
         raise CacheMismatchError(f"--resolution {why}")
-    out = cache_dir(data_root, family.name, resolution)
+    out = cache_dir(data_root, family.name, resolution, frames, frame_stride)
     # Unset, the layout is the one an unfinished build began with, so it continues.
     begun = json.loads((out / META).read_text()) if (out / META).exists() else {}
     shard_size = shard_size or begun.get("shard_size", 256)
@@ -169,6 +174,7 @@ def build_cache(data_root: str | Path, family, *, resolution: int, batch_size: i
         "revision": family.revision, "fingerprint": model_fingerprint(family.path, family.revision),
         "resolution": resolution, "dtype": dtype, "rows": len(data), "group_size": data.group_size,
         "shard_size": shard_size, "shards": math.ceil(len(data) / shard_size),
+        "frames": frames, "frame_stride": frame_stride if frames is not None else None,
     }
     # Every process checks (so none is left waiting on one that raised); only the main one writes.
     if (out / META).exists():
@@ -180,7 +186,8 @@ def build_cache(data_root: str | Path, family, *, resolution: int, batch_size: i
         out.mkdir(parents=True, exist_ok=True)
         atomic_write_json(out / META, {**meta, "complete": False})
     state.wait_for_everyone()
-    groups = GroupDataset(data, resolution=resolution, center_crop=True, random_flip=False)
+    groups = GroupDataset(data, resolution=resolution, center_crop=True, random_flip=False, frames=frames,
+                          frame_stride=frame_stride)
     # Round r: process p writes shard r·P + p. Every process runs every round, so all of them can
     # agree after each one whether a stop was asked for (a collective).
     rounds = math.ceil(meta["shards"] / state.num_processes)
@@ -220,17 +227,19 @@ class LatentCache:
         self._shard: tuple[int, dict, list[str]] | None = None
 
     @classmethod
-    def open(cls, data_root: str | Path, family, resolution: int) -> LatentCache:
+    def open(cls, data_root: str | Path, family, resolution: int, frames: int | None = None,
+             frame_stride: int = 1) -> LatentCache:
         """The cache of ``data_root`` for a loaded ``family`` (see :meth:`for_model`)."""
-        return cls.for_model(data_root, family.name, family.path, family.revision, resolution)
+        return cls.for_model(data_root, family.name, family.path, family.revision, resolution, frames, frame_stride)
 
     @classmethod
     def for_model(cls, data_root: str | Path, family_name: str, model_path: str, revision: str | None,
-                  resolution: int) -> LatentCache:
+                  resolution: int, frames: int | None = None, frame_stride: int = 1) -> LatentCache:
         """The cache of ``data_root`` for a model named by its family, path and revision; needs no
         weights, so training checks it before any model loads."""
-        folder = cache_dir(data_root, family_name, resolution)
-        build = f"`diffalign cache {data_root} --model {model_path} --resolution {resolution}`"
+        folder = cache_dir(data_root, family_name, resolution, frames, frame_stride)
+        clip = "" if frames is None else f" --frames {frames}" + (f" --frame-stride {frame_stride}" if frame_stride != 1 else "")
+        build = f"`diffalign cache {data_root} --model {model_path} --resolution {resolution}{clip}`"
         if not (folder / META).exists():
             raise CacheMismatchError(f"no latent cache for {family_name} at {resolution}px in {folder}; build it with {build}")
         meta = json.loads((folder / META).read_text())
@@ -245,7 +254,10 @@ class LatentCache:
             )
         return cls(folder, meta)
 
-    def check_compatible(self, resolution: int, rows: int) -> None:
+    def check_compatible(self, resolution: int, rows: int, frames: int | None = None, frame_stride: int = 1) -> None:
+        if self.meta.get("frames") != frames or (frames is not None and self.meta.get("frame_stride") != frame_stride):
+            raise CacheMismatchError(f"{self.folder} holds clips of {self.meta.get('frames')} frames (stride "
+                                     f"{self.meta.get('frame_stride')}); training asks for {frames} (stride {frame_stride})")
         if self.meta["resolution"] != resolution or self.meta["rows"] != rows:
             raise CacheMismatchError(
                 f"{self.folder} holds {self.meta['rows']} rows at {self.meta['resolution']}px; "
@@ -289,14 +301,17 @@ def add_arguments(parser) -> None:
     parser.add_argument("data", help="preference dataset folder (the cache goes to DATA/cache/<family>-<resolution>)")
     parser.add_argument("--model", required=True, help="diffusers pipeline folder or hub id whose VAE and text encoders to use")
     parser.add_argument("--revision", default=None, help="hub revision of --model")
-    parser.add_argument("--family", choices=["sd", "sdxl", "sd3"], default=None, help="force the family (default: detected)")
+    parser.add_argument("--family", choices=["sd", "sdxl", "sd3", "wan"], default=None, help="force the family (default: detected)")
     parser.add_argument("--resolution", type=int, default=512, help="training resolution; images are centre-cropped (default: 512)")
+    parser.add_argument("--frames", type=int, default=None, help="video datasets: frames per clip (Wan: 1 + 4n, e.g. 81)")
+    parser.add_argument("--frame-stride", type=int, default=1, help="video datasets: take every n-th frame (default: 1)")
     parser.add_argument("--batch-size", type=int, default=8, help="images per encoder call (default: 8)")
     parser.add_argument("--shard-size", type=int, default=256, help="dataset rows per cache shard (default: 256)")
     parser.add_argument("--dtype", choices=DTYPE_NAMES, default="fp32", help="storage dtype of the cached tensors (default: fp32)")
     parser.add_argument("--model-dtype", choices=DTYPE_NAMES, default="fp32", help="dtype the encoders run in (default: fp32)")
     parser.add_argument("--no-t5", action="store_true", help="SD3: leave the T5 encoder out (its tokens are zeros)")
-    parser.add_argument("--max-sequence-length", type=int, default=256, help="SD3: T5 tokens (default: 256)")
+    parser.add_argument("--max-sequence-length", type=int, default=None,
+                        help="T5 tokens (default: the pipeline's own, 256 for SD3, 512 for Wan)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -310,7 +325,8 @@ def run(args) -> int:
     family = load(args.model, family=args.family, revision=args.revision, dtype=torch_dtype(args.model_dtype),
                   device=state.device, use_t5=not args.no_t5, max_sequence_length=args.max_sequence_length)
     out = build_cache(args.data, family, resolution=args.resolution, batch_size=args.batch_size,
-                      shard_size=args.shard_size, dtype=args.dtype, progress=not args.no_progress)
+                      shard_size=args.shard_size, dtype=args.dtype, progress=not args.no_progress,
+                      frames=args.frames, frame_stride=args.frame_stride)
     if state.is_main_process:
         print(f"latent cache written to {out}")
     return 0

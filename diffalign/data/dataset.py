@@ -33,6 +33,8 @@ class PreferenceDataset:
         for size in sizes:
             self._starts.append(self._starts[-1] + size)
         self.group_size: int = manifest.get("group_size", 2)
+        self.media: str = manifest.get("media", "image")
+        """``"image"`` or ``"video"`` (the manifest's ``media``): what the ``images`` column holds."""
 
     @classmethod
     def open(cls, root: str | Path) -> PreferenceDataset:
@@ -95,6 +97,13 @@ class PreferenceDataset:
         if image.get("bytes") is not None:
             return image["bytes"]
         return resolve_image_path(self.root, image.get("path")).read_bytes()
+
+    def media_source(self, image: dict) -> bytes | Path:
+        """What a video reader takes for a stored item: its bytes, or the file or frame folder its
+        ``path`` names inside the dataset folder (checked as :meth:`image_bytes` checks)."""
+        if image.get("bytes") is not None:
+            return image["bytes"]
+        return resolve_image_path(self.root, image.get("path"))
 
     @lru_cache(maxsize=4)
     def _table(self, shard: int):

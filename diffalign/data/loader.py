@@ -6,7 +6,11 @@ Without a cache each item decodes its ``K`` images and applies the resize / flip
 a pair stays comparable. With a :class:`~diffalign.data.cache.LatentCache` it serves the cached
 VAE posterior and prompt embeddings instead, and never decodes an image.
 
-An unreadable image, or an image path that leads outside the dataset folder (never opened),
+A video dataset (``media: video`` in its manifest) gives ``pixels [K, 3, F, R, R]``: ``frames``
+frames taken every ``frame_stride`` from each clip's start (:mod:`diffalign.data.videos`), resized
+and centre-cropped; a group's clips share the flip.
+
+An unreadable image (or video), or an image path that leads outside the dataset folder (never opened),
 makes its item ``None``; :func:`collate_groups` leaves it out and counts it in
 ``batch["skipped"]``. Under ``strict=True`` it raises instead.
 """
@@ -50,9 +54,17 @@ class GroupDataset(Dataset):
     """
 
     def __init__(self, data, resolution: int = 512, center_crop: bool = True, random_flip: bool = False,
-                 strict: bool = False, seed: int = 0, cache=None):
+                 strict: bool = False, seed: int = 0, cache=None, frames: int | None = None, frame_stride: int = 1):
         self.data = data if isinstance(data, PreferenceDataset) else PreferenceDataset.open(data)
         self.resolution = resolution
+        self.frames = frames
+        self.frame_stride = frame_stride
+        if self.data.media == "video":
+            if frames is None:
+                raise ValueError(f"{self.data.root} holds videos: say how many frames to train on (data.frames, "
+                                 "e.g. 81 for Wan 2.1's 5-second clips)")
+            if not center_crop:
+                raise ValueError("videos are centre-cropped: use center_crop=True (data.center_crop: true)")
         self.center_crop = center_crop
         self.random_flip = random_flip
         self.strict = strict
@@ -60,7 +72,7 @@ class GroupDataset(Dataset):
         self.epoch = 0
         self.cache = cache
         if cache is not None:
-            cache.check_compatible(resolution=resolution, rows=len(self.data))
+            cache.check_compatible(resolution=resolution, rows=len(self.data), frames=frames, frame_stride=frame_stride)
             if random_flip or not center_crop:
                 raise ValueError("cached latents are centre-cropped and unflipped: use center_crop=True, random_flip=False")
 
@@ -93,6 +105,8 @@ class GroupDataset(Dataset):
             return {**item, **cached}
         rng = random.Random(f"{self.seed}-{self.epoch}-{index}")
         flip = self.random_flip and rng.random() < 0.5
+        if self.data.media == "video":
+            return self._videos(row, item, flip)
         fraction = None if self.center_crop else (rng.random(), rng.random())
         prepared = []
         for image in row["images"]:
@@ -103,6 +117,24 @@ class GroupDataset(Dataset):
         item["pixels"] = torch.stack([p.pixels for p in prepared])
         item["original_size"] = torch.tensor([p.original_size for p in prepared])
         item["crop_top_left"] = torch.tensor([p.crop_top_left for p in prepared])
+        return item
+
+    def _videos(self, row: dict, item: dict, flip: bool) -> dict | None:
+        """``pixels [K, 3, F, R, R]``; sizes are each clip's frame size (no crop offsets: centre crop)."""
+        from diffalign.data.videos import VIDEO_ERRORS, prepare_video, read_frames
+
+        clips, sizes = [], []
+        for video in row["images"]:
+            try:
+                frames = read_frames(self.data.media_source(video), self.frames, self.frame_stride)
+            except (UnsafeImagePathError, *VIDEO_ERRORS) as err:
+                return self._unreadable(row, f"({type(err).__name__}: {err})")
+            sizes.append(tuple(frames.shape[-2:]))
+            pixels = prepare_video(frames, self.resolution)
+            clips.append(pixels.flip(-1) if flip else pixels)
+        item["pixels"] = torch.stack(clips)
+        item["original_size"] = torch.tensor(sizes)
+        item["crop_top_left"] = torch.zeros(len(clips), 2, dtype=torch.long)
         return item
 
     def _unreadable(self, row: dict, detail: str) -> None:

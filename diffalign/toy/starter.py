@@ -8,6 +8,9 @@ A fresh clone has neither; this writes both in a few seconds, with no download:
     <out>/experts  the preferred image of each pair alone, one per prompt (K = 1, for diffusion_dro)
     <out>/step_aware  a tiny step-aware preference model with random weights (for spo: it runs, its
                    scores mean nothing; the toy benchmark trains one on the toy pairs)
+    <out>/video_model  a tiny random Wan 2.1-style text-to-video pipeline (``diffalign.testing``)
+    <out>/video_pairs  pairs of 5-frame MP4 clips (moving gradients, the brighter one preferred; needs
+                   the ``video`` extra, PyAV; skipped with a note when it is not installed)
 
 The images are renders of the toy world (:mod:`.world`), ordered by the toy reward, so the
 preferred image of each group is the one with the larger object, as in the benchmark.
@@ -40,7 +43,7 @@ def write_starter(out: str | Path, seed: int = 0) -> dict[str, Path]:
 
     out = Path(out)
     folders = {"model": out / "model", "pairs": out / "pairs", "ranked": out / "ranked", "experts": out / "experts",
-               "step_aware": out / "step_aware"}
+               "step_aware": out / "step_aware", "video_model": out / "video_model", "video_pairs": out / "video_pairs"}
     shutil.rmtree(folders["model"], ignore_errors=True)
     shutil.copytree(base_model(progress=False), folders["model"])
     generator = torch.Generator().manual_seed(seed)
@@ -62,4 +65,19 @@ def write_starter(out: str | Path, seed: int = 0) -> dict[str, Path]:
     ranked.finish({"group_size": 3, "reward_models": ["toy_coverage"]})
     build_experts(folders["pairs"], folders["experts"], overwrite=True, progress=False)
     tiny_step_aware(seed=seed).save_pretrained(folders["step_aware"])
+    _write_video_starter(folders, seed)
     return folders
+
+
+def _write_video_starter(folders: dict[str, Path], seed: int) -> None:
+    """The tiny Wan and its clip pairs (``training/configs/tiny/video/``); without PyAV only the model."""
+    import importlib.util
+
+    from diffalign.testing import save_tiny_pipeline, write_random_video_pairs
+
+    shutil.rmtree(folders["video_model"], ignore_errors=True)
+    save_tiny_pipeline("wan", folders["video_model"], seed=seed)
+    if importlib.util.find_spec("av") is None:
+        folders.pop("video_pairs")  # nothing written: the CLI's listing must not name it
+        return
+    write_random_video_pairs(folders["video_pairs"], pairs=8, resolution=32, seed=seed)

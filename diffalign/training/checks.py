@@ -58,6 +58,7 @@ def preflight(config: TrainConfig):
     if supported is not None and family not in supported:
         raise StartupError(f"{objective.name} does not support the {family} family (only {', '.join(supported)})")
     _check_resolution(config, family)
+    _check_media(config, family, data)
     if config.lora is not None and "kohya" in config.lora.formats:
         from diffalign.training.lora import KOHYA_FAMILIES
 
@@ -96,6 +97,33 @@ def _check_resolution(config: TrainConfig, family: str) -> None:
             raise StartupError(f"{key}: {why}")
 
 
+def _check_media(config: TrainConfig, family: str, data: PreferenceDataset) -> None:
+    """Images for an image family, videos of a frame count its VAE takes for a video family."""
+    from diffalign.families import FAMILIES
+
+    wanted = FAMILIES[family].media
+    if data.media != wanted:
+        raise StartupError(f"data.path: {data.root} holds {data.media}s, and the {family} family trains on {wanted}s; "
+                           f"point data.path at a {wanted} dataset or model.path at a {data.media} model")
+    if data.media == "image":
+        if config.data.frames is not None:
+            raise StartupError(f"data.frames: {config.data.frames}, but {data.root} holds images; remove data.frames")
+        return
+    from diffalign.data.videos import require_av
+
+    require_av()  # decoding the clips needs the video extra: say so before any weights load
+    if config.data.frames is None:
+        raise StartupError(f"data.frames: {data.root} holds videos; say how many frames each training clip has "
+                           "(e.g. data.frames=81, Wan 2.1's 5-second clips)")
+    from diffalign.families.wan import frames_problem
+
+    why = frames_problem(config.data.frames)
+    if why:
+        raise StartupError(f"data.frames: {why}")
+    if not config.data.center_crop:
+        raise StartupError("data.center_crop: videos are centre-cropped; set data.center_crop=true")
+
+
 def plan_cache(config: TrainConfig, family: str, data: PreferenceDataset, caption_mismatch: bool,
                objective) -> CachePlan:
     """Decide ``data.cache``: ``true`` requires a finished, matching cache; ``false`` trains
@@ -111,7 +139,7 @@ def plan_cache(config: TrainConfig, family: str, data: PreferenceDataset, captio
     from diffalign.data.cache import META, cache_dir
 
     mode = config.data.cache
-    folder = cache_dir(config.data.path, family, config.data.resolution)
+    folder = cache_dir(config.data.path, family, config.data.resolution, config.data.frames, config.data.frame_stride)
     if mode is False:
         return CachePlan("off", folder, "data.cache is false")
     why_not = _cache_cannot_serve(config, caption_mismatch, objective)
@@ -142,9 +170,10 @@ def _matching_cache(config: TrainConfig, family: str, data: PreferenceDataset) -
     """A finished cache of this model, resolution and dataset, or the error that names the fix."""
     from diffalign.data.cache import LatentCache
 
+    clip = dict(frames=config.data.frames, frame_stride=config.data.frame_stride)
     cache = LatentCache.for_model(config.data.path, family, config.model.path, config.model.revision,
-                                  config.data.resolution)
-    cache.check_compatible(resolution=config.data.resolution, rows=len(data))
+                                  config.data.resolution, **clip)
+    cache.check_compatible(resolution=config.data.resolution, rows=len(data), **clip)
 
 
 def _cache_cannot_serve(config: TrainConfig, caption_mismatch: bool, objective) -> str | None:
@@ -166,15 +195,19 @@ def _cache_cannot_serve(config: TrainConfig, caption_mismatch: bool, objective) 
 
 
 def latent_bytes(config: TrainConfig, images: int) -> int:
-    """What a cache's latents take on disk for ``images`` images: the posterior's mean and std,
-    fp32, ``C × (R/f)²`` each (read from the VAE's config; the prompt embeddings come on top)."""
+    """What a cache's latents take on disk for ``images`` images (or clips): the posterior's mean
+    and std, fp32, ``C × (R/f)²`` each, times the latent frames of a clip (read from the VAE's
+    config; the prompt embeddings come on top)."""
     from diffusers import AutoencoderKL
 
     from diffalign.families.base import vae_downsampling
 
     vae = AutoencoderKL.load_config(config.model.path, subfolder="vae", revision=config.model.revision)
     side = config.data.resolution // vae_downsampling(vae)
-    return images * 2 * 4 * vae["latent_channels"] * side * side
+    frames = config.data.frames
+    latent_frames = 1 if frames is None else (frames - 1) // int(vae.get("scale_factor_temporal") or 4) + 1
+    channels = vae.get("latent_channels") or vae["z_dim"]
+    return images * 2 * 4 * channels * latent_frames * side * side
 
 
 def _free_bytes(folder: Path) -> int:

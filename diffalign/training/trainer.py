@@ -147,7 +147,8 @@ class Trainer:
         # The whole pipeline, for the build only: training loads it again without the encoders.
         family = load(config.model.path, device=accelerator.device, **options)
         # An unfinished cache (a killed build, or one `diffalign cache` began) continues in its layout.
-        build_cache(config.data.path, family, resolution=config.data.resolution, progress=config.logging.progress_bar)
+        build_cache(config.data.path, family, resolution=config.data.resolution, progress=config.logging.progress_bar,
+                    frames=config.data.frames, frame_stride=config.data.frame_stride)
         del family
         gc.collect()
 
@@ -166,6 +167,12 @@ class Trainer:
                            load_text_encoders=need_encoders, **options)
         denoiser = self.family.denoiser
         if lora:
+            from accelerate.utils import set_seed
+
+            # LoRA's random A matrices must not depend on what loaded before them: building the
+            # cache, or the encoders a cached run leaves out, may draw from the global generator
+            # (the Wan VAE's and UMT5's initialisers do), so cached and uncached runs start alike.
+            set_seed(config.seed)
             add_lora(denoiser, config.lora)
             if weight_dtype != torch.float32:
                 from diffusers.training_utils import cast_training_params
@@ -191,10 +198,11 @@ class Trainer:
         from diffalign.data.cache import LatentCache
 
         config = self.config
-        cache = LatentCache.open(config.data.path, self.family, config.data.resolution) if self.cache_plan.cached else None
+        clip = dict(frames=config.data.frames, frame_stride=config.data.frame_stride)
+        cache = LatentCache.open(config.data.path, self.family, config.data.resolution, **clip) if self.cache_plan.cached else None
         self.groups = GroupDataset(
             self.data, resolution=config.data.resolution, center_crop=config.data.center_crop,
-            random_flip=config.data.random_flip, strict=config.data.strict, seed=config.seed, cache=cache,
+            random_flip=config.data.random_flip, strict=config.data.strict, seed=config.seed, cache=cache, **clip,
         )
         workers = loader_workers(config.data.workers)
         self.loader = DataLoader(
@@ -406,7 +414,8 @@ class Trainer:
 
     def _validate(self, step: int) -> None:
         resolution = self.config.validation.resolution or self.config.data.resolution
-        sample_grid(self.family, self.config.validation, resolution, self.out / "validation" / f"step-{step:07d}.png")
+        sample_grid(self.family, self.config.validation, resolution, self.out / "validation" / f"step-{step:07d}.png",
+                    frames=self.config.data.frames)
 
     def _save_final(self) -> Path:
         accelerator = self.accelerator

@@ -8,7 +8,7 @@ import pytest
 from diffalign.cli import main
 from diffalign.data import PreferenceDataset
 
-TINY_CONFIGS = sorted((Path(__file__).resolve().parents[2] / "training" / "configs" / "tiny").glob("*.yaml"))
+TINY_CONFIGS = sorted((Path(__file__).resolve().parents[2] / "training" / "configs" / "tiny").rglob("*.yaml"))
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +38,17 @@ def test_make_tiny_writes_the_model_and_both_datasets(fresh_clone):
     assert all(c.split()[1] in ("large", "small") for c in pairs[0]["captions"])
 
 
-@pytest.mark.parametrize("config", TINY_CONFIGS, ids=lambda p: p.stem)
+def test_make_tiny_writes_the_video_model_and_pairs(fresh_clone):
+    from diffalign.families import detect_family
+
+    tiny = fresh_clone / "outputs" / "tiny"
+    assert detect_family(tiny / "video_model").family == "wan"
+    clips = PreferenceDataset.open(tiny / "video_pairs")
+    assert clips.media == "video" and clips.group_size == 2 and len(clips) == 8
+    assert clips[0]["images"][0]["bytes"][4:8] == b"ftyp"  # an MP4 container
+
+
+@pytest.mark.parametrize("config", TINY_CONFIGS, ids=lambda p: f"{p.parent.name}/{p.stem}")
 def test_each_tiny_config_trains_as_shipped(config, fresh_clone, monkeypatch, capsys):
     monkeypatch.chdir(fresh_clone)
     assert main(["train", "--config", str(config)]) == 0

@@ -1,0 +1,124 @@
+"""Training the Wan family on video pairs through `diffalign train`: 3 steps of Diffusion-DPO and
+MaPO (LoRA and full), the LoRA in diffusers' WanPipeline, cached = uncached, clear errors."""
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from diffalign.cli import main
+from diffalign.testing import TINY_FRAMES, write_random_video_pairs
+
+pytest.importorskip("av")
+CONFIGS = Path(__file__).resolve().parents[2] / "training" / "configs" / "tiny" / "video"
+
+
+@pytest.fixture(scope="module")
+def video_pairs(tmp_path_factory):
+    return write_random_video_pairs(tmp_path_factory.mktemp("video") / "pairs", pairs=4, resolution=32)
+
+
+def _train(tiny_path, data, out, objective, *overrides, expect=0):
+    args = ["train", "--config", str(CONFIGS / f"{objective}.yaml"), f"model.path={tiny_path('wan')}",
+            f"data.path={data}", f"output_dir={out}", *overrides]
+    assert main(args) == expect
+    return out
+
+
+def _losses(out):
+    return [json.loads(line)["train/loss"] for line in (Path(out) / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.parametrize("mode", ["lora", "full"])
+@pytest.mark.parametrize("objective", ["diffusion_dpo", "mapo"])
+def test_three_steps_on_video_pairs(objective, mode, tiny_path, video_pairs, tmp_path):
+    extra = ["data.cache=false"] + (["lora=null", "optim.lr=1e-3"] if mode == "full" else [])
+    out = _train(tiny_path, video_pairs, tmp_path / "run", objective, *extra)
+    losses = _losses(out)
+    assert len(losses) == 3 and all(torch.isfinite(torch.tensor(losses)))
+    if mode == "lora":
+        lora = load_file(str(out / "lora" / "pytorch_lora_weights.safetensors"))
+        assert any(("lora_B" in k or "lora.up" in k) and v.abs().max() > 0 for k, v in lora.items())  # B starts at 0
+        assert all(k.startswith("transformer.") for k in lora)
+    else:
+        trained = load_file(str(next((out / "final" / "transformer").glob("*.safetensors"))))
+        base = load_file(str(next((tiny_path("wan") / "transformer").glob("*.safetensors"))))
+        assert trained.keys() == base.keys() and any(not torch.equal(trained[k], base[k]) for k in base)
+
+
+def test_saved_lora_loads_into_the_wan_pipeline(tiny_path, video_pairs, tmp_path):
+    """diffusers' ``WanPipeline.load_lora_weights`` reads the LoRA (alpha/rank kept) and its videos change."""
+    from diffusers import WanPipeline
+
+    out = _train(tiny_path, video_pairs, tmp_path / "run", "diffusion_dpo", "optim.lr=5e-2", "max_steps=4",
+                 "lora.rank=4", "lora.alpha=8")
+
+    def sample(lora=None):
+        pipe = WanPipeline.from_pretrained(str(tiny_path("wan")))
+        pipe.set_progress_bar_config(disable=True)
+        if lora is not None:
+            pipe.load_lora_weights(str(lora))
+            scales = {s for m in pipe.transformer.modules() if isinstance(getattr(m, "scaling", None), dict)
+                      for s in m.scaling.values()}
+            assert scales == {2.0}, scales  # alpha / rank = 8 / 4, as trained
+        return pipe("a red cat", num_frames=TINY_FRAMES, height=32, width=32, num_inference_steps=2,
+                    output_type="pt", generator=torch.Generator().manual_seed(0)).frames
+
+    before, after = sample(), sample(out / "lora")
+    assert before.shape == (1, TINY_FRAMES, 3, 32, 32)
+    assert (after - before).abs().max() > 1e-4
+
+
+def test_cached_training_equals_uncached(tiny_path, tmp_path, capsys):
+    """The latent cache of clips serves the same training: the same losses to 1e-5."""
+    video_pairs = write_random_video_pairs(tmp_path / "pairs", pairs=4, resolution=32, seed=3)
+    uncached = _losses(_train(tiny_path, video_pairs, tmp_path / "uncached", "diffusion_dpo", "data.cache=false"))
+    cached_run = _train(tiny_path, video_pairs, tmp_path / "cached", "diffusion_dpo", "data.cache=auto")
+    assert "latent cache: building" in capsys.readouterr().out
+    assert (video_pairs / "cache" / f"wan-32-{TINY_FRAMES}f" / "cache.json").is_file()
+    assert _losses(cached_run) == pytest.approx(uncached, rel=1e-5, abs=1e-5)
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["data.frames=6"], "data.frames: 6 frames cannot be encoded: the Wan VAE needs 1 \\+ 4·n frames"),
+    (["data.frames=null"], "data.frames: .* holds videos; say how many frames"),
+])
+def test_bad_frame_counts_are_refused_before_loading(overrides, message, tiny_path, video_pairs, tmp_path, capsys):
+    _train(tiny_path, video_pairs, tmp_path / "run", "diffusion_dpo", *overrides, expect=1)
+    assert re.search(message, capsys.readouterr().err)
+
+
+def test_image_data_for_a_video_model_is_refused(tiny_path, tmp_path, capsys):
+    from diffalign.testing import write_random_pairs
+
+    images = write_random_pairs(tmp_path / "images", pairs=2, resolution=32)
+    _train(tiny_path, images, tmp_path / "run", "diffusion_dpo", expect=1)
+    assert "holds images, and the wan family trains on videos" in capsys.readouterr().err
+
+
+def test_a_missing_video_extra_is_named_before_loading(tiny_path, video_pairs, tmp_path, capsys, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "av", None)  # as if PyAV were not installed
+    _train(tiny_path, video_pairs, tmp_path / "run", "diffusion_dpo", expect=1)
+    assert "pip install 'diffalign[video]'" in capsys.readouterr().err
+
+
+def test_unreadable_clips_are_skipped_and_counted(tiny_path, tmp_path):
+    """A clip that cannot be decoded drops its group from the batch, counted in the metrics."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from diffalign.data.schema import arrow_schema
+
+    data = write_random_video_pairs(tmp_path / "pairs", pairs=4, resolution=32, seed=4)
+    shard = next((data / "data").glob("*.parquet"))
+    table = pq.read_table(shard).to_pylist()
+    table[1]["images"][0]["bytes"] = b"not a video"
+    pq.write_table(pa.Table.from_pylist(table, schema=arrow_schema()), shard)
+    out = _train(tiny_path, data, tmp_path / "run", "diffusion_dpo", "data.cache=false", "max_steps=2")
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert rows[-1]["skipped_groups"] == 1  # 2 steps of 2 groups see each of the 4 groups once
