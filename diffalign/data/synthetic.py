@@ -17,6 +17,11 @@ Scale: prompts are split across processes with ``accelerate`` (prompt ``p`` goes
 then merges the parts in prompt order, so the dataset is the same for any ``P``. Generation runs
 in half precision on GPU, batched over prompts. A killed build resumes (shard by shard) when run
 again with the same options. ``pairs`` also derives a pair dataset at ``<out>/pairs``.
+
+Video: with text-to-video generators (Wan) and ``frames``, each sample is a clip; an image reward
+scores it averaged over its frames (:class:`~diffalign.rewards.video.FrameAveraged`, all frames),
+the rows store MP4 clips (lossy: the reward saw the frames before compression) and the manifest
+says ``"media": "video"``, so the dataset trains the Wan family directly.
 """
 
 from __future__ import annotations
@@ -72,8 +77,17 @@ def score_group(reward, images: list, prompt: str) -> tuple[list[float], dict[st
     return scores, {reward.label: scores}
 
 
+def media_bytes(sample, fps: int = 16) -> bytes:
+    """A sample as stored: a PIL image as PNG, a video (uint8 ``[F, 3, H, W]``) as MP4."""
+    if hasattr(sample, "save"):
+        return png_bytes(sample)
+    from diffalign.data.videos import encode_video
+
+    return encode_video(sample, fps=fps)
+
+
 def ranked_row(index: int, prompt: str, images: list, generators: list[str], seeds: list[int],
-               scores: list[float], members: dict[str, list[float]]) -> dict:
+               scores: list[float], members: dict[str, list[float]], fps: int = 16) -> dict:
     """One group row, best first (a stable sort: equal scores keep generation order)."""
     order = sorted(range(len(images)), key=lambda i: -scores[i])
     sorted_scores = [float(scores[i]) for i in order]
@@ -85,52 +99,64 @@ def ranked_row(index: int, prompt: str, images: list, generators: list[str], see
     }
     return {
         "id": f"{index:08d}", "prompt": prompt,
-        "images": [{"bytes": png_bytes(images[i]), "path": None} for i in order],
+        "images": [{"bytes": media_bytes(images[i], fps), "path": None} for i in order],
         "scores": sorted_scores, "ranks": competition_ranks(sorted_scores), "captions": None,
         "source": BUILDER, "meta": json.dumps(meta),
     }
 
 
 class Generators:
-    """The ``M`` generator pipelines, loaded once, drawing seeded images in batches.
+    """The ``M`` generator pipelines, loaded once, drawing seeded images (or videos) in batches.
 
     Args:
-        paths: diffusers pipeline folders or hub ids.
+        paths: diffusers pipeline folders or hub ids, all of one media (images or videos).
         device, dtype: where and in what precision they run.
         steps, guidance_scale, height, width: the sampling options (``None``: the pipeline's default).
+        frames: text-to-video generators' clip length (Wan: 1 + 4n); ``None`` for images.
     """
 
     def __init__(self, paths: Sequence[str], device, dtype, steps: int, guidance_scale: float | None,
-                 height: int | None, width: int | None):
+                 height: int | None, width: int | None, frames: int | None = None):
         from diffusers import DiffusionPipeline
+
+        from diffalign.families.pipelines import media_of
 
         self.paths = [str(p) for p in paths]
         self.device = device
+        self.frames = frames
         self.pipes = []
         for path in self.paths:
             pipe = DiffusionPipeline.from_pretrained(path, dtype=dtype).to(device)
             pipe.set_progress_bar_config(disable=True)
             self.pipes.append(pipe)
-        self.call = {"num_inference_steps": steps, "output_type": "pil"}
+        media = {media_of(pipe) for pipe in self.pipes}
+        if media != {"video" if frames else "image"}:
+            raise BuildError(f"the generators make {' and '.join(sorted(media))}s; "
+                             + ("--frames is for text-to-video generators" if frames else
+                                "give --frames for text-to-video generators (all generators must make the same media)"))
+        self.call = {"num_inference_steps": steps}
         for key, value in (("guidance_scale", guidance_scale), ("height", height), ("width", width)):
             if value is not None:
                 self.call[key] = value
 
     def draw(self, which: int, prompts: list[str], seeds: list[int], batch_size: int) -> list:
-        """Images of generator ``which``, one per ``(prompt, seed)``, in calls of ``batch_size``."""
+        """Images (or videos) of generator ``which``, one per ``(prompt, seed)``, in calls of ``batch_size``."""
         import torch
+
+        from diffalign.families.pipelines import generate
 
         out = []
         for start in range(0, len(prompts), batch_size):
             chunk = slice(start, start + batch_size)
             # CPU generators: the same seed gives the same initial noise on any GPU or none.
             rngs = [torch.Generator("cpu").manual_seed(s) for s in seeds[chunk]]
-            out += self.pipes[which](prompt=prompts[chunk], generator=rngs, **self.call).images
+            out += generate(self.pipes[which], prompts[chunk], rngs, frames=self.frames, **self.call)
         return out
 
 
 def generate_rows(indices: Sequence[int], prompts: Sequence[str], generators: Generators, reward, *,
-                  images_per_prompt: int, seed: int, batch_size: int, bar=None) -> Iterator[tuple[int, dict]]:
+                  images_per_prompt: int, seed: int, batch_size: int, bar=None,
+                  fps: int = 16) -> Iterator[tuple[int, dict]]:
     """``(prompt index, ranked row)`` for each of ``indices``, in order.
 
     Prompts go through the pipelines ``max(1, batch_size // N)`` at a time, so each call draws
@@ -152,7 +178,7 @@ def generate_rows(indices: Sequence[int], prompts: Sequence[str], generators: Ge
             scores, members = score_group(reward, images, prompts[p])
             if bar is not None:
                 bar.update(len(images))
-            yield p, ranked_row(p, prompts[p], images, names, seeds, scores, members)
+            yield p, ranked_row(p, prompts[p], images, names, seeds, scores, members, fps)
 
 
 def _reward_info(reward) -> list[dict]:
@@ -181,6 +207,8 @@ def build_synthetic(
     shard_size: int = 100,
     overwrite: bool = False,
     progress: bool = True,
+    frames: int | None = None,
+    fps: int = 16,
 ) -> dict:
     """Build (or resume building) a ranked dataset; run under ``accelerate launch`` to split it.
 
@@ -197,6 +225,8 @@ def build_synthetic(
         pairs: ``None``, ``best-worst`` or ``all``: also write ``<out>/pairs`` (see :func:`ranked_to_pairs`).
         shard_size: rows (prompts) per shard; the unit of resumption.
         overwrite: discard what ``out`` holds.
+        frames, fps: text-to-video generators: frames per clip (Wan: 1 + 4n) and the stored clips'
+            frame rate (16, Wan 2.1's). An image reward then scores the mean over each clip's frames.
 
     Returns:
         The manifest of the ranked dataset (on every process).
@@ -218,15 +248,20 @@ def build_synthetic(
         guidance_scale=guidance_scale, height=height, width=width, dtype=dtype, reward=reward.label,
         shard_size=shard_size,
     )
+    if frames is not None:  # only for video: image builds begun before keep their options
+        options.update(frames=frames, fps=fps)
+        reward = _video_reward(reward)
     out = Path(out)
     if overwrite and state.is_main_process and out.exists():
         shutil.rmtree(out)
     state.wait_for_everyone()
     extra = {"generators": options["generators"], "reward_models": _reward_info(reward),
              "group_size": len(generators) * images_per_prompt, "images_per_prompt": images_per_prompt}
+    if frames is not None:
+        extra.update(media="video", frames=frames, fps=fps)
     weights_dtype = torch_dtype(dtype)
-    run = dict(images_per_prompt=images_per_prompt, seed=seed, batch_size=batch_size)
-    sampling = dict(steps=steps, guidance_scale=guidance_scale, height=height, width=width)
+    run = dict(images_per_prompt=images_per_prompt, seed=seed, batch_size=batch_size, fps=fps)
+    sampling = dict(steps=steps, guidance_scale=guidance_scale, height=height, width=width, frames=frames)
     k = len(generators) * images_per_prompt
 
     if (out / MANIFEST).exists():  # finished before: check the options, change nothing
@@ -266,6 +301,20 @@ def build_synthetic(
         ranked_to_pairs(out, out / "pairs", pairs, shard_size=shard_size)
     state.wait_for_everyone()
     return manifest
+
+
+def _video_reward(reward):
+    """A reward that scores videos: ``reward`` itself when it does, else ``reward`` averaged over
+    every frame (:class:`~diffalign.rewards.video.FrameAveraged`)."""
+    from diffalign.rewards import Ensemble
+    from diffalign.rewards.video import FrameAveraged, VideoEnsemble, scores_videos
+
+    if scores_videos(reward):
+        return reward
+    if isinstance(reward, Ensemble):  # still an ensemble, so each member's raw score is recorded
+        stats = {f"{m.label}@frames:all": reward.stats[m.label] for m in reward.members if m.label in reward.stats}
+        return VideoEnsemble(reward.members, reward.weights, stats, frames="all")
+    return FrameAveraged(reward, frames="all")
 
 
 class _Scaled:
@@ -383,6 +432,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--height", type=int, default=None, help="image height (default: the pipeline's)")
     parser.add_argument("--width", type=int, default=None, help="image width (default: the pipeline's)")
     parser.add_argument("--batch-size", type=int, default=8, help="images per pipeline call (default: 8)")
+    parser.add_argument("--frames", type=int, default=None,
+                        help="text-to-video generators (Wan): frames per clip, 1 + 4n (e.g. 81); the rows hold MP4 clips")
+    parser.add_argument("--fps", type=int, default=16, help="frame rate of the stored clips (default: 16, Wan 2.1's)")
     parser.add_argument("--dtype", choices=["auto", "fp32", "fp16", "bf16"], default="auto",
                         help="generator precision; auto = fp16 on GPU, fp32 on CPU")
     parser.add_argument("--reward", action="append", required=True, help="reward model name; repeat for an ensemble")
@@ -403,7 +455,8 @@ def run(args: argparse.Namespace) -> int:
         prompts, args.generator, args.out, reward, images_per_prompt=args.images_per_prompt, seed=args.seed,
         steps=args.steps, guidance_scale=args.guidance_scale, height=args.height, width=args.width,
         batch_size=args.batch_size, dtype=args.dtype, pairs=args.pairs, shard_size=args.shard_size,
-        overwrite=args.overwrite, progress=not args.no_progress,
+        overwrite=args.overwrite, progress=not args.no_progress, frames=args.frames, fps=args.fps,
     )
-    print(f"wrote {manifest['rows']} ranked groups of {manifest['group_size']} images to {args.out}")
+    media = "videos" if args.frames else "images"
+    print(f"wrote {manifest['rows']} ranked groups of {manifest['group_size']} {media} to {args.out}")
     return 0

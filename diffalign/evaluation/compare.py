@@ -24,17 +24,28 @@ def _image(path: Path):
     return Image.open(path).convert("RGB")
 
 
+def _sample(folder, index: int, k: int, video: bool):
+    """A PIL image, or a video as float ``[F, 3, H, W]`` in [0, 1] (what video rewards take)."""
+    if not video:
+        return _image(sample_path(folder, index, k))
+    from diffalign.data.videos import read_frames
+
+    return read_frames(sample_path(folder, index, k, video=True)).float() / 255
+
+
 def score_folder(folder: str | Path, prompts: list[str], samples: int, rewards: list, batch_size: int = 16,
-                 progress: bool = False) -> dict[str, torch.Tensor]:
-    """``{reward label: scores [P, K]}`` of ``<folder>/<index>/samples/<k>.png`` for ``P`` prompts, ``K`` samples."""
+                 progress: bool = False, video: bool = False) -> dict[str, torch.Tensor]:
+    """``{reward label: scores [P, K]}`` of ``<folder>/<index>/samples/<k>.png`` for ``P`` prompts, ``K`` samples
+    (``<k>.mp4`` clips under ``video``, scored by video rewards)."""
     from tqdm.auto import tqdm
 
     jobs = [(i, k) for i in range(len(prompts)) for k in range(samples)]
     out = {r.label: torch.empty(len(jobs)) for r in rewards}
-    bar = tqdm(total=len(jobs), desc=f"scoring {Path(folder).name}", unit="image", disable=not progress)
+    bar = tqdm(total=len(jobs), desc=f"scoring {Path(folder).name}", unit="video" if video else "image",
+               disable=not progress)
     for start in range(0, len(jobs), batch_size):
         chunk = jobs[start : start + batch_size]
-        images = [_image(sample_path(folder, i, k)) for i, k in chunk]
+        images = [_sample(folder, i, k, video) for i, k in chunk]
         texts = [prompts[i] for i, _ in chunk]
         for reward in rewards:
             out[reward.label][start : start + len(chunk)] = reward.score(images, texts).float().cpu()

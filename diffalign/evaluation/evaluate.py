@@ -3,7 +3,8 @@ with reward models and GenEval, and write ``results.json`` and ``report.html``.
 
 Output folder::
 
-    <out>/base/, <out>/candidate/     GenEval layout (see :mod:`diffalign.evaluation.generate`)
+    <out>/base/, <out>/candidate/     GenEval layout (see :mod:`diffalign.evaluation.generate`);
+                                      MP4 clips for a text-to-video model (``frames``)
     <out>/<arm>/geneval_results.jsonl per-image GenEval rows, when GenEval runs
     <out>/results.json, <out>/report.html
 """
@@ -74,6 +75,13 @@ def evaluate(records: list[dict], out: str | Path, base, candidate, rewards: lis
         raise ValueError("base and candidate must share samples, seed, steps, guidance and resolution")
     if detector is not None and not all("tag" in r for r in records):
         raise ValueError("GenEval needs GenEval records (use --prompts geneval or an evaluation_metadata.jsonl)")
+    video = base.frames is not None
+    if video and detector is not None:
+        raise ValueError("GenEval scores images, not videos: pass --no-geneval (and --reward) for a video model")
+    if video:  # an image reward scores a clip by the mean over its frames
+        from diffalign.rewards.video import FrameAveraged, scores_videos
+
+        rewards = [r if scores_videos(r) else FrameAveraged(r, frames="all") for r in rewards]
     out = Path(out)
     dirs = {"base": out / "base", "candidate": out / "candidate"}
     for arm, settings in (("base", base), ("candidate", candidate)):
@@ -87,11 +95,14 @@ def evaluate(records: list[dict], out: str | Path, base, candidate, rewards: lis
                       "model": candidate.model, "lora": candidate.lora},
         "generation": generation, "prompts": {"source": source, "count": len(records)}, "rewards": {},
     }
-    scores = {arm: score_folder(dirs[arm], prompts, base.samples, rewards, reward_batch_size, progress) for arm in dirs}
+    scores = {arm: score_folder(dirs[arm], prompts, base.samples, rewards, reward_batch_size, progress, video=video)
+              for arm in dirs}
+    results["per_prompt"] = {r.label: {arm: scores[arm][r.label].double().mean(1).tolist() for arm in dirs}
+                             for r in rewards}
     for reward in rewards:
         label = reward.label
         entry = compare_scores(scores["base"][label], scores["candidate"][label])
-        if reward.name == "pickscore":
+        if getattr(reward, "name", None) == "pickscore" and not video:
             from diffalign.evaluation.stats import bootstrap_mean
 
             probs = pick_probability(reward, dirs["base"], dirs["candidate"], prompts, base.samples)
@@ -143,6 +154,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--height", type=int, default=None, help="image height (default: the pipeline's)")
     parser.add_argument("--width", type=int, default=None, help="image width (default: the pipeline's)")
     parser.add_argument("--negative-prompt", default=None, help="negative prompt for every image")
+    parser.add_argument("--frames", type=int, default=None, help="text-to-video models (Wan): frames per clip, "
+                        "1 + 4n (e.g. 81); image rewards score the mean over each clip's frames")
+    parser.add_argument("--fps", type=int, default=16, help="frame rate of the saved clips (default: 16)")
     parser.add_argument("--gen-batch-size", type=int, default=4, help="images per pipeline call (default: 4)")
     add_reward_arguments(parser, several=True, required=False)
     parser.add_argument("--no-geneval", action="store_true", help="skip GenEval scoring of GenEval prompts")
@@ -157,6 +171,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from diffalign.data.prompts import PromptSourceError
+    from diffalign.errors import DiffalignError
     from diffalign.evaluation.generate import GenerationMismatchError, GenerationSettings
     from diffalign.evaluation.geneval import MetadataError, load_color_classifier, load_detector
     from diffalign.rewards import RewardLoadError
@@ -165,19 +180,20 @@ def run(args: argparse.Namespace) -> int:
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
     try:
         records = load_records(args.prompts, args.prompt_column, args.limit, args.geneval_seed, args.geneval_n)
-        geneval = not args.no_geneval and all("tag" in r for r in records)
+        geneval = not args.no_geneval and args.frames is None and all("tag" in r for r in records)
         if not geneval and not args.reward:
             raise ScoreInputError("nothing to score: give --reward, or GenEval prompts without --no-geneval")
         rewards = load_rewards_from_args(args) if args.reward else []
         detector = load_detector(args.detector, args.detector_model, device) if geneval else None
         colors = load_color_classifier(args.color_classifier, args.color_model, device) if geneval else None
         base = GenerationSettings(args.base, args.base_lora, args.samples, args.seed, args.steps, args.guidance,
-                                  args.height, args.width, args.negative_prompt)
+                                  args.height, args.width, args.negative_prompt, args.frames, args.fps)
         candidate = replace(base, model=args.candidate or args.base, lora=args.candidate_lora)
         results = evaluate(records, args.out, base, candidate, rewards, detector, colors, source=args.prompts,
                            batch_size=args.gen_batch_size, reward_batch_size=args.batch_size, device=device,
                            progress=not args.no_progress, regenerate=args.regenerate)
-    except (PromptSourceError, MetadataError, GenerationMismatchError, RewardLoadError, ScoreInputError, ValueError) as err:
+    except (PromptSourceError, MetadataError, GenerationMismatchError, RewardLoadError, ScoreInputError, ValueError,
+            DiffalignError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
     for label, r in results["rewards"].items():

@@ -4,7 +4,7 @@ Layout (GenEval ``generation/diffusers_generate.py``, so its official evaluator 
 
     <outdir>/generation.json              settings: checkpoint, seeds, steps, guidance, resolution
     <outdir>/<index:05d>/metadata.jsonl   the prompt's record (a GenEval record, or {"prompt": ...})
-    <outdir>/<index:05d>/samples/<k:04d>.png
+    <outdir>/<index:05d>/samples/<k:04d>.png   (a text-to-video model's: <k:04d>.mp4)
 
 Image ``k`` of prompt ``index`` is drawn from its own CPU generator seeded ``seed + index·samples + k``,
 so it does not depend on batching, device or which images were already there, and every checkpoint
@@ -42,6 +42,10 @@ class GenerationSettings:
     height: int | None = None
     width: int | None = None
     negative_prompt: str | None = None
+    frames: int | None = None
+    """Text-to-video models (Wan): frames per clip; ``None`` for image models."""
+    fps: int = 16
+    """Frame rate of the saved clips."""
 
 
 def image_seed(settings: GenerationSettings, index: int, sample: int) -> int:
@@ -49,8 +53,29 @@ def image_seed(settings: GenerationSettings, index: int, sample: int) -> int:
     return settings.seed + index * settings.samples + sample
 
 
-def sample_path(outdir: Path, index: int, sample: int) -> Path:
-    return Path(outdir) / f"{index:05d}" / "samples" / f"{sample:04d}.png"
+def sample_path(outdir: Path, index: int, sample: int, video: bool = False) -> Path:
+    """Where sample ``sample`` of prompt ``index`` lives: a PNG, or an MP4 clip for ``video``."""
+    return Path(outdir) / f"{index:05d}" / "samples" / f"{sample:04d}{'.mp4' if video else '.png'}"
+
+
+def check_media(settings: GenerationSettings) -> None:
+    """Refuse ``frames`` for an image model, no ``frames`` for a video model, and a frame count its
+    VAE cannot take, from the model's config files alone (before anything is written or loaded).
+    A pipeline no diffalign family knows is taken as an image model."""
+    from diffalign.families import FAMILIES, FamilyError, detect_family
+    from diffalign.families.wan import frames_problem
+
+    try:
+        media = FAMILIES[detect_family(settings.model).family].media
+    except FamilyError:
+        media = "image"
+    if media == "video" and settings.frames is None:
+        raise FamilyError(f"{settings.model} makes videos: give the number of frames (--frames, e.g. 81 for Wan 2.1)")
+    if media == "image" and settings.frames is not None:
+        raise FamilyError(f"--frames {settings.frames} was given, but {settings.model} makes images")
+    why = settings.frames is not None and frames_problem(settings.frames)
+    if why:
+        raise FamilyError(why)
 
 
 def load_pipeline(model: str, lora: str | None = None, device: str = "cpu", dtype=None):
@@ -58,7 +83,7 @@ def load_pipeline(model: str, lora: str | None = None, device: str = "cpu", dtyp
     import torch
     from diffusers import DiffusionPipeline
 
-    pipe = DiffusionPipeline.from_pretrained(model, torch_dtype=dtype or torch.float32)
+    pipe = DiffusionPipeline.from_pretrained(model, dtype=dtype or torch.float32)
     if lora:
         pipe.load_lora_weights(lora)
     pipe.set_progress_bar_config(disable=True)
@@ -109,6 +134,9 @@ def generate_images(records: list[dict], outdir: str | Path, settings: Generatio
     import torch
     from tqdm.auto import tqdm
 
+    from diffalign.families.pipelines import generate
+
+    check_media(settings)
     outdir = Path(outdir)
     record_file = outdir / "generation.json"
     wanted = generation_record(settings, len(records))
@@ -122,6 +150,7 @@ def generate_images(records: list[dict], outdir: str | Path, settings: Generatio
             shutil.rmtree(outdir)
     outdir.mkdir(parents=True, exist_ok=True)
     record_file.write_text(json.dumps(wanted, indent=2))
+    video = settings.frames is not None
     todo = []
     for index, record in enumerate(records):
         folder = outdir / f"{index:05d}"
@@ -130,23 +159,35 @@ def generate_images(records: list[dict], outdir: str | Path, settings: Generatio
         if meta.is_file() and json.loads(meta.read_text()) != record:
             raise GenerationMismatchError(f"{meta} holds another prompt than {record['prompt']!r}")
         meta.write_text(json.dumps(record))
-        todo += [(index, k) for k in range(settings.samples) if not sample_path(outdir, index, k).is_file()]
+        todo += [(index, k) for k in range(settings.samples) if not sample_path(outdir, index, k, video).is_file()]
     if not todo:
         return outdir
     pipe = pipe or load_pipeline(settings.model, settings.lora, device)
     options = {"num_inference_steps": settings.steps, "guidance_scale": settings.guidance}
     options.update({k: v for k, v in (("height", settings.height), ("width", settings.width)) if v})
-    bar = tqdm(total=len(todo), desc=f"generating ({Path(settings.model).name})", unit="image", disable=not progress)
+    bar = tqdm(total=len(todo), desc=f"generating ({Path(settings.model).name})", unit="video" if video else "image",
+               disable=not progress)
     for start in range(0, len(todo), batch_size):
         chunk = todo[start : start + batch_size]
         prompts = [records[i]["prompt"] for i, _ in chunk]
         generators = [torch.Generator().manual_seed(image_seed(settings, i, k)) for i, k in chunk]
         negative = [settings.negative_prompt] * len(chunk) if settings.negative_prompt else None
-        images = pipe(prompts, negative_prompt=negative, generator=generators, **options).images
-        for (index, k), image in zip(chunk, images):
-            path = sample_path(outdir, index, k)
-            image.save(path.with_suffix(".tmp.png"))
-            path.with_suffix(".tmp.png").replace(path)  # a half-written image is never taken as done
+        samples = generate(pipe, prompts, generators, frames=settings.frames, negative_prompt=negative, **options)
+        for (index, k), sample in zip(chunk, samples):
+            _save_sample(sample, sample_path(outdir, index, k, video), settings.fps)
         bar.update(len(chunk))
     bar.close()
     return outdir
+
+
+def _save_sample(sample, path: Path, fps: int) -> None:
+    """Write a PIL image as PNG or a video (uint8 ``[F, 3, H, W]``) as MP4, through a temporary name
+    renamed into place, so a half-written file is never taken as done."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    if hasattr(sample, "save"):
+        sample.save(tmp, format="PNG")
+    else:
+        from diffalign.data.videos import encode_video
+
+        tmp.write_bytes(encode_video(sample, fps=fps))
+    tmp.replace(path)

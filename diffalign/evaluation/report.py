@@ -1,7 +1,9 @@
-"""``report.html``: one self-contained page (inline CSS, images as base64 PNG data URIs).
+"""``report.html``: one self-contained page (inline CSS, images as base64 PNG data URIs; videos
+as animated WebP data URIs, which every current browser plays without a video element).
 
 Sections: a table of metrics with their 95 % intervals, per-tag GenEval bars for each checkpoint,
-and base-vs-candidate image grids for the prompts with the largest and smallest score delta.
+and base-vs-candidate grids for the prompts with the largest and smallest score delta, each
+captioned with that prompt's mean reward for both checkpoints.
 """
 
 from __future__ import annotations
@@ -33,6 +35,33 @@ def _data_uri(path: Path, size: int = 128) -> str:
     buf = io.BytesIO()
     image.save(buf, "PNG")
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def _animation_uri(path: Path, size: int = 128, fps: int = 8) -> str:
+    """An MP4 clip as a looping animated WebP data URI, each frame thumbnailed to ``size``."""
+    import torch
+    import torch.nn.functional as F
+
+    from diffalign.data.videos import encode_animation, read_frames
+
+    frames = read_frames(path).float() / 255  # [F, 3, H, W]
+    scale = min(1.0, size / max(frames.shape[-2:]))
+    if scale < 1:
+        frames = F.interpolate(frames, scale_factor=scale, mode="bilinear", antialias=True, align_corners=False)
+    frames = (frames.clamp(0, 1) * 255).round().to(torch.uint8)
+    return "data:image/webp;base64," + base64.b64encode(encode_animation(frames, fps=fps, format="webp")).decode("ascii")
+
+
+def _preview(path: Path, video: bool) -> str:
+    return _animation_uri(path) if video else _data_uri(path)
+
+
+def _reward_line(results: dict, index: int) -> str:
+    """``label: base → candidate`` for every reward at prompt ``index`` (means over its samples)."""
+    parts = []
+    for label, arms in results.get("per_prompt", {}).items():
+        parts.append(f"{html.escape(label)}: {arms['base'][index]:.4g} → {arms['candidate'][index]:.4g}")
+    return "; ".join(parts)
 
 
 def _interval(d: dict, digits: int = 4) -> str:
@@ -78,17 +107,21 @@ def _grids(results: dict, base_dir: Path, candidate_dir: Path, per_side: int) ->
         return ""
     order = sorted(range(len(deltas["delta"])), key=lambda i: deltas["delta"][i])
     worst, best = order[:per_side], order[::-1][:per_side]
-    parts = [f"<h2>Images: base (left) vs candidate (right), by {html.escape(deltas['reward'])} delta</h2>"]
+    video = results["generation"].get("frames") is not None
+    what = "Videos (animated)" if video else "Images"
+    parts = [f"<h2>{what}: base (left) vs candidate (right), by {html.escape(deltas['reward'])} delta</h2>"]
     for title, picks in (("best", best), ("worst", worst)):
         parts.append(f"<h3>{title}</h3>")
         for i in picks:
-            base_imgs = "".join(f"<img alt='base {i}/{k}' src='{_data_uri(sample_path(base_dir, i, k))}'>"
-                                for k in range(results["generation"]["samples"]))
-            cand_imgs = "".join(f"<img alt='candidate {i}/{k}' src='{_data_uri(sample_path(candidate_dir, i, k))}'>"
-                                for k in range(results["generation"]["samples"]))
-            parts.append(f"<figure><div class='pair'><div>{base_imgs}</div><div>{cand_imgs}</div></div>"
+            arms = []
+            for arm, folder in (("base", base_dir), ("candidate", candidate_dir)):
+                arms.append("".join(f"<img class='{arm}' alt='{arm} {i}/{k}' "
+                                    f"src='{_preview(sample_path(folder, i, k, video), video)}'>"
+                                    for k in range(results["generation"]["samples"])))
+            rewards = _reward_line(results, i)
+            parts.append(f"<figure><div class='pair'><div>{arms[0]}</div><div>{arms[1]}</div></div>"
                          f"<figcaption>#{i} {html.escape(deltas['prompts'][i])} (delta {deltas['delta'][i]:+.4f})"
-                         "</figcaption></figure>")
+                         f"{'<br>' + rewards if rewards else ''}</figcaption></figure>")
     return "\n".join(parts)
 
 
@@ -97,6 +130,8 @@ def write_report(results: dict, path: str | Path, base_dir: Path, candidate_dir:
     g = results["generation"]
     settings = (f"{g['samples']} samples per prompt, seed {g['seed']}, {g['steps']} steps, guidance {g['guidance']}, "
                 f"resolution {g['height'] or 'default'}×{g['width'] or 'default'}")
+    if g.get("frames") is not None:
+        settings += f", {g['frames']} frames at {g.get('fps', 16)} fps"
     body = [f"<h1>diffalign evaluation</h1><p>base: <code>{html.escape(results['base']['label'])}</code><br>"
             f"candidate: <code>{html.escape(results['candidate']['label'])}</code><br>{html.escape(settings)}; "
             f"prompts: {html.escape(results['prompts']['source'])} ({results['prompts']['count']})</p>",

@@ -63,9 +63,13 @@ def test_generation_seeds_layout_and_resume(tiny_path, tmp_path):
     assert sorted(p.name for p in (out / "00000" / "samples").iterdir()) == ["0000.png", "0001.png"]
     first = [Image.open(sample_path(out, i, k)).tobytes() for i in range(2) for k in range(2)]
     assert len(set(first)) == 4  # each image its own seed
-    # Batch size does not change an image: seeds are per image, on CPU generators.
+    # Batch size does not change an image: seeds are per image, on CPU generators. (To one level of
+    # 255 in a few pixels: torch 2.14's CPU kernels round a batch of 3 and of 1 differently.)
     other = generate_images(records, tmp_path / "b", settings, pipe=pipe, batch_size=1, progress=False)
-    assert [Image.open(sample_path(other, i, k)).tobytes() for i in range(2) for k in range(2)] == first
+    for (i, k), pixels in zip([(i, k) for i in range(2) for k in range(2)], first):
+        again = torch.frombuffer(bytearray(Image.open(sample_path(other, i, k)).tobytes()), dtype=torch.uint8)
+        differ = (again.int() - torch.frombuffer(bytearray(pixels), dtype=torch.uint8).int()).abs()
+        assert differ.max() <= 1 and (differ > 0).float().mean() < 0.01
     # Resume: a missing image is regenerated identically, existing ones are not touched.
     sample_path(out, 1, 0).unlink()
     stamp = sample_path(out, 0, 0).stat().st_mtime_ns
@@ -73,9 +77,9 @@ def test_generation_seeds_layout_and_resume(tiny_path, tmp_path):
     class Exploding:
         calls = 0
 
-        def __call__(self, prompts, **kwargs):
+        def __call__(self, *args, **kwargs):
             Exploding.calls += 1
-            return pipe(prompts, **kwargs)
+            return pipe(*args, **kwargs)
 
     generate_images(records, out, settings, pipe=Exploding(), progress=False)
     assert Exploding.calls == 1 and sample_path(out, 0, 0).stat().st_mtime_ns == stamp
@@ -163,7 +167,7 @@ def test_evaluate_end_to_end(evaluated, capsys):
         assert g[arm]["tags"] == pytest.approx(TAG_MEANS)
         assert g[arm]["overall"] == pytest.approx(sum(TAG_MEANS.values()) / 6)
     assert results["generation"] == {"samples": 2, "seed": 42, "steps": 2, "guidance": 3.0, "height": 32, "width": 32,
-                                     "negative_prompt": None}
+                                     "negative_prompt": None, "frames": None, "fps": 16}
     for arm in ("base", "candidate"):
         assert sample_path(out / arm, 7, 1).is_file()
         assert json.loads((out / arm / "00003" / "metadata.jsonl").read_text()) == RECORDS[3]
