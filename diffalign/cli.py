@@ -62,14 +62,16 @@ _MODULE_COMMANDS = {
         "neither. Resumable; split across processes under `accelerate launch`.",
     ),
     "score": (
-        "diffalign.rewards.cli", "score images with reward models",
-        "Score a folder of images, or every image of a preference dataset, with reward models (PickScore, "
-        "HPSv2/v2.1, ImageReward, CLIP score, aesthetic) and write a Parquet or JSON file of scores, or, with "
+        "diffalign.rewards.cli", "score images or videos with reward models",
+        "Score a folder of images or videos, or every item of a preference dataset, with reward models (PickScore, "
+        "HPSv2/v2.1, ImageReward, CLIP score, aesthetic; videos: averaged over --frames, or temporal_consistency) "
+        "and write a Parquet or JSON file of scores, or, with "
         "--into OUT, a copy of a preference dataset with its scores column filled (SmPO's labels).",
     ),
     "evaluate": (
         "diffalign.evaluation.evaluate", "evaluate checkpoints: GenEval, rewards, win-rate, HTML report",
-        "Generate images of a prompt set with a base and a candidate checkpoint on identical seeds (GenEval's "
+        "Generate images (or, with --frames, videos) of a prompt set with a base and a candidate checkpoint on "
+        "identical seeds (GenEval's "
         "folder layout, resumable), score them with reward models and GenEval, and write results.json and a "
         "self-contained report.html.",
     ),

@@ -122,30 +122,24 @@ def tiny_clip_text_encoder(hidden: int = 32, projection: int | None = None, seed
     return cls(config).eval()
 
 
-def tiny_t5_encoder(d_model: int = 32, seed: int = 0):
-    """A 1-layer T5 encoder whose width matches the SD3 transformer's ``joint_attention_dim``."""
-    from transformers import T5Config, T5EncoderModel
+def tiny_t5_encoder(d_model: int = 32, seed: int = 0, umt5: bool = False):
+    """A 1-layer T5 encoder whose width matches the SD3 transformer's ``joint_attention_dim``
+    (``umt5``: the UMT5 class Wan uses, same configuration)."""
+    from transformers import T5Config, T5EncoderModel, UMT5Config, UMT5EncoderModel
 
-    config = T5Config(
+    config_cls, model_cls = (UMT5Config, UMT5EncoderModel) if umt5 else (T5Config, T5EncoderModel)
+    config = config_cls(
         vocab_size=len(tiny_t5_tokenizer()), d_model=d_model, d_kv=8, d_ff=2 * d_model,
         num_layers=1, num_heads=4, relative_attention_num_buckets=8, pad_token_id=0, eos_token_id=1,
         decoder_start_token_id=0,
     )
     _seeded(seed)
-    return T5EncoderModel(config).eval()
+    return model_cls(config).eval()
 
 
 def tiny_umt5_encoder(d_model: int = 32, seed: int = 0):
     """A 1-layer UMT5 encoder (Wan's text encoder class) over the tiny T5 vocabulary."""
-    from transformers import UMT5Config, UMT5EncoderModel
-
-    config = UMT5Config(
-        vocab_size=len(tiny_t5_tokenizer()), d_model=d_model, d_kv=8, d_ff=2 * d_model,
-        num_layers=1, num_heads=4, relative_attention_num_buckets=8, pad_token_id=0, eos_token_id=1,
-        decoder_start_token_id=0,
-    )
-    _seeded(seed)
-    return UMT5EncoderModel(config).eval()
+    return tiny_t5_encoder(d_model, seed, umt5=True)
 
 
 def tiny_vae(latent_channels: int = 4, shift_factor: float | None = None, seed: int = 0):

@@ -21,11 +21,11 @@ import json
 from pathlib import Path
 from typing import Sequence
 
-from tqdm.auto import tqdm
 
 from diffalign.data.images import image_bytes, is_readable
 from diffalign.data.sources import KINDS, SourceError, iter_rows
-from diffalign.data.writer import BuildError, ShardWriter, add_writer_arguments
+from diffalign.data.human_pairs import Media, write_pairs
+from diffalign.data.writer import ShardWriter, add_writer_arguments
 
 BUILDER = "pick-a-pic"
 SOURCE_NAME = "pick-a-pic-v2"
@@ -76,9 +76,6 @@ def convert(raw: dict, index: int, keep_ties: bool = False) -> tuple[dict | None
     return row, None
 
 
-def _prompt_key(prompt: str) -> str:
-    return " ".join(prompt.split()).casefold()
-
 
 def build_pick_a_pic(
     sources: Sequence[str],
@@ -118,33 +115,17 @@ def build_pick_a_pic(
     writer = ShardWriter(out, builder=BUILDER, options=options, shard_size=shard_size, overwrite=overwrite)
     if writer.complete:
         return writer.finish()
-    seen = {_prompt_key(p) for p in writer.committed_column("prompt")} if dedup_prompts else set()
     rows = iter_rows(sources, kind, start=writer.position, split=split, columns=READ_COLUMNS)
-    with tqdm(initial=writer.position, unit=" rows", desc="pick-a-pic", disable=not progress) as bar:
-        for index, raw in enumerate(rows, start=writer.position):
-            if limit is not None and writer.kept >= limit:
-                break
-            row, reason = convert(raw, index, keep_ties)
-            if row is not None and dedup_prompts and _prompt_key(row["prompt"]) in seen:
-                row, reason = None, "duplicate_prompt"
-            if row is not None and not all(is_readable(img["bytes"]) for img in row["images"]):
-                if strict:
-                    raise BuildError(f"row {index} ({raw.get('_source_file')}): an image cannot be decoded (strict mode)")
-                row, reason = None, "corrupt_image"
-            if row is None:
-                writer.drop(reason)
-            else:
-                writer.add(row)
-                seen.add(_prompt_key(row["prompt"]))
-                if json.loads(row["meta"])["tie"]:
-                    writer.counts["ties_kept"] = writer.counts.get("ties_kept", 0) + 1
-            writer.advance(index + 1)
-            bar.update(1)
-            bar.set_postfix(kept=writer.kept, refresh=False)
+    stopped = write_pairs(writer, rows, lambda raw, index: convert(raw, index, keep_ties), _IMAGES,
+                          dedup_prompts=dedup_prompts, limit=limit, strict=strict, progress=progress, desc="pick-a-pic")
     return writer.finish({
         "group_size": 2, "reward_models": [],
-        "stopped_at_limit": limit is not None and writer.kept >= limit,
+        "stopped_at_limit": stopped,
     })
+
+
+_IMAGES = Media(is_readable, "corrupt_image", lambda row, index, raw: (
+    f"row {index} ({raw.get('_source_file')}): an image cannot be decoded (strict mode)"))
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

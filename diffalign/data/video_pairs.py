@@ -34,11 +34,11 @@ import json
 from pathlib import Path
 from typing import Iterator, Sequence
 
-from tqdm.auto import tqdm
 
 from diffalign.data.sources import SourceError, detect_kind, expand_files, iter_rows
 from diffalign.data.videos import is_readable_video
-from diffalign.data.writer import BuildError, ShardWriter, add_writer_arguments
+from diffalign.data.human_pairs import Media, write_pairs
+from diffalign.data.writer import ShardWriter, add_writer_arguments
 
 BUILDER = "video-pairs"
 SOURCE_NAME = "video-pairs"
@@ -160,9 +160,6 @@ def _meta(raw: dict, labels, order, tie: bool, paths: list) -> dict:
         meta["video_paths"] = paths  # where the stored bytes were read from, best first
     return meta
 
-
-def _prompt_key(prompt: str) -> str:
-    return " ".join(prompt.split()).casefold()
 
 
 # ----------------------------------------------------------------------------------- sources
@@ -297,32 +294,13 @@ def build_video_pairs(
     writer = ShardWriter(out, builder=BUILDER, options=options, shard_size=shard_size, overwrite=overwrite)
     if writer.complete:
         return writer.finish()
-    seen = {_prompt_key(p) for p in writer.committed_column("prompt")} if dedup_prompts else set()
     rows = iter_source(sources, kind, start=writer.position, split=split)
-    with tqdm(initial=writer.position, unit=" rows", desc="video-pairs", disable=not progress) as bar:
-        for index, raw in enumerate(rows, start=writer.position):
-            if limit is not None and writer.kept >= limit:
-                break
-            row, reason = convert(raw, index, keep_ties)
-            if row is not None and dedup_prompts and _prompt_key(row["prompt"]) in seen:
-                row, reason = None, "duplicate_prompt"
-            if row is not None and not all(is_readable_video(video["bytes"]) for video in row["images"]):
-                if strict:
-                    raise BuildError(_unreadable_message(row, index, raw))
-                row, reason = None, "unreadable_video"
-            if row is None:
-                writer.drop(reason)
-            else:
-                writer.add(row)
-                seen.add(_prompt_key(row["prompt"]))
-                if json.loads(row["meta"])["tie"]:
-                    writer.counts["ties_kept"] = writer.counts.get("ties_kept", 0) + 1
-            writer.advance(index + 1)
-            bar.update(1)
-            bar.set_postfix(kept=writer.kept, refresh=False)
+    stopped = write_pairs(writer, rows, lambda raw, index: convert(raw, index, keep_ties),
+                          Media(is_readable_video, "unreadable_video", _unreadable_message),
+                          dedup_prompts=dedup_prompts, limit=limit, strict=strict, progress=progress, desc="video-pairs")
     return writer.finish({
         "group_size": 2, "media": "video", "reward_models": [],
-        "stopped_at_limit": limit is not None and writer.kept >= limit,
+        "stopped_at_limit": stopped,
     })
 
 
