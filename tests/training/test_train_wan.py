@@ -122,3 +122,22 @@ def test_unreadable_clips_are_skipped_and_counted(tiny_path, tmp_path):
     out = _train(tiny_path, data, tmp_path / "run", "diffusion_dpo", "data.cache=false", "max_steps=2")
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert rows[-1]["skipped_groups"] == 1  # 2 steps of 2 groups see each of the 4 groups once
+
+
+@pytest.mark.slow
+def test_two_processes_train_video_pairs_as_one(tiny_path, video_pairs, tmp_path):
+    """Two CPU processes (gloo), one clip pair each, give the run of one process with both."""
+    import shutil
+    import subprocess
+
+    common = ["--config", str(CONFIGS / "diffusion_dpo.yaml"), f"model.path={tiny_path('wan')}",
+              f"data.path={video_pairs}", "data.cache=false", "lora=null", "max_steps=2"]
+    assert main(["train", *common, f"output_dir={tmp_path / 'one'}", "batch_size=2"]) == 0
+    subprocess.run([shutil.which("accelerate"), "launch", "--multi_gpu", "--num_processes", "2", "-m", "diffalign",
+                    "train", *common, f"output_dir={tmp_path / 'two'}", "batch_size=1"], check=True, timeout=600,
+                   capture_output=True)
+    one, two = _losses(tmp_path / "one"), _losses(tmp_path / "two")
+    assert len(two) == 2 and two == pytest.approx(one, abs=2e-4)
+    wa = load_file(str(next((tmp_path / "one" / "final" / "transformer").glob("*.safetensors"))))
+    wb = load_file(str(next((tmp_path / "two" / "final" / "transformer").glob("*.safetensors"))))
+    assert max((wa[k] - wb[k]).abs().max().item() for k in wa) < 5e-4
