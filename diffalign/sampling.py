@@ -210,14 +210,16 @@ def sample(
 
 
 def initial_noise(family, batch: int, group_size: int, size: int | tuple[int, int], generator=None,
-                  device=None) -> Tensor:
-    """``[B, K, C, h, w]`` N(0, I) start latents for images of ``size`` pixels (a side, or ``(H, W)``)."""
+                  device=None, frames: int | None = None) -> Tensor:
+    """``[B, K, C, h, w]`` N(0, I) start latents for images of ``size`` pixels (a side, or ``(H, W)``);
+    with ``frames`` (a video family's clips), ``[B, K, C, f, h, w]``."""
     from diffusers.utils.torch_utils import randn_tensor
 
     height, width = (size, size) if isinstance(size, int) else size
     f = family.vae_scale_factor
     channels = family.denoiser.config.in_channels
-    return randn_tensor((batch, group_size, channels, height // f, width // f), generator=generator,
+    time = () if frames is None else (family.latent_frames(frames),)
+    return randn_tensor((batch, group_size, channels, *time, height // f, width // f), generator=generator,
                         device=device or family.device, dtype=torch.float32)
 
 

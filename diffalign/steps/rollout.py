@@ -85,20 +85,25 @@ class RolloutStep(PreferenceStep):
         """``[B, images_per_prompt, C, h, w]`` N(0, I) start latents, one draw per group's generator."""
         from diffalign.sampling import initial_noise
 
+        # A video family's rollouts are clips as long as the batch's (rollout steps train uncached).
+        frames = batch["pixels"].shape[-3] if self.family.media == "video" else None
         return initial_noise(self.family, len(batch["prompts"]), images_per_prompt, self.image_size(batch),
-                             generator=generator)
+                             generator=generator, frames=frames)
 
     def keep_images(self, latents: Tensor) -> None:
         """Keep up to :data:`GRID_IMAGES` latents ``[N, *latent]`` of this rollout for its grid."""
         self._last_latents = latents[:GRID_IMAGES].detach()
 
     def rollout_images(self) -> Tensor | None:
-        """The last rollout's kept latents decoded, ``[n, 3, H, W]`` in [0, 1] on the CPU (``None``
+        """The last rollout's kept latents decoded, ``[n, 3, H, W]`` in [0, 1] on the CPU (a clip's
+        first frame for a video family; ``None``
         before the first rollout or without a VAE). Decoded only when asked: the trainer asks at
         the validation interval."""
         if self._last_latents is None or getattr(self.family.pipe, "vae", None) is None:
             return None
         pixels = self.family.decode(self._last_latents)
+        if self.family.media == "video":
+            pixels = pixels[:, :, 0]  # [n, 3, F, H, W]: each clip's first frame in the grid
         return (pixels.float() / 2 + 0.5).clamp(0, 1).cpu()
 
 

@@ -49,6 +49,41 @@ def test_three_steps_on_video_pairs(objective, mode, tiny_path, video_pairs, tmp
         assert trained.keys() == base.keys() and any(not torch.equal(trained[k], base[k]) for k in base)
 
 
+@pytest.mark.parametrize("objective", ["inpo", "smpo"])
+def test_the_inversion_objectives_train_on_video_pairs(objective, tiny_path, video_pairs, tmp_path):
+    """Inversion is rank-generic: InPO and SmPO invert clip latents as they do image latents."""
+    config = CONFIGS.parent / f"{objective}.yaml"  # the image tiny config, pointed at clips
+    out = tmp_path / "run"
+    assert main(["train", "--config", str(config), f"model.path={tiny_path('wan')}", f"data.path={video_pairs}",
+                 "data.frames=5", "data.cache=false", f"output_dir={out}"]) == 0
+    losses = _losses(out)
+    assert len(losses) == 3 and all(torch.isfinite(torch.tensor(losses)))
+    lora = load_file(str(out / "lora" / "pytorch_lora_weights.safetensors"))
+    assert any(("lora_B" in k or "lora.up" in k) and v.abs().max() > 0 for k, v in lora.items())
+
+
+def test_diffusion_dro_rolls_out_clips(tiny_path, video_pairs, tmp_path):
+    """Diffusion-DRO's rollouts are clips as long as the data's; its grid shows their first frames."""
+    from diffalign.data import PreferenceDataset
+    from diffalign.data.writer import ShardWriter
+
+    writer = ShardWriter(tmp_path / "experts", builder="test", options={}, overwrite=True)
+    for i, row in enumerate(PreferenceDataset.open(video_pairs)):  # the preferred clip of each pair, K = 1
+        writer.add({**row, "images": row["images"][:1], "scores": None, "ranks": None})
+        writer.advance(i + 1)
+    writer.finish({"group_size": 1, "media": "video"})
+    out = tmp_path / "run"
+    assert main(["train", "--config", str(CONFIGS.parent / "diffusion_dro.yaml"), f"model.path={tiny_path('wan')}",
+                 f"data.path={tmp_path / 'experts'}", "data.frames=5", "validation.every=3", f"output_dir={out}"]) == 0
+    assert len(_losses(out)) == 3 and (out / "validation" / "rollouts-step-0000003.png").stat().st_size > 100
+
+
+def test_spo_is_refused_for_wan(tiny_path, video_pairs, tmp_path, capsys):
+    assert main(["train", "--config", str(CONFIGS.parent / "spo.yaml"), f"model.path={tiny_path('wan')}",
+                 f"data.path={video_pairs}", "data.frames=5", f"output_dir={tmp_path / 'run'}"]) == 1
+    assert "spo does not support the wan family" in capsys.readouterr().err
+
+
 def test_saved_lora_loads_into_the_wan_pipeline(tiny_path, video_pairs, tmp_path):
     """diffusers' ``WanPipeline.load_lora_weights`` reads the LoRA (alpha/rank kept) and its videos change."""
     from diffusers import WanPipeline
