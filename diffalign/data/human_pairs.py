@@ -10,7 +10,7 @@ from typing import Callable, Iterable
 
 from tqdm.auto import tqdm
 
-from diffalign.data.writer import BuildError, ShardWriter
+from diffalign.data.writer import BuildError, ShardWriter, add_writer_arguments
 
 
 def prompt_key(prompt: str) -> str:
@@ -56,3 +56,18 @@ def write_pairs(writer: ShardWriter, rows: Iterable[dict], convert: Callable[[di
             bar.update(1)
             bar.set_postfix(kept=writer.kept, refresh=False)
     return limit is not None and writer.kept >= limit
+
+
+def add_pair_arguments(parser, kinds: tuple[str, ...], media: str) -> None:
+    """The options both pair builders take after their ``sources``: ``--out``, ``--kind``, ``--split``,
+    ``--keep-ties``, ``--dedup-prompts``, ``--limit``, ``--strict`` and the writer's; ``media`` names
+    what ``--strict`` is about ("image" or "video")."""
+    parser.add_argument("--out", required=True, help="dataset folder to write (resumes if it holds an interrupted build)")
+    parser.add_argument("--kind", choices=kinds, default="auto", help="source kind (default: from the file names)")
+    parser.add_argument("--split", default="train", help="split of a hub dataset (default: train)")
+    parser.add_argument("--keep-ties", action="store_true",
+                        help="keep 0.5/0.5 rows as tied groups (ranks [0, 0]) instead of dropping them")
+    parser.add_argument("--dedup-prompts", action="store_true", help="keep only the first row of each prompt")
+    parser.add_argument("--limit", type=int, default=None, help="stop after this many kept rows")
+    parser.add_argument("--strict", action="store_true", help=f"stop at the first unreadable {media} instead of dropping its row")
+    add_writer_arguments(parser)

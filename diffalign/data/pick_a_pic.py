@@ -24,8 +24,8 @@ from typing import Sequence
 
 from diffalign.data.images import image_bytes, is_readable
 from diffalign.data.sources import KINDS, SourceError, iter_rows
-from diffalign.data.human_pairs import Media, write_pairs
-from diffalign.data.writer import ShardWriter, add_writer_arguments
+from diffalign.data.human_pairs import Media, add_pair_arguments, write_pairs
+from diffalign.data.writer import ShardWriter
 
 BUILDER = "pick-a-pic"
 SOURCE_NAME = "pick-a-pic-v2"
@@ -74,7 +74,6 @@ def convert(raw: dict, index: int, keep_ties: bool = False) -> tuple[dict | None
         "meta": json.dumps(meta, default=str),
     }
     return row, None
-
 
 
 def build_pick_a_pic(
@@ -133,14 +132,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     ``datasets_builders/pick_a_pic.py``)."""
     parser.add_argument("sources", nargs="+", help="Pick-a-Pic v2 Parquet files or folders, WebDataset .tar shards, "
                         "glob patterns, or one hub dataset id (a re-upload; the original is gone)")
-    parser.add_argument("--out", required=True, help="dataset folder to write (resumes if it holds an interrupted build)")
-    parser.add_argument("--kind", choices=KINDS, default="auto", help="source kind (default: from the file names)")
-    parser.add_argument("--split", default="train", help="split of a hub dataset (default: train)")
-    parser.add_argument("--keep-ties", action="store_true", help="keep 0.5/0.5 rows as tied groups (ranks [0, 0]) instead of dropping them")
-    parser.add_argument("--dedup-prompts", action="store_true", help="keep only the first row of each prompt")
-    parser.add_argument("--limit", type=int, default=None, help="stop after this many kept rows")
-    parser.add_argument("--strict", action="store_true", help="stop at the first unreadable image instead of dropping its row")
-    add_writer_arguments(parser)
+    add_pair_arguments(parser, KINDS, "image")
 
 
 def run(args: argparse.Namespace) -> int:

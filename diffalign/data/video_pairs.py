@@ -37,8 +37,8 @@ from typing import Iterator, Sequence
 
 from diffalign.data.sources import SourceError, detect_kind, expand_files, iter_rows
 from diffalign.data.videos import is_readable_video
-from diffalign.data.human_pairs import Media, write_pairs
-from diffalign.data.writer import ShardWriter, add_writer_arguments
+from diffalign.data.human_pairs import Media, add_pair_arguments, write_pairs
+from diffalign.data.writer import ShardWriter
 
 BUILDER = "video-pairs"
 SOURCE_NAME = "video-pairs"
@@ -159,7 +159,6 @@ def _meta(raw: dict, labels, order, tie: bool, paths: list) -> dict:
     if any(paths):
         meta["video_paths"] = paths  # where the stored bytes were read from, best first
     return meta
-
 
 
 # ----------------------------------------------------------------------------------- sources
@@ -319,14 +318,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("sources", nargs="+", help="Parquet, .jsonl or .csv files or folders, WebDataset .tar shards, "
                         "glob patterns, or one hub dataset id; columns caption (or prompt), video_0, video_1, "
                         "label_0, label_1")
-    parser.add_argument("--out", required=True, help="dataset folder to write (resumes if it holds an interrupted build)")
-    parser.add_argument("--kind", choices=KINDS, default="auto", help="source kind (default: from the file names)")
-    parser.add_argument("--split", default="train", help="split of a hub dataset (default: train)")
-    parser.add_argument("--keep-ties", action="store_true", help="keep tied rows as groups (ranks [0, 0]) instead of dropping them")
-    parser.add_argument("--dedup-prompts", action="store_true", help="keep only the first row of each prompt")
-    parser.add_argument("--limit", type=int, default=None, help="stop after this many kept rows")
-    parser.add_argument("--strict", action="store_true", help="stop at the first unreadable video instead of dropping its row")
-    add_writer_arguments(parser)
+    add_pair_arguments(parser, KINDS, "video")
 
 
 def run(args: argparse.Namespace) -> int:

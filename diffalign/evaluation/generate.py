@@ -63,17 +63,17 @@ def check_media(settings: GenerationSettings) -> None:
     VAE cannot take, from the model's config files alone (before anything is written or loaded).
     A pipeline no diffalign family knows is taken as an image model."""
     from diffalign.families import FAMILIES, FamilyError, detect_family
-    from diffalign.families.wan import frames_problem
 
     try:
-        media = FAMILIES[detect_family(settings.model).family].media
+        family = FAMILIES[detect_family(settings.model).family]
     except FamilyError:
-        media = "image"
+        family = None  # a pipeline no family knows: taken as an image model
+    media = family.media if family is not None else "image"
     if media == "video" and settings.frames is None:
         raise FamilyError(f"{settings.model} makes videos: give the number of frames (--frames, e.g. 81 for Wan 2.1)")
     if media == "image" and settings.frames is not None:
         raise FamilyError(f"--frames {settings.frames} was given, but {settings.model} makes images")
-    why = settings.frames is not None and frames_problem(settings.frames)
+    why = media == "video" and family.clip_problem(settings.frames)
     if why:
         raise FamilyError(why)
 

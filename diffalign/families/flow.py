@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from torch import Tensor
 
+from diffalign.families.base import input_dtype
 from diffalign.families.noise import per_group
 
 
@@ -63,6 +64,17 @@ class FlowMatching:
 
     def _target_flat(self, x0: Tensor, noise: Tensor, t: Tensor) -> Tensor:
         return noise - x0
+
+    def _predict_flat(self, model, noisy: Tensor, t: Tensor, cond) -> Tensor:
+        # Flow transformers take the timestep as σ·N, with the text as encoder_hidden_states.
+        dtype = input_dtype(model, self.denoiser)
+        return model(hidden_states=noisy.to(dtype), timestep=t * self.num_train_timesteps,
+                     encoder_hidden_states=cond.prompt_embeds.to(dtype), **self._extra_inputs(cond, dtype),
+                     return_dict=False)[0]
+
+    def _extra_inputs(self, cond, dtype) -> dict:
+        """What the family's transformer takes besides the text tokens (SD3: the pooled text)."""
+        return {}
 
     def loss_weight(self, t: Tensor) -> Tensor:
         from diffusers.training_utils import compute_loss_weighting_for_sd3

@@ -28,6 +28,12 @@ class LatentOperations:
     pixel_ndim = 3
     """Dimensions of one item's pixels: 3 for an image ``[3, H, W]``, 4 for a video ``[3, F, H, W]``."""
 
+    @classmethod
+    def clip_problem(cls, frames: int) -> str | None:
+        """Why clips of ``frames`` frames cannot be encoded by this family's VAE (``None`` when they
+        can); read from the class alone, so checks run before any weights load."""
+        return f"the {cls.name} family makes images, not clips of {frames} frames"
+
     def check_pixels(self, pixels: Tensor) -> None:
         """Refuse pixels the VAE cannot encode (a video family checks the frame count)."""
 

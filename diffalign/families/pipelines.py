@@ -14,12 +14,17 @@ import torch
 from diffalign.families.base import FamilyError
 
 
-def media_of(pipe) -> str:
-    """``"video"`` for a text-to-video pipeline (one a video family wraps), else ``"image"``."""
+def family_of(pipe):
+    """The family class that wraps ``pipe``'s pipeline class, or ``None``."""
     from diffalign.families import FAMILIES
 
-    video = {cls.pipeline_class for cls in FAMILIES.values() if cls.media == "video"}
-    return "video" if type(pipe).__name__ in video else "image"
+    return next((cls for cls in FAMILIES.values() if cls.pipeline_class == type(pipe).__name__), None)
+
+
+def media_of(pipe) -> str:
+    """``"video"`` for a text-to-video pipeline (one a video family wraps), else ``"image"``."""
+    family = family_of(pipe)
+    return family.media if family is not None else "image"
 
 
 @torch.no_grad()
@@ -41,9 +46,7 @@ def generate(pipe, prompts: Sequence[str], generators, *, frames: int | None = N
         return list(pipe(prompt=list(prompts), generator=generators, **options).images)
     if frames is None:
         raise FamilyError(f"{type(pipe).__name__} makes videos: give the number of frames (e.g. 81, Wan 2.1's 5 s)")
-    from diffalign.families.wan import frames_problem
-
-    why = frames_problem(frames)
+    why = family_of(pipe).clip_problem(frames)
     if why:
         raise FamilyError(why)
     videos = pipe(prompt=list(prompts), generator=generators, num_frames=frames, output_type="pt", **options).frames

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from diffalign.families.base import Conditioning, ModelFamily, input_dtype
+from diffalign.families.base import Conditioning, ModelFamily
 from diffalign.families.flow import FlowMatching
 
 
@@ -50,15 +50,8 @@ class SD3Family(FlowMatching, ModelFamily):
     def _skipped_components(cls, options: dict) -> dict:
         return {} if options.get("use_t5", True) else {"text_encoder_3": None, "tokenizer_3": None}
 
-    def _predict_flat(self, model, noisy: Tensor, t: Tensor, cond: Conditioning) -> Tensor:
-        dtype = input_dtype(model, self.denoiser)
-        return model(
-            hidden_states=noisy.to(dtype),
-            timestep=t * self.num_train_timesteps,
-            encoder_hidden_states=cond.prompt_embeds.to(dtype),
-            pooled_projections=cond.pooled.to(dtype),
-            return_dict=False,
-        )[0]
+    def _extra_inputs(self, cond: Conditioning, dtype) -> dict:
+        return {"pooled_projections": cond.pooled.to(dtype)}
 
     def _encode_text(self, prompts: list[str]) -> tuple[Tensor, Tensor | None]:
         self._require("text_encoder", "encode_prompts")

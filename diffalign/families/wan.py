@@ -23,7 +23,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from diffalign.families.base import Conditioning, FamilyError, ModelFamily, input_dtype
+from diffalign.families.base import FamilyError, ModelFamily
 from diffalign.families.flow import FlowMatching
 
 
@@ -76,6 +76,10 @@ class WanFamily(FlowMatching, ModelFamily):
         return float(config.get("flow_shift") if "flow_shift" in config else config.get("shift", 1.0))
 
     # ----------------------------------------------------------------------------- frames
+    @classmethod
+    def clip_problem(cls, frames: int) -> str | None:
+        return frames_problem(frames)
+
     @property
     def temporal_factor(self) -> int:
         """Frames per latent frame after the first (4 for Wan 2.1)."""
@@ -119,16 +123,7 @@ class WanFamily(FlowMatching, ModelFamily):
             cached[key] = torch.tensor(values, dtype=torch.float32).view(-1, 1, 1, 1)
         return cached[key]
 
-    # ----------------------------------------------------------------------------- denoiser and text
-    def _predict_flat(self, model, noisy: Tensor, t: Tensor, cond: Conditioning) -> Tensor:
-        dtype = input_dtype(model, self.denoiser)
-        return model(
-            hidden_states=noisy.to(dtype),
-            timestep=t * self.num_train_timesteps,
-            encoder_hidden_states=cond.prompt_embeds.to(dtype),
-            return_dict=False,
-        )[0]
-
+    # ----------------------------------------------------------------------------- text
     def _encode_text(self, prompts: list[str]) -> tuple[Tensor, Tensor | None]:
         encoder = self._require("text_encoder", "encode_prompts")
         embeds, _ = self.pipe.encode_prompt(

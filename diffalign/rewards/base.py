@@ -50,17 +50,18 @@ def batch_size_of(images) -> int:
     return len(images)
 
 
-def expand_prompts(prompts: str | Sequence[str] | None, count: int, needed: bool = True) -> list[str]:
-    """One prompt per image: a single string is shared by all ``count`` images."""
+def expand_prompts(prompts: str | Sequence[str] | None, count: int, needed: bool = True, noun: str = "image") -> list[str]:
+    """One prompt per image (or video: ``noun``): a single string is shared by all ``count``."""
     if prompts is None:
         if needed:
-            raise ValueError("this reward model scores an image against its prompt: give prompts")
+            article = "an" if noun[0] in "aeiou" else "a"
+            raise ScoreInputError(f"this reward model scores {article} {noun} against its prompt: give prompts")
         return [""] * count
     if isinstance(prompts, str):
         return [prompts] * count
     prompts = list(prompts)
     if len(prompts) != count:
-        raise ValueError(f"got {count} images but {len(prompts)} prompts; give one prompt per image or one for all")
+        raise ScoreInputError(f"got {count} {noun}s but {len(prompts)} prompts; give one prompt per {noun} or one for all")
     return prompts
 
 

@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from diffalign.rewards.base import RewardModel, ScoreInputError, finish
+from diffalign.rewards.base import RewardModel, ScoreInputError, expand_prompts, finish
 from diffalign.rewards.clip import CLIPReward, load_clip_parts, processor_source
 from diffalign.rewards.ensemble import Ensemble
 
@@ -115,20 +115,6 @@ def _check_video(video, position: int) -> None:
                               "of PIL frames")
     if len(video) == 0:
         raise ScoreInputError(f"video {position} has no frames")
-
-
-def video_prompts(prompts: str | Sequence[str] | None, count: int, needed: bool) -> list[str]:
-    """One prompt per video: a single string is shared by all ``count`` videos."""
-    if prompts is None:
-        if needed:
-            raise ScoreInputError("this reward scores a video against its prompt: give prompts")
-        return [""] * count
-    if isinstance(prompts, str):
-        return [prompts] * count
-    prompts = list(prompts)
-    if len(prompts) != count:
-        raise ScoreInputError(f"got {count} videos but {len(prompts)} prompts; give one prompt per video or one for all")
-    return prompts
 
 
 def _pick(video, indices: list[int]):
@@ -220,7 +206,7 @@ class FrameAveraged(RewardModel):
 
     def _frame_mean(self, fn, videos, prompts) -> Tensor:
         videos = as_video_list(videos)
-        prompts = video_prompts(prompts, len(videos), needed=self.uses_prompts)
+        prompts = expand_prompts(prompts, len(videos), needed=self.uses_prompts, noun="video")
         parts = per_frame(fn, videos, prompts, self.frame_indices)
         return torch.stack([part.float().mean() for part in parts])
 

@@ -115,9 +115,7 @@ def _check_media(config: TrainConfig, family: str, data: PreferenceDataset) -> N
     if config.data.frames is None:
         raise StartupError(f"data.frames: {data.root} holds videos; say how many frames each training clip has "
                            "(e.g. data.frames=81, Wan 2.1's 5-second clips)")
-    from diffalign.families.wan import frames_problem
-
-    why = frames_problem(config.data.frames)
+    why = FAMILIES[family].clip_problem(config.data.frames)
     if why:
         raise StartupError(f"data.frames: {why}")
     if not config.data.center_crop:
