@@ -17,6 +17,10 @@ import torch  # noqa: E402
 from diffalign.testing import TINY_FAMILIES, save_tiny_pipeline  # noqa: E402
 
 torch.set_num_threads(min(2, torch.get_num_threads()))
+# `DIFFALIGN_TEST_ONEDNN=0 python -m pytest`: the suite with oneDNN's kernels off, one of the kernel
+# settings every test must pass under (with OMP_NUM_THREADS=1 and =2).
+if os.environ.get("DIFFALIGN_TEST_ONEDNN") == "0":
+    torch.backends.mkldnn.enabled = False
 
 
 @pytest.fixture(scope="session")

@@ -3,6 +3,14 @@
 Under LoRA the reference is the policy itself with its adapters switched off: no second copy of
 the weights in memory (DESIGN.md §4). Under full fine-tuning it is a frozen copy of the starting
 weights. Reference-free objectives (MaPO, SFT) get none and never run one.
+
+A frozen copy runs in the policy's train/eval mode, never a fixed ``eval()``: diffusers' modules
+take other code paths by mode (``ResnetBlock2D`` makes its shortcut input contiguous only when
+training, and a convolution on a non-contiguous input runs another kernel), so a copy in eval mode
+differs from the policy by rounding (1e-7) at step 1 where the two are the same weights, and β
+amplifies that. In the policy's mode the two are computed alike and the first loss of a
+preference objective is exactly log 2, on any CPU; the LoRA reference is the policy module itself,
+so it always was. (Dropout, the other mode switch, is 0 in every family's denoiser.)
 """
 
 from __future__ import annotations
@@ -32,16 +40,17 @@ class Reference:
             # submodule on each call, which the profile showed at ~5 % of a step on SDXL shapes.
             self._adapters = [m for m in denoiser.modules() if isinstance(m, BaseTunerLayer)]
         else:
-            self.module = copy.deepcopy(denoiser).requires_grad_(False).eval()
+            self.module = _frozen_copy(denoiser)
             if dtype is not None:
                 self.module.to(dtype)
+        self._policy = denoiser
 
     @contextmanager
     def active(self):
         """Yield the module to call as the reference, under ``no_grad``."""
         with torch.no_grad():
             if not self.lora:
-                yield self.module
+                yield self.module.train(self._policy.training)
                 return
             self._switch(False)
             try:
@@ -72,7 +81,7 @@ class Snapshot:
             self._live = [p for p in denoiser.parameters() if p.requires_grad]
             self._saved = [p.detach().clone() for p in self._live]
         else:
-            self.module = copy.deepcopy(denoiser).requires_grad_(False).eval()
+            self.module = _frozen_copy(denoiser)
 
     @torch.no_grad()
     def refresh(self) -> None:
@@ -88,7 +97,7 @@ class Snapshot:
         """Yield the module to call as the snapshot, under ``no_grad``."""
         with torch.no_grad():
             if not self.lora:
-                yield self.module
+                yield self.module.train(self.denoiser.training)
                 return
             current = [p.detach().clone() for p in self._live]
             for saved, live in zip(self._saved, self._live):
@@ -98,3 +107,8 @@ class Snapshot:
             finally:
                 for now, live in zip(current, self._live):
                     live.copy_(now)
+
+
+def _frozen_copy(denoiser: torch.nn.Module) -> torch.nn.Module:
+    """A copy of ``denoiser`` without gradients; :meth:`active` sets its mode to the policy's."""
+    return copy.deepcopy(denoiser).requires_grad_(False)
