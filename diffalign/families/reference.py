@@ -78,10 +78,29 @@ class Snapshot:
     def __init__(self, denoiser: torch.nn.Module, lora: bool):
         self.denoiser, self.lora = denoiser, lora
         if lora:
+            self._names = [n for n, p in denoiser.named_parameters() if p.requires_grad]
             self._live = [p for p in denoiser.parameters() if p.requires_grad]
             self._saved = [p.detach().clone() for p in self._live]
         else:
             self.module = _frozen_copy(denoiser)
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """The snapshot's weights (under LoRA its adapters only), for a checkpoint."""
+        if self.lora:
+            return dict(zip(self._names, self._saved))
+        return self.module.state_dict()
+
+    @torch.no_grad()
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        """Take back the weights :meth:`state_dict` gave."""
+        if not self.lora:
+            self.module.load_state_dict(state)
+            return
+        if set(state) != set(self._names):
+            raise ValueError(f"the snapshot in the checkpoint has other tensors ({len(state)}) than this run's "
+                             f"adapters ({len(self._names)}): it was written with other LoRA settings")
+        for name, saved in zip(self._names, self._saved):
+            saved.copy_(state[name])
 
     @torch.no_grad()
     def refresh(self) -> None:

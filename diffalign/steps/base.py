@@ -53,6 +53,19 @@ class PreferenceStep:
         """Called by the trainer after each optimiser update ``step`` (Diffusion-DRO refreshes its
         snapshot here); nothing for the others."""
 
+    def state_dict(self) -> dict[str, Tensor]:
+        """What the step carries from one optimiser update to the next, as named tensors: every
+        such piece goes into the trainer's checkpoints through this (and comes back through
+        :meth:`load_state_dict`), so a resumed run equals an uninterrupted one. ``{}`` for the
+        steps that carry nothing (a step is then a function of the batch and the weights)."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Tensor]) -> None:
+        """Take back what :meth:`state_dict` gave, from a checkpoint."""
+        if state:
+            raise ValueError(f"the {self.name} step keeps no state, and the checkpoint holds some for it "
+                             f"({', '.join(sorted(state)[:3])}, ...): it was written by another objective")
+
     def inputs(self, batch: dict, generator) -> tuple[Tensor, object]:
         """``(latents [B, K, *latent], cond)`` of a batch, each image conditioned on its text."""
         texts = [image_texts(prompt, captions, self.group_size, self.objective.needs_captions)

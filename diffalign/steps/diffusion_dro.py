@@ -55,6 +55,17 @@ class DiffusionDROStep(RolloutStep):
         """Refresh the snapshot every ``refresh_every`` updates."""
         if step % self.config.refresh_every == 0:
             self.snapshot.refresh()
+            self._refreshed = True
+
+    def state_dict(self) -> dict[str, Tensor]:
+        """The snapshot's weights: between two refreshes they are not the policy's, so a run
+        resumed there must roll out with them, not with the weights it resumed."""
+        return self.snapshot.state_dict() if self._refreshed else {}
+
+    def load_state_dict(self, state: dict[str, Tensor]) -> None:
+        if state:
+            self.snapshot.load_state_dict(state)
+            self._refreshed = True
 
     def __call__(self, model, batch: dict, generator) -> PreferenceTerms:
         with self.timed("rollout"):

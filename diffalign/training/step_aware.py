@@ -327,7 +327,7 @@ def train_step_aware(config: SPMTrainConfig, stop_after: int | None = None, prog
 
     start = 0
     if resume is not None:
-        start = checkpoint.load(accelerator, resume)["step"]
+        start = checkpoint.load(accelerator, resume)[0]["step"]
     elif main:
         out.mkdir(parents=True, exist_ok=True)
         (out / "config.json").write_text(json.dumps(config.to_dict(), indent=2))

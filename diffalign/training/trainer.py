@@ -120,6 +120,8 @@ class Trainer:
         self.model, self.optimizer, self.loader, self.scheduler = self.accelerator.prepare(
             self.family.denoiser, self.optimizer, self.loader, self.scheduler
         )
+        if config.lora is not None:  # checkpoints hold the adapters, not the frozen base
+            checkpoint.save_only_trainable(self.accelerator, self.model)
         self.epoch = 0
         self.state = {"step": 0, "batches": 0, "skipped_steps": 0, "skipped_groups": 0, "nonfinite_in_a_row": 0}
 
@@ -244,9 +246,10 @@ class Trainer:
         if config.overwrite and accelerator.is_main_process:
             run_folder.clear(self.out)
         accelerator.wait_for_everyone()
-        resume_from = checkpoint.resolve_resume(config.resume, ckpt_dir)
+        resume_from = checkpoint.resolve_resume(config.resume, ckpt_dir, say=accelerator.print)
         if resume_from is not None:
-            self.state = checkpoint.load(accelerator, resume_from)
+            self.state, step_state = checkpoint.load(accelerator, resume_from)
+            self.step.load_state_dict(step_state)
             accelerator.print(f"resumed from {resume_from} at step {self.state['step']}")
         log = MetricLog(accelerator, self.out / "metrics.jsonl")
         if accelerator.is_main_process:
@@ -362,7 +365,7 @@ class Trainer:
                 bar.set_postfix(loss=f"{logged['train/loss']:.4g}", **{k.split("/")[1]: f"{v:.2f}"
                                                                         for k, v in timing.items()})
         if self._checkpoint_due(step):
-            checkpoint.save(self.accelerator, ckpt_dir, step, dict(self.state), config.keep_checkpoints)
+            self._save_checkpoint(ckpt_dir)
         every = config.validation.every
         if every and step % every == 0 and self.accelerator.is_main_process:
             if config.validation.prompts:
@@ -396,6 +399,10 @@ class Trainer:
         return {"lr": self.scheduler.get_last_lr()[0], "skipped_steps": self.state["skipped_steps"],
                 "skipped_groups": self.state["skipped_groups"]}
 
+    def _save_checkpoint(self, ckpt_dir: Path) -> Path:
+        return checkpoint.save(self.accelerator, ckpt_dir, self.state["step"], dict(self.state),
+                               self.config.keep_checkpoints, step_state=self.step.state_dict())
+
     def _checkpoint_due(self, step: int) -> bool:
         return bool(self.config.checkpoint_every) and step % self.config.checkpoint_every == 0
 
@@ -407,7 +414,7 @@ class Trainer:
             log.flush(step, self._counters())
         path = checkpoint.path_for(ckpt_dir, step)
         if not self._checkpoint_due(step):
-            path = checkpoint.save(self.accelerator, ckpt_dir, step, dict(self.state), self.config.keep_checkpoints)
+            path = self._save_checkpoint(ckpt_dir)
         self.accelerator.end_training()
         raise stopping.stopped(f"step {step} of {self.config.max_steps} is saved in {path}; run the same command "
                                "with resume=latest to continue from there")

@@ -94,7 +94,7 @@ def test_naive_loss_equals_the_batched_diffusion_dpo_loss(tiny_path, tmp_path):
     from diffalign.objectives.base import PreferenceTerms
 
     data = write_random_pairs(tmp_path / "data", pairs=3, resolution=32)
-    naive = NaiveDPO(str(tiny_path("sdxl")), str(data), resolution=32, batch_size=3, lora_rank=4, beta=5000.0)
+    naive = NaiveDPO(str(tiny_path("sdxl")), str(data), resolution=32, batch_size=3, lora_rank=4, beta=500.0)
     with torch.no_grad():  # give the adapters weight so that policy and reference differ
         for name, p in naive.family.denoiser.named_parameters():
             if "lora_B" in name:
@@ -110,7 +110,10 @@ def test_naive_loss_equals_the_batched_diffusion_dpo_loss(tiny_path, tmp_path):
     noise, t = family.sample_noise_and_time(latents, gen)
     policy = family.denoising_error(family.denoiser, latents, cond, noise, t)
     ref = family.denoising_error(naive.reference, latents, cond, noise, t)
-    expected = build_objective({"name": "diffusion_dpo", "beta": 5000.0}).loss(PreferenceTerms(policy, ref, t)).loss
+    expected = build_objective({"name": "diffusion_dpo", "beta": 500.0}).loss(PreferenceTerms(policy, ref, t)).loss
+    # Batches of 3 and of 6 run other kernels; β/2 amplifies their 1e-7 rounding of the errors. At
+    # β = 500 the two losses differed by 2e-5 relative at most (1 and 2 threads, oneDNN off); at
+    # β = 5000 by 1.1e-4 on one thread, over this tolerance.
     assert loss.item() == pytest.approx(expected.item(), rel=1e-4, abs=1e-6)
     assert abs(loss.item() - 0.6931) > 1e-4  # the adapters mattered: not the θ = ref value ln 2
 

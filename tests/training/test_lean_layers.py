@@ -151,8 +151,11 @@ def test_trainer_with_lean_layers_trains_the_same_and_saves_less(checkpointing, 
     (loss_off, grads_off, saved_off), (loss_on, grads_on, saved_on) = runs[False], runs[True]
     assert loss_on == loss_off  # the forward is the same kernels
     for a, b in zip(grads_off, grads_on, strict=True):
-        # The norms remake x̂ from their output: equal to rounding (the convolutions and GEGLU: exactly).
-        torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-7)
+        # The norms remake x̂ from their output: equal to rounding (the convolutions and GEGLU: exactly),
+        # on the scale of the tensor: an element near 0 can differ by 3e-4 of itself. The largest
+        # difference was 1.5e-5 of the tensor's largest gradient (1 and 2 threads, oneDNN off, ATen
+        # without AVX2); 1e-4 leaves a margin of 6.
+        torch.testing.assert_close(b, a, rtol=0, atol=1e-4 * float(a.abs().max()))
     if not checkpointing:  # checkpointed blocks keep only their inputs either way
         assert saved_on < 0.9 * saved_off
 
