@@ -1,7 +1,11 @@
 """The ``diffalign`` command.
 
-An error in what the user gave (any :class:`~diffalign.errors.DiffalignError`) is printed as one
-``error: …`` line, exit status 1; a traceback means a bug. ``train``, ``cache`` and ``build``
+An error in what the user gave (any :class:`~diffalign.errors.DiffalignError`, and the errors
+:func:`~diffalign.errors.describe` knows: a full disk, a file that unpickles code, a corrupt
+safetensors file, too little memory) is printed as one ``error: …`` line, exit status 1;
+``--debug`` (anywhere on the command line) prints the traceback as well. Any other traceback
+means a bug. Under ``accelerate launch`` the launcher adds its own traceback of the child's exit
+status after that line: it is accelerate's, not a second error. ``train``, ``cache`` and ``build``
 stop cleanly on SIGTERM or SIGINT, keeping their work (:mod:`diffalign.stopping`), with status
 128 + the signal's number. Subcommands that have not landed yet say so and exit with status 2;
 none pretends to work.
@@ -186,6 +190,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser = argparse.ArgumentParser(prog="diffalign", description="Align diffusion models with human preferences.")
     parser.add_argument("--version", action="version", version=f"diffalign {__version__}")
+    parser.add_argument("--debug", action="store_true", help="with an error, print its traceback too (may be given "
+                        "anywhere on the command line)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     info = sub.add_parser("info", help="detect the model family of a diffusers pipeline folder or hub id")
@@ -211,8 +217,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     from diffalign import stopping
-    from diffalign.errors import DiffalignError, Stopped
+    from diffalign.errors import DiffalignError, Stopped, describe
 
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv
+    argv = [a for a in argv if a != "--debug"]
     parser = build_parser()
     # A planned command takes any arguments so that it can say it is not yet available
     # instead of failing on arguments it does not know yet.
@@ -224,8 +233,7 @@ def main(argv: list[str] | None = None) -> int:
         with stops:
             return args.run(args)
     except DiffalignError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
+        return _error(str(err), debug)
     except Stopped as stop:
         if os.environ.get("RANK", "0") == "0":  # every process stopped at the same point; one says so
             print(stop.message, file=sys.stderr)
@@ -233,6 +241,21 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:  # commands that keep nothing half-done stop at once on Ctrl-C
         print(f"interrupted: diffalign {args.command} stopped", file=sys.stderr)
         return 130
+    except Exception as err:
+        message = describe(err)
+        if message is None:
+            raise  # a bug: the traceback is what to report
+        return _error(message, debug)
+
+
+def _error(message: str, debug: bool) -> int:
+    """Print ``error: message`` (after the traceback with ``--debug``); exit status 1."""
+    if debug:
+        import traceback
+
+        traceback.print_exc()
+    print(f"error: {message}", file=sys.stderr)
+    return 1
 
 
 if __name__ == "__main__":

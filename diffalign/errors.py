@@ -32,3 +32,33 @@ class Stopped(Exception):
         self.signal_name = signal_name
         self.exit_code = exit_code
         self.message = message
+
+
+def describe(err: BaseException) -> str | None:
+    """The one-line message for an error the user caused that is not a :class:`DiffalignError`
+    (a full disk, a file that unpickles code, a corrupt safetensors file, too little memory), or
+    ``None`` for anything else, which is a bug and keeps its traceback. The ``diffalign`` command
+    prints the message instead of a traceback (``--debug`` shows the traceback too)."""
+    import errno
+    import pickle
+
+    if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+        what = {errno.ENOSPC: "no space left on the device", errno.EDQUOT: "the disk quota is exceeded",
+                errno.EFBIG: "a file grew past the size this system allows"}[err.errno]
+        where = f" while writing {err.filename}" if err.filename else ""
+        return (f"{what}{where}. Nothing finished before was lost: free space (or choose a folder on a larger "
+                "disk) and run the same command again to continue")
+    if isinstance(err, PermissionError):
+        return f"permission denied: {err.filename or err}; choose a path you may write to or read"
+    if isinstance(err, pickle.UnpicklingError) and "weights_only" in str(err):
+        first = str(err).strip().splitlines()[0]
+        return ("a checkpoint file holds pickled Python objects, which diffalign never loads (torch.load with "
+                f"weights_only=True refused it: {first[:200]}); convert it to safetensors, or use a file that holds "
+                "tensors only")
+    if type(err).__name__ == "SafetensorError":
+        return f"a .safetensors file is corrupt or truncated ({err}); re-download or re-create it"
+    if isinstance(err, MemoryError) or type(err).__name__ == "OutOfMemoryError":
+        first = (str(err).strip().splitlines() or [""])[0]
+        return (f"out of memory{': ' + first[:200] if first else ''}; lower the batch size or the resolution "
+                "(or, for training, turn on gradient_checkpointing)")
+    return None

@@ -83,10 +83,11 @@ def resolve_resume(resume: str | None, folder: Path, say=print) -> Path | None:
     return None
 
 
-def verify(path: Path) -> str | None:
+def verify(path: Path, checksums: bool = True) -> str | None:
     """Why the checkpoint folder ``path`` cannot be trusted (``None``: it verifies): not a
     checkpoint, a missing or unreadable record, or a file whose size or checksum differs from
-    the one recorded when it was written."""
+    the one recorded when it was written (``checksums=False``: sizes only, no file is read, as
+    ``check-config`` does before a run)."""
     path = Path(path)
     if not path.is_dir():
         return "no such folder" if not path.exists() else "not a folder"
@@ -108,7 +109,7 @@ def verify(path: Path) -> str | None:
             return f"{name} is missing"
         if file.stat().st_size != size:
             return f"{name} has {file.stat().st_size} bytes, {size} were written (truncated or changed)"
-        if _sha256(file) != digest:
+        if checksums and _sha256(file) != digest:
             return f"{name} does not match the checksum recorded when it was written (corrupted)"
     return None
 

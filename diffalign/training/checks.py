@@ -73,7 +73,21 @@ def preflight(config: TrainConfig):
     if config.compile_memory_budget is not None and not config.compile:
         raise StartupError(f"compile_memory_budget: {config.compile_memory_budget} needs compile: true")
     run_folder.check(config.output_dir, config.resume, config.overwrite)
+    _check_resume(config)
     return objective, data, family, cache_plan
+
+
+def _check_resume(config: TrainConfig) -> None:
+    """A ``resume`` folder that is a whole checkpoint (sizes checked; the checksums are checked when
+    the run loads it): a wrong path must not wait for the model to load."""
+    from diffalign.training import checkpoint
+
+    if config.resume in (None, "latest"):
+        return
+    problem = checkpoint.verify(Path(config.resume), checksums=False)
+    if problem:
+        raise StartupError(f"resume: {config.resume} cannot be resumed from: {problem}; give a checkpoint folder "
+                           f"(e.g. {Path(config.output_dir) / 'checkpoints' / 'checkpoint-0000500'}) or resume=latest")
 
 
 def _check_rows(data: PreferenceDataset) -> None:

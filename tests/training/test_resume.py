@@ -70,3 +70,75 @@ def test_a_run_killed_at_any_phase_resumes_to_the_uninterrupted_run(objective, t
             if a.exists():
                 sa, sb = load_file(str(a)), load_file(str(b))
                 assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def _corrupt(file: Path, how: str) -> None:
+    data = file.read_bytes()
+    if how == "truncate":
+        file.write_bytes(data[: len(data) // 2])
+    else:  # the same size, other bytes: only the checksum can tell
+        file.write_bytes(data[:-8] + bytes(b ^ 0xFF for b in data[-8:]))
+
+
+def test_resume_latest_takes_the_newest_checkpoint_that_verifies(tiny_path, pair_data, tmp_path, capsys):
+    run = lambda out, *extra: main(_args("diffusion_dpo", tiny_path, pair_data, out, None, *extra))  # noqa: E731
+    straight = tmp_path / "straight"
+    assert run(straight) == 0
+    out = tmp_path / "run"
+    assert run(out, "max_steps=4") == 0
+    ckpts = out / "checkpoints"
+    shutil.rmtree(out / "lora")  # as a run killed after its fourth checkpoint leaves it
+    _corrupt(checkpoint.path_for(ckpts, 4) / "model.safetensors", "truncate")
+    _corrupt(checkpoint.path_for(ckpts, 3) / "optimizer.bin", "flip")
+    (checkpoint.path_for(ckpts, 2) / checkpoint.STATE).write_text('{"step": 2, "batc')
+    capsys.readouterr()
+    assert run(out, "resume=latest") == 0
+    said = capsys.readouterr().out
+    assert "skipping checkpoint-0000004: model.safetensors has" in said and "truncated" in said
+    assert "skipping checkpoint-0000003: optimizer.bin does not match the checksum" in said
+    assert "skipping checkpoint-0000002: trainer_state.json is unreadable" in said
+    assert "resumed from" in said and "checkpoint-0000001 at step 1" in said
+    want = load_file(str(straight / "lora" / "pytorch_lora_weights.safetensors"))
+    got = load_file(str(out / "lora" / "pytorch_lora_weights.safetensors"))
+    assert all(torch.equal(got[k], want[k]) for k in want)
+
+
+@pytest.mark.parametrize("damage", ["model", "optimizer", "trainer_state", "rng", "missing"])
+def test_a_corrupt_checkpoint_named_by_resume_is_one_clear_error(damage, tiny_path, pair_data, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(_args("diffusion_dpo", tiny_path, pair_data, out, None, "max_steps=2")) == 0
+    target = checkpoint.path_for(out / "checkpoints", 2)
+    file = {"model": "model.safetensors", "optimizer": "optimizer.bin", "trainer_state": checkpoint.STATE,
+            "rng": "random_states_0.pkl", "missing": "scheduler.bin"}[damage]
+    if damage == "missing":
+        (target / file).unlink()
+    else:
+        _corrupt(target / file, "truncate")
+    capsys.readouterr()
+    status = main(_args("diffusion_dpo", tiny_path, pair_data, out, None, "max_steps=3", f"resume={target}"))
+    err = capsys.readouterr().err
+    assert status == 1 and err.startswith("error: resume: ") and "Traceback" not in err, err
+    assert file in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_resume_latest_when_no_checkpoint_verifies_refuses_to_start_over(tiny_path, pair_data, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(_args("diffusion_dpo", tiny_path, pair_data, out, None, "max_steps=2")) == 0
+    shutil.rmtree(out / "lora")
+    for step in (1, 2):
+        _corrupt(checkpoint.path_for(out / "checkpoints", step) / "model.safetensors", "flip")
+    capsys.readouterr()
+    assert main(_args("diffusion_dpo", tiny_path, pair_data, out, None, "max_steps=3", "resume=latest")) == 1
+    err = capsys.readouterr().err
+    assert "none of the 2 checkpoints" in err and "overwrite=true" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("resume", ["does/not/exist", "{out}", "{out}/checkpoints"])
+def test_check_config_refuses_a_resume_path_that_is_no_checkpoint(resume, tiny_path, pair_data, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(_args("diffusion_dpo", tiny_path, pair_data, out, None, "max_steps=1")) == 0
+    args = _args("diffusion_dpo", tiny_path, pair_data, out, None, f"resume={resume.format(out=out)}")
+    capsys.readouterr()
+    assert main(["check-config", *args[2:]]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: resume: ") and "cannot be resumed from" in err and "Traceback" not in err
