@@ -18,6 +18,8 @@ import contextlib
 import os
 import sys
 
+from diffalign.arguments import COUNT
+
 # subcommand -> (help, the issue that brings it)
 _PLANNED: dict[str, tuple[str, str]] = {}
 
@@ -143,7 +145,7 @@ def _add_demo(sub) -> None:
     demo.add_argument("--out", default="outputs/demo", help="folder for the report and images (default: outputs/demo)")
     demo.add_argument("--objective", action="append", dest="objectives", default=None,
                       help="objective to run (repeatable; default: diffusion_dpo)")
-    demo.add_argument("--steps", type=int, default=None, help="training steps per objective (default: the benchmark's)")
+    demo.add_argument("--steps", type=COUNT, default=None, help="training steps per objective (default: the benchmark's)")
     demo.add_argument("--no-progress", action="store_true", help="no progress bars")
     demo.set_defaults(run=_demo)
 

@@ -25,12 +25,14 @@ import hashlib
 import json
 import math
 import os
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
+from diffalign.arguments import COUNT, SIDE
 from diffalign import stopping
 from diffalign.config import torch_dtype
 from diffalign.data.dataset import PreferenceDataset
@@ -55,6 +57,21 @@ def cache_dir(data_root: str | Path, family_name: str, resolution: int, frames: 
     """``DATA/cache/<family>-<resolution>``; a video cache adds its clip: ``-<frames>f`` (and ``s<stride>``)."""
     clip = "" if frames is None else f"-{frames}f" + (f"s{frame_stride}" if frame_stride != 1 else "")
     return Path(data_root) / "cache" / f"{family_name}-{resolution}{clip}"
+
+
+def cache_bytes(model_path: str, revision: str | None, resolution: int, frames: int | None, images: int) -> int:
+    """What a cache's latents take on disk for ``images`` images (or clips): the posterior's mean
+    and std, fp32, ``C × (R/f)²`` each, times the latent frames of a clip (read from the VAE's
+    config, no weights; the prompt embeddings come on top)."""
+    from diffusers import AutoencoderKL
+
+    from diffalign.families.base import vae_downsampling
+
+    vae = AutoencoderKL.load_config(model_path, subfolder="vae", revision=revision)
+    side = resolution // vae_downsampling(vae)
+    latent_frames = 1 if frames is None else (frames - 1) // int(vae.get("scale_factor_temporal") or 4) + 1
+    channels = vae.get("latent_channels") or vae["z_dim"]
+    return images * 2 * 4 * channels * latent_frames * side * side
 
 
 def model_fingerprint(path: str, revision: str | None = None) -> str:
@@ -176,6 +193,35 @@ def build_cache(data_root: str | Path, family, *, resolution: int, batch_size: i
         "shard_size": shard_size, "shards": math.ceil(len(data) / shard_size),
         "frames": frames, "frame_stride": frame_stride if frames is not None else None,
     }
+    with _locked(out, state):
+        return _build(out, meta, data, family, state, resolution, batch_size, progress, frames, frame_stride)
+
+
+@contextmanager
+def _locked(out: Path, state):
+    """The cache folder's lock for the whole build (taken by the main process, agreed by all): a
+    second ``diffalign cache`` or ``data.cache: auto`` run on the same cache is refused instead of
+    doing the same work again."""
+    from diffalign.outputs import FolderLock, OutputError
+
+    lock = FolderLock(out, what="the latent cache")
+    held = [lock.acquire() if state.is_main_process else True]
+    if state.num_processes > 1:
+        from accelerate.utils import broadcast_object_list
+
+        broadcast_object_list(held)
+    if not held[0]:
+        raise OutputError(f"the latent cache {out} is being built by another command ({lock.holder()}); wait for it "
+                          "to end: a later run reuses what it built")
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+def _build(out: Path, meta: dict, data, family, state, resolution, batch_size, progress, frames, frame_stride) -> Path:
+    """The body of :func:`build_cache`, under the folder's lock."""
+    shard_size, dtype = meta["shard_size"], meta["dtype"]
     # Every process checks (so none is left waiting on one that raised); only the main one writes.
     if (out / META).exists():
         found = json.loads((out / META).read_text())
@@ -213,6 +259,7 @@ def build_cache(data_root: str | Path, family, *, resolution: int, batch_size: i
         atomic_write_json(out / META, {**meta, "complete": not missing})
     state.wait_for_everyone()
     return out
+
 
 
 class LatentCache:
@@ -302,26 +349,44 @@ def add_arguments(parser) -> None:
     parser.add_argument("--model", required=True, help="diffusers pipeline folder or hub id whose VAE and text encoders to use")
     parser.add_argument("--revision", default=None, help="hub revision of --model")
     parser.add_argument("--family", choices=["sd", "sdxl", "sd3", "wan"], default=None, help="force the family (default: detected)")
-    parser.add_argument("--resolution", type=int, default=512, help="training resolution; images are centre-cropped (default: 512)")
-    parser.add_argument("--frames", type=int, default=None, help="video datasets: frames per clip (Wan: 1 + 4n, e.g. 81)")
-    parser.add_argument("--frame-stride", type=int, default=1, help="video datasets: take every n-th frame (default: 1)")
-    parser.add_argument("--batch-size", type=int, default=8, help="images per encoder call (default: 8)")
-    parser.add_argument("--shard-size", type=int, default=256, help="dataset rows per cache shard (default: 256)")
+    parser.add_argument("--resolution", type=SIDE, default=512, help="training resolution; images are centre-cropped (default: 512)")
+    parser.add_argument("--frames", type=COUNT, default=None, help="video datasets: frames per clip (Wan: 1 + 4n, e.g. 81)")
+    parser.add_argument("--frame-stride", type=COUNT, default=1, help="video datasets: take every n-th frame (default: 1)")
+    parser.add_argument("--batch-size", type=COUNT, default=8, help="images per encoder call (default: 8)")
+    parser.add_argument("--shard-size", type=COUNT, default=256, help="dataset rows per cache shard (default: 256)")
     parser.add_argument("--dtype", choices=DTYPE_NAMES, default="fp32", help="storage dtype of the cached tensors (default: fp32)")
     parser.add_argument("--model-dtype", choices=DTYPE_NAMES, default="fp32", help="dtype the encoders run in (default: fp32)")
     parser.add_argument("--no-t5", action="store_true", help="SD3: leave the T5 encoder out (its tokens are zeros)")
-    parser.add_argument("--max-sequence-length", type=int, default=None,
+    parser.add_argument("--max-sequence-length", type=COUNT, default=None,
                         help="T5 tokens (default: the pipeline's own, 256 for SD3, 512 for Wan)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
 def run(args) -> int:
-    """Run ``diffalign cache`` from parsed arguments."""
+    """Run ``diffalign cache`` from parsed arguments: the dataset, the output folder, the size and
+    the disk are checked before the model loads."""
     from accelerate import PartialState
 
-    from diffalign.families import load
+    from diffalign.families import FAMILIES, detect_family, load
+    from diffalign.families.base import untileable
+    from diffalign.outputs import FolderLock, OutputError, check_apart
+    from diffalign.resources import require_disk
 
     state = PartialState(cpu=not torch.cuda.is_available())
+    data = PreferenceDataset.open(args.data)
+    family_name = args.family or detect_family(args.model, args.revision).family
+    why = untileable(args.resolution, FAMILIES[family_name].pixel_multiple(args.model, args.revision), args.model)
+    if why:
+        raise CacheMismatchError(f"--resolution {why}")
+    out = cache_dir(args.data, family_name, args.resolution, args.frames, args.frame_stride)
+    check_apart(out, {"--model": args.model}, "the latent cache")
+    holder = FolderLock(out).holder()
+    if holder is not None:
+        raise OutputError(f"the latent cache {out} is being built by another command ({holder}); wait for it to end: "
+                          "a later run reuses what it built")
+    if not is_complete(out):
+        need = cache_bytes(args.model, args.revision, args.resolution, args.frames, len(data) * data.group_size)
+        require_disk(need, args.data, f"the latent cache {out}", "free space there first")
     family = load(args.model, family=args.family, revision=args.revision, dtype=torch_dtype(args.model_dtype),
                   device=state.device, use_t5=not args.no_t5, max_sequence_length=args.max_sequence_length)
     out = build_cache(args.data, family, resolution=args.resolution, batch_size=args.batch_size,
@@ -330,3 +395,11 @@ def run(args) -> int:
     if state.is_main_process:
         print(f"latent cache written to {out}")
     return 0
+
+
+def is_complete(folder: Path) -> bool:
+    """Whether ``folder`` holds a finished cache (its record says so)."""
+    try:
+        return bool(json.loads((folder / META).read_text()).get("complete"))
+    except (OSError, ValueError):
+        return False

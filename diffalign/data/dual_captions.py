@@ -32,6 +32,7 @@ from typing import Sequence
 
 from tqdm.auto import tqdm
 
+from diffalign.arguments import COUNT, SEED
 from diffalign.data.writer import BuildError, ShardWriter, add_writer_arguments
 
 BUILDER = "dual-captions"
@@ -219,7 +220,8 @@ def build_dual_captions(
     options = dict(data=str(Path(data_dir).resolve()), strategy=strategy, captioner=captioner,
                    caption_template=caption_template, text_model=text_model, level=level, seed=seed,
                    max_new_tokens=max_new_tokens, shard_size=shard_size)
-    writer = ShardWriter(out, builder=BUILDER, options=options, shard_size=shard_size, overwrite=overwrite)
+    writer = ShardWriter(out, builder=BUILDER, options=options, shard_size=shard_size, overwrite=overwrite,
+                         inputs={"data": data_dir, "--captioner": captioner, "--text-model": text_model})
     if writer.complete:
         return writer.finish()
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -262,8 +264,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="conditioning text with {prompt}, e.g. 'a picture of' for BLIP or a VLM instruction (default: none)")
     parser.add_argument("--text-model", default=None, help="text model for perturbation, hub id or folder (e.g. google/flan-t5-large)")
     parser.add_argument("--level", choices=LEVELS, default="medium", help="how much perturbation changes the text (default: medium)")
-    parser.add_argument("--seed", type=int, default=0, help="sampling seed; row i uses seed + i (default: 0)")
-    parser.add_argument("--max-new-tokens", type=int, default=40, help="caption length limit in tokens (default: 40)")
+    parser.add_argument("--seed", type=SEED, default=0, help="sampling seed; row i uses seed + i (default: 0)")
+    parser.add_argument("--max-new-tokens", type=COUNT, default=40, help="caption length limit in tokens (default: 40)")
     add_writer_arguments(parser)
 
 

@@ -38,6 +38,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
+from diffalign.arguments import COUNT
 from diffalign.data.writer import BuildError, ShardWriter, add_writer_arguments
 
 BUILDER = "experts"
@@ -118,7 +119,8 @@ def build_experts(
     else:
         candidates, unscored, non_finite = [(row, 0, None) for row in range(len(data))], 0, 0
     options = dict(data=str(Path(data_dir).resolve()), source_rows=len(data), by=by, top=top, shard_size=shard_size)
-    writer = ShardWriter(out, builder=BUILDER, options=options, shard_size=shard_size, overwrite=overwrite)
+    writer = ShardWriter(out, builder=BUILDER, options=options, shard_size=shard_size, overwrite=overwrite,
+                         inputs={"--from": data_dir})
     if writer.complete:
         return writer.finish()
     dropped = writer.counts["dropped"]
@@ -200,7 +202,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--by", choices=METHODS, default="first",
                         help="first: each row's best image (index 0); scores: every image ranked by its score, "
                         "several per prompt allowed, as Diffusion-DRO picks its experts (default: first)")
-    parser.add_argument("--top", type=int, default=None, metavar="N",
+    parser.add_argument("--top", type=COUNT, default=None, metavar="N",
                         help="keep at most N experts: the first N rows' (first) or the N best-scored images "
                         "(scores; Diffusion-DRO: 500) (default: all)")
     add_writer_arguments(parser)

@@ -26,6 +26,7 @@ import re
 from pathlib import Path
 from typing import Callable, Sequence
 
+from diffalign.arguments import COUNT, number
 from diffalign.data.writer import BuildError, ShardWriter, add_writer_arguments, atomic_write_bytes
 
 BUILDER = "filter"
@@ -196,7 +197,8 @@ def filter_pairs(
     options = dict(data=str(Path(data_dir).resolve()), fraction=fraction, weights=weights, k=k,
                    reward=reward.label if reward is not None else "stored scores", text_model=text_model,
                    quality=getattr(quality, "__name__", "custom"), shard_size=shard_size)
-    writer = ShardWriter(out, builder=BUILDER, options=options, shard_size=shard_size, overwrite=overwrite)
+    writer = ShardWriter(out, builder=BUILDER, options=options, shard_size=shard_size, overwrite=overwrite,
+                         inputs=_inputs(data_dir, text_model), outputs=(REPORT,))
     if writer.complete:
         return writer.finish()
     prompts = data.column("prompt")
@@ -262,20 +264,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``diffalign build filter`` and ``datasets_builders/filter_pairs.py``."""
     parser.add_argument("data", help="preference dataset folder to filter")
     parser.add_argument("--out", required=True, help="folder of the filtered dataset")
-    parser.add_argument("--fraction", type=float, default=0.5, help="share of rows to keep (default: 0.5)")
+    parser.add_argument("--fraction", type=number(0, 1, above=True), default=0.5, help="share of rows to keep (default: 0.5)")
     parser.add_argument("--weight", action="append", metavar="TERM=W",
                         help=f"weight of a term ({', '.join(TERMS)}; default 1 each); repeatable")
     parser.add_argument("--reward", default=None, help="reward model rescoring the margin (default: the stored scores)")
     parser.add_argument("--reward-path", default=None, help="weights of --reward (folder, file or hub id)")
     parser.add_argument("--text-model", default=None, help="transformers model for prompt embeddings (default: hashed n-grams)")
-    parser.add_argument("--k", type=int, default=5, help="k of the k-nearest-neighbour entropy (default: 5)")
+    parser.add_argument("--k", type=COUNT, default=5, help="k of the k-nearest-neighbour entropy (default: 5)")
     add_writer_arguments(parser, progress=False)
+
+
+def _inputs(data_dir, text_model, reward_path=None) -> dict:
+    return {"data": data_dir, "--text-model": text_model, "--reward-path": reward_path}
 
 
 def run(args: argparse.Namespace) -> int:
     """Run the filter from parsed arguments; prints what was kept."""
     import torch
 
+    from diffalign.data.writer import check_output
+
+    check_output(args.out, BUILDER, _inputs(args.data, args.text_model, args.reward_path))  # before weights load
     reward = None
     if args.reward:
         from diffalign.rewards import load_reward

@@ -10,6 +10,7 @@ from typing import Callable, Iterable
 
 from tqdm.auto import tqdm
 
+from diffalign.arguments import COUNT
 from diffalign.data.writer import BuildError, ShardWriter, add_writer_arguments
 
 
@@ -68,6 +69,6 @@ def add_pair_arguments(parser, kinds: tuple[str, ...], media: str) -> None:
     parser.add_argument("--keep-ties", action="store_true",
                         help="keep 0.5/0.5 rows as tied groups (ranks [0, 0]) instead of dropping them")
     parser.add_argument("--dedup-prompts", action="store_true", help="keep only the first row of each prompt")
-    parser.add_argument("--limit", type=int, default=None, help="stop after this many kept rows")
+    parser.add_argument("--limit", type=COUNT, default=None, help="stop after this many kept rows")
     parser.add_argument("--strict", action="store_true", help=f"stop at the first unreadable {media} instead of dropping its row")
     add_writer_arguments(parser)

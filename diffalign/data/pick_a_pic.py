@@ -111,7 +111,8 @@ def build_pick_a_pic(
         sources=[str(s) for s in sources], kind=kind, split=split, keep_ties=keep_ties,
         dedup_prompts=dedup_prompts, limit=limit, shard_size=shard_size, strict=strict,
     )
-    writer = ShardWriter(out, builder=BUILDER, options=options, shard_size=shard_size, overwrite=overwrite)
+    writer = ShardWriter(out, builder=BUILDER, options=options, shard_size=shard_size, overwrite=overwrite,
+                         inputs={"sources": list(sources)})
     if writer.complete:
         return writer.finish()
     rows = iter_rows(sources, kind, start=writer.position, split=split, columns=READ_COLUMNS)

@@ -37,14 +37,18 @@ from typing import Iterator, Sequence
 
 from tqdm.auto import tqdm
 
+from diffalign.arguments import COUNT, SCALE, SEED, SIDE
 from diffalign.config import torch_dtype
 from diffalign.data.schema import MANIFEST
-from diffalign.data.writer import BuildError, ShardWriter, add_writer_arguments
+from diffalign.data.writer import BuildError, ShardWriter, add_writer_arguments, check_output, clear_build
 
 BUILDER = "synthetic-ranked"
 PAIRS_BUILDER = "synthetic-pairs"
 PAIR_MODES = ("best-worst", "all")
 PARTS = ".parts"
+OUTPUTS = (PARTS, "pairs")
+"""What the builder writes in its folder beside the dataset: the processes' parts before they are
+merged, and the ``--pairs`` dataset."""
 
 
 def competition_ranks(scores: Sequence[float]) -> list[int]:
@@ -252,8 +256,13 @@ def build_synthetic(
         options.update(frames=frames, fps=fps)
         reward = _video_reward(reward)
     out = Path(out)
-    if overwrite and state.is_main_process and out.exists():
-        shutil.rmtree(out)
+    inputs = {"generators": [str(g) for g in generators]}
+    if state.is_main_process:
+        check_output(out, BUILDER, inputs)
+        if overwrite:  # what this command wrote: the dataset, its pairs and any unmerged parts; nothing else
+            clear_build(out, BUILDER)
+        # Its record first, before any process writes a part: from then on the folder is this build's.
+        ShardWriter(out, builder=BUILDER, options=options, shard_size=shard_size, outputs=OUTPUTS)
     state.wait_for_everyone()
     extra = {"generators": options["generators"], "reward_models": _reward_info(reward),
              "group_size": len(generators) * images_per_prompt, "images_per_prompt": images_per_prompt}
@@ -265,9 +274,9 @@ def build_synthetic(
     k = len(generators) * images_per_prompt
 
     if (out / MANIFEST).exists():  # finished before: check the options, change nothing
-        manifest = ShardWriter(out, builder=BUILDER, options=options, shard_size=shard_size).finish()
+        manifest = ShardWriter(out, builder=BUILDER, options=options, shard_size=shard_size, outputs=OUTPUTS).finish()
     elif state.num_processes == 1:
-        writer = ShardWriter(out, builder=BUILDER, options=options, shard_size=shard_size)
+        writer = ShardWriter(out, builder=BUILDER, options=options, shard_size=shard_size, outputs=OUTPUTS)
         if not writer.complete:
             pipes = Generators(generators, state.device, weights_dtype, **sampling)
             todo = range(writer.position, len(prompts))
@@ -332,7 +341,7 @@ def _merge_parts(parts: list[Path], out: Path, options: dict, shard_size: int, e
     remove the parts."""
     from diffalign.data.dataset import PreferenceDataset
 
-    writer = ShardWriter(out, builder=BUILDER, options=options, shard_size=shard_size)
+    writer = ShardWriter(out, builder=BUILDER, options=options, shard_size=shard_size, outputs=OUTPUTS)
     if not writer.complete:
         merged = heapq.merge(*(iter(PreferenceDataset.open(p)) for p in parts), key=lambda r: r["id"])
         for position, row in enumerate(merged):
@@ -421,20 +430,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("prompts", help="prompt set: .txt, .json, .jsonl, .csv/.tsv file, or a hub dataset id")
     parser.add_argument("--prompt-column", default=None, help="column of records / CSV / dataset (default: prompt, text or caption)")
     parser.add_argument("--prompt-split", default="train", help="split of a hub prompt dataset (default: train)")
-    parser.add_argument("--limit-prompts", type=int, default=None, help="use only the first N prompts")
+    parser.add_argument("--limit-prompts", type=COUNT, default=None, help="use only the first N prompts")
     parser.add_argument("--out", required=True, help="dataset folder to write (resumes an interrupted build)")
     parser.add_argument("--generator", action="append", required=True,
                         help="diffusers pipeline folder or hub id; repeat for several generators")
-    parser.add_argument("--images-per-prompt", type=int, default=4, help="images per prompt from each generator (default: 4)")
-    parser.add_argument("--seed", type=int, default=0, help="base seed; image n of prompt p uses seed + p*N + n (default: 0)")
-    parser.add_argument("--steps", type=int, default=30, help="sampling steps (default: 30)")
-    parser.add_argument("--guidance-scale", type=float, default=None, help="classifier-free guidance (default: the pipeline's)")
-    parser.add_argument("--height", type=int, default=None, help="image height (default: the pipeline's)")
-    parser.add_argument("--width", type=int, default=None, help="image width (default: the pipeline's)")
-    parser.add_argument("--batch-size", type=int, default=8, help="images per pipeline call (default: 8)")
-    parser.add_argument("--frames", type=int, default=None,
+    parser.add_argument("--images-per-prompt", type=COUNT, default=4, help="images per prompt from each generator (default: 4)")
+    parser.add_argument("--seed", type=SEED, default=0, help="base seed; image n of prompt p uses seed + p*N + n (default: 0)")
+    parser.add_argument("--steps", type=COUNT, default=30, help="sampling steps (default: 30)")
+    parser.add_argument("--guidance-scale", type=SCALE, default=None, help="classifier-free guidance (default: the pipeline's)")
+    parser.add_argument("--height", type=SIDE, default=None, help="image height (default: the pipeline's)")
+    parser.add_argument("--width", type=SIDE, default=None, help="image width (default: the pipeline's)")
+    parser.add_argument("--batch-size", type=COUNT, default=8, help="images per pipeline call (default: 8)")
+    parser.add_argument("--frames", type=COUNT, default=None,
                         help="text-to-video generators (Wan): frames per clip, 1 + 4n (e.g. 81); the rows hold MP4 clips")
-    parser.add_argument("--fps", type=int, default=16, help="frame rate of the stored clips (default: 16, Wan 2.1's)")
+    parser.add_argument("--fps", type=COUNT, default=16, help="frame rate of the stored clips (default: 16, Wan 2.1's)")
     parser.add_argument("--dtype", choices=["auto", "fp32", "fp16", "bf16"], default="auto",
                         help="generator precision; auto = fp16 on GPU, fp32 on CPU")
     parser.add_argument("--reward", action="append", required=True, help="reward model name; repeat for an ensemble")
@@ -449,6 +458,9 @@ def run(args: argparse.Namespace) -> int:
     """Run the builder from parsed arguments."""
     from diffalign.data.prompts import read_prompts
 
+    reward_paths = list(_key_values(args.reward_path, "--reward-path").values())
+    check_output(args.out, BUILDER, {"prompts": args.prompts, "--generator": args.generator,  # before any weights load
+                                     "--reward-path": reward_paths, "--reward-stats": args.reward_stats})
     prompts = read_prompts(args.prompts, args.prompt_column, split=args.prompt_split, limit=args.limit_prompts)
     reward = load_reward_from_args(args)
     manifest = build_synthetic(

@@ -13,19 +13,24 @@ from __future__ import annotations
 import copy
 import json
 import os
-import shutil
+import re
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from diffalign.arguments import COUNT
 from diffalign import stopping
 from diffalign.data.schema import (
     DATA_DIR, FORMAT, FORMAT_VERSION, MANIFEST, arrow_schema, check_row, dataset_card,
 )
 from diffalign.errors import DiffalignError
+from diffalign.outputs import check_apart, remove
 
 PROGRESS = ".progress.json"
+CARD = "README.md"
+_SHARD = re.compile(r"shard-\d{5}\.parquet")
+_TEMP = re.compile(r"\..+\.tmp")  # what atomic writes leave behind when killed (".shard-00003.parquet.tmp")
 
 
 class BuildError(DiffalignError, RuntimeError):
@@ -47,11 +52,120 @@ def atomic_write_json(path: Path, value) -> None:
     atomic_write_bytes(path, json.dumps(value, indent=2, sort_keys=True).encode())
 
 
+def build_record(root: str | Path) -> dict | None:
+    """The record a build keeps in ``root`` (its manifest once finished, its progress file before),
+    or ``None`` where no build wrote."""
+    root = Path(root)
+    for name in (MANIFEST, PROGRESS):
+        try:
+            record = json.loads((root / name).read_text())
+        except FileNotFoundError:
+            continue
+        except (OSError, ValueError) as err:
+            raise BuildError(f"{root / name} is unreadable ({type(err).__name__}); it is not a record this command "
+                             "wrote: choose another folder") from err
+        if isinstance(record, dict):
+            return record
+    return None
+
+
+def record_builder(record: dict, builder: str) -> str | None:
+    """The builder a record names. A progress file written before records named their builder is
+    taken as ``builder``'s own (an interrupted build of this version's writer); a manifest without
+    one was not written by a builder (a hand-made dataset)."""
+    if "builder" in record:
+        return record["builder"]
+    return builder if "position" in record else None
+
+
+def own_files(root: str | Path) -> list[str]:
+    """What a build wrote in ``root`` by its record (relative paths): the shards it recorded, those
+    a killed build renamed in but had not recorded yet, its temporary files, the card, the records
+    themselves and the extra outputs it declared (a report, nested datasets, whose own records say
+    what they hold); ``[]`` where no build wrote."""
+    root = Path(root)
+    record = build_record(root)
+    if record is None:
+        return []
+    names = {MANIFEST, PROGRESS, CARD} | {s["file"] for s in record.get("shards", [])}
+    names |= {p.name for p in root.iterdir() if _TEMP.fullmatch(p.name)}
+    if (root / DATA_DIR).is_dir():
+        names |= {f"{DATA_DIR}/{p.name}" for p in (root / DATA_DIR).iterdir()
+                  if _SHARD.fullmatch(p.name) or _TEMP.fullmatch(p.name)}
+    for extra in record.get("outputs", []):
+        names |= set(_own_under(root, extra))
+    return sorted(n for n in names if (root / n).exists())
+
+
+def _own_under(root: Path, name: str) -> list[str]:
+    """A declared extra output: a file is the build's; a folder holds datasets (nested builds) whose
+    records say what is theirs."""
+    path = root / name
+    if path.is_file():
+        return [name]
+    if not path.is_dir():
+        return []
+    if build_record(path) is not None:
+        return [f"{name}/{n}" for n in own_files(path)]
+    return [n for child in sorted(path.iterdir()) if child.is_dir() for n in _own_under(root, f"{name}/{child.name}")]
+
+
+def check_output(out: str | Path, builder: str, inputs: dict, option: str = "--out") -> None:
+    """Everything a build checks of its ``--out`` before it starts (:mod:`diffalign.outputs`): apart
+    from its ``inputs`` (``{option: path or paths}``) and free of files another wrote
+    (:func:`check_output_folder`). Builders that load models call it before they do."""
+    check_apart(out, inputs, option)
+    check_output_folder(out, builder, option)
+
+
+def check_output_folder(root: str | Path, builder: str, option: str = "--out") -> None:
+    """What :class:`ShardWriter` checks of its folder before it writes, for a builder to call before
+    anything heavy loads: a dataset of another builder is refused (with ``overwrite`` too), and so
+    is a folder without a build record that is not empty (with ``overwrite`` too: it deletes only
+    what a build wrote, and a folder without a record holds nothing a build wrote).
+
+    Raises:
+        BuildError: naming what stands there and the fix.
+    """
+    root = Path(root)
+    if root.exists() and not root.is_dir():
+        raise BuildError(f"{option} {root} is a file; give a folder for the dataset")
+    if not root.is_dir():
+        return
+    record = build_record(root)
+    if record is not None:
+        found = record_builder(record, builder)
+        if found != builder:
+            raise BuildError(f"{option} {root} already holds another dataset (built by `{found}`, not `{builder}`); "
+                             "--overwrite replaces only what this command wrote: choose another folder, or delete "
+                             "that dataset yourself")
+        return
+    present = sorted(p.name for p in root.iterdir())
+    if present:
+        shown = ", ".join(present[:4]) + (", ..." if len(present) > 4 else "")
+        raise BuildError(f"{option} {root} is not empty ({shown}) and holds no dataset of this command; a build "
+                         "never writes among files it did not write: choose a new or empty folder")
+
+
+def clear_build(root: str | Path, builder: str) -> None:
+    """``--overwrite``: delete what an earlier build of ``builder`` wrote in ``root`` (:func:`own_files`),
+    nothing else; a dataset that another command built is refused, not deleted.
+
+    Raises:
+        BuildError: ``root`` holds the output of another builder.
+    """
+    root = Path(root)
+    check_output_folder(root, builder)
+    if root.is_dir():
+        remove(root, own_files(root))
+
+
 def add_writer_arguments(parser, shard_size: int = 1000, unit: str = "rows", progress: bool = True) -> None:
     """The output options every builder shares: ``--shard-size``, ``--overwrite``, ``--no-progress``."""
-    parser.add_argument("--shard-size", type=int, default=shard_size,
+    parser.add_argument("--shard-size", type=COUNT, default=shard_size,
                         help=f"{unit} per Parquet shard, the unit of resumption (default: {shard_size})")
-    parser.add_argument("--overwrite", action="store_true", help="discard what --out holds and start again")
+    parser.add_argument("--overwrite", action="store_true", help="delete what an earlier run of this command wrote in "
+                        "--out and start again (files it did not write are kept)")
     if progress:
         parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
@@ -72,17 +186,26 @@ class ShardWriter:
         builder: name recorded in the manifest.
         options: the build's options; resuming with different ones is refused.
         shard_size: rows per shard.
-        overwrite: delete whatever ``root`` holds and start again.
+        overwrite: delete what an earlier build of ``builder`` wrote in ``root`` and start again
+            (:func:`clear_build`; nothing else is deleted, and no file another wrote is replaced).
+        inputs: ``{option: path or paths}`` the build reads: ``root`` must not be, contain or lie
+            inside any of them (:func:`check_output`).
+        outputs: names the builder writes in ``root`` beside the dataset (a report, nested
+            datasets), recorded so that ``overwrite`` removes them too.
+        option: how the command names ``root`` in messages (``--out``, ``--into``).
     """
 
-    def __init__(self, root: str | Path, *, builder: str, options: dict, shard_size: int = 1000, overwrite: bool = False):
+    def __init__(self, root: str | Path, *, builder: str, options: dict, shard_size: int = 1000, overwrite: bool = False,
+                 inputs: dict | None = None, outputs: tuple[str, ...] = (), option: str = "--out"):
         self.root = Path(root)
         self.data = self.root / DATA_DIR
         self.builder = builder
         self.options = json.loads(json.dumps(options))  # what a JSON round trip gives, for comparison
         self.shard_size = shard_size
-        if overwrite and self.root.exists():
-            shutil.rmtree(self.root)
+        self.outputs = list(outputs)
+        check_output(self.root, builder, inputs or {}, option)
+        if overwrite:
+            clear_build(self.root, builder)
         self.data.mkdir(parents=True, exist_ok=True)
         self.shards: list[dict] = []
         self.position = 0
@@ -90,6 +213,8 @@ class ShardWriter:
         self.buffer: list[dict] = []
         self._pending_position = 0
         self.complete = self._resume()
+        if build_record(self.root) is None:
+            self._record()  # before the first shard: whatever this build leaves from now on is its own
 
     # ----------------------------------------------------------------------------- resume
     def _resume(self) -> bool:
@@ -103,14 +228,20 @@ class ShardWriter:
             progress = json.loads(progress_path.read_text())
             self._check_options(progress["options"], "an interrupted build")
             self.shards, self.position, self.counts = progress["shards"], progress["position"], progress["counts"]
-        elif any(self.data.glob("*.parquet")):
-            raise BuildError(f"{self.root} holds Parquet files but no build record; pass --overwrite or another folder")
         self._pending_position = self.position
         recorded = {s["file"] for s in self.shards}
-        for stray in list(self.data.iterdir()):
-            if f"{DATA_DIR}/{stray.name}" not in recorded:
-                stray.unlink()  # a temp file, or a shard renamed in just before a kill
+        strays = [p for p in self.data.iterdir() if f"{DATA_DIR}/{p.name}" not in recorded]
+        foreign = [p.name for p in strays if not (_SHARD.fullmatch(p.name) or _TEMP.fullmatch(p.name))]
+        if foreign:
+            raise BuildError(f"{self.data} holds {', '.join(sorted(foreign)[:3])}, which this build did not write (every "
+                             "file there is read as part of the dataset): move it out, then run the same command again")
+        for stray in strays:
+            stray.unlink()  # a temp file, or a shard renamed in just before a kill
         return False
+
+    def _declared(self) -> dict:
+        """The record's ``outputs`` entry (absent for builders that write only the dataset)."""
+        return {"outputs": self.outputs} if self.outputs else {}
 
     def _check_options(self, found, what: str) -> None:
         if found != self.options:
@@ -165,8 +296,12 @@ class ShardWriter:
         self.shards.append({"file": f"{DATA_DIR}/{name}", "rows": len(self.buffer)})
         self.buffer = []
         self.position = self._pending_position
+        self._record()
+
+    def _record(self) -> None:
         atomic_write_json(self.root / PROGRESS, {
-            "options": self.options, "shards": self.shards, "position": self.position,
+            "builder": self.builder, "options": self.options, **self._declared(), "shards": self.shards,
+            "position": self.position,
             "counts": copy.deepcopy(self.counts),
         })
 
@@ -183,10 +318,10 @@ class ShardWriter:
         self.flush()
         manifest = {
             "format": FORMAT, "format_version": FORMAT_VERSION, "builder": self.builder,
-            "options": self.options, "rows": sum(s["rows"] for s in self.shards),
+            "options": self.options, **self._declared(), "rows": sum(s["rows"] for s in self.shards),
             "shards": self.shards, "counts": self.counts, **(extra or {}),
         }
-        atomic_write_bytes(self.root / "README.md", dataset_card(manifest).encode())
+        atomic_write_bytes(self.root / CARD, dataset_card(manifest).encode())
         atomic_write_json(self.root / MANIFEST, manifest)
         (self.root / PROGRESS).unlink(missing_ok=True)
         self.complete = True

@@ -20,6 +20,8 @@ from pathlib import Path
 import torch
 
 
+from diffalign.arguments import COUNT, SCALE, SEED, SIDE
+
 def load_records(source: str, column: str | None = None, limit: int | None = None, geneval_seed: int = 43,
                  geneval_n: int = 100) -> list[dict]:
     """Prompt records: ``geneval`` (our port of its generator), a GenEval ``evaluation_metadata.jsonl``,
@@ -129,6 +131,46 @@ def evaluate(records: list[dict], out: str | Path, base, candidate, rewards: lis
 
 
 # ----------------------------------------------------------------------------- command
+ARMS = ("base", "candidate")
+WRITES = (*ARMS, "results.json", "report.html")
+"""What an evaluation writes in its ``--out``; an arm's ``generation.json`` is its record."""
+
+
+def check_out(args: argparse.Namespace) -> None:
+    """``--out`` apart from every input, and new, empty or an earlier evaluation's (whose arms
+    hold their ``generation.json``): the names an evaluation writes are never someone else's
+    (:mod:`diffalign.outputs`)."""
+    from diffalign.outputs import OutputError, check_apart
+
+    inputs = {"--base": args.base, "--candidate": args.candidate, "--base-lora": args.base_lora,
+              "--candidate-lora": args.candidate_lora, "--prompts": args.prompts, "--model": args.model,
+              "--detector-model": args.detector_model, "--color-model": args.color_model}
+    check_apart(args.out, inputs, "--out")
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise OutputError(f"--out {out} is a file; give a folder for the evaluation")
+    earlier = any((out / arm / "generation.json").is_file() for arm in ARMS)
+    found = [name for name in WRITES if (out / name).exists()]
+    if found and not earlier:
+        raise OutputError(f"--out {out} holds {', '.join(found)}, which no evaluation wrote (no "
+                          f"{'/'.join(ARMS)}/generation.json); an evaluation never replaces files it did not write: "
+                          "choose another --out")
+
+
+def check_sizes(args: argparse.Namespace, device: str) -> None:
+    """One generation batch's decoded pixels must fit in free memory: a mistyped --height is
+    refused here, not after the pipelines load."""
+    from diffalign.resources import pixel_bytes, require_memory
+
+    if args.height is None and args.width is None:
+        return  # the pipeline's own size
+    side = args.height or args.width
+    need = pixel_bytes(args.gen_batch_size, args.height or side, args.width or side, args.frames)
+    require_memory(need, f"--gen-batch-size {args.gen_batch_size} at {args.height or side}×{args.width or side}"
+                   + (f", {args.frames} frames" if args.frames else ""), "lower --height/--width or --gen-batch-size",
+                   device=device)
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from diffalign.rewards.cli import add_reward_arguments
 
@@ -140,24 +182,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--prompts", default="geneval", help="'geneval' (our port of its prompt generator), a GenEval "
                         "evaluation_metadata.jsonl, or any prompt set (.txt/.json/.jsonl/.csv/.tsv or hub dataset) (default: geneval)")
     parser.add_argument("--prompt-column", default=None, help="prompt field of a records file or dataset")
-    parser.add_argument("--limit", type=int, default=None, help="evaluate only the first N prompts")
-    parser.add_argument("--geneval-seed", type=int, default=43, help="seed of the GenEval prompt generator (default: 43, the published set)")
-    parser.add_argument("--geneval-n", type=int, default=100, help="GenEval draws per tag (default: 100)")
+    parser.add_argument("--limit", type=COUNT, default=None, help="evaluate only the first N prompts")
+    parser.add_argument("--geneval-seed", type=SEED, default=43, help="seed of the GenEval prompt generator (default: 43, the published set)")
+    parser.add_argument("--geneval-n", type=COUNT, default=100, help="GenEval draws per tag (default: 100)")
     parser.add_argument("--out", required=True, type=Path, help="output folder (resumable: images made from the same "
                         "weights, by content, and settings are reused)")
     parser.add_argument("--regenerate", action="store_true", help="remake the images of an arm whose weights or "
                         "settings changed since --out was written (default: refuse)")
-    parser.add_argument("--samples", type=int, default=4, help="images per prompt (default: 4, as GenEval)")
-    parser.add_argument("--seed", type=int, default=42, help="image k of prompt i uses seed SEED + i*SAMPLES + k (default: 42)")
-    parser.add_argument("--steps", type=int, default=50, help="sampling steps (default: 50)")
-    parser.add_argument("--guidance", type=float, default=9.0, help="classifier-free guidance scale (default: 9.0, as GenEval)")
-    parser.add_argument("--height", type=int, default=None, help="image height (default: the pipeline's)")
-    parser.add_argument("--width", type=int, default=None, help="image width (default: the pipeline's)")
+    parser.add_argument("--samples", type=COUNT, default=4, help="images per prompt (default: 4, as GenEval)")
+    parser.add_argument("--seed", type=SEED, default=42, help="image k of prompt i uses seed SEED + i*SAMPLES + k (default: 42)")
+    parser.add_argument("--steps", type=COUNT, default=50, help="sampling steps (default: 50)")
+    parser.add_argument("--guidance", type=SCALE, default=9.0, help="classifier-free guidance scale (default: 9.0, as GenEval)")
+    parser.add_argument("--height", type=SIDE, default=None, help="image height (default: the pipeline's)")
+    parser.add_argument("--width", type=SIDE, default=None, help="image width (default: the pipeline's)")
     parser.add_argument("--negative-prompt", default=None, help="negative prompt for every image")
-    parser.add_argument("--frames", type=int, default=None, help="text-to-video models (Wan): frames per clip, "
+    parser.add_argument("--frames", type=COUNT, default=None, help="text-to-video models (Wan): frames per clip, "
                         "1 + 4n (e.g. 81); image rewards score the mean over each clip's frames")
-    parser.add_argument("--fps", type=int, default=16, help="frame rate of the saved clips (default: 16)")
-    parser.add_argument("--gen-batch-size", type=int, default=4, help="images per pipeline call (default: 4)")
+    parser.add_argument("--fps", type=COUNT, default=16, help="frame rate of the saved clips (default: 16)")
+    parser.add_argument("--gen-batch-size", type=COUNT, default=4, help="images per pipeline call (default: 4)")
     add_reward_arguments(parser, several=True, required=False)
     parser.add_argument("--no-geneval", action="store_true", help="skip GenEval scoring of GenEval prompts")
     parser.add_argument("--detector", default="mask2former", help="GenEval detector: 'mask2former' (transformers "
@@ -179,7 +221,11 @@ def run(args: argparse.Namespace) -> int:
 
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
     try:
+        check_out(args)
         records = load_records(args.prompts, args.prompt_column, args.limit, args.geneval_seed, args.geneval_n)
+        if not records:
+            raise ScoreInputError(f"the prompt set {args.prompts} has no prompts: nothing to generate or score")
+        check_sizes(args, device)
         geneval = not args.no_geneval and args.frames is None and all("tag" in r for r in records)
         if not geneval and not args.reward:
             raise ScoreInputError("nothing to score: give --reward, or GenEval prompts without --no-geneval")

@@ -25,6 +25,8 @@ from typing import Iterable, Sequence
 
 import torch
 
+from diffalign.arguments import COUNT, SCALE
+
 THRESHOLDS = tuple(round(0.1 * i, 1) for i in range(11))
 TIE = "tie"
 
@@ -155,9 +157,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--validation", nargs="+", default=None, help="pairs to choose the tie threshold on (same forms)")
     parser.add_argument("--validation-split", default="validation_unique",
                         help="split of a hub --validation (default: validation_unique)")
-    parser.add_argument("--threshold", type=float, default=None, help="use this tie threshold instead of choosing one")
+    parser.add_argument("--threshold", type=SCALE, default=None, help="use this tie threshold instead of choosing one")
     parser.add_argument("--kind", choices=KINDS, default="auto", help="source kind (default: from the files)")
-    parser.add_argument("--limit", type=int, default=None, help="at most this many pairs per split")
+    parser.add_argument("--limit", type=COUNT, default=None, help="at most this many pairs per split")
     parser.add_argument("--out", type=Path, default=None, help="also write the report as JSON here")
 
 

@@ -39,6 +39,7 @@ from pathlib import Path
 
 import torch
 
+from diffalign.arguments import COUNT
 from diffalign.config import DTYPE_NAMES, torch_dtype
 from diffalign.rewards.base import ScoreInputError
 
@@ -65,7 +66,7 @@ def add_reward_arguments(parser: argparse.ArgumentParser, several: bool, require
                         "default: the published ones. Only with a single --reward")
     parser.add_argument("--dtype", choices=DTYPE_NAMES, default="fp32", help="dtype the reward models run in (default: fp32)")
     parser.add_argument("--device", default="auto", help="torch device; auto = cuda when available (default: auto)")
-    parser.add_argument("--batch-size", type=int, default=16, help="images per reward-model call (default: 16)")
+    parser.add_argument("--batch-size", type=COUNT, default=16, help="images per reward-model call (default: 16)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -134,6 +135,31 @@ def summarise(rows: list[dict], labels: list[str]) -> dict:
     return out
 
 
+def check_scores_file(out: Path, inputs: dict) -> None:
+    """``--out`` may be a new file, or a scores file this command wrote before (replaced); never a
+    file of the inputs, one inside them, or another file (:mod:`diffalign.outputs`)."""
+    from diffalign.outputs import OutputError, check_apart
+
+    check_apart(out, inputs, "--out")
+    if out.is_dir():
+        raise OutputError(f"--out {out} is a folder; give a .parquet or .json file to write")
+    if out.exists() and not _is_scores_file(out):
+        raise OutputError(f"--out {out} exists and is not a scores file diffalign wrote; a command never replaces a "
+                          "file it did not write: give another --out")
+
+
+def _is_scores_file(path: Path) -> bool:
+    try:
+        if path.suffix == ".parquet":
+            import pyarrow.parquet as pq
+
+            return b"diffalign" in (pq.read_schema(path).metadata or {})
+        found = json.loads(path.read_text())
+        return isinstance(found, dict) and {"rewards", "summary", "scores"} <= set(found)
+    except (OSError, ValueError):  # unreadable as either (pyarrow's errors are ValueErrors): not ours
+        return False
+
+
 def write_scores(out: Path, rows: list[dict], meta: dict) -> None:
     """``.parquet`` (metadata under the schema key ``diffalign``) or ``.json`` (``meta`` + ``scores``)."""
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -166,14 +192,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "one image score per chosen frame: all = F per video, every:N = F/N, first = 1; "
                         "temporal_consistency always uses every decoded frame. With videos, --batch-size counts "
                         "scored frames (whole videos per call)")
-    parser.add_argument("--max-frames", type=int, default=None, metavar="N",
+    parser.add_argument("--max-frames", type=COUNT, default=None, metavar="N",
                         help="videos: decode at most the first N frames of each (default: all of them)")
     parser.add_argument("--out", type=Path, default=None,
                         help="where to write the scores: .parquet or .json (default: scores.parquet)")
     parser.add_argument("--into", type=Path, default=None, metavar="OUT",
                         help="with a preference dataset and one --reward: write a new dataset at OUT, the same rows "
                         "with their scores column filled by the reward (resumable; the source is not changed)")
-    parser.add_argument("--shard-size", type=int, default=1000,
+    parser.add_argument("--shard-size", type=COUNT, default=1000,
                         help="with --into: rows per Parquet shard, the unit of resumption (default: 1000)")
     parser.add_argument("--overwrite", action="store_true", help="with --into: discard what OUT holds and start again")
     parser.add_argument("--strict", action="store_true", help="fail on an unreadable image or video instead of skipping it")
@@ -191,6 +217,7 @@ def run(args: argparse.Namespace) -> int:
         return 1
     try:
         # Inputs first: a wrong folder or prompts file should not wait for gigabytes of weights.
+        check_scores_file(args.out, {"--images": args.images, "--prompts": args.prompts, "--model": args.model})
         items = input_items(args)
         media = items[0].media if items else "image"
         if media == "video":
@@ -303,7 +330,7 @@ def run_into(args: argparse.Namespace) -> int:
     try:
         if problem:
             raise ScoreInputError(problem)
-        check_target(args.images, args.into, args.overwrite)  # before gigabytes of weights load
+        check_target(args.images, args.into, args.model)  # before gigabytes of weights load
         reward = load_rewards_from_args(args)[0]
         with stopping.stop_requests():  # SIGTERM/Ctrl-C: keep the shards written, resume on the next run
             manifest = score_into_dataset(

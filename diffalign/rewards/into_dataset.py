@@ -19,8 +19,8 @@ import hashlib
 import json
 from pathlib import Path
 
-from diffalign.data.schema import DATA_DIR, MANIFEST
-from diffalign.data.writer import PROGRESS, BuildError, ShardWriter
+from diffalign.data.schema import MANIFEST
+from diffalign.data.writer import ShardWriter
 
 BUILDER = "score-into"
 DROP_REASON = "unreadable_image"
@@ -34,43 +34,13 @@ def own_texts(row: dict) -> list[str]:
     return image_texts(row["prompt"], row.get("captions"), len(row["images"]), row.get("captions") is not None)
 
 
-def _contains(outer: Path, inner: Path) -> bool:
-    return inner == outer or inner.is_relative_to(outer)
+def check_target(source: Path, out: Path, model: str | None = None) -> None:
+    """What ``--into OUT`` must be, checked before the reward's weights load: apart from the source
+    dataset (and the reward's weights), and free of files this command did not write
+    (:func:`~diffalign.data.writer.check_output`)."""
+    from diffalign.data.writer import check_output
 
-
-def check_target(source: Path, out: Path, overwrite: bool) -> None:
-    """Refuse an ``out`` that is, contains or lies inside ``source``, that is a file, or that holds
-    something other than a dataset this command writes (unless ``overwrite``)."""
-    src, dst = source.resolve(), out.resolve()
-    if src == dst:
-        raise BuildError(f"--into {out} is the source dataset; the source is never modified: give another folder")
-    if _contains(src, dst) or _contains(dst, src):
-        where = "inside" if _contains(src, dst) else "around"
-        raise BuildError(f"--into {out} lies {where} the source dataset {source}; give a folder outside it")
-    if not out.exists():
-        return
-    if not out.is_dir():
-        raise BuildError(f"--into {out} is a file; give a folder for the new dataset")
-    if overwrite:
-        return
-    manifest = out / MANIFEST
-    if manifest.is_file():
-        try:
-            builder = json.loads(manifest.read_text()).get("builder")
-        except (json.JSONDecodeError, AttributeError):
-            builder = None
-        if builder != BUILDER:
-            raise BuildError(f"--into {out} already holds another dataset (builder {builder!r}); choose another "
-                             "folder, or pass --overwrite to replace it")
-        return  # ours: ShardWriter compares the options
-    if (out / PROGRESS).is_file():
-        return
-    others = [p.name for p in out.iterdir() if p.name != DATA_DIR]
-    others += [f"{DATA_DIR}/{p.name}" for p in (out / DATA_DIR).glob("*") if not p.name.startswith(".")] \
-        if (out / DATA_DIR).is_dir() else []
-    if others:
-        raise BuildError(f"--into {out} is not empty ({', '.join(sorted(others)[:3])}...) and holds no dataset of "
-                         "this command; choose a new or empty folder, or pass --overwrite to replace it")
+    check_output(out, BUILDER, {"--images": source, "--model": model}, option="--into")
 
 
 def score_into_dataset(source: str | Path, out: str | Path, reward, *, weights: str, dtype: str,
@@ -87,7 +57,7 @@ def score_into_dataset(source: str | Path, out: str | Path, reward, *, weights: 
         batch_size: images per reward-model call.
         strict: an unreadable image stops the run instead of skipping its row.
         shard_size: rows per shard, the unit of resumption.
-        overwrite: discard what ``out`` holds.
+        overwrite: delete what an earlier run of this command wrote in ``out`` (nothing else).
 
     Returns:
         The manifest of ``out``. Its ``counts`` hold ``read``, ``kept``, ``dropped``
@@ -101,13 +71,13 @@ def score_into_dataset(source: str | Path, out: str | Path, reward, *, weights: 
     from diffalign.rewards.base import ScoreInputError
 
     source, out = Path(source), Path(out)
-    check_target(source, out, overwrite)  # before the writer: --overwrite deletes what out holds
     data = PreferenceDataset.open(source)
     source_manifest = (source / MANIFEST).read_bytes()
     options = {"source": str(source.resolve()), "source_manifest_sha256": hashlib.sha256(source_manifest).hexdigest(),
                "reward": reward.label, "weights": str(weights), "dtype": dtype, "strict": strict,
                "shard_size": shard_size}
-    writer = ShardWriter(out, builder=BUILDER, options=options, shard_size=shard_size, overwrite=overwrite)
+    writer = ShardWriter(out, builder=BUILDER, options=options, shard_size=shard_size, overwrite=overwrite,
+                         inputs={"--images": source}, option="--into")
     if writer.complete:
         return writer.finish()
     for key in ("images_scored", "scores_overwritten"):

@@ -14,10 +14,15 @@ A fresh clone has neither; this writes both in a few seconds, with no download:
 
 The images are renders of the toy world (:mod:`.world`), ordered by the toy reward, so the
 preferred image of each group is the one with the larger object, as in the benchmark.
+
+Running it again replaces what it wrote before, which ``<out>/.make-tiny.json`` records (written
+before anything else); a folder of those names that it did not write is refused, never replaced
+(the rule of :mod:`diffalign.outputs`). Files of other names in ``<out>`` are left alone.
 """
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -31,6 +36,8 @@ from diffalign.toy.reward import toy_reward
 from diffalign.toy.world import PROMPTS, render, sample_scene
 
 GROUPS_PER_PROMPT = 4
+RECORD = ".make-tiny.json"
+FOLDERS = ("model", "pairs", "ranked", "experts", "step_aware", "video_model", "video_pairs")
 
 
 def write_starter(out: str | Path, seed: int = 0) -> dict[str, Path]:
@@ -42,8 +49,8 @@ def write_starter(out: str | Path, seed: int = 0) -> dict[str, Path]:
     from diffalign.data.experts import build_experts
 
     out = Path(out)
-    folders = {"model": out / "model", "pairs": out / "pairs", "ranked": out / "ranked", "experts": out / "experts",
-               "step_aware": out / "step_aware", "video_model": out / "video_model", "video_pairs": out / "video_pairs"}
+    folders = {name: out / name for name in FOLDERS}
+    _claim(out)
     shutil.rmtree(folders["model"], ignore_errors=True)
     shutil.copytree(base_model(progress=False), folders["model"])
     generator = torch.Generator().manual_seed(seed)
@@ -67,6 +74,21 @@ def write_starter(out: str | Path, seed: int = 0) -> dict[str, Path]:
     tiny_step_aware(seed=seed).save_pretrained(folders["step_aware"])
     _write_video_starter(folders, seed)
     return folders
+
+
+def _claim(out: Path) -> None:
+    """Refuse ``out`` if a folder :data:`FOLDERS` names stands there that make-tiny did not write;
+    else record that make-tiny writes them, before it writes any."""
+    from diffalign.outputs import OutputError
+
+    record = out / RECORD
+    mine = set(json.loads(record.read_text())["folders"]) if record.is_file() else set()
+    foreign = [name for name in FOLDERS if (out / name).exists() and name not in mine]
+    if foreign:
+        raise OutputError(f"--out {out} holds {', '.join(foreign)}, which make-tiny did not write and would replace; "
+                          "choose another --out (make-tiny writes model/, pairs/, ranked/, ... there)")
+    out.mkdir(parents=True, exist_ok=True)
+    record.write_text(json.dumps({"folders": list(FOLDERS)}))
 
 
 def _write_video_starter(folders: dict[str, Path], seed: int) -> None:

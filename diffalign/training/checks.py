@@ -44,6 +44,7 @@ def preflight(config: TrainConfig):
     """
     from diffalign.families import detect_family
     from diffalign.objectives import build_objective
+    from diffalign.outputs import check_apart
     from diffalign.training import run_folder
 
     objective = build_objective(config.objective)
@@ -72,6 +73,9 @@ def preflight(config: TrainConfig):
         raise StartupError("logging.report_to: wandb needs wandb: pip install 'diffalign[wandb]'")
     if config.compile_memory_budget is not None and not config.compile:
         raise StartupError(f"compile_memory_budget: {config.compile_memory_budget} needs compile: true")
+    inputs = {"model.path": config.model.path, "data.path": config.data.path}
+    inputs.update({f"objective.{k}": v for k, v in config.objective.items() if k != "name" and isinstance(v, str)})
+    check_apart(config.output_dir, inputs, "output_dir")
     run_folder.check(config.output_dir, config.resume, config.overwrite)
     _check_resume(config)
     return objective, data, family, cache_plan
@@ -148,7 +152,8 @@ def plan_cache(config: TrainConfig, family: str, data: PreferenceDataset, captio
     A cache built for another model or an older version of the dataset is an error under
     ``auto`` too: it is the user's data, so it is never deleted or overwritten here.
     """
-    from diffalign.data.cache import META, cache_dir
+    from diffalign.data.cache import META, cache_bytes, cache_dir, is_complete
+    from diffalign.resources import require_disk
 
     mode = config.data.cache
     folder = cache_dir(config.data.path, family, config.data.resolution, config.data.frames, config.data.frame_stride)
@@ -164,14 +169,13 @@ def plan_cache(config: TrainConfig, family: str, data: PreferenceDataset, captio
         return CachePlan("use", folder, "data.cache is true")
     if why_not:
         return CachePlan("off", folder, why_not)
-    if not _finished(folder / META):  # mode is "auto" from here on
+    if not is_complete(folder):  # mode is "auto" from here on
         if not _writable(Path(config.data.path)):
             return CachePlan("off", folder, f"no latent cache in {folder}, and {config.data.path} is not writable")
-        need, free = latent_bytes(config, len(data) * data.group_size), _free_bytes(Path(config.data.path))
-        if need > free:
-            raise StartupError(f"data.cache: auto would build a latent cache of at least {need / 2**30:.1f} GiB in "
-                               f"{folder}, but only {free / 2**30:.1f} GiB are free there; free space, or train "
-                               "uncached with data.cache=false")
+        need = cache_bytes(config.model.path, config.model.revision, config.data.resolution, config.data.frames,
+                           len(data) * data.group_size)
+        require_disk(need, config.data.path, "data.cache: auto would build a latent cache that",
+                     "free space, or train uncached with data.cache=false")
         return CachePlan("build", folder, f"no finished latent cache for this model and resolution yet; "
                                           f"its latents take {need / 2**30:.2f} GiB, plus the prompt embeddings")
     _matching_cache(config, family, data)
@@ -204,37 +208,6 @@ def _cache_cannot_serve(config: TrainConfig, caption_mismatch: bool, objective) 
         return (f"objective.inversion.guidance: {inversion.guidance} needs the text encoders for the empty prompt, "
                 "which a cached run leaves unloaded")
     return None
-
-
-def latent_bytes(config: TrainConfig, images: int) -> int:
-    """What a cache's latents take on disk for ``images`` images (or clips): the posterior's mean
-    and std, fp32, ``C × (R/f)²`` each, times the latent frames of a clip (read from the VAE's
-    config; the prompt embeddings come on top)."""
-    from diffusers import AutoencoderKL
-
-    from diffalign.families.base import vae_downsampling
-
-    vae = AutoencoderKL.load_config(config.model.path, subfolder="vae", revision=config.model.revision)
-    side = config.data.resolution // vae_downsampling(vae)
-    frames = config.data.frames
-    latent_frames = 1 if frames is None else (frames - 1) // int(vae.get("scale_factor_temporal") or 4) + 1
-    channels = vae.get("latent_channels") or vae["z_dim"]
-    return images * 2 * 4 * channels * latent_frames * side * side
-
-
-def _free_bytes(folder: Path) -> int:
-    import shutil
-
-    return shutil.disk_usage(folder).free
-
-
-def _finished(meta_file: Path) -> bool:
-    import json
-
-    try:
-        return bool(json.loads(meta_file.read_text()).get("complete"))
-    except (OSError, ValueError):
-        return False
 
 
 def _writable(folder: Path) -> bool:

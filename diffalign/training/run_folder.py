@@ -1,38 +1,64 @@
 """A run's output folder belongs to one run at a time, and a run never writes into another's.
 
-- **One at a time.** A live run holds an exclusive ``flock`` on ``<output_dir>/.lock``. The
-  kernel releases it when the process ends however it ends, SIGKILL included, so a killed run
-  never leaves the folder stuck. Only the main process takes it; under ``accelerate launch`` the
-  other processes write nothing there but their share of the checkpoints.
-- **Never another run's folder.** A folder that already holds what a run writes is refused
-  unless the config says ``resume`` (continue it) or ``overwrite`` (delete what the earlier run
-  wrote and start again). ``resume=latest`` with no checkpoint to continue from is allowed for an
+- **One at a time.** A live run holds the folder's lock (:class:`~diffalign.outputs.FolderLock`,
+  ``<output_dir>/.lock``), released when the process ends however it ends. Only the main process
+  takes it; under ``accelerate launch`` the other processes write nothing there but their share
+  of the checkpoints.
+- **Never another run's folder.** A folder that already holds a run is refused unless the
+  config says ``resume`` (continue it) or ``overwrite`` (delete what the earlier run wrote and
+  start again). ``resume=latest`` with no checkpoint to continue from is allowed for an
   interrupted run (it starts again from step 0), not for a finished one, whose weights it would
   silently train again.
+- **Only its own files.** A run's record is its ``config.yaml`` (the first thing it writes).
+  ``overwrite`` deletes what a run writes (:func:`own`) only in a folder with that record; names
+  a run writes that stand in a folder without it belong to someone else and are refused, with
+  ``overwrite`` too (the rule of :mod:`diffalign.outputs`).
 
-:func:`check` runs before any model loads; :class:`RunLock` guards the run itself.
+:func:`check` runs before any model loads; :func:`lock` guards the run itself.
 """
 
 from __future__ import annotations
 
-import os
-import shutil
-import socket
-import time
 from pathlib import Path
 
-from diffalign.errors import DiffalignError
+import yaml
+
+from diffalign.outputs import FolderLock, OutputError, remove
 from diffalign.training import checkpoint
 
-LOCK = ".lock"
-ARTEFACTS = ("config.yaml", "metrics.jsonl", "checkpoints", "logs", "validation", "lora", "final")
-"""What a run writes in its output folder (also what ``overwrite`` deletes, and only that)."""
+LOCK = FolderLock.NAME
+RECORD = "config.yaml"
+ARTEFACTS = (RECORD, "metrics.jsonl", "checkpoints", "logs", "validation", "lora", "final")
+"""The names a run writes at the top of its output folder."""
 WEIGHTS = ("lora", "final")
 """What only a finished run has written."""
+# Inside those folders, what a run writes (anything else there is not the run's).
+_OWN_PATTERNS = ("metrics.jsonl", ".metrics.jsonl.tmp", "checkpoints/checkpoint-*", "checkpoints/.tmp-checkpoint-*",
+                 "logs/**/events.out.tfevents.*", "validation/step-*.png", "validation/rollouts-step-*.png",
+                 "lora/pytorch_lora_weights*.safetensors", "final/*/config.json",
+                 "final/*/diffusion_pytorch_model*")
 
 
-class RunFolderError(DiffalignError, ValueError):
+class RunFolderError(OutputError):
     """An output folder in use by another run, or holding one; the message says how to proceed."""
+
+
+def is_run(folder: str | Path) -> bool:
+    """Whether ``folder`` holds a run's record: a ``config.yaml`` a run wrote (a training config)."""
+    try:
+        found = yaml.safe_load((Path(folder) / RECORD).read_text())
+    except (OSError, yaml.YAMLError):
+        return False
+    return isinstance(found, dict) and {"model", "data", "objective"} <= set(found)
+
+
+def own(folder: str | Path) -> list[str]:
+    """What a run wrote in ``folder`` (relative paths), by its record; ``[]`` without one."""
+    folder = Path(folder)
+    if not is_run(folder):
+        return []
+    found = {str(p.relative_to(folder)) for pattern in _OWN_PATTERNS for p in folder.glob(pattern)}
+    return sorted(found) + [RECORD]
 
 
 def check(folder: str | Path, resume: str | None, overwrite: bool) -> None:
@@ -42,86 +68,39 @@ def check(folder: str | Path, resume: str | None, overwrite: bool) -> None:
         RunFolderError: naming the holder or what the folder holds, and the options that proceed.
     """
     folder = Path(folder)
-    holder = lock_holder(folder)
+    holder = lock(folder).holder()
     if holder is not None:
         raise RunFolderError(f"output_dir {folder} is in use by another run ({holder}); wait for it to end or "
-                          "choose another output_dir")
+                             "choose another output_dir")
     if resume is not None and overwrite:
         raise RunFolderError("resume and overwrite contradict each other: resume continues the run in output_dir, "
-                          "overwrite deletes it")
+                             "overwrite deletes it")
     found = [name for name in ARTEFACTS if (folder / name).exists()]
-    if not found or overwrite:
+    if not found:
+        return
+    if not is_run(folder):
+        raise RunFolderError(f"output_dir {folder} holds {', '.join(found)}, which no diffalign run wrote (there is no "
+                             f"run {RECORD}); a run never replaces files it did not write: choose another output_dir")
+    if overwrite:
         return
     done = checkpoint.checkpoints(folder / "checkpoints")
     finished = any((folder / name).exists() for name in WEIGHTS)
     what = (f"a finished run (weights in {', '.join(str(folder / n) for n in WEIGHTS if (folder / n).exists())})"
             if finished else "an unfinished run")
-    what += f", checkpoints up to step {int(done[-1].name.split('-')[-1])}" if done else ", no checkpoint"
+    what += f", checkpoints up to step {checkpoint.step_of(done[-1])}" if done else ", no checkpoint"
     if resume is None:
         raise RunFolderError(f"output_dir {folder} already holds {what}. Pass resume=latest to continue it, "
-                          "overwrite=true to delete it and start again, or choose another output_dir")
+                             "overwrite=true to delete it and start again, or choose another output_dir")
     if resume == "latest" and not done and finished:
         raise RunFolderError(f"output_dir {folder} holds {what}: resume=latest has nothing to continue from and would "
-                          "train it again from step 0. Pass overwrite=true to do that, or choose another output_dir")
+                             "train it again from step 0. Pass overwrite=true to do that, or choose another output_dir")
 
 
 def clear(folder: str | Path) -> None:
-    """Delete what an earlier run wrote in ``folder`` (:data:`ARTEFACTS`), nothing else."""
-    for name in ARTEFACTS:
-        path = Path(folder) / name
-        if path.is_dir():
-            shutil.rmtree(path)
-        elif path.exists():
-            path.unlink()
+    """Delete what an earlier run wrote in ``folder`` (:func:`own`), nothing else."""
+    remove(Path(folder), own(folder))
 
 
-def lock_holder(folder: str | Path) -> str | None:
-    """Who holds ``folder``'s lock (``"pid P on HOST since …"``), or ``None`` when nobody does."""
-    path = Path(folder) / LOCK
-    if not path.is_file():
-        return None
-    probe = RunLock(folder)
-    if probe.acquire(write=False):
-        probe.release()
-        return None
-    return path.read_text().strip() or "a process that has not written its name yet"
-
-
-class RunLock:
-    """The exclusive lock of a run folder; a context manager (``with RunLock(folder): ...``)."""
-
-    def __init__(self, folder: str | Path):
-        self.path = Path(folder) / LOCK
-        self._fd: int | None = None
-
-    def acquire(self, write: bool = True) -> bool:
-        """Take the lock without waiting; ``False`` when another process holds it."""
-        import fcntl
-
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            return False
-        if write:
-            os.ftruncate(fd, 0)
-            os.write(fd, f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')}\n".encode())
-        self._fd = fd
-        return True
-
-    def release(self) -> None:
-        if self._fd is not None:
-            os.close(self._fd)  # closing the descriptor drops the flock
-            self._fd = None
-
-    def __enter__(self) -> RunLock:
-        if not self.acquire():
-            raise RunFolderError(f"output_dir {self.path.parent} is in use by another run "
-                              f"({self.path.read_text().strip()}); wait for it to end or choose another output_dir")
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.release()
-
+def lock(folder: str | Path) -> FolderLock:
+    """The lock a live run holds on ``folder``."""
+    return FolderLock(folder, what="output_dir", user="run")

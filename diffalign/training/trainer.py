@@ -236,7 +236,7 @@ class Trainer:
         """
         self._on_step = on_step
         # The main process holds the folder's lock for the whole run (see run_folder).
-        lock = run_folder.RunLock(self.out) if self.accelerator.is_main_process else contextlib.nullcontext()
+        lock = run_folder.lock(self.out) if self.accelerator.is_main_process else contextlib.nullcontext()
         with stopping.stop_requests(), lock:
             return self._run()
 

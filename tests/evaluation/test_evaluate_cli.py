@@ -182,11 +182,12 @@ def test_evaluate_end_to_end(evaluated, capsys):
 
 
 def test_evaluate_errors(tmp_path, capsys):
-    assert main(["evaluate", "--base", "x", "--prompts", str(tmp_path / "none.txt"), "--out", str(tmp_path)]) == 1
+    out = str(tmp_path / "eval")
+    assert main(["evaluate", "--base", "x", "--prompts", str(tmp_path / "none.txt"), "--out", out]) == 1
     assert "no such prompt file" in capsys.readouterr().err
     prompts = tmp_path / "p.txt"
     prompts.write_text("a cat\n")
-    assert main(["evaluate", "--base", "x", "--prompts", str(prompts), "--out", str(tmp_path)]) == 1
+    assert main(["evaluate", "--base", "x", "--prompts", str(prompts), "--out", out]) == 1
     assert "nothing to score" in capsys.readouterr().err
 
 

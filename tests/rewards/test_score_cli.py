@@ -172,6 +172,8 @@ def source(tmp_path):
 
     images = [png_bytes(im) for im in smooth_images(8)]
     root = tmp_path / "prefs"
+    # The writer first: it claims the folder (a build writes only into a new or empty one, or its own).
+    writer = ShardWriter(root, builder="test-builder", options={"origin": "handmade"}, shard_size=2)
     (root / "images").mkdir(parents=True)
     (root / "images" / "e.png").write_bytes(images[4])
     (root / "images" / "f.png").write_bytes(images[5])
@@ -190,7 +192,6 @@ def source(tmp_path):
          "scores": None, "ranks": [0, 1], "captions": None},
         {"id": "r4", "prompt": "a house", "images": [raw(7), raw(0)], "scores": None, "ranks": [0, 1], "captions": None},
     ]
-    writer = ShardWriter(root, builder="test-builder", options={"origin": "handmade"}, shard_size=2)
     for position, row in enumerate(rows):
         writer.add({**row, "source": "test", "meta": json.dumps({"n": position})})
         writer.advance(position + 1)
@@ -271,12 +272,12 @@ def test_into_refusals(source, folder, tmp_path, tiny_clip_dir, capsys):
     err = capsys.readouterr().err
     assert "preference dataset" in err and "plain folder" in err and "--out" in err
     assert _into(source, source, tiny_clip_dir) == 1
-    assert "is the source dataset" in capsys.readouterr().err
+    assert "--into" in (err := capsys.readouterr().err) and "is the input --images" in err
     assert _into(source, source, tiny_clip_dir, "--overwrite") == 1  # --overwrite never deletes the source
     assert _into(source, source / "scored", tiny_clip_dir) == 1
-    assert "inside the source" in capsys.readouterr().err
+    assert "lies inside the input --images" in capsys.readouterr().err
     assert _into(source, tmp_path, tiny_clip_dir, "--overwrite") == 1
-    assert "around the source" in capsys.readouterr().err
+    assert "contains the input --images" in capsys.readouterr().err
     assert _tree(source) == before and not out.exists()
 
     from diffalign.testing import write_handmade_dataset

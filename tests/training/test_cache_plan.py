@@ -93,8 +93,6 @@ def test_runs_a_cache_cannot_serve_train_uncached_and_say_why(overrides, why, ti
 
 
 def test_a_cache_the_disk_cannot_hold_is_refused_before_anything_loads(tiny_path, tmp_path, capsys, monkeypatch):
-    from diffalign.training import checks
-
     data = write_groups(tmp_path / "prefs", k=2, captions=False)
     # 4 pairs of 32-px images through the tiny VAE (4 latent channels, ×2 downsampling):
     # 8 images × mean and std × 4 bytes × 4 × 16 × 16 = 65,536 bytes.
@@ -102,8 +100,11 @@ def test_a_cache_the_disk_cannot_hold_is_refused_before_anything_loads(tiny_path
 
     config = load_config(CONFIGS / "tiny" / "diffusion_dpo.yaml", [f"model.path={tiny_path('sdxl')}", f"data.path={data}",
                                                                   f"data.resolution={RES}"])
-    assert checks.latent_bytes(config, 8) == 65_536
-    monkeypatch.setattr(checks, "_free_bytes", lambda folder: 65_535)
+    from diffalign import resources
+    from diffalign.data.cache import cache_bytes
+
+    assert cache_bytes(config.model.path, None, config.data.resolution, None, 8) == 65_536
+    monkeypatch.setattr(resources, "free_disk", lambda folder: 65_535)
     assert _train(tiny_path, data, tmp_path / "run") == 1
     err = capsys.readouterr().err
     assert "at least 0.0 GiB" in err and "data.cache=false" in err

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from diffalign.cli import main
-from diffalign.training.run_folder import LOCK, RunLock, lock_holder
+from diffalign.training.run_folder import LOCK, lock
 
 CONFIG = Path(__file__).resolve().parents[2] / "training" / "configs" / "tiny" / "sft.yaml"
 
@@ -24,7 +24,7 @@ def _train(tiny_path, data, out, *extra):
 
 def test_a_live_run_holds_the_folder(tiny_path, pair_data, tmp_path, capsys):
     out = tmp_path / "run"
-    with RunLock(out):  # another run, alive
+    with lock(out):  # another run, alive
         capsys.readouterr()
         assert _train(tiny_path, pair_data, out) == 1
         err = capsys.readouterr().err
@@ -35,17 +35,17 @@ def test_a_live_run_holds_the_folder(tiny_path, pair_data, tmp_path, capsys):
 
 def test_a_killed_run_leaves_no_stuck_lock(tmp_path):
     out = tmp_path / "run"
-    code = f"from diffalign.training.run_folder import RunLock; RunLock({str(out)!r}).acquire(); print('held', flush=True); " \
+    code = f"from diffalign.training.run_folder import lock; lock({str(out)!r}).acquire(); print('held', flush=True); " \
            "import time; time.sleep(60)"
     holder = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
     assert holder.stdout.readline().strip() == "held"
-    assert f"pid {holder.pid} on" in lock_holder(out)
+    assert f"pid {holder.pid} on" in lock(out).holder()
     holder.send_signal(signal.SIGKILL)
     holder.wait(timeout=30)
     deadline = time.time() + 10
-    while lock_holder(out) is not None and time.time() < deadline:
+    while lock(out).holder() is not None and time.time() < deadline:
         time.sleep(0.05)
-    assert lock_holder(out) is None
+    assert lock(out).holder() is None
     assert (out / LOCK).exists()  # the file stays; only a live holder counts
 
 
@@ -86,12 +86,20 @@ def test_check_config_sees_the_folder_too(tiny_path, pair_data, tmp_path, capsys
 
 
 @pytest.mark.parametrize("name", ["config.yaml", "metrics.jsonl", "checkpoints", "lora"])
-def test_any_trace_of_a_run_marks_the_folder(name, tmp_path):
+def test_what_a_run_writes_is_refused_where_no_run_wrote_it(name, tmp_path):
+    """A name a run writes, standing in a folder without a run's record, is someone else's: refused
+    even with overwrite (which deletes only what a run wrote). With the record it marks a run."""
     from diffalign.training.run_folder import RunFolderError, check
 
     out = tmp_path / "run"
     out.mkdir()
-    check(out, None, False)  # an empty folder is free
+    (out / "notes.txt").write_text("mine")
+    check(out, None, False)  # a folder without a run's names is free
     (out / name).mkdir() if "." not in name else (out / name).write_text("")
+    for overwrite in (False, True):
+        with pytest.raises(RunFolderError, match="which no diffalign run wrote"):
+            check(out, None, overwrite)
+    (out / "config.yaml").write_text("model: {path: m}\ndata: {path: d}\nobjective: {name: sft}\n")
     with pytest.raises(RunFolderError, match="already holds"):
         check(out, None, False)
+    check(out, None, True)
