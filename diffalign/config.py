@@ -18,6 +18,7 @@ from typing import Any, Literal, Sequence
 
 import yaml
 
+from diffalign.arguments import MAX_SIDE
 from diffalign.typed_config import (  # noqa: F401  (re-exported: the names users import from here)
     AT_LEAST_0,
     AT_LEAST_1,
@@ -31,6 +32,11 @@ from diffalign.typed_config import (  # noqa: F401  (re-exported: the names user
     to_dict,
 )
 
+
+SIDE = bounds(8, MAX_SIDE)
+"""An image side in pixels, as the commands take it."""
+SEED = bounds(0, 2**63 - 1)
+"""What ``torch.Generator.manual_seed`` takes."""
 
 DTYPE_NAMES = ("fp32", "fp16", "bf16")
 """The dtype names configs and commands accept."""
@@ -96,7 +102,8 @@ class DataConfig:
 
     path: str = field(metadata=MUST_EXIST)
     """Folder of the on-disk preference dataset (``manifest.json`` + Parquet shards)."""
-    resolution: int = field(default=512, metadata=AT_LEAST_1)
+    resolution: int = field(default=512, metadata=SIDE)
+    """Pixels per side of the training images (centre crop); checked against free memory too."""
     frames: int | None = field(default=None, metadata=AT_LEAST_1)
     """Video datasets: frames per training clip, from each clip's start (Wan: 1 + 4n; 81 is Wan 2.1's
     5 s at 16 fps). Needed for a video dataset, refused for an image one."""
@@ -167,9 +174,9 @@ class ValidationConfig:
     """Every this many steps (0: only at the end, when prompts are given)."""
     num_inference_steps: int = field(default=25, metadata=AT_LEAST_1)
     guidance_scale: float = field(default=5.0, metadata=AT_LEAST_0)
-    resolution: int | None = field(default=None, metadata=AT_LEAST_1)
+    resolution: int | None = field(default=None, metadata=SIDE)
     """Defaults to ``data.resolution``."""
-    seed: int = 0
+    seed: int = field(default=0, metadata=SEED)
 
 
 @dataclass
@@ -185,7 +192,7 @@ class TrainConfig:
     """``name`` plus that objective's own keys, checked against its config class when the config
     loads and filled in with its defaults (so a saved ``config.yaml`` shows every value used)."""
     output_dir: str = "outputs"
-    seed: int = 0
+    seed: int = field(default=0, metadata=SEED)
     max_steps: int = field(default=1000, metadata=AT_LEAST_1)
     batch_size: int = field(default=1, metadata=AT_LEAST_1)
     gradient_accumulation_steps: int = field(default=1, metadata=AT_LEAST_1)

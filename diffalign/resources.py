@@ -22,6 +22,13 @@ def free_disk(folder: str | Path) -> int:
     return shutil.disk_usage(folder).free
 
 
+def disk_full(folder: str | Path, margin: int = 1 << 20) -> bool:
+    """Whether the disk of ``folder`` has less than ``margin`` bytes free: what a failed write is
+    taken to mean when the library that wrote gave no reason (``torch.save`` says only "unexpected
+    pos")."""
+    return free_disk(folder) < margin
+
+
 def free_memory(device: str | None = None) -> int:
     """Free bytes of the memory a command computes in: the GPU's (``cuda``, or ``None`` when one
     is present), else the machine's available RAM."""
@@ -44,8 +51,8 @@ def require_disk(need: int, folder: str | Path, what: str, fix: str) -> None:
     with less free space."""
     free = free_disk(folder)
     if need > free:
-        raise ResourceError(f"{what} needs at least {need / 2**30:.1f} GiB in {folder}, but only {free / 2**30:.1f} GiB "
-                            f"are free there; {fix}")
+        raise ResourceError(f"{what} needs at least {size(need)} in {folder}, but only {size(free)} are free there; "
+                            f"{fix}")
 
 
 def require_memory(need: int, what: str, fix: str, device: str | None = None) -> None:
@@ -53,8 +60,16 @@ def require_memory(need: int, what: str, fix: str, device: str | None = None) ->
     (a lower bound: the model's activations come on top)."""
     free = free_memory(device)
     if need > free:
-        raise ResourceError(f"{what} needs at least {need / 2**30:.1f} GiB of memory for its tensors alone, and "
-                            f"{free / 2**30:.1f} GiB are free; {fix}")
+        raise ResourceError(f"{what} needs at least {size(need)} of memory for its tensors alone, and {size(free)} "
+                            f"are free; {fix}")
+
+
+def size(n: int) -> str:
+    """``n`` bytes for a message: ``"512 B"``, ``"63.2 KiB"``, ``"1.5 GiB"``."""
+    for unit, scale in (("TiB", 2**40), ("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if n >= scale:
+            return f"{n / scale:.1f} {unit}"
+    return f"{n} B"
 
 
 def pixel_bytes(images: int, height: int, width: int, frames: int | None = None) -> int:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from pathlib import Path
@@ -198,13 +199,16 @@ def _coerce_scalar(value: Any, hint: type, key: str, errors: list) -> Any:
     }.get(hint)
     if ok is None:
         raise TypeError(f"config field {key} has an unsupported type {hint!r}")
-    if ok:
-        return float(value) if hint is float else value
-    if hint is float and isinstance(value, str):
+    if hint is float and not ok and isinstance(value, str):
         try:  # YAML 1.1 reads "1e-5" (no dot) as a string
-            return float(value)
+            value, ok = float(value), True
         except ValueError:
             pass
+    if ok and hint is float and not math.isfinite(value):  # .nan and .inf parse, and pass every bound
+        errors.append((key, f"expected a finite number, got {value!r}"))
+        return None
+    if ok:
+        return float(value) if hint is float else value
     errors.append((key, f"expected {_type_name(hint)}, got {_describe(value)}"))
     return None
 

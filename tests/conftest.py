@@ -50,3 +50,34 @@ def tiny_family(tiny_kind, tiny_path):
     from diffalign.families import load
 
     return load(tiny_path(tiny_kind))
+
+
+class _CurrentStderr:
+    """Writes to whatever ``sys.stderr`` is when written to."""
+
+    def write(self, text):
+        import sys
+
+        return sys.stderr.write(text)
+
+    def flush(self):
+        import sys
+
+        sys.stderr.flush()
+
+
+@pytest.fixture(autouse=True)
+def _library_logs_to_the_current_stderr():
+    """diffusers, transformers, huggingface_hub and datasets log through handlers bound to the
+    ``sys.stderr`` of the test that first logged (diffusers and transformers even pin the handler's
+    ``flush`` to that stream's); once pytest closes that capture, their next warning prints
+    "--- Logging error ---" and a traceback into whatever test is running. Bind every console
+    handler to the current stream instead."""
+    import logging
+
+    for logger in [logging.getLogger(), *logging.Logger.manager.loggerDict.values()]:
+        for handler in getattr(logger, "handlers", []):
+            if type(handler) is logging.StreamHandler and not isinstance(handler.stream, _CurrentStderr):
+                handler.stream = _CurrentStderr()  # not setStream: it flushes the old, maybe closed, one
+                handler.__dict__.pop("flush", None)  # StreamHandler's own flush, of the new stream
+    yield

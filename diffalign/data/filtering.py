@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import re
 from pathlib import Path
 from typing import Callable, Sequence
@@ -206,10 +207,10 @@ def filter_pairs(
         margins = reward_margins(data, reward)
     else:
         scores = data.column("scores")
-        missing = [i for i, s in enumerate(scores) if not s]
+        missing = [i for i, s in enumerate(scores) if not s or not all(math.isfinite(v) for v in (s[0], s[-1]))]
         if missing:
-            raise BuildError(f"{data_dir}: row {missing[0]} (and {len(missing) - 1} more) has no scores; "
-                             "pass a reward model to rescore the margins")
+            raise BuildError(f"{data_dir}: row {missing[0]} (and {len(missing) - 1} more) has no scores, or a score that "
+                             "is not a finite number; pass a reward model to rescore the margins")
         margins = torch.tensor([s[0] - s[-1] for s in scores])
     embeddings = model_embeddings(prompts, text_model) if text_model else hashing_embeddings(prompts)
     result = score_rows(prompts, margins, embeddings=embeddings, weights=weights, k=k, quality=quality)

@@ -107,6 +107,11 @@ def match_prompts(keys: list[str], path: Path, noun: str = "image") -> list[str]
     missing = [k for k in keys if k not in by_file and Path(k).name not in by_file]
     if missing:
         raise ScoreInputError(f"{path} has no prompt for {len(missing)} {noun}(s), e.g. {missing[:3]}")
+    present = set(keys) | {Path(k).name for k in keys}
+    absent = [name for name in by_file if name not in present]
+    if absent:  # a prompts file for other files, or files that went missing: scoring the rest would hide it
+        raise ScoreInputError(f"{path} names {len(absent)} {noun}(s) that are not in the folder, e.g. {absent[:3]}; "
+                              f"score the folder they are in, or remove them from {path.name}")
     return [by_file.get(k, by_file.get(Path(k).name)) for k in keys]
 
 

@@ -21,10 +21,12 @@ row), so a resumed run sees the same data and noise as an uninterrupted one.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import pickle
 import shutil
+from contextlib import contextmanager
 from pathlib import Path
 
 from diffalign.errors import DiffalignError
@@ -133,16 +135,18 @@ def save(accelerator, folder: Path, step: int, state: dict, keep: int, step_stat
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
     accelerator.wait_for_everyone()
-    accelerator.save_state(str(tmp))
-    if step_state:
-        save_file({k: v.detach().contiguous().cpu() for k, v in step_state.items()},
-                  str(tmp / STEP_STATE.format(accelerator.process_index)))
+    with _cleaned_up(tmp):
+        accelerator.save_state(str(tmp))
+        if step_state:
+            save_file({k: v.detach().contiguous().cpu() for k, v in step_state.items()},
+                      str(tmp / STEP_STATE.format(accelerator.process_index)))
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        (tmp / STATE).write_text(json.dumps(state, indent=2))
-        files = sorted(p for p in tmp.rglob("*") if p.is_file())
-        sums = {str(p.relative_to(tmp)): [p.stat().st_size, _sha256(p)] for p in files}
-        (tmp / CHECKSUMS).write_text(json.dumps(sums, indent=1))
+        with _cleaned_up(tmp):
+            (tmp / STATE).write_text(json.dumps(state, indent=2))
+            files = sorted(p for p in tmp.rglob("*") if p.is_file())
+            sums = {str(p.relative_to(tmp)): [p.stat().st_size, _sha256(p)] for p in files}
+            (tmp / CHECKSUMS).write_text(json.dumps(sums, indent=1))
         shutil.rmtree(final, ignore_errors=True)
         tmp.rename(final)
         for old in checkpoints(folder)[:-keep] if keep > 0 else []:
@@ -208,6 +212,23 @@ def save_only_trainable(accelerator, model) -> None:
 
     accelerator.register_save_state_pre_hook(keep_trainable)
     accelerator.register_load_state_pre_hook(load_trainable)
+
+
+@contextmanager
+def _cleaned_up(tmp: Path):
+    """A checkpoint that fails to write leaves nothing behind (its half is never resumed from, and
+    it would hold the space a full disk needs back). A write that failed on a full disk is said to
+    have, whatever the writing library called it."""
+    try:
+        yield
+    except Exception as err:
+        from diffalign.resources import disk_full
+
+        full = disk_full(tmp.parent) and not (isinstance(err, OSError) and err.errno == errno.ENOSPC)
+        shutil.rmtree(tmp, ignore_errors=True)
+        if full:
+            raise OSError(errno.ENOSPC, "No space left on device", str(tmp)) from err
+        raise
 
 
 def _sha256(path: Path) -> str:

@@ -54,12 +54,15 @@ def preflight(config: TrainConfig):
     has_scores = all(s is not None for s in data.column("scores"))
     has_ranks = all(r is not None for r in data.column("ranks")) or has_scores
     objective.check_data(data.group_size, has_captions, has_ranks, has_scores)
+    if has_scores and (objective.needs_scores or objective.needs_ranks):
+        _check_finite_scores(data, objective.name)
     family = config.model.family or detect_family(config.model.path, config.model.revision).family
     supported = getattr(objective, "supported_families", None)
     if supported is not None and family not in supported:
         raise StartupError(f"{objective.name} does not support the {family} family (only {', '.join(supported)})")
     _check_resolution(config, family)
     _check_media(config, family, data)
+    _check_memory(config, data.group_size)
     if config.lora is not None and "kohya" in config.lora.formats:
         from diffalign.training.lora import KOHYA_FAMILIES
 
@@ -94,6 +97,20 @@ def _check_resume(config: TrainConfig) -> None:
                            f"(e.g. {Path(config.output_dir) / 'checkpoints' / 'checkpoint-0000500'}) or resume=latest")
 
 
+def _check_finite_scores(data: PreferenceDataset, objective: str) -> None:
+    """Scores the objective learns from must be numbers: a NaN or an infinity would pass as a
+    certain preference (or make every step of its batch non-finite, blamed on the learning rate)."""
+    import math
+
+    bad = [row_id for row_id, scores in zip(data.column("id"), data.column("scores"))
+           if scores is not None and not all(s is not None and math.isfinite(s) for s in scores)]
+    if bad:
+        shown = ", ".join(map(str, bad[:3])) + (f" and {len(bad) - 3} more" if len(bad) > 3 else "")
+        raise StartupError(f"data.path: {objective} learns from the scores column, and {len(bad)} row(s) of {data.root} "
+                           f"hold a score that is not a finite number ({shown}); rescore them "
+                           "(`diffalign score --images DATASET --reward ... --into OUT`) or drop them")
+
+
 def _check_rows(data: PreferenceDataset) -> None:
     if len(data):
         return
@@ -113,6 +130,18 @@ def _check_resolution(config: TrainConfig, family: str) -> None:
         why = None if value is None else untileable(value, multiple, config.model.path)
         if why:
             raise StartupError(f"{key}: {why}")
+
+
+def _check_memory(config: TrainConfig, group_size: int) -> None:
+    """A batch's decoded images (the loader holds them in host memory before the model sees them)
+    must fit in the memory that is free: a resolution typed with an extra zero is refused here,
+    not after the model loaded."""
+    from diffalign.resources import pixel_bytes, require_memory
+
+    side = config.data.resolution
+    need = pixel_bytes(config.batch_size * group_size, side, side, config.data.frames)
+    require_memory(need, f"batch_size {config.batch_size} × {group_size} images at data.resolution {side}",
+                   "lower data.resolution or batch_size", device="cpu")
 
 
 def _check_media(config: TrainConfig, family: str, data: PreferenceDataset) -> None:

@@ -107,5 +107,5 @@ def test_a_cache_the_disk_cannot_hold_is_refused_before_anything_loads(tiny_path
     monkeypatch.setattr(resources, "free_disk", lambda folder: 65_535)
     assert _train(tiny_path, data, tmp_path / "run") == 1
     err = capsys.readouterr().err
-    assert "at least 0.0 GiB" in err and "data.cache=false" in err
+    assert "at least 64.0 KiB" in err and "data.cache=false" in err
     assert not (data / "cache").exists()
