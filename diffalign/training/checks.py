@@ -182,6 +182,7 @@ def plan_cache(config: TrainConfig, family: str, data: PreferenceDataset, captio
     ``auto`` too: it is the user's data, so it is never deleted or overwritten here.
     """
     from diffalign.data.cache import META, cache_bytes, cache_dir, is_complete
+    from diffalign.outputs import FolderLock
     from diffalign.resources import require_disk
 
     mode = config.data.cache
@@ -205,6 +206,11 @@ def plan_cache(config: TrainConfig, family: str, data: PreferenceDataset, captio
                            len(data) * data.group_size)
         require_disk(need, config.data.path, "data.cache: auto would build a latent cache that",
                      "free space, or train uncached with data.cache=false")
+        holder = FolderLock(folder).holder()
+        if holder is not None:
+            raise StartupError(f"data.cache: auto would build the latent cache {folder}, which is being built by another "
+                               f"command ({holder}); wait for it to end (this run then reuses it), or train uncached "
+                               "with data.cache=false")
         return CachePlan("build", folder, f"no finished latent cache for this model and resolution yet; "
                                           f"its latents take {need / 2**30:.2f} GiB, plus the prompt embeddings")
     _matching_cache(config, family, data)

@@ -151,3 +151,31 @@ def test_a_resolution_the_vae_cannot_divide_is_refused(tiny_path, prefs):
     family = load(tiny_path("sd15"))  # the tiny VAE halves each side
     with pytest.raises(CacheMismatchError, match="--resolution 33 is not a multiple of 2"):
         build_cache(prefs, family, resolution=33, progress=False)
+
+
+def test_a_cache_being_built_is_not_built_twice(tiny_path, prefs, tmp_path, capsys, monkeypatch):
+    """Another command holding the cache's lock (as a live `diffalign cache` or a training run's
+    data.cache: auto build does): both commands that would build it again refuse, before any model
+    loads, and write nothing."""
+    import diffalign.families
+    from diffalign.cli import main
+    from diffalign.data.cache import cache_dir
+    from diffalign.outputs import FolderLock
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("a model was loaded")
+
+    folder = cache_dir(prefs, "sd", RES)
+    config = os.path.join(os.path.dirname(__file__), "..", "..", "training", "configs", "tiny", "sft.yaml")
+    with FolderLock(folder):  # the other command, alive
+        monkeypatch.setattr(diffalign.families, "load", no_model)
+        capsys.readouterr()
+        assert main(["cache", str(prefs), "--model", str(tiny_path("sd15")), "--resolution", str(RES)]) == 1
+        assert "is being built by another command (pid" in capsys.readouterr().err
+        assert main(["train", "--config", config, f"model.path={tiny_path('sd15')}", f"data.path={prefs}",
+                     f"output_dir={tmp_path / 'run'}", f"data.resolution={RES}", "max_steps=1"]) == 1
+        err = capsys.readouterr().err
+        assert "is being built by another command (pid" in err and "Traceback" not in err
+        assert sorted(p.name for p in folder.iterdir()) == [".lock"]
+    monkeypatch.undo()  # the lock is free again: the build runs
+    assert main(["cache", str(prefs), "--model", str(tiny_path("sd15")), "--resolution", str(RES), "--no-progress"]) == 0

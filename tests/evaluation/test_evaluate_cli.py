@@ -240,3 +240,34 @@ def test_lora_candidate(evaluated, tiny_path, tmp_path):
         assert base_image != Image.open(sample_path(tmp_path / "out" / "candidate", i, 0)).tobytes()
     w = results["rewards"]["pickscore"]["win_rate"]
     assert 0 <= w["low"] <= w["value"] <= w["high"] <= 1 and w["value"] != 0.5
+
+
+@pytest.mark.parametrize("name, text", [("empty.txt", "\n\n"), ("empty.jsonl", ""), ("empty.json", "[]")])
+def test_an_empty_evaluation_stops_before_anything_loads(name, text, tmp_path, capsys, monkeypatch):
+    import diffalign.evaluation.geneval as geneval
+
+    def no_detector(*args, **kwargs):
+        raise AssertionError("a detector was loaded for an empty prompt set")
+
+    monkeypatch.setattr(geneval, "load_detector", no_detector)
+    prompts = tmp_path / name
+    prompts.write_text(text)
+    assert main(["evaluate", "--base", str(tmp_path / "model"), "--prompts", str(prompts),
+                 "--out", str(tmp_path / "eval")]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and ("no prompts" in err or "empty" in err) and "Traceback" not in err, err
+    assert not (tmp_path / "eval").exists()
+
+
+@pytest.mark.parametrize("held", ["results.json", "base"])
+def test_evaluate_refuses_an_out_folder_it_did_not_write(held, tmp_path, capsys):
+    out = tmp_path / "eval"
+    (out / held).mkdir(parents=True) if "." not in held else (out.mkdir(), (out / held).write_text("mine"))
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("a cat\n")
+    before = sorted(p.name for p in out.rglob("*"))
+    assert main(["evaluate", "--base", str(tmp_path / "model"), "--prompts", str(prompts), "--out", str(out),
+                 "--reward", "aesthetic"]) == 1
+    err = capsys.readouterr().err
+    assert f"holds {held}, which no evaluation wrote" in err and "Traceback" not in err
+    assert sorted(p.name for p in out.rglob("*")) == before

@@ -450,3 +450,32 @@ def test_video_mistakes_exit_with_one_line(video_folder, folder, tiny_clip_dir, 
     assert err == f"error: {missing.value}\n"
     # Images need no PyAV.
     assert _score("--reward", "pickscore", "--model", tiny_clip_dir, "--images", folder, "--prompt", "x", "--out", out) == 0
+
+
+@pytest.mark.parametrize("form", ["json", "jsonl"])
+def test_a_prompts_file_naming_images_that_are_not_there_is_refused(form, folder, tiny_clip_dir, capsys):
+    names = ["a.png", "b.png", "c.png", "sub/d.png", "sub/e.png", "sub/f.png", "g.png"]  # the last two are missing
+    prompts = folder.parent / f"prompts.{form}"
+    records = [{"file_name": n, "text": f"prompt of {n}"} for n in names]
+    prompts.write_text(json.dumps(records) if form == "json" else "\n".join(map(json.dumps, records)))
+    out = folder.parent / "scores.parquet"
+    assert _score("--reward", "pickscore", "--model", tiny_clip_dir, "--images", folder, "--prompts", prompts,
+                  "--out", out) == 1
+    err = capsys.readouterr().err
+    assert "names 2 image(s) that are not in the folder" in err and "sub/f.png" in err and "Traceback" not in err
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("where", ["foreign file", "inside the images", "the prompts file"])
+def test_score_never_writes_over_what_it_did_not_write(where, folder, tiny_clip_dir, capsys):
+    prompts = folder.parent / "prompts.txt"
+    out = {"foreign file": folder.parent / "mine.json", "inside the images": folder / "scores.json",
+           "the prompts file": prompts}[where]
+    if where == "foreign file":
+        out.write_text('{"my": "notes"}')
+    before = {p: p.read_bytes() for p in folder.parent.rglob("*") if p.is_file()}
+    assert _score("--reward", "pickscore", "--model", tiny_clip_dir, "--images", folder, "--prompts", prompts,
+                  "--out", out) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: --out ") and "Traceback" not in err
+    assert {p: p.read_bytes() for p in folder.parent.rglob("*") if p.is_file()} == before

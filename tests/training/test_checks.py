@@ -42,16 +42,52 @@ def _both(capsys, *args) -> tuple[tuple[int, str], tuple[int, str]]:
         (["compile_memory_budget=0.5"], "compile_memory_budget: 0.5 needs compile: true"),
         (["compile=true", "compile_memory_budget=0"], "a value in (0, 1]"),
         (["resume=latest", "overwrite=true"], "resume and overwrite contradict each other"),
+        # sizes with an upper bound, and checked against the memory a batch takes
+        (["data.resolution=100000"], "data.resolution: expected a value in [8, 16384], got 100000"),
+        (["validation.resolution=0"], "validation.resolution: expected a value in [8, 16384], got 0"),
+        (["data.resolution=16384", "batch_size=256"], "of memory for its tensors alone"),
+        # numbers that parse but are no numbers
+        (["optim.lr=.inf"], "optim.lr: expected a finite number, got inf"),
+        (["objective.beta=.nan"], "objective.beta: expected a finite number, got nan"),
+        (["seed=-1"], "seed: expected a value in [0, "),
+        # an output folder among the inputs
+        (["output_dir={data}/run"], "lies inside the input data.path"),
+        (["output_dir={model}"], "is the input model.path"),
+        (["resume=/does/not/exist"], "resume: /does/not/exist cannot be resumed from: no such folder"),
     ],
 )
 def test_check_config_refuses_what_train_refuses(overrides, message, tiny_path, pair_data, tmp_path, capsys,
                                                  no_model_loads):
     common = [f"model.path={tiny_path('sd15')}", f"data.path={pair_data}", f"output_dir={tmp_path / 'run'}"]
+    overrides = [o.format(data=pair_data, model=tiny_path("sd15")) for o in overrides]
+    before = sorted(p.name for p in Path(pair_data).rglob("*"))
     (checked, check_err), (trained, train_err) = _both(capsys, *common, *overrides)
+    assert sorted(p.name for p in Path(pair_data).rglob("*")) == before
     assert checked == trained == 1
     assert message in check_err and check_err == train_err
     assert check_err.startswith("error: ") and "Traceback" not in check_err
     assert not (tmp_path / "run").exists()  # refused before anything was written
+
+
+@pytest.mark.parametrize("objective", ["smpo", "rank_dpo"])
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")])
+def test_scores_an_objective_learns_from_must_be_finite(objective, bad, tiny_path, tmp_path, capsys, no_model_loads):
+    k = 2 if objective == "smpo" else 3
+    writer = ShardWriter(tmp_path / "prefs", builder="test", options={})
+    for i in range(3):
+        scores = [float(k - j) for j in range(k)]
+        if i == 1:
+            scores[-1] = bad
+        writer.add({"id": f"g{i}", "prompt": "a cat", "images": [{"bytes": b"x", "path": None}] * k, "scores": scores,
+                    "ranks": list(range(k)), "captions": None, "source": "test", "meta": None})
+        writer.advance(i + 1)
+    writer.finish({"group_size": k})
+    args = [f"model.path={tiny_path('sd15')}", f"data.path={tmp_path / 'prefs'}", f"output_dir={tmp_path / 'run'}",
+            f"objective.name={objective}"]
+    capsys.readouterr()
+    assert main(["check-config", str(CONFIG), *args]) == 1
+    err = capsys.readouterr().err
+    assert f"{objective} learns from the scores column, and 1 row(s)" in err and "(g1)" in err, err
 
 
 def test_check_config_prints_a_valid_config(tiny_path, pair_data, tmp_path, capsys, no_model_loads):
