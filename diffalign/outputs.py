@@ -7,11 +7,14 @@ One rule for every command that writes (each ``diffalign build``, ``cache``, ``s
    place the dataset format keeps for it; no reader of the dataset looks there).
 2. It refuses an output folder that is, contains or lies inside any of its inputs
    (:func:`check_apart`): a build never writes over its sources, nor a run over its model.
-3. ``--overwrite`` (``overwrite=true`` for ``train``) removes only what the same command wrote
-   there before, as its own record names it: a dataset's ``manifest.json`` or progress file (its
-   shards, card and records), a run's ``config.yaml`` (its checkpoints, logs, weights and
-   images). A file it did not write stays, and one that stands where the command would write is
-   refused, never replaced (:func:`refuse_foreign`).
+3. It writes into a new or empty folder, or into one holding its own earlier output, as its own
+   record marks it: a dataset's ``manifest.json`` or progress file, a run's ``config.yaml``, an
+   evaluation's ``generation.json``, a cache's ``cache.json``, ``.make-tiny.json``. Any other
+   folder is refused (:func:`refuse_unless_empty`), so nothing it writes replaces a file it did
+   not write.
+4. ``--overwrite`` (``overwrite=true`` for ``train``) removes only what the same command wrote
+   there before, as that record names it (a dataset's shards, card and records; a run's
+   checkpoints, logs, weights and images); a file it did not write stays.
 
 The record of each kind of folder lives with the code that writes it
 (:mod:`diffalign.data.writer`, :mod:`diffalign.training.run_folder`); this module holds the rule's
@@ -69,18 +72,25 @@ def check_apart(out: str | Path, inputs: Mapping[str, str | Path | Iterable[str 
                               f"choose an {option} outside it")
 
 
-def refuse_foreign(folder: Path, names: Iterable[str], option: str, fix: str) -> None:
-    """Refuse to write ``names`` (paths relative to ``folder``) where something the command did not
-    write already stands.
+def refuse_unless_empty(folder: Path, option: str, what: str) -> None:
+    """Refuse ``folder`` when it holds anything (a lock file aside): for a command whose own record
+    is not there, a non-empty folder is someone else's.
+
+    Args:
+        option: how the command names the folder (``--out``, ``output_dir``).
+        what: what the command writes and would find there (``a dataset of this command``).
 
     Raises:
-        OutputError: listing what stands there.
+        OutputError: listing what is there.
     """
-    found = sorted(name for name in names if (Path(folder) / name).exists() or (Path(folder) / name).is_symlink())
-    if found:
-        shown = ", ".join(found[:4]) + (", ..." if len(found) > 4 else "")
-        raise OutputError(f"{option} {folder} holds {shown}, which this command did not write and would replace; "
-                          f"{fix}")
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise OutputError(f"{option} {folder} is a file; give a folder")
+    present = sorted(p.name for p in folder.iterdir() if p.name != FolderLock.NAME) if folder.is_dir() else []
+    if present:
+        shown = ", ".join(present[:4]) + (", ..." if len(present) > 4 else "")
+        raise OutputError(f"{option} {folder} is not empty ({shown}) and holds no {what}; a command never writes "
+                          "among files it did not write: choose a new or empty folder")
 
 
 def remove(folder: Path, names: Iterable[str]) -> None:

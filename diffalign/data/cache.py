@@ -369,7 +369,7 @@ def run(args) -> int:
 
     from diffalign.families import FAMILIES, detect_family, load
     from diffalign.families.base import untileable
-    from diffalign.outputs import FolderLock, OutputError, check_apart
+    from diffalign.outputs import FolderLock, OutputError, check_apart, refuse_unless_empty
     from diffalign.resources import require_disk
 
     state = PartialState(cpu=not torch.cuda.is_available())
@@ -380,6 +380,8 @@ def run(args) -> int:
         raise CacheMismatchError(f"--resolution {why}")
     out = cache_dir(args.data, family_name, args.resolution, args.frames, args.frame_stride)
     check_apart(out, {"--model": args.model}, "the latent cache")
+    if not (out / META).exists():
+        refuse_unless_empty(out, "the latent cache", "latent cache (no cache.json)")
     holder = FolderLock(out).holder()
     if holder is not None:
         raise OutputError(f"the latent cache {out} is being built by another command ({holder}); wait for it to end: "

@@ -40,7 +40,7 @@ from tqdm.auto import tqdm
 from diffalign.arguments import COUNT, SCALE, SEED, SIDE
 from diffalign.config import torch_dtype
 from diffalign.data.schema import MANIFEST
-from diffalign.data.writer import BuildError, ShardWriter, add_writer_arguments, check_output, clear_build
+from diffalign.data.writer import BuildError, ShardWriter, add_writer_arguments, check_output
 
 BUILDER = "synthetic-ranked"
 PAIRS_BUILDER = "synthetic-pairs"
@@ -258,11 +258,10 @@ def build_synthetic(
     out = Path(out)
     inputs = {"generators": [str(g) for g in generators]}
     if state.is_main_process:
-        check_output(out, BUILDER, inputs)
-        if overwrite:  # what this command wrote: the dataset, its pairs and any unmerged parts; nothing else
-            clear_build(out, BUILDER)
         # Its record first, before any process writes a part: from then on the folder is this build's.
-        ShardWriter(out, builder=BUILDER, options=options, shard_size=shard_size, outputs=OUTPUTS)
+        # With overwrite, what this command wrote (the dataset, its pairs, unmerged parts) goes first.
+        ShardWriter(out, builder=BUILDER, options=options, shard_size=shard_size, outputs=OUTPUTS, overwrite=overwrite,
+                    inputs=inputs)
     state.wait_for_everyone()
     extra = {"generators": options["generators"], "reward_models": _reward_info(reward),
              "group_size": len(generators) * images_per_prompt, "images_per_prompt": images_per_prompt}

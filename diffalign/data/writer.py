@@ -25,7 +25,7 @@ from diffalign.data.schema import (
     DATA_DIR, FORMAT, FORMAT_VERSION, MANIFEST, arrow_schema, check_row, dataset_card,
 )
 from diffalign.errors import DiffalignError
-from diffalign.outputs import check_apart, remove
+from diffalign.outputs import check_apart, refuse_unless_empty, remove
 
 PROGRESS = ".progress.json"
 CARD = "README.md"
@@ -128,11 +128,7 @@ def check_output_folder(root: str | Path, builder: str, option: str = "--out") -
         BuildError: naming what stands there and the fix.
     """
     root = Path(root)
-    if root.exists() and not root.is_dir():
-        raise BuildError(f"{option} {root} is a file; give a folder for the dataset")
-    if not root.is_dir():
-        return
-    record = build_record(root)
+    record = build_record(root) if root.is_dir() else None
     if record is not None:
         found = record_builder(record, builder)
         if found != builder:
@@ -140,11 +136,7 @@ def check_output_folder(root: str | Path, builder: str, option: str = "--out") -
                              "--overwrite replaces only what this command wrote: choose another folder, or delete "
                              "that dataset yourself")
         return
-    present = sorted(p.name for p in root.iterdir())
-    if present:
-        shown = ", ".join(present[:4]) + (", ..." if len(present) > 4 else "")
-        raise BuildError(f"{option} {root} is not empty ({shown}) and holds no dataset of this command; a build "
-                         "never writes among files it did not write: choose a new or empty folder")
+    refuse_unless_empty(root, option, "dataset of this command")
 
 
 def clear_build(root: str | Path, builder: str) -> None:

@@ -132,29 +132,21 @@ def evaluate(records: list[dict], out: str | Path, base, candidate, rewards: lis
 
 # ----------------------------------------------------------------------------- command
 ARMS = ("base", "candidate")
-WRITES = (*ARMS, "results.json", "report.html")
-"""What an evaluation writes in its ``--out``; an arm's ``generation.json`` is its record."""
+"""An evaluation's two folders of samples; an arm's ``generation.json`` is the evaluation's record."""
 
 
 def check_out(args: argparse.Namespace) -> None:
     """``--out`` apart from every input, and new, empty or an earlier evaluation's (whose arms
-    hold their ``generation.json``): the names an evaluation writes are never someone else's
-    (:mod:`diffalign.outputs`)."""
-    from diffalign.outputs import OutputError, check_apart
+    hold their ``generation.json``): the rule of :mod:`diffalign.outputs`."""
+    from diffalign.outputs import check_apart, refuse_unless_empty
 
     inputs = {"--base": args.base, "--candidate": args.candidate, "--base-lora": args.base_lora,
               "--candidate-lora": args.candidate_lora, "--prompts": args.prompts, "--model": args.model,
               "--detector-model": args.detector_model, "--color-model": args.color_model}
     check_apart(args.out, inputs, "--out")
     out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        raise OutputError(f"--out {out} is a file; give a folder for the evaluation")
-    earlier = any((out / arm / "generation.json").is_file() for arm in ARMS)
-    found = [name for name in WRITES if (out / name).exists()]
-    if found and not earlier:
-        raise OutputError(f"--out {out} holds {', '.join(found)}, which no evaluation wrote (no "
-                          f"{'/'.join(ARMS)}/generation.json); an evaluation never replaces files it did not write: "
-                          "choose another --out")
+    if not any((out / arm / "generation.json").is_file() for arm in ARMS):
+        refuse_unless_empty(out, "--out", f"evaluation (no {'/'.join(ARMS)}/generation.json)")
 
 
 def check_sizes(args: argparse.Namespace, device: str) -> None:

@@ -239,13 +239,22 @@ def _step_costs(objectives: dict) -> None:
         summary["step_cost_vs_dpo"] = round(summary["seconds_per_step"] / dpo["seconds_per_step"], 2) if dpo else None
 
 
+RECORD = ".toy-benchmark.json"
+"""Marks a folder the benchmark wrote: a later run replaces what it holds."""
+
+
 def run_benchmark(out: str | Path, config: BenchmarkConfig = BenchmarkConfig(), cache: Path | None = None,
                   progress: bool = True) -> dict:
     """Run the whole benchmark into ``out``; returns the results (also in ``results.json``)."""
     from diffalign.toy.report import write_report
 
+    from diffalign.outputs import refuse_unless_empty
+
     out = Path(out)
+    if not (out / RECORD).is_file():  # a new benchmark: never among someone else's files (diffalign.outputs)
+        refuse_unless_empty(out, "--out", f"toy benchmark (its {RECORD})")
     out.mkdir(parents=True, exist_ok=True)
+    (out / RECORD).write_text(json.dumps({"writer": "diffalign toy benchmark"}))
     start = time.time()
     base = base_model(config.pretrain, cache=cache, progress=progress)
     base_pipe = _sampling_pipe(base)

@@ -16,8 +16,8 @@ The images are renders of the toy world (:mod:`.world`), ordered by the toy rewa
 preferred image of each group is the one with the larger object, as in the benchmark.
 
 Running it again replaces what it wrote before, which ``<out>/.make-tiny.json`` records (written
-before anything else); a folder of those names that it did not write is refused, never replaced
-(the rule of :mod:`diffalign.outputs`). Files of other names in ``<out>`` are left alone.
+before anything else); a non-empty ``<out>`` without that record is refused (the rule of
+:mod:`diffalign.outputs`), and files of other names in its own ``<out>`` are left alone.
 """
 
 from __future__ import annotations
@@ -77,16 +77,13 @@ def write_starter(out: str | Path, seed: int = 0) -> dict[str, Path]:
 
 
 def _claim(out: Path) -> None:
-    """Refuse ``out`` if a folder :data:`FOLDERS` names stands there that make-tiny did not write;
-    else record that make-tiny writes them, before it writes any."""
-    from diffalign.outputs import OutputError
+    """Refuse an ``out`` that is neither empty nor make-tiny's own; record that make-tiny writes
+    :data:`FOLDERS` there, before it writes any."""
+    from diffalign.outputs import refuse_unless_empty
 
     record = out / RECORD
-    mine = set(json.loads(record.read_text())["folders"]) if record.is_file() else set()
-    foreign = [name for name in FOLDERS if (out / name).exists() and name not in mine]
-    if foreign:
-        raise OutputError(f"--out {out} holds {', '.join(foreign)}, which make-tiny did not write and would replace; "
-                          "choose another --out (make-tiny writes model/, pairs/, ranked/, ... there)")
+    if not record.is_file():
+        refuse_unless_empty(out, "--out", "output of make-tiny (its .make-tiny.json)")
     out.mkdir(parents=True, exist_ok=True)
     record.write_text(json.dumps({"folders": list(FOLDERS)}))
 

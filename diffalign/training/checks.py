@@ -182,7 +182,7 @@ def plan_cache(config: TrainConfig, family: str, data: PreferenceDataset, captio
     ``auto`` too: it is the user's data, so it is never deleted or overwritten here.
     """
     from diffalign.data.cache import META, cache_bytes, cache_dir, is_complete
-    from diffalign.outputs import FolderLock
+    from diffalign.outputs import FolderLock, refuse_unless_empty
     from diffalign.resources import require_disk
 
     mode = config.data.cache
@@ -206,6 +206,8 @@ def plan_cache(config: TrainConfig, family: str, data: PreferenceDataset, captio
                            len(data) * data.group_size)
         require_disk(need, config.data.path, "data.cache: auto would build a latent cache that",
                      "free space, or train uncached with data.cache=false")
+        if not (folder / META).exists():
+            refuse_unless_empty(folder, "data.cache: auto would build the latent cache in", "latent cache (no cache.json)")
         holder = FolderLock(folder).holder()
         if holder is not None:
             raise StartupError(f"data.cache: auto would build the latent cache {folder}, which is being built by another "

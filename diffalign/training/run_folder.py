@@ -9,10 +9,9 @@
   start again). ``resume=latest`` with no checkpoint to continue from is allowed for an
   interrupted run (it starts again from step 0), not for a finished one, whose weights it would
   silently train again.
-- **Only its own files.** A run's record is its ``config.yaml`` (the first thing it writes).
-  ``overwrite`` deletes what a run writes (:func:`own`) only in a folder with that record; names
-  a run writes that stand in a folder without it belong to someone else and are refused, with
-  ``overwrite`` too (the rule of :mod:`diffalign.outputs`).
+- **Only its own files.** A run's record is its ``config.yaml`` (the first thing it writes). A
+  folder without it must be new or empty (with ``overwrite`` too), and ``overwrite`` deletes
+  only what a run writes (:func:`own`): the rule of :mod:`diffalign.outputs`.
 
 :func:`check` runs before any model loads; :func:`lock` guards the run itself.
 """
@@ -23,7 +22,7 @@ from pathlib import Path
 
 import yaml
 
-from diffalign.outputs import FolderLock, OutputError, remove
+from diffalign.outputs import FolderLock, OutputError, refuse_unless_empty, remove
 from diffalign.training import checkpoint
 
 LOCK = FolderLock.NAME
@@ -75,12 +74,12 @@ def check(folder: str | Path, resume: str | None, overwrite: bool) -> None:
     if resume is not None and overwrite:
         raise RunFolderError("resume and overwrite contradict each other: resume continues the run in output_dir, "
                              "overwrite deletes it")
-    found = [name for name in ARTEFACTS if (folder / name).exists()]
-    if not found:
-        return
     if not is_run(folder):
-        raise RunFolderError(f"output_dir {folder} holds {', '.join(found)}, which no diffalign run wrote (there is no "
-                             f"run {RECORD}); a run never replaces files it did not write: choose another output_dir")
+        try:
+            refuse_unless_empty(folder, "output_dir", f"run (no run {RECORD})")
+        except OutputError as err:
+            raise RunFolderError(str(err)) from None
+        return
     if overwrite:
         return
     done = checkpoint.checkpoints(folder / "checkpoints")

@@ -269,5 +269,5 @@ def test_evaluate_refuses_an_out_folder_it_did_not_write(held, tmp_path, capsys)
     assert main(["evaluate", "--base", str(tmp_path / "model"), "--prompts", str(prompts), "--out", str(out),
                  "--reward", "aesthetic"]) == 1
     err = capsys.readouterr().err
-    assert f"holds {held}, which no evaluation wrote" in err and "Traceback" not in err
+    assert f"is not empty ({held}) and holds no evaluation" in err and "Traceback" not in err
     assert sorted(p.name for p in out.rglob("*")) == before

@@ -85,19 +85,18 @@ def test_check_config_sees_the_folder_too(tiny_path, pair_data, tmp_path, capsys
     assert main(["check-config", str(CONFIG), *args, "overwrite=true"]) == 0
 
 
-@pytest.mark.parametrize("name", ["config.yaml", "metrics.jsonl", "checkpoints", "lora"])
-def test_what_a_run_writes_is_refused_where_no_run_wrote_it(name, tmp_path):
-    """A name a run writes, standing in a folder without a run's record, is someone else's: refused
-    even with overwrite (which deletes only what a run wrote). With the record it marks a run."""
+@pytest.mark.parametrize("name", ["notes.txt", "config.yaml", "metrics.jsonl", "checkpoints", "lora"])
+def test_a_folder_without_a_runs_record_must_be_empty(name, tmp_path):
+    """Anything in a folder without a run's record is someone else's: refused, with overwrite too
+    (which deletes only what a run wrote). With the record, the folder holds a run."""
     from diffalign.training.run_folder import RunFolderError, check
 
     out = tmp_path / "run"
     out.mkdir()
-    (out / "notes.txt").write_text("mine")
-    check(out, None, False)  # a folder without a run's names is free
-    (out / name).mkdir() if "." not in name else (out / name).write_text("")
+    check(out, None, False)  # an empty folder is free
+    (out / name).mkdir() if "." not in name else (out / name).write_text("mine")
     for overwrite in (False, True):
-        with pytest.raises(RunFolderError, match="which no diffalign run wrote"):
+        with pytest.raises(RunFolderError, match=f"is not empty \\({name}\\) and holds no run"):
             check(out, None, overwrite)
     (out / "config.yaml").write_text("model: {path: m}\ndata: {path: d}\nobjective: {name: sft}\n")
     with pytest.raises(RunFolderError, match="already holds"):
