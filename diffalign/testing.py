@@ -137,6 +137,22 @@ def tiny_t5_encoder(d_model: int = 32, seed: int = 0, umt5: bool = False):
     return model_cls(config).eval()
 
 
+def save_tiny_t5(path: str | os.PathLike, seed: int = 0) -> Path:
+    """A tiny random T5 text-to-text model (``T5ForConditionalGeneration``, 1 encoder and 1 decoder
+    layer) with the tiny tokenizer, saved as a transformers folder: the text model DCPO's caption
+    perturbation takes."""
+    from transformers import T5Config, T5ForConditionalGeneration
+
+    tokenizer = tiny_t5_tokenizer()
+    config = T5Config(vocab_size=len(tokenizer), d_model=32, d_kv=8, d_ff=64, num_layers=1, num_decoder_layers=1,
+                      num_heads=4, relative_attention_num_buckets=8, pad_token_id=0, eos_token_id=1,
+                      decoder_start_token_id=0)
+    _seeded(seed)
+    T5ForConditionalGeneration(config).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return Path(path)
+
+
 def tiny_umt5_encoder(d_model: int = 32, seed: int = 0):
     """A 1-layer UMT5 encoder (Wan's text encoder class) over the tiny T5 vocabulary."""
     return tiny_t5_encoder(d_model, seed, umt5=True)

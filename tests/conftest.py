@@ -24,6 +24,24 @@ if os.environ.get("DIFFALIGN_TEST_ONEDNN") == "0":
 
 
 @pytest.fixture(scope="session")
+def diffalign_child():
+    """``diffalign_child(*args) -> (argv, env)`` for ``python -m diffalign ARGS`` in a child process
+    that runs the kernels this process runs (its thread count, oneDNN on or off), so that what the
+    child computes can be compared with what the test computes in process."""
+    import sys
+
+    def command(*args: str) -> tuple[list[str], dict]:
+        env = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads()), "PYTHONUNBUFFERED": "1"}
+        if torch.backends.mkldnn.enabled:
+            return [sys.executable, "-m", "diffalign", *args], env
+        start = ("import runpy, sys, torch; torch.backends.mkldnn.enabled = False; sys.argv[0] = 'diffalign'; "
+                 "runpy.run_module('diffalign', run_name='__main__')")
+        return [sys.executable, "-c", start, *args], env
+
+    return command
+
+
+@pytest.fixture(scope="session")
 def tiny_path(tmp_path_factory):
     """``tiny_path(kind, with_t5=True) -> folder``: each tiny pipeline saved once per session."""
     saved = {}

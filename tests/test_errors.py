@@ -3,7 +3,6 @@
 for the test (skipped where mounting is not allowed)."""
 
 import errno
-import json
 import pickle
 import shutil
 import subprocess

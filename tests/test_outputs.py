@@ -32,21 +32,13 @@ def _png(seed: int, side: int = 32) -> bytes:
 def ws(tmp_path_factory):
     """The inputs: a tiny SD1.5 pipeline, a tiny CLIP (PickScore), a tiny T5, a Pick-a-Pic-style source,
     a video-pairs source, a prompts file, and a pair dataset built from the source."""
-    from transformers import T5Config, T5ForConditionalGeneration
-
     from diffalign.data.videos import encode_video
     from diffalign.rewards.tiny import save_tiny_clip
-    from diffalign.testing import save_tiny_pipeline, tiny_t5_tokenizer
+    from diffalign.testing import save_tiny_pipeline, save_tiny_t5
 
     root = tmp_path_factory.mktemp("ws")
-    paths = {"model": save_tiny_pipeline("sd15", root / "model"), "clip": save_tiny_clip(root / "clip")}
-    tokenizer = tiny_t5_tokenizer()
-    t5 = T5Config(vocab_size=len(tokenizer), d_model=32, d_kv=8, d_ff=64, num_layers=1, num_decoder_layers=1,
-                  num_heads=4, relative_attention_num_buckets=8, pad_token_id=0, eos_token_id=1, decoder_start_token_id=0)
-    torch.manual_seed(0)
-    T5ForConditionalGeneration(t5).save_pretrained(root / "t5")
-    tokenizer.save_pretrained(root / "t5")
-    paths["t5"] = root / "t5"
+    paths = {"model": save_tiny_pipeline("sd15", root / "model"), "clip": save_tiny_clip(root / "clip"),
+             "t5": save_tiny_t5(root / "t5")}
     source = root / "source"
     source.mkdir()
     rows = [{"caption": f"a red cat {i}", "jpg_0": _png(2 * i), "jpg_1": _png(2 * i + 1), "label_0": 1.0,

@@ -25,10 +25,13 @@ import json
 import math
 import re
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 from diffalign.arguments import COUNT, number
 from diffalign.data.writer import BuildError, ShardWriter, add_writer_arguments, atomic_write_bytes
+
+if TYPE_CHECKING:
+    import torch
 
 BUILDER = "filter"
 REPORT = "filter_report.jsonl"
@@ -283,7 +286,7 @@ def run(args: argparse.Namespace) -> int:
     """Run the filter from parsed arguments; prints what was kept."""
     import torch
 
-    from diffalign.data.writer import check_output
+    from diffalign.data.records import check_output
 
     check_output(args.out, BUILDER, _inputs(args.data, args.text_model, args.reward_path))  # before weights load
     reward = None

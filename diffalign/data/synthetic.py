@@ -39,8 +39,9 @@ from tqdm.auto import tqdm
 
 from diffalign.arguments import COUNT, SCALE, SEED, SIDE
 from diffalign.config import torch_dtype
+from diffalign.data.records import check_output
 from diffalign.data.schema import MANIFEST
-from diffalign.data.writer import BuildError, ShardWriter, add_writer_arguments, check_output
+from diffalign.data.writer import BuildError, ShardWriter, add_writer_arguments
 
 BUILDER = "synthetic-ranked"
 PAIRS_BUILDER = "synthetic-pairs"

@@ -38,7 +38,7 @@ def check_target(source: Path, out: Path, model: str | None = None) -> None:
     """What ``--into OUT`` must be, checked before the reward's weights load: apart from the source
     dataset (and the reward's weights), and free of files this command did not write
     (:func:`~diffalign.data.writer.check_output`)."""
-    from diffalign.data.writer import check_output
+    from diffalign.data.records import check_output
 
     check_output(out, BUILDER, {"--images": source, "--model": model}, option="--into")
 

@@ -41,11 +41,10 @@ def source(tmp_path_factory):
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
     """A tiny random BLIP captioner and a tiny random T5, saved as transformers folders."""
-    from transformers import (BlipConfig, BlipForConditionalGeneration, BlipImageProcessor, BlipProcessor, T5Config,
-                              T5ForConditionalGeneration)
+    from transformers import BlipConfig, BlipForConditionalGeneration, BlipImageProcessor, BlipProcessor
 
     from diffalign.rewards.tiny import tiny_bert_tokenizer
-    from diffalign.testing import tiny_t5_tokenizer
+    from diffalign.testing import save_tiny_t5
 
     root = tmp_path_factory.mktemp("caption-models")
     bert = tiny_bert_tokenizer()
@@ -60,12 +59,7 @@ def models(tmp_path_factory):
     torch.manual_seed(0)
     BlipForConditionalGeneration(blip).save_pretrained(root / "blip")
     BlipProcessor(BlipImageProcessor(size={"height": 32, "width": 32}), bert).save_pretrained(root / "blip")
-    t5_tokenizer = tiny_t5_tokenizer()
-    t5 = T5Config(vocab_size=len(t5_tokenizer), d_model=32, d_kv=8, d_ff=64, num_layers=1, num_decoder_layers=1,
-                  num_heads=4, relative_attention_num_buckets=8, pad_token_id=0, eos_token_id=1, decoder_start_token_id=0)
-    torch.manual_seed(0)
-    T5ForConditionalGeneration(t5).save_pretrained(root / "t5")
-    t5_tokenizer.save_pretrained(root / "t5")
+    save_tiny_t5(root / "t5")
     return {"captioner": str(root / "blip"), "text_model": str(root / "t5")}
 
 

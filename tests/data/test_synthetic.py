@@ -98,13 +98,14 @@ def _cli(prompts_file, generators, reward_dir, out, *extra):
             "--shard-size", "1", "--no-progress", *extra]
 
 
-def test_killed_build_resumes_with_the_same_rows(generators, tmp_path):
+def test_killed_build_resumes_with_the_same_rows(generators, tmp_path, diffalign_child):
     prompts = [f"a red circle number {i}" for i in range(24)]
     (tmp_path / "prompts.txt").write_text("\n".join(prompts))
     reward_dir = save_tiny_clip(tmp_path / "pickscore")
     out = tmp_path / "killed"
     args = _cli(tmp_path / "prompts.txt", generators, reward_dir, out)
-    proc = subprocess.Popen([sys.executable, "-m", "diffalign", *args], env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    argv, env = diffalign_child(*args)  # the kernels of this process: the rows it made must equal ours
+    proc = subprocess.Popen(argv, env=env)
     progress = out / ".progress.json"
     deadline = time.time() + 120
     while time.time() < deadline and proc.poll() is None:

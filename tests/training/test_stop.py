@@ -3,10 +3,8 @@ written, the command says where and how to resume and exits 128 + the signal; re
 the weights of an uninterrupted run."""
 
 import json
-import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -73,13 +71,12 @@ def test_a_signal_finishes_the_step_saves_and_resumes(signum, code, tiny_path, p
 
 
 @pytest.mark.slow  # 22 s of subprocess; the in-process signal tests above keep stop-and-resume in the default suite
-def test_sigterm_to_a_training_process(tiny_path, pair_data, tmp_path):
+def test_sigterm_to_a_training_process(tiny_path, pair_data, tmp_path, diffalign_child):
     """What SLURM and Kubernetes do: SIGTERM to the process, mid-run."""
     out, steps = tmp_path / "run", 8
     args = _args(tiny_path, pair_data, out, f"max_steps={steps}", "checkpoint_every=0", "logging.progress_bar=false")
-    # Two threads, as the tests' own process uses (conftest): kernels then round the same way.
-    env = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())}
-    proc = subprocess.Popen([sys.executable, "-m", "diffalign", *args], stderr=subprocess.PIPE, text=True, env=env)
+    argv, env = diffalign_child(*args)  # this process's kernels: the child then rounds as we do
+    proc = subprocess.Popen(argv, stderr=subprocess.PIPE, text=True, env=env)
     deadline = time.time() + 120
     while time.time() < deadline and proc.poll() is None:
         if (out / "metrics.jsonl").exists() and len(_steps(out)) >= 2:
