@@ -159,16 +159,32 @@ class Generators:
         return out
 
 
+def prompts_per_call(batch_size: int, images_per_prompt: int) -> int:
+    """How many prompts one pipeline call takes: each call draws at most ``batch_size`` images."""
+    return max(1, batch_size // images_per_prompt)
+
+
+def resume_point(position: int, batch_size: int, images_per_prompt: int) -> tuple[int, int]:
+    """``(start, skip)``: where a build that kept ``position`` rows starts generating again, and how
+    many of the rows it makes first were kept already. It starts at the first prompt of the call
+    that ``position`` falls in, so every call holds the prompts it held in an uninterrupted build:
+    float32 kernels round a batch by its size, so a call of other prompts would draw other pixels."""
+    start = position - position % prompts_per_call(batch_size, images_per_prompt)
+    return start, position - start
+
+
 def generate_rows(indices: Sequence[int], prompts: Sequence[str], generators: Generators, reward, *,
                   images_per_prompt: int, seed: int, batch_size: int, bar=None,
-                  fps: int = 16) -> Iterator[tuple[int, dict]]:
-    """``(prompt index, ranked row)`` for each of ``indices``, in order.
+                  fps: int = 16, skip: int = 0) -> Iterator[tuple[int, dict]]:
+    """``(prompt index, ranked row)`` for each of ``indices`` after the first ``skip``, in order
+    (the skipped ones are drawn, so that the calls are those of an uninterrupted build:
+    :func:`resume_point`).
 
     Prompts go through the pipelines ``max(1, batch_size // N)`` at a time, so each call draws
     at most ``batch_size`` images.
     """
     n = images_per_prompt
-    per_call = max(1, batch_size // n)
+    per_call = prompts_per_call(batch_size, n)
     for start in range(0, len(indices), per_call):
         block = list(indices[start:start + per_call])
         call_prompts = [prompts[p] for p in block for _ in range(n)]
@@ -180,6 +196,8 @@ def generate_rows(indices: Sequence[int], prompts: Sequence[str], generators: Ge
                 images += drawn[g][j * n:(j + 1) * n]
                 names += [path] * n
                 seeds += call_seeds[j * n:(j + 1) * n]
+            if start + j < skip:
+                continue
             scores, members = score_group(reward, images, prompts[p])
             if bar is not None:
                 bar.update(len(images))
@@ -279,10 +297,11 @@ def build_synthetic(
         writer = ShardWriter(out, builder=BUILDER, options=options, shard_size=shard_size, outputs=OUTPUTS)
         if not writer.complete:
             pipes = Generators(generators, state.device, weights_dtype, **sampling)
-            todo = range(writer.position, len(prompts))
+            start, skip = resume_point(writer.position, batch_size, images_per_prompt)
             with tqdm(total=len(prompts) * k, initial=writer.position * k, unit=" img", desc="synthetic",
                       disable=not progress) as bar:
-                for p, row in generate_rows(todo, prompts, pipes, reward, bar=bar, **run):
+                for p, row in generate_rows(range(start, len(prompts)), prompts, pipes, reward, bar=bar, skip=skip,
+                                            **run):
                     writer.add(row)
                     writer.advance(p + 1)
         manifest = writer.finish(extra)
@@ -295,8 +314,9 @@ def build_synthetic(
             with tqdm(total=len(mine) * k * state.num_processes, initial=writer.position * k * state.num_processes,
                       unit=" img", desc="synthetic", disable=not progress or not state.is_main_process) as bar:
                 scaled = _Scaled(bar, state.num_processes)
-                for local, (_, row) in enumerate(generate_rows(mine[writer.position:], prompts, pipes, reward,
-                                                               bar=scaled, **run), start=writer.position):
+                start, skip = resume_point(writer.position, batch_size, images_per_prompt)
+                for local, (_, row) in enumerate(generate_rows(mine[start:], prompts, pipes, reward, bar=scaled,
+                                                               skip=skip, **run), start=writer.position):
                     writer.add(row)
                     writer.advance(local + 1)
         writer.finish()

@@ -121,7 +121,11 @@ def score_into_dataset(source: str | Path, out: str | Path, reward, *, weights: 
                 stored, pil = None, []
             chunk.append((position, row, stored, pil))
             pending += len(pil)
-            if pending >= batch_size:
+            kept = sum(entry[2] is not None for entry in chunk)
+            # A chunk also ends where a shard will: a resumed run starts at a shard boundary, and its
+            # reward calls must hold the images an uninterrupted run's held (float32 kernels round a
+            # batch by its size).
+            if pending >= batch_size or len(writer.buffer) + kept >= shard_size:
                 flush_chunk(chunk)
                 chunk, pending = [], 0
         if chunk:
