@@ -36,6 +36,9 @@ class PreferenceStep:
     """
 
     name: ClassVar[str]
+    shared_state: ClassVar[bool] = True
+    """:meth:`state_dict` is the same on every process (it follows the synchronised weights), so a
+    checkpoint holds it once; a step whose state differs per process sets ``False``."""
 
     def __init__(self, family, objective, reference, group_size: int):
         self.family, self.objective, self.reference, self.group_size = family, objective, reference, group_size

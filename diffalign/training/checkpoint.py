@@ -6,9 +6,10 @@ A checkpoint folder ``checkpoint-N`` holds:
 - accelerate's files: the model (under LoRA only the trainable adapter tensors, see
   :func:`save_only_trainable`; under full fine-tuning every weight), optimiser, scheduler and each
   process's RNG states;
-- ``step_state_<process>.safetensors``: what the preference step carries from one update to the
-  next (Diffusion-DRO's snapshot; :meth:`~diffalign.steps.base.PreferenceStep.state_dict`), when
-  it carries anything;
+- ``step_state.safetensors``: what the preference step carries from one update to the next
+  (Diffusion-DRO's snapshot; :meth:`~diffalign.steps.base.PreferenceStep.state_dict`), when it
+  carries anything: once, when it is the same on every process (synchronised weights), else
+  ``step_state_<process>.safetensors`` per process;
 - ``trainer_state.json``: step, batches consumed, counters;
 - ``checksums.json``, written last: the size and SHA-256 of every other file.
 
@@ -34,7 +35,8 @@ from diffalign.errors import DiffalignError
 PREFIX = "checkpoint-"
 STATE = "trainer_state.json"
 CHECKSUMS = "checksums.json"
-STEP_STATE = "step_state_{}.safetensors"
+STEP_STATE = "step_state.safetensors"
+STEP_STATE_OF = "step_state_{}.safetensors"
 
 
 class CheckpointError(DiffalignError, ValueError):
@@ -121,11 +123,13 @@ def path_for(folder: Path, step: int) -> Path:
     return folder / f"{PREFIX}{step:07d}"
 
 
-def save(accelerator, folder: Path, step: int, state: dict, keep: int, step_state: dict | None = None) -> Path:
+def save(accelerator, folder: Path, step: int, state: dict, keep: int, step_state: dict | None = None,
+         shared: bool = True) -> Path:
     """Save a checkpoint for ``step`` on every process; prune to the newest ``keep``.
 
     Args:
         step_state: this process's tensors of the preference step (``{}`` or ``None``: nothing).
+        shared: the step state is the same on every process: the main process writes it once.
     """
     from safetensors.torch import save_file
 
@@ -137,9 +141,9 @@ def save(accelerator, folder: Path, step: int, state: dict, keep: int, step_stat
     accelerator.wait_for_everyone()
     with _cleaned_up(tmp):
         accelerator.save_state(str(tmp))
-        if step_state:
-            save_file({k: v.detach().contiguous().cpu() for k, v in step_state.items()},
-                      str(tmp / STEP_STATE.format(accelerator.process_index)))
+        if step_state and (accelerator.is_main_process or not shared):
+            name = STEP_STATE if shared else STEP_STATE_OF.format(accelerator.process_index)
+            save_file({k: v.detach().contiguous().cpu() for k, v in step_state.items()}, str(tmp / name))
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         with _cleaned_up(tmp):
@@ -171,8 +175,8 @@ def load(accelerator, path: Path) -> tuple[dict, dict]:
 
     try:
         accelerator.load_state(str(path))
-        step_file = Path(path) / STEP_STATE.format(accelerator.process_index)
-        step_state = load_file(str(step_file)) if step_file.exists() else {}
+        files = [Path(path) / name for name in (STEP_STATE, STEP_STATE_OF.format(accelerator.process_index))]
+        step_state = next((load_file(str(f)) for f in files if f.exists()), {})
         return json.loads((Path(path) / STATE).read_text()), step_state
     except (RuntimeError, OSError, ValueError, KeyError, EOFError, pickle.UnpicklingError, SafetensorError) as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__

@@ -401,7 +401,8 @@ class Trainer:
 
     def _save_checkpoint(self, ckpt_dir: Path) -> Path:
         return checkpoint.save(self.accelerator, ckpt_dir, self.state["step"], dict(self.state),
-                               self.config.keep_checkpoints, step_state=self.step.state_dict())
+                               self.config.keep_checkpoints, step_state=self.step.state_dict(),
+                               shared=self.step.shared_state)
 
     def _checkpoint_due(self, step: int) -> bool:
         return bool(self.config.checkpoint_every) and step % self.config.checkpoint_every == 0

@@ -63,7 +63,7 @@ def test_a_run_killed_at_any_phase_resumes_to_the_uninterrupted_run(objective, t
         assert all(torch.equal(weights[k], want_weights[k]) for k in weights), (objective, phase)
         assert _losses(killed) == want_losses, (objective, phase)
         # The step state at the last checkpoint too (Diffusion-DRO's snapshot; the others keep none).
-        for name in ("step_state_0.safetensors",):
+        for name in (checkpoint.STEP_STATE,):
             a = checkpoint.path_for(straight / "checkpoints", STEPS) / name
             b = checkpoint.path_for(killed / "checkpoints", STEPS) / name
             assert a.exists() == b.exists() == (objective == "diffusion_dro")
