@@ -211,12 +211,33 @@ def _locked(out: Path, state):
 
         broadcast_object_list(held)
     if not held[0]:
-        raise OutputError(f"the latent cache {out} is being built by another command ({lock.holder()}); wait for it "
-                          "to end: a later run reuses what it built")
+        raise OutputError(_busy(out, lock.holder()))
     try:
         yield
     finally:
         lock.release()
+
+
+def check_buildable(folder: Path) -> None:
+    """Before any model loads: a build may write the cache ``folder`` when it is new, empty or a
+    cache (its ``cache.json``), and no other command is building it (the rule of
+    :mod:`diffalign.outputs`; ``diffalign cache`` and ``data.cache: auto`` both ask).
+
+    Raises:
+        OutputError: naming what stands there, or who holds the folder.
+    """
+    from diffalign.outputs import FolderLock, OutputError, refuse_unless_empty
+
+    if not (folder / META).exists():
+        refuse_unless_empty(folder, "the latent cache", "latent cache (no cache.json)")
+    holder = FolderLock(folder).holder()
+    if holder is not None:
+        raise OutputError(_busy(folder, holder))
+
+
+def _busy(folder: Path, holder: str | None) -> str:
+    return f"the latent cache {folder} is being built by another command ({holder}); wait for it to end: a later run " \
+           "reuses what it built"
 
 
 def _build(out: Path, meta: dict, data, family, state, resolution, batch_size, progress, frames, frame_stride) -> Path:
@@ -369,7 +390,7 @@ def run(args) -> int:
 
     from diffalign.families import FAMILIES, detect_family, load
     from diffalign.families.base import untileable
-    from diffalign.outputs import FolderLock, OutputError, check_apart, refuse_unless_empty
+    from diffalign.outputs import check_apart
     from diffalign.resources import require_disk
 
     state = PartialState(cpu=not torch.cuda.is_available())
@@ -380,12 +401,7 @@ def run(args) -> int:
         raise CacheMismatchError(f"--resolution {why}")
     out = cache_dir(args.data, family_name, args.resolution, args.frames, args.frame_stride)
     check_apart(out, {"--model": args.model}, "the latent cache")
-    if not (out / META).exists():
-        refuse_unless_empty(out, "the latent cache", "latent cache (no cache.json)")
-    holder = FolderLock(out).holder()
-    if holder is not None:
-        raise OutputError(f"the latent cache {out} is being built by another command ({holder}); wait for it to end: "
-                          "a later run reuses what it built")
+    check_buildable(out)
     if not is_complete(out):
         need = cache_bytes(args.model, args.revision, args.resolution, args.frames, len(data) * data.group_size)
         require_disk(need, args.data, f"the latent cache {out}", "free space there first")

@@ -181,8 +181,8 @@ def plan_cache(config: TrainConfig, family: str, data: PreferenceDataset, captio
     A cache built for another model or an older version of the dataset is an error under
     ``auto`` too: it is the user's data, so it is never deleted or overwritten here.
     """
-    from diffalign.data.cache import META, cache_bytes, cache_dir, is_complete
-    from diffalign.outputs import FolderLock, refuse_unless_empty
+    from diffalign.data.cache import META, cache_bytes, cache_dir, check_buildable, is_complete
+    from diffalign.outputs import OutputError
     from diffalign.resources import require_disk
 
     mode = config.data.cache
@@ -206,13 +206,11 @@ def plan_cache(config: TrainConfig, family: str, data: PreferenceDataset, captio
                            len(data) * data.group_size)
         require_disk(need, config.data.path, "data.cache: auto would build a latent cache that",
                      "free space, or train uncached with data.cache=false")
-        if not (folder / META).exists():
-            refuse_unless_empty(folder, "data.cache: auto would build the latent cache in", "latent cache (no cache.json)")
-        holder = FolderLock(folder).holder()
-        if holder is not None:
-            raise StartupError(f"data.cache: auto would build the latent cache {folder}, which is being built by another "
-                               f"command ({holder}); wait for it to end (this run then reuses it), or train uncached "
-                               "with data.cache=false")
+        try:
+            check_buildable(folder)
+        except OutputError as err:
+            raise StartupError(f"data.cache: auto would build a latent cache, but {err}; or train uncached with "
+                               "data.cache=false") from None
         return CachePlan("build", folder, f"no finished latent cache for this model and resolution yet; "
                                           f"its latents take {need / 2**30:.2f} GiB, plus the prompt embeddings")
     _matching_cache(config, family, data)
