@@ -95,7 +95,7 @@ def _add_module_commands(sub) -> None:
 
 
 def _add_build(sub) -> None:
-    from diffalign.data import dual_captions, experts, filtering, pick_a_pic, synthetic, video_pairs
+    from diffalign.builders import dual_captions, experts, filtering, pick_a_pic, synthetic, video_pairs
 
     build = sub.add_parser("build", help="build a preference dataset")
     builders = build.add_subparsers(dest="builder", required=True, metavar="BUILDER")

@@ -70,7 +70,7 @@ def prepare_data(args, work: Path) -> tuple[Path, Path]:
     """``(parquet folder, dataset folder)``: the pairs in Pick-a-Pic's columns (the peer reads
     them) and the same pairs converted by diffalign's Pick-a-Pic builder (the other set-ups)."""
     from diffalign.benchmarks.peer import write_pick_a_pic_parquet
-    from diffalign.data.pick_a_pic import build_pick_a_pic
+    from diffalign.builders.pick_a_pic import build_pick_a_pic
 
     parquet = write_pick_a_pic_parquet(work / "pick_a_pic", args.pairs, args.resolution)
     build_pick_a_pic([str(parquet)], work / "data", progress=False)

@@ -1,12 +1,11 @@
-"""Preference data: the on-disk format, builders' reusable parts, the group loader and the
-latent cache.
+"""Preference data: the on-disk format, its readers and writer, the group loader and the latent
+cache. The builders that make datasets in this format are :mod:`diffalign.builders`; nothing
+here imports them, nor the reward models.
 
-- :mod:`.schema`: columns and the schema check; :mod:`.dataset`: :class:`PreferenceDataset`.
-- :mod:`.writer`: resumable, atomic shard writing; :mod:`.sources`: streaming source readers.
-- :mod:`.pick_a_pic`: the Pick-a-Pic v2 builder; :mod:`.synthetic`: synthetic ranked groups
-  (RankDPO / Syn-Pic); :mod:`.dual_captions`: per-image captions (DCPO); :mod:`.filtering`:
-  noisy-pair filtering (FiFA); :mod:`.experts`: expert images, one per row (K = 1, Diffusion-DRO);
-  :mod:`.prompts`: the prompt-set reader.
+- :mod:`.schema`: columns and the schema check; :mod:`.records`: what a build wrote, by its record;
+  :mod:`.dataset`: :class:`PreferenceDataset`.
+- :mod:`.writer`: resumable, atomic shard writing; :mod:`.sources`: streaming source readers;
+  :mod:`.prompts`: the prompt-set reader; :mod:`.images`, :mod:`.videos`: decoding and encoding media.
 - :mod:`.loader`: :class:`GroupDataset`, :func:`collate_groups` (a family's ``inputs`` turns a batch into
   latents and conditioning).
 - :mod:`.cache`: :func:`build_cache`, :class:`LatentCache`.

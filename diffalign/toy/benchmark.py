@@ -123,7 +123,7 @@ def tensor_png(image: torch.Tensor) -> bytes:
     """``[3, H, W]`` in [0, 1] as PNG bytes."""
     from torchvision.transforms.functional import to_pil_image
 
-    from diffalign.data.synthetic import png_bytes
+    from diffalign.builders.synthetic import png_bytes
 
     return png_bytes(to_pil_image(image.clamp(0, 1)))
 
@@ -167,7 +167,7 @@ def build_preference_data(pipe, out: Path, config: BenchmarkConfig) -> dict[str,
     ranked.finish({"group_size": k, "reward_models": ["toy_coverage"]})
     pairs.finish({"group_size": 2, "reward_models": ["toy_coverage"]})
     spm_pairs.finish({"group_size": 2, "reward_models": ["toy_coverage"]})
-    from diffalign.data.experts import build_experts
+    from diffalign.builders.experts import build_experts
 
     build_experts(out / "pairs", out / "experts", overwrite=True, progress=False)
     return {name: out / name for name in ("pairs", "ranked", "experts", "step_aware_pairs")}

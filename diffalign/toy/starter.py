@@ -46,7 +46,7 @@ def write_starter(out: str | Path, seed: int = 0) -> dict[str, Path]:
     Returns:
         ``{"model": ..., "pairs": ..., "ranked": ..., "experts": ..., "step_aware": ...}`` folders.
     """
-    from diffalign.data.experts import build_experts
+    from diffalign.builders.experts import build_experts
 
     out = Path(out)
     folders = {name: out / name for name in FOLDERS}

@@ -8,8 +8,8 @@ import torch
 from pickapic_source import pick_rows, write_parquet
 from safetensors.torch import load_file
 
+from diffalign.builders.pick_a_pic import build_pick_a_pic
 from diffalign.data.cache import build_cache
-from diffalign.data.pick_a_pic import build_pick_a_pic
 from diffalign.families import load
 
 

@@ -12,9 +12,9 @@ import pytest
 import torch
 from PIL import Image
 
+from diffalign.builders.synthetic import build_synthetic
 from diffalign.cli import main
 from diffalign.data import PreferenceDataset
-from diffalign.data.synthetic import build_synthetic
 from diffalign.evaluation.generate import sample_path
 from diffalign.testing import TINY_FRAMES
 

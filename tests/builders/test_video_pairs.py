@@ -12,10 +12,10 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
+from diffalign.builders import video_pairs
+from diffalign.builders.video_pairs import build_video_pairs
 from diffalign.cli import main
-from diffalign.data import video_pairs
 from diffalign.data.sources import SourceError
-from diffalign.data.video_pairs import build_video_pairs
 from diffalign.data.videos import encode_video, read_frames
 from diffalign.data.writer import BuildError
 

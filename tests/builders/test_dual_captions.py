@@ -9,10 +9,10 @@ import pytest
 import torch
 from PIL import Image
 
+from diffalign.builders import dual_captions
+from diffalign.builders.dual_captions import build_dual_captions, word_change
 from diffalign.cli import main
 from diffalign.data import PreferenceDataset
-from diffalign.data import dual_captions
-from diffalign.data.dual_captions import build_dual_captions, word_change
 from diffalign.data.writer import BuildError, ShardWriter
 
 CONFIGS = Path(__file__).resolve().parents[2] / "training" / "configs"

@@ -14,9 +14,9 @@ import pytest
 import torch
 from PIL import Image
 
+from diffalign.builders.synthetic import build_synthetic, ranked_to_pairs
 from diffalign.cli import main
 from diffalign.data import PreferenceDataset
-from diffalign.data.synthetic import build_synthetic, ranked_to_pairs
 from diffalign.rewards import Ensemble
 from diffalign.rewards.tiny import save_tiny_clip, tiny_reward
 from diffalign.testing import save_tiny_pipeline

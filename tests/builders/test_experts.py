@@ -8,12 +8,12 @@ import signal
 import pytest
 from pickapic_source import jpeg
 
+from diffalign.builders.dual_captions import build_dual_captions
+from diffalign.builders.experts import build_experts, rank_candidates
+from diffalign.builders.filtering import filter_pairs
+from diffalign.builders.synthetic import ranked_to_pairs
 from diffalign.cli import main
 from diffalign.data import GroupDataset, PreferenceDataset, collate_groups
-from diffalign.data.dual_captions import build_dual_captions
-from diffalign.data.experts import build_experts, rank_candidates
-from diffalign.data.filtering import filter_pairs
-from diffalign.data.synthetic import ranked_to_pairs
 from diffalign.data.writer import BuildError, ShardWriter
 from diffalign.testing import write_handmade_dataset
 
@@ -180,7 +180,7 @@ def test_command_line_and_help(source, tmp_path, capsys):
 def test_a_stop_signal_keeps_whole_shards_and_the_build_continues(source, tmp_path, monkeypatch, capsys):
     """SIGTERM while r0-0 is kept (the 4th expert, shard size 2): shards [r1-0, r1-1] and [r3-1, r0-0]
     are kept. The resumed build must still know that r0-0's image is taken, so r2-0 stays a duplicate."""
-    from diffalign.data import experts
+    from diffalign.builders import experts
 
     original = experts._expert_row
 

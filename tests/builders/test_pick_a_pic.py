@@ -10,8 +10,8 @@ import time
 import datasets
 import pytest
 
+from diffalign.builders.pick_a_pic import build_pick_a_pic
 from diffalign.data import PreferenceDataset
-from diffalign.data.pick_a_pic import build_pick_a_pic
 from diffalign.data.sources import SourceError
 from diffalign.data.writer import BuildError
 
@@ -155,8 +155,8 @@ def test_a_stop_signal_keeps_the_rows_so_far_and_the_build_continues(signum, cod
     """The signal arrives while row 6 is read: rows up to it are written as a shard, the build
     exits 128 + the signal, and the same command then finishes it with exactly the rows of an
     uninterrupted build."""
+    from diffalign.builders import pick_a_pic
     from diffalign.cli import main
-    from diffalign.data import pick_a_pic
 
     original = pick_a_pic.convert
 

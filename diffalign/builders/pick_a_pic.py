@@ -22,9 +22,9 @@ from pathlib import Path
 from typing import Sequence
 
 
+from diffalign.builders.human_pairs import Media, add_pair_arguments, write_pairs
 from diffalign.data.images import image_bytes, is_readable
 from diffalign.data.sources import KINDS, SourceError, iter_rows
-from diffalign.data.human_pairs import Media, add_pair_arguments, write_pairs
 from diffalign.data.writer import ShardWriter
 
 BUILDER = "pick-a-pic"

@@ -7,11 +7,11 @@ import pytest
 import torch
 from PIL import Image
 
-from diffalign.cli import main
-from diffalign.data import PreferenceDataset
-from diffalign.data.filtering import (
+from diffalign.builders.filtering import (
     filter_pairs, hashing_embeddings, knn_entropy_terms, model_embeddings, prompt_quality, score_rows,
 )
+from diffalign.cli import main
+from diffalign.data import PreferenceDataset
 from diffalign.data.writer import BuildError, ShardWriter
 from diffalign.rewards.tiny import tiny_reward
 

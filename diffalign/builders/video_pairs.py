@@ -18,7 +18,7 @@ as ``<key>.video_0`` / ``<key>.video_1`` or ``<key>.0.mp4`` / ``<key>.1.mp4``, t
 optionally as ``<key>.txt``), ``.jsonl`` files (one JSON object a line) or ``.csv`` tables (videos
 as paths), or one hub dataset id; all are streamed, never loaded whole.
 
-The rules are Pick-a-Pic's (:mod:`diffalign.data.pick_a_pic`): unlabelled rows and pairs of the
+The rules are Pick-a-Pic's (:mod:`diffalign.builders.pick_a_pic`): unlabelled rows and pairs of the
 same video are dropped, ties are dropped unless ``keep_ties`` (then kept with ranks ``[0, 0]``,
 never flipped), each pair is written best first. Every video must decode (its first frame, with
 PyAV); a row with one that does not, or whose file is missing, is dropped as
@@ -35,9 +35,9 @@ from pathlib import Path
 from typing import Iterator, Sequence
 
 
+from diffalign.builders.human_pairs import Media, add_pair_arguments, write_pairs
 from diffalign.data.sources import SourceError, detect_kind, expand_files, iter_rows
 from diffalign.data.videos import is_readable_video
-from diffalign.data.human_pairs import Media, add_pair_arguments, write_pairs
 from diffalign.data.writer import ShardWriter
 
 BUILDER = "video-pairs"
