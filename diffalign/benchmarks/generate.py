@@ -5,7 +5,7 @@ pipeline loaded once, before anything is timed:
 
 - ``naive``: ``pipe(prompt, generator=torch.Generator().manual_seed(seed), ...)``, one image per
   call, as per-paper scripts do;
-- ``synthetic builder``: :meth:`diffalign.builders.synthetic.Generators.draw`, ``--batch-size``
+- ``synthetic builder``: :meth:`diffalign.builders.generators.Generators.draw`, ``--batch-size``
   prompts per call (the path of ``diffalign build synthetic``);
 - ``evaluation``: :func:`diffalign.evaluation.generate.generate_images` into a fresh folder,
   PNG writing included, since that is part of what an evaluation run pays for.
@@ -140,7 +140,7 @@ def run_benchmark(model: Path, prompts: list[str], *, steps: int, resolution: in
     Returns:
         ``{"rows": [one per set-up, baseline first], "memory": what peak memory means here}``.
     """
-    from diffalign.builders.synthetic import Generators
+    from diffalign.builders.generators import Generators
     from diffalign.config import torch_dtype
     from diffalign.evaluation.generate import GenerationSettings, image_seed
 

@@ -4,7 +4,8 @@ from raw sources, from generators scored by reward models, or from another prefe
 
 - :mod:`.pick_a_pic`: Pick-a-Pic v2 human pairs; :mod:`.video_pairs`: human video pairs, Pick-a-Pic
   style; :mod:`.human_pairs`: the loop both share.
-- :mod:`.synthetic`: synthetic ranked groups (RankDPO / Syn-Pic), and their pairs.
+- :mod:`.synthetic`: synthetic ranked groups (RankDPO / Syn-Pic), from :mod:`.generators`' seeded
+  samples scored by :mod:`.scoring`; :mod:`.ranked_pairs`: pair datasets from ranked ones.
 - :mod:`.dual_captions`: per-image captions (DCPO); :mod:`.filtering`: noisy-pair filtering (FiFA);
   :mod:`.experts`: expert images, one per row (K = 1, Diffusion-DRO).
 

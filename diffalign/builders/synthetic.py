@@ -38,24 +38,21 @@ from typing import Iterator, Sequence
 from tqdm.auto import tqdm
 
 from diffalign.arguments import COUNT, SCALE, SEED, SIDE
+from diffalign.builders.generators import Generators, prompts_per_call, resume_point
+from diffalign.builders.ranked_pairs import PAIR_MODES, ranked_to_pairs
+from diffalign.builders.scoring import (
+    competition_ranks, key_values, load_reward_from_args, reward_info, score_group, video_reward,
+)
 from diffalign.config import torch_dtype
 from diffalign.data.records import check_output
 from diffalign.data.schema import MANIFEST
 from diffalign.data.writer import BuildError, ShardWriter, add_writer_arguments
 
 BUILDER = "synthetic-ranked"
-PAIRS_BUILDER = "synthetic-pairs"
-PAIR_MODES = ("best-worst", "all")
 PARTS = ".parts"
 OUTPUTS = (PARTS, "pairs")
 """What the builder writes in its folder beside the dataset: the processes' parts before they are
 merged, and the ``--pairs`` dataset."""
-
-
-def competition_ranks(scores: Sequence[float]) -> list[int]:
-    """``[K]`` ranks of ``scores`` (higher is better): the number of strictly better scores, so
-    ``[3, 5, 5, 1] -> [2, 0, 0, 3]``."""
-    return [sum(other > s for other in scores) for s in scores]
 
 
 def png_bytes(image) -> bytes:
@@ -63,23 +60,6 @@ def png_bytes(image) -> bytes:
     buffer = io.BytesIO()
     image.save(buffer, format="PNG")
     return buffer.getvalue()
-
-
-def score_group(reward, images: list, prompt: str) -> tuple[list[float], dict[str, list[float]]]:
-    """``(scores [K], {member label: raw scores [K]})`` of one prompt's images.
-
-    For an :class:`~diffalign.rewards.Ensemble` the members run once and both come from those
-    runs; for a single reward model the member dict holds its own score.
-    """
-    from diffalign.rewards import Ensemble
-
-    if isinstance(reward, Ensemble):
-        members = reward.member_scores(images, prompt)
-        total = sum(w * reward.normalise(label, members[label]) for label, w in zip(reward.labels, reward.weights))
-        scores = (total / sum(reward.weights)).tolist()
-        return scores, {label: s.tolist() for label, s in members.items()}
-    scores = reward.score(images, prompt).tolist()
-    return scores, {reward.label: scores}
 
 
 def media_bytes(sample, fps: int = 16) -> bytes:
@@ -110,75 +90,12 @@ def ranked_row(index: int, prompt: str, images: list, generators: list[str], see
     }
 
 
-class Generators:
-    """The ``M`` generator pipelines, loaded once, drawing seeded images (or videos) in batches.
-
-    Args:
-        paths: diffusers pipeline folders or hub ids, all of one media (images or videos).
-        device, dtype: where and in what precision they run.
-        steps, guidance_scale, height, width: the sampling options (``None``: the pipeline's default).
-        frames: text-to-video generators' clip length (Wan: 1 + 4n); ``None`` for images.
-    """
-
-    def __init__(self, paths: Sequence[str], device, dtype, steps: int, guidance_scale: float | None,
-                 height: int | None, width: int | None, frames: int | None = None):
-        from diffusers import DiffusionPipeline
-
-        from diffalign.families.pipelines import media_of
-
-        self.paths = [str(p) for p in paths]
-        self.device = device
-        self.frames = frames
-        self.pipes = []
-        for path in self.paths:
-            pipe = DiffusionPipeline.from_pretrained(path, dtype=dtype).to(device)
-            pipe.set_progress_bar_config(disable=True)
-            self.pipes.append(pipe)
-        media = {media_of(pipe) for pipe in self.pipes}
-        if media != {"video" if frames else "image"}:
-            raise BuildError(f"the generators make {' and '.join(sorted(media))}s; "
-                             + ("--frames is for text-to-video generators" if frames else
-                                "give --frames for text-to-video generators (all generators must make the same media)"))
-        self.call = {"num_inference_steps": steps}
-        for key, value in (("guidance_scale", guidance_scale), ("height", height), ("width", width)):
-            if value is not None:
-                self.call[key] = value
-
-    def draw(self, which: int, prompts: list[str], seeds: list[int], batch_size: int) -> list:
-        """Images (or videos) of generator ``which``, one per ``(prompt, seed)``, in calls of ``batch_size``."""
-        import torch
-
-        from diffalign.families.pipelines import generate
-
-        out = []
-        for start in range(0, len(prompts), batch_size):
-            chunk = slice(start, start + batch_size)
-            # CPU generators: the same seed gives the same initial noise on any GPU or none.
-            rngs = [torch.Generator("cpu").manual_seed(s) for s in seeds[chunk]]
-            out += generate(self.pipes[which], prompts[chunk], rngs, frames=self.frames, **self.call)
-        return out
-
-
-def prompts_per_call(batch_size: int, images_per_prompt: int) -> int:
-    """How many prompts one pipeline call takes: each call draws at most ``batch_size`` images."""
-    return max(1, batch_size // images_per_prompt)
-
-
-def resume_point(position: int, batch_size: int, images_per_prompt: int) -> tuple[int, int]:
-    """``(start, skip)``: where a build that kept ``position`` rows starts generating again, and how
-    many of the rows it makes first were kept already. It starts at the first prompt of the call
-    that ``position`` falls in, so every call holds the prompts it held in an uninterrupted build:
-    float32 kernels round a batch by its size, so a call of other prompts would draw other pixels."""
-    start = position - position % prompts_per_call(batch_size, images_per_prompt)
-    return start, position - start
-
-
 def generate_rows(indices: Sequence[int], prompts: Sequence[str], generators: Generators, reward, *,
                   images_per_prompt: int, seed: int, batch_size: int, bar=None,
                   fps: int = 16, skip: int = 0) -> Iterator[tuple[int, dict]]:
     """``(prompt index, ranked row)`` for each of ``indices`` after the first ``skip``, in order
     (the skipped ones are drawn, so that the calls are those of an uninterrupted build:
-    :func:`resume_point`).
+    :func:`~diffalign.builders.generators.resume_point`).
 
     Prompts go through the pipelines ``max(1, batch_size // N)`` at a time, so each call draws
     at most ``batch_size`` images.
@@ -202,14 +119,6 @@ def generate_rows(indices: Sequence[int], prompts: Sequence[str], generators: Ge
             if bar is not None:
                 bar.update(len(images))
             yield p, ranked_row(p, prompts[p], images, names, seeds, scores, members, fps)
-
-
-def _reward_info(reward) -> list[dict]:
-    from diffalign.rewards import Ensemble
-
-    if isinstance(reward, Ensemble):
-        return [{"label": label, "weight": w, **reward.stats.get(label, {})} for label, w in zip(reward.labels, reward.weights)]
-    return [{"label": reward.label, "weight": 1.0}]
 
 
 def build_synthetic(
@@ -245,7 +154,8 @@ def build_synthetic(
         steps, guidance_scale, height, width: sampling options (``None``: pipeline default).
         batch_size: images per pipeline call.
         dtype: ``auto`` (fp16 on GPU, fp32 on CPU), ``fp32``, ``fp16`` or ``bf16``.
-        pairs: ``None``, ``best-worst`` or ``all``: also write ``<out>/pairs`` (see :func:`ranked_to_pairs`).
+        pairs: ``None``, ``best-worst`` or ``all``: also write ``<out>/pairs`` (see
+            :func:`~diffalign.builders.ranked_pairs.ranked_to_pairs`).
         shard_size: rows (prompts) per shard; the unit of resumption.
         overwrite: discard what ``out`` holds.
         frames, fps: text-to-video generators: frames per clip (Wan: 1 + 4n) and the stored clips'
@@ -273,7 +183,7 @@ def build_synthetic(
     )
     if frames is not None:  # only for video: image builds begun before keep their options
         options.update(frames=frames, fps=fps)
-        reward = _video_reward(reward)
+        reward = video_reward(reward)
     out = Path(out)
     inputs = {"generators": [str(g) for g in generators]}
     if state.is_main_process:
@@ -282,7 +192,7 @@ def build_synthetic(
         ShardWriter(out, builder=BUILDER, options=options, shard_size=shard_size, outputs=OUTPUTS, overwrite=overwrite,
                     inputs=inputs)
     state.wait_for_everyone()
-    extra = {"generators": options["generators"], "reward_models": _reward_info(reward),
+    extra = {"generators": options["generators"], "reward_models": reward_info(reward),
              "group_size": len(generators) * images_per_prompt, "images_per_prompt": images_per_prompt}
     if frames is not None:
         extra.update(media="video", frames=frames, fps=fps)
@@ -332,20 +242,6 @@ def build_synthetic(
     return manifest
 
 
-def _video_reward(reward):
-    """A reward that scores videos: ``reward`` itself when it does, else ``reward`` averaged over
-    every frame (:class:`~diffalign.rewards.video.FrameAveraged`)."""
-    from diffalign.rewards import Ensemble
-    from diffalign.rewards.video import FrameAveraged, VideoEnsemble, scores_videos
-
-    if scores_videos(reward):
-        return reward
-    if isinstance(reward, Ensemble):  # still an ensemble, so each member's raw score is recorded
-        stats = {f"{m.label}@frames:all": reward.stats[m.label] for m in reward.members if m.label in reward.stats}
-        return VideoEnsemble(reward.members, reward.weights, stats, frames="all")
-    return FrameAveraged(reward, frames="all")
-
-
 class _Scaled:
     """A progress-bar proxy counting the main process's images for all ``P`` processes."""
 
@@ -373,78 +269,7 @@ def _merge_parts(parts: list[Path], out: Path, options: dict, shard_size: int, e
     shutil.rmtree(out / PARTS, ignore_errors=True)
 
 
-def ranked_to_pairs(ranked: str | Path, out: str | Path, mode: str = "best-worst", shard_size: int = 1000,
-                    overwrite: bool = False) -> dict:
-    """A pair dataset from a ranked one.
-
-    ``best-worst``: one pair per group, its first and last image. ``all``: every ``(i, j)``,
-    ``i < j`` in best-first order, ``K(K-1)/2`` pairs per group. Pairs of equal score get ranks
-    ``[0, 0]`` (a tie); ids are ``<group id>-<i>-<j>``; ``meta`` keeps the group's entries for the two images.
-    """
-    from diffalign.data.dataset import PreferenceDataset
-
-    if mode not in PAIR_MODES:
-        raise BuildError(f"pair mode must be one of {PAIR_MODES}, not {mode!r}")
-    data = PreferenceDataset.open(ranked)
-    if data.group_size < 2:
-        raise BuildError(f"{ranked} has one image per prompt (K = {data.group_size}): no pairs can be made from it")
-    writer = ShardWriter(out, builder=PAIRS_BUILDER, options={"ranked": str(Path(ranked).resolve()), "mode": mode},
-                         shard_size=shard_size, overwrite=overwrite)
-    if writer.complete:
-        return writer.finish()
-    for position in range(writer.position, len(data)):
-        row = data[position]
-        k = len(row["images"])
-        chosen = [(0, k - 1)] if mode == "best-worst" else [(i, j) for i in range(k) for j in range(i + 1, k)]
-        meta = json.loads(row["meta"] or "{}")
-        for i, j in chosen:
-            scores = [row["scores"][i], row["scores"][j]]
-            pair_meta = {"group": row["id"], "positions": [i, j]}
-            for key in ("generators", "seeds"):
-                if key in meta:
-                    pair_meta[key] = [meta[key][i], meta[key][j]]
-            writer.add({
-                "id": f"{row['id']}-{i}-{j}", "prompt": row["prompt"], "images": [row["images"][i], row["images"][j]],
-                "scores": scores, "ranks": competition_ranks(scores), "captions": None,
-                "source": PAIRS_BUILDER, "meta": json.dumps(pair_meta),
-            })
-        writer.advance(position + 1)
-    return writer.finish({"group_size": 2, "pair_mode": mode, "reward_models": data.manifest.get("reward_models", [])})
-
-
 # ----------------------------------------------------------------------------- command line
-def _key_values(items: Sequence[str] | None, what: str) -> dict[str, str]:
-    out = {}
-    for item in items or []:
-        name, sep, value = item.partition("=")
-        if not sep:
-            raise BuildError(f"{what} takes NAME=VALUE, got {item!r}")
-        out[name] = value
-    return out
-
-
-def load_reward_from_args(args: argparse.Namespace):
-    """A single reward model, or an :class:`Ensemble` of several (their μ, σ from ``--reward-stats``)."""
-    import torch
-    from accelerate import PartialState
-
-    from diffalign.rewards import load_ensemble, load_reward
-
-    paths = _key_values(args.reward_path, "--reward-path")
-    weights = {name: float(w) for name, w in _key_values(args.reward_weight, "--reward-weight").items()}
-    unknown = sorted((set(paths) | set(weights)) - set(args.reward))
-    if unknown:
-        raise BuildError(f"--reward-path/--reward-weight name {unknown}, which are not among --reward {args.reward}")
-    device = PartialState(cpu=not torch.cuda.is_available()).device  # this process's GPU under accelerate
-    if len(args.reward) == 1 and not args.reward_stats:
-        return load_reward(args.reward[0], paths.get(args.reward[0]), device=device)
-    if not args.reward_stats:
-        raise BuildError("several rewards are z-normalised before averaging: give --reward-stats FILE.json "
-                         "({label: {mean, std}}, e.g. from `diffalign score` on a reference set)")
-    stats = json.loads(Path(args.reward_stats).read_text())
-    return load_ensemble({name: weights.get(name, 1.0) for name in args.reward}, stats, paths, device=device)
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``diffalign build synthetic`` and ``datasets_builders/synthetic_ranked.py``."""
     parser.add_argument("prompts", help="prompt set: .txt, .json, .jsonl, .csv/.tsv file, or a hub dataset id")
@@ -478,7 +303,7 @@ def run(args: argparse.Namespace) -> int:
     """Run the builder from parsed arguments."""
     from diffalign.data.prompts import read_prompts
 
-    reward_paths = list(_key_values(args.reward_path, "--reward-path").values())
+    reward_paths = list(key_values(args.reward_path, "--reward-path").values())
     check_output(args.out, BUILDER, {"prompts": args.prompts, "--generator": args.generator,  # before any weights load
                                      "--reward-path": reward_paths, "--reward-stats": args.reward_stats})
     prompts = read_prompts(args.prompts, args.prompt_column, split=args.prompt_split, limit=args.limit_prompts)

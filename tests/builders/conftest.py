@@ -1,4 +1,4 @@
-"""Fixtures of the data tests."""
+"""Fixtures of the builder tests."""
 
 import pytest
 from pickapic_source import pick_rows, write_parquet

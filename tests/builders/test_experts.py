@@ -11,7 +11,7 @@ from pickapic_source import jpeg
 from diffalign.builders.dual_captions import build_dual_captions
 from diffalign.builders.experts import build_experts, rank_candidates
 from diffalign.builders.filtering import filter_pairs
-from diffalign.builders.synthetic import ranked_to_pairs
+from diffalign.builders.ranked_pairs import ranked_to_pairs
 from diffalign.cli import main
 from diffalign.data import GroupDataset, PreferenceDataset, collate_groups
 from diffalign.data.writer import BuildError, ShardWriter

@@ -14,7 +14,8 @@ import pytest
 import torch
 from PIL import Image
 
-from diffalign.builders.synthetic import build_synthetic, ranked_to_pairs
+from diffalign.builders.ranked_pairs import ranked_to_pairs
+from diffalign.builders.synthetic import build_synthetic
 from diffalign.cli import main
 from diffalign.data import PreferenceDataset
 from diffalign.rewards import Ensemble
