@@ -7,8 +7,7 @@ safetensors file, too little memory) is printed as one ``error: …`` line, exit
 means a bug. Under ``accelerate launch`` the launcher adds its own traceback of the child's exit
 status after that line: it is accelerate's, not a second error. ``train``, ``cache`` and ``build``
 stop cleanly on SIGTERM or SIGINT, keeping their work (:mod:`diffalign.stopping`), with status
-128 + the signal's number. Subcommands that have not landed yet say so and exit with status 2;
-none pretends to work.
+128 + the signal's number.
 """
 
 from __future__ import annotations
@@ -19,20 +18,6 @@ import os
 import sys
 
 from diffalign.arguments import COUNT
-
-# subcommand -> (help, the issue that brings it)
-_PLANNED: dict[str, tuple[str, str]] = {}
-
-
-def _not_yet(command: str, issue: str):
-    """A subcommand that says it has not landed yet, and exits with status 2."""
-
-    def run(args: argparse.Namespace) -> int:
-        print(f"diffalign {command} is not yet available: it arrives with {issue}.", file=sys.stderr)
-        return 2
-
-    return run
-
 
 # Commands that stop at a whole step on SIGTERM/SIGINT, keeping what they did.
 _STOPPABLE = ("train", "cache", "build")
@@ -211,9 +196,6 @@ def build_parser() -> argparse.ArgumentParser:
     _add_make_tiny(sub)
     _add_build(sub)
     _add_module_commands(sub)
-    for name, (help_text, issue) in _PLANNED.items():
-        planned = sub.add_parser(name, help=f"{help_text} (not yet available)")
-        planned.set_defaults(run=_not_yet(name, issue), planned=True)
     return parser
 
 
@@ -224,12 +206,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv
     argv = [a for a in argv if a != "--debug"]
-    parser = build_parser()
-    # A planned command takes any arguments so that it can say it is not yet available
-    # instead of failing on arguments it does not know yet.
-    args, extra = parser.parse_known_args(argv)
-    if extra and not getattr(args, "planned", False):
-        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    args = build_parser().parse_args(argv)
     stops = stopping.stop_requests() if args.command in _STOPPABLE else contextlib.nullcontext()
     try:
         with stops:

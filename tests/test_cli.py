@@ -1,4 +1,5 @@
-"""The ``diffalign`` command: real subcommands work, planned ones say they are not yet available."""
+"""The ``diffalign`` command: the console script and ``python -m diffalign`` run it, every subcommand
+documents its options, and an unknown option is refused."""
 
 import argparse
 import shutil
@@ -25,15 +26,11 @@ def test_python_dash_m():
     assert out.stdout.startswith("diffalign ")
 
 
-def test_planned_commands_do_not_pretend(monkeypatch, capsys):
-    # Every command has landed; the mechanism stays for the next planned one.
-    import diffalign.cli
-
-    monkeypatch.setattr(diffalign.cli, "_PLANNED", {"frobnicate": ("frobnicate things", "issue #99")})
-    assert main(["frobnicate", "--config", "x.yaml"]) == 2
-    assert "not yet available: it arrives with issue #99" in capsys.readouterr().err
-    with pytest.raises(SystemExit):
-        main(["evaluate", "--no-such-option"])  # a real command rejects what it does not know
+def test_a_command_rejects_an_option_it_does_not_know(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["info", "some/pipeline", "--no-such-option"])  # before anything runs
+    assert exit_.value.code == 2
+    assert "unrecognized arguments: --no-such-option" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(
