@@ -9,7 +9,7 @@ GPU, real-size SDXL at 1024 px, bf16, LoRA rank 64, with FLOPs and MFU:
     python benchmarks/train_step.py --size real --family sdxl --lora-rank 64 --batch-size 1 --flops \
         --setups naive diffalign diffalign+ckpt
 
-See ``diffalign/benchmarks/train_step.py`` for what each set-up does.
+See ``diffalign/benchmarks/train_step_setups.py`` for what each set-up does.
 """
 
 from diffalign.benchmarks.train_step import main

@@ -1,6 +1,8 @@
 """Speed and memory benchmarks, each a ratio against a named baseline measured in the same run.
 
 - :mod:`~diffalign.benchmarks.train_step`: one training step, naive per-paper loop vs the trainer.
+  Its set-ups are in :mod:`~diffalign.benchmarks.train_step_setups`, its table in
+  :mod:`~diffalign.benchmarks.train_step_table`.
 - :mod:`~diffalign.benchmarks.generate`: images/s of dataset and evaluation generation vs a
   one-prompt-at-a-time pipeline loop.
 - :mod:`~diffalign.benchmarks.score`: images/s per reward model.

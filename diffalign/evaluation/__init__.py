@@ -1,8 +1,10 @@
 """Evaluation of checkpoints (``diffalign evaluate``).
 
 - :mod:`~diffalign.evaluation.stats`: paired bootstrap statistics (mean, gain, win-rate);
-- :mod:`~diffalign.evaluation.geneval`: GenEval's prompt generator, rule engine and scores, with a
-  pluggable detector and colour classifier;
+- :mod:`~diffalign.evaluation.geneval`: GenEval's scores of a folder of images, joining
+  :mod:`~diffalign.evaluation.geneval_prompts` (its prompt generator and metadata),
+  :mod:`~diffalign.evaluation.geneval_rules` (its rule engine and summary) and
+  :mod:`~diffalign.evaluation.geneval_models` (the pluggable detector and colour classifiers);
 - :mod:`~diffalign.evaluation.generate`: resumable generation in GenEval's folder layout;
 - :mod:`~diffalign.evaluation.compare`: reward scores, win-rate and pick probability, base vs candidate;
 - :mod:`~diffalign.evaluation.report`: the self-contained ``report.html``;

@@ -27,7 +27,7 @@ def load_records(source: str, column: str | None = None, limit: int | None = Non
     """Prompt records: ``geneval`` (our port of its generator), a GenEval ``evaluation_metadata.jsonl``,
     or any prompt set :func:`diffalign.data.prompts.read_prompts` reads (records ``{"prompt": ...}``)."""
     from diffalign.data.prompts import read_prompts
-    from diffalign.evaluation.geneval import generate_prompts, read_metadata
+    from diffalign.evaluation.geneval_prompts import generate_prompts, read_metadata
 
     if source == "geneval":
         records = generate_prompts(seed=geneval_seed, n=geneval_n)
@@ -39,7 +39,8 @@ def load_records(source: str, column: str | None = None, limit: int | None = Non
 
 
 def _geneval_arm(folder: Path, detector, colors, progress: bool) -> dict:
-    from diffalign.evaluation.geneval import score_folder, summarise
+    from diffalign.evaluation.geneval import score_folder
+    from diffalign.evaluation.geneval_rules import summarise
 
     rows = score_folder(folder, detector, colors, progress=progress)
     with open(folder / "geneval_results.jsonl", "w", encoding="utf-8") as handle:
@@ -64,7 +65,7 @@ def evaluate(records: list[dict], out: str | Path, base, candidate, rewards: lis
         base, candidate: :class:`~diffalign.evaluation.generate.GenerationSettings` differing only in
             ``model``/``lora`` (seeds, steps, guidance and resolution must match).
         rewards: loaded reward models (may be empty).
-        detector: a GenEval :class:`~diffalign.evaluation.geneval.Detector`, or None for no GenEval;
+        detector: a GenEval :class:`~diffalign.evaluation.geneval_rules.Detector`, or None for no GenEval;
             GenEval needs records with a ``tag``.
         regenerate: remake an arm's images when they were made from other weights or settings
             (without it, that is an error; images of unchanged weights are always reused).
@@ -207,7 +208,8 @@ def run(args: argparse.Namespace) -> int:
     from diffalign.data.prompts import PromptSourceError
     from diffalign.errors import DiffalignError
     from diffalign.evaluation.generate import GenerationMismatchError, GenerationSettings
-    from diffalign.evaluation.geneval import MetadataError, load_color_classifier, load_detector
+    from diffalign.evaluation.geneval_models import load_color_classifier, load_detector
+    from diffalign.evaluation.geneval_prompts import MetadataError
     from diffalign.rewards import RewardLoadError
     from diffalign.rewards.cli import ScoreInputError, load_rewards_from_args
 

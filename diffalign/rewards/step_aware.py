@@ -27,14 +27,15 @@ starts at N(0, 0.02) as in DiT (it gets gradients once the adaLN weights move of
 
 Shapes: ``pixels [B, 3, H, W]`` in [0, 1], ``t [B]`` (or one float), ``prompts`` B strings;
 scores ``[B]`` float32. Layouts on disk: :meth:`StepAwarePreferenceModel.save_pretrained` (ours)
-and the authors' released ``.bin`` (:meth:`StepAwarePreferenceModel.from_authors_checkpoint`).
+and the authors' released ``.bin`` (:meth:`StepAwarePreferenceModel.from_authors_checkpoint`, through
+the key map of :mod:`~diffalign.rewards.step_aware_authors`).
 """
 
 from __future__ import annotations
 
 import json
 import os
-import re
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar, Sequence
@@ -47,6 +48,8 @@ from diffalign.rewards.base import RewardLoadError, batch_size_of, expand_prompt
 from diffalign.rewards.clip import CLIPReward, HFTokenize, Tokenize, load_clip_parts, processor_source
 from diffalign.rewards.loading import assign_state, find_file, load_checkpoint, load_pretrained, load_tokenizer, read_json
 from diffalign.rewards.preprocess import ImageTransform, pil_to_tensor, transform_from_processor
+from diffalign.rewards.step_aware_authors import (AUTHORS_FILES, AUTHORS_KEY_MAP, AUTHORS_REPO, authors_release, authors_to_ours,
+                                                  ours_to_authors)
 
 DDPM_INDEX_SCALE = 999.0
 """``t · 999`` is what the timestep embedder sees: the DDPM index the authors trained on."""
@@ -56,10 +59,6 @@ CONFIG = "step_aware.json"
 TIME_WEIGHTS = "time_conditioning.safetensors"
 PICKSCORE = "yuvalkirstain/PickScore_v1"
 PICKSCORE_PROCESSOR = "laion/CLIP-ViT-H-14-laion2B-s32B-b79K"
-AUTHORS_REPO = "SPO-Diffusion-Models/Step-Aware_Preference_Models"
-AUTHORS_FILES = {"sd15": "sd-v1-5_step-aware_preference_model.bin", "sdxl": "sdxl_step-aware_preference_model.bin"}
-"""The released checkpoints (hub repo :data:`AUTHORS_REPO`), one per base model: an SPM only
-knows the ``x̂0`` of the base model it was trained with (RockeyCoss/SPO issue #21)."""
 
 
 @dataclass(frozen=True)
@@ -295,19 +294,23 @@ class StepAwarePreferenceModel(CLIPReward):
 
     @classmethod
     def from_authors_checkpoint(cls, path: str | os.PathLike, clip_source: str | os.PathLike = PICKSCORE,
-                                processor: str | os.PathLike | None = None, base: str = "sd15",
+                                processor: str | os.PathLike | None = None, release: str = "v1-5",
                                 dtype: torch.dtype | None = None,
-                                device: str | torch.device | None = None) -> StepAwarePreferenceModel:
+                                device: str | torch.device | None = None, *,
+                                base: str | None = None) -> StepAwarePreferenceModel:
         """Load the authors' released state dict (``torch.save`` of their ``StepAwarePreferenceModel``)
-        through :func:`authors_to_ours`; eval mode, frozen.
+        through :func:`~diffalign.rewards.step_aware_authors.authors_to_ours`; eval mode, frozen.
 
         Args:
             path: the ``.bin``, or a folder / hub repo (:data:`AUTHORS_REPO`) holding
-                ``AUTHORS_FILES[base]``.
+                ``AUTHORS_FILES[release]``.
             clip_source: where the ``CLIPConfig`` (architecture only; every weight comes from
                 ``path``) is read: PickScore_v1 for both released models.
             processor: tokenizer + ``preprocessor_config.json``; default as for PickScore.
-            base: ``"sd15"`` or ``"sdxl"``: which released file to look for in a folder.
+            release: ``"v1-5"`` (``sd-v1-5_step-aware_preference_model.bin``) or ``"xl"``
+                (``sdxl_step-aware_preference_model.bin``): which released file to look for in a
+                folder or repo (:data:`AUTHORS_FILES`).
+            base: the old name of ``release``, with its old values: deprecated, warns.
 
         Raises:
             RewardLoadError: the file is missing, unpickles code, holds keys the map does not
@@ -317,9 +320,12 @@ class StepAwarePreferenceModel(CLIPReward):
         from transformers import CLIPConfig, CLIPModel
 
         what = "StepAwarePreferenceModel (authors' checkpoint)"
-        if base not in AUTHORS_FILES:
-            raise ValueError(f"base must be one of {', '.join(AUTHORS_FILES)}, got {base!r}")
-        checkpoint = find_file(path, [AUTHORS_FILES[base]], what)
+        if base is not None:
+            # The keyword named a base model; what it picks is a released file. Kept until the release after 0.1.
+            release = authors_release(base, warn=False)
+            warnings.warn(f"from_authors_checkpoint(base={base!r}) is deprecated: use release={release!r}",
+                          DeprecationWarning, stacklevel=2)
+        checkpoint = find_file(path, [AUTHORS_FILES[authors_release(release)]], what)
         state = authors_to_ours(load_checkpoint(checkpoint), source=checkpoint)
         try:
             config = CLIPConfig.from_pretrained(str(clip_source))
@@ -335,62 +341,6 @@ class StepAwarePreferenceModel(CLIPReward):
 
 def _spm_transform(transform: ImageTransform) -> SPMTransform:
     return SPMTransform(size=transform.size, mean=transform.mean, std=transform.std)
-
-
-# ----------------------------------------------------------------------------------- key map
-_PARTS = {"p": r"(?P<p>weight|bias)", "i": r"(?P<i>\d+)",
-          "clip": r"(?P<clip>(?:text_model|vision_model|visual_projection|text_projection)\..+|logit_scale)"}
-AUTHORS_KEY_MAP = (
-    ("model.t_embedder.mlp.0.{p}", "time.embedder.linear_1.{p}"),
-    ("model.t_embedder.mlp.2.{p}", "time.embedder.linear_2.{p}"),
-    ("model.vision_model.encoder.layers.{i}.adaLN_modulation.1.{p}", "time.layers.{i}.{p}"),
-    ("model.vision_model.adaLN_modulation.1.{p}", "time.pooled.{p}"),
-    ("model.{clip}", "clip.{clip}"),  # the rest of the backbone keeps its transformers name
-)
-"""``(authors' key, our key)`` templates, tried in order (the adaLN rows before the catch-all
-CLIP row). The authors' names follow their ``HFTimeConditionedCLIPModel`` (``t_embedder.mlp``
-= Linear, SiLU, Linear; ``adaLN_modulation`` = SiLU, Linear), held as ``.model``."""
-AUTHORS_DROPPED = re.compile(r"model\.(text_model|vision_model)\.embeddings\.position_ids")
-"""Buffers transformers 4.27 (the authors' version) saved and today's recomputes: dropped."""
-
-
-def _compile(template: str) -> re.Pattern:
-    pattern = re.escape(template)
-    for name, part in _PARTS.items():
-        pattern = pattern.replace(re.escape("{" + name + "}"), part)
-    return re.compile(pattern)
-
-
-def _remap(state: dict[str, Tensor], rules, dropped: re.Pattern | None, source) -> dict[str, Tensor]:
-    out, unknown = {}, []
-    for key, value in state.items():
-        if dropped is not None and dropped.fullmatch(key):
-            continue
-        for pattern, target in rules:
-            found = pattern.fullmatch(key)
-            if found:
-                out[target.format(**found.groupdict())] = value
-                break
-        else:
-            unknown.append(key)
-    if unknown:
-        raise RewardLoadError(f"StepAwarePreferenceModel: {source} holds keys the key map does not know: "
-                              f"{sorted(unknown)[:8]}{' ...' if len(unknown) > 8 else ''} ({len(unknown)} in all)")
-    return out
-
-
-def authors_to_ours(state: dict[str, Tensor], source: str | os.PathLike = "the checkpoint") -> dict[str, Tensor]:
-    """The authors' state dict → ours (:data:`AUTHORS_KEY_MAP`); unknown keys raise
-    :class:`RewardLoadError` naming them."""
-    rules = [(_compile(theirs), ours) for theirs, ours in AUTHORS_KEY_MAP]
-    return _remap(state, rules, AUTHORS_DROPPED, source)
-
-
-def ours_to_authors(state: dict[str, Tensor]) -> dict[str, Tensor]:
-    """Our state dict → the authors' names (the inverse of :func:`authors_to_ours`, without the
-    dropped buffers), e.g. to give a model trained here to their SPO code."""
-    rules = [(_compile(ours), theirs) for theirs, ours in AUTHORS_KEY_MAP]
-    return _remap(state, rules, None, "the model")
 
 
 # ----------------------------------------------------------------------------------- x̂0 pixels
@@ -420,5 +370,6 @@ def pixels_from_noisy(family, model, noisy_latents: Tensor, t: Tensor, cond, unc
     return (family.decode(x0).float() / 2 + 0.5).clamp(0, 1)
 
 
+# The authors' file names and key map live in step_aware_authors; their names stay importable from here.
 __all__ = ["AUTHORS_FILES", "AUTHORS_KEY_MAP", "AUTHORS_REPO", "DDPM_INDEX_SCALE", "SPMTransform",
            "StepAwarePreferenceModel", "TimeConditioning", "authors_to_ours", "ours_to_authors", "pixels_from_noisy"]

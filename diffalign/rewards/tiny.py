@@ -236,7 +236,7 @@ def save_tiny_step_aware_authors_layout(folder: str | os.PathLike, seed: int = 0
         ``(checkpoint, clip_source)``: the ``.bin`` and a tiny CLIP folder (config, tokenizer,
         preprocessor) of another seed, so every weight that loads must come from the ``.bin``.
     """
-    from diffalign.rewards.step_aware import AUTHORS_FILES
+    from diffalign.rewards.step_aware_authors import AUTHORS_FILES
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -254,6 +254,6 @@ def save_tiny_step_aware_authors_layout(folder: str | os.PathLike, seed: int = 0
         state[f"model.vision_model.encoder.layers.{layer}.adaLN_modulation.1.bias"] = linear.bias
     state["model.vision_model.adaLN_modulation.1.weight"] = time.pooled.weight
     state["model.vision_model.adaLN_modulation.1.bias"] = time.pooled.bias
-    checkpoint = folder / AUTHORS_FILES["sd15"]
+    checkpoint = folder / AUTHORS_FILES["v1-5"]
     torch.save({key: value.detach().clone() for key, value in state.items()}, checkpoint)
     return checkpoint, save_tiny_clip(folder / "clip-config", seed=seed + 7)

@@ -123,31 +123,6 @@ def test_bad_model_folder_is_a_clear_error(tmp_path):
         main(["--model", str(tmp_path), "--out", str(tmp_path / "out")])
 
 
-@pytest.mark.parametrize(
-    "setup, ckpt, compiled, budget",
-    [
-        ("diffalign", False, False, None),
-        ("diffalign+regional", False, "regional", None),
-        ("diffalign+ckpt", True, False, None),
-        ("diffalign+compile", False, True, None),
-        ("diffalign+ckpt+compile", True, True, None),
-        ("diffalign+compile+budget", False, True, 0.6),
-    ],
-)
-def test_setup_names_turn_on_their_switches(setup, ckpt, compiled, budget, tmp_path):
-    from diffalign.benchmarks.train_step import _defaults, diffalign_config, parser
-
-    args = parser().parse_args(["--memory-budget", "0.6", "--device", "cpu"])
-    _defaults(args)
-    for folder in ("model", "data"):
-        (tmp_path / folder).mkdir()
-    config = diffalign_config(args, str(tmp_path / "model"), tmp_path / "data", tmp_path / "out", setup)
-    assert (config.gradient_checkpointing, config.compile, config.compile_memory_budget) == (ckpt, compiled, budget)
-    assert config.data.cache == "auto"  # the default
-    uncached = diffalign_config(args, str(tmp_path / "model"), tmp_path / "data", tmp_path / "out", "diffalign-uncached")
-    assert uncached.data.cache is False
-
-
 FAKE_PEER = """
 import argparse, torch
 
@@ -203,17 +178,6 @@ def test_compiled_setups_pay_the_one_off_costs_before_the_rounds(tmp_path):
     row = payload["rows"][1]
     assert row["setup"] == "diffalign+compile+budget" and len(row["step_times_s"]) == 2 and row["tensor_peak_mib"] > 0
     assert "first compile of diffalign+compile+budget" in (tmp_path / "c.md").read_text()
-
-
-def test_one_off_costs_are_listed_under_the_table():
-    from diffalign.benchmarks.train_step import one_off_costs
-
-    text = one_off_costs({"cache_build_s": 1.25, "compiler_startup_mib": 70.4,
-                          "first_compile": {"diffalign+compile": {"seconds": 95.2, "peak_mib": 191.04}}})
-    assert "latent cache build (once per dataset and resolution): 1.2 s" in text
-    assert "compiler start-up (once per process): 70 MiB" in text
-    assert "first compile of diffalign+compile" in text and "95 s, peak memory 191.0 MiB" in text
-    assert one_off_costs({"cache_build_s": 2.0}).count("\n") == 1
 
 
 def test_zero_rounds_is_a_clear_error(tmp_path):
@@ -282,17 +246,3 @@ def test_the_acceptance_setup_keeps_under_0_7_of_naive_allocated_memory(tmp_path
     naive, budget = json.loads((tmp_path / "a.json").read_text())["rows"]
     assert budget["tensor_memory_ratio_naive"] <= 0.7, budget["tensor_memory_ratio_naive"]
     assert naive["tensor_peak_mib"] > budget["tensor_peak_mib"] > 0
-
-
-def test_the_memory_ratio_leads_with_allocated_memory_on_both_devices():
-    from diffalign.benchmarks.train_step import columns
-
-    cuda = {key: header for key, header, _ in columns("cuda")}
-    cpu = {key: header for key, header, _ in columns("cpu")}
-    # CUDA's peak_mib is max_memory_allocated; CPU's counterpart is the live-tensor peak, RSS beside it.
-    assert cuda["peak_mib"] == cpu["tensor_peak_mib"] == "peak allocated (MiB)"
-    assert cpu["peak_mib"] == "peak RSS (MiB)" and "tensor_peak_mib" not in cuda
-    keys = [key for key, _, _ in columns("cpu")]
-    assert keys.index("tensor_memory_ratio_peer") < keys.index("tensor_memory_ratio_naive") < keys.index("memory_ratio_peer")
-    # The peer's ratios lead the naive loop's.
-    assert keys.index("speedup_peer") < keys.index("speedup_naive")

@@ -12,7 +12,7 @@ from PIL import Image
 from diffalign.cli import main
 from diffalign.evaluation.compare import compare_scores
 from diffalign.evaluation.generate import GenerationMismatchError, GenerationSettings, generate_images, sample_path
-from diffalign.evaluation.geneval import Detection
+from diffalign.evaluation.geneval_rules import Detection
 
 
 class FakeDetector:
@@ -244,12 +244,12 @@ def test_lora_candidate(evaluated, tiny_path, tmp_path):
 
 @pytest.mark.parametrize("name, text", [("empty.txt", "\n\n"), ("empty.jsonl", ""), ("empty.json", "[]")])
 def test_an_empty_evaluation_stops_before_anything_loads(name, text, tmp_path, capsys, monkeypatch):
-    import diffalign.evaluation.geneval as geneval
+    import diffalign.evaluation.geneval_models as geneval_models
 
     def no_detector(*args, **kwargs):
         raise AssertionError("a detector was loaded for an empty prompt set")
 
-    monkeypatch.setattr(geneval, "load_detector", no_detector)
+    monkeypatch.setattr(geneval_models, "load_detector", no_detector)
     prompts = tmp_path / name
     prompts.write_text(text)
     assert main(["evaluate", "--base", str(tmp_path / "model"), "--prompts", str(prompts),

@@ -5,7 +5,9 @@ import pytest
 import torch
 from PIL import Image
 
-from diffalign.evaluation.geneval import CLASSNAMES, Mask2FormerDetector, Thresholds, keep_confident
+from diffalign.evaluation.geneval_models import Mask2FormerDetector
+from diffalign.evaluation.geneval_prompts import CLASSNAMES
+from diffalign.evaluation.geneval_rules import Thresholds, keep_confident
 
 pytest.importorskip("scipy", reason="transformers' Mask2Former needs scipy (pip install 'diffalign[eval]')")
 

@@ -1,6 +1,6 @@
 """The step-aware preference model (SPO's SPM): identity init, time conditioning, the authors'
-checkpoint layout and the one-step estimate it scores (tiny models). Its training:
-tests/training/test_step_aware.py."""
+checkpoint loaded (its key map: test_step_aware_authors.py) and the one-step estimate it scores
+(tiny models). Its training: tests/training/test_step_aware_training.py."""
 
 import math
 from pathlib import Path
@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from reward_images import as_tensor, clip_normalise, smooth_images
 
 from diffalign.rewards.base import RewardLoadError
-from diffalign.rewards.step_aware import StepAwarePreferenceModel, authors_to_ours, ours_to_authors, pixels_from_noisy
+from diffalign.rewards.step_aware import StepAwarePreferenceModel, pixels_from_noisy
 from diffalign.rewards.tiny import save_tiny_clip, save_tiny_step_aware_authors_layout, tiny_step_aware
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -122,25 +122,6 @@ def test_the_authors_checkpoint_loads_and_scores_as_its_source(tmp_path, pixels)
     assert StepAwarePreferenceModel.from_authors_checkpoint(tmp_path, clip_source).score(pixels, PROMPTS).shape == (3,)
 
 
-def test_the_key_map_names_and_round_trip(tmp_path):
-    checkpoint, _ = save_tiny_step_aware_authors_layout(tmp_path)
-    theirs = torch.load(checkpoint, weights_only=True)
-    ours = authors_to_ours(theirs)
-    for key, mapped in {
-        "model.t_embedder.mlp.0.weight": "time.embedder.linear_1.weight",
-        "model.t_embedder.mlp.2.bias": "time.embedder.linear_2.bias",
-        "model.vision_model.encoder.layers.1.adaLN_modulation.1.weight": "time.layers.1.weight",
-        "model.vision_model.adaLN_modulation.1.bias": "time.pooled.bias",
-        "model.vision_model.encoder.layers.0.self_attn.q_proj.weight": "clip.vision_model.encoder.layers.0.self_attn.q_proj.weight",
-        "model.logit_scale": "clip.logit_scale",
-    }.items():
-        assert torch.equal(ours[mapped], theirs[key])
-    assert not any("position_ids" in key for key in ours)  # old transformers' buffers are dropped
-    back = ours_to_authors(ours)
-    assert set(back) == {k for k in theirs if not k.endswith("position_ids")}
-    assert all(torch.equal(back[k], theirs[k]) for k in back)
-
-
 def test_a_bad_checkpoint_names_the_keys(tmp_path):
     checkpoint, clip_source = save_tiny_step_aware_authors_layout(tmp_path)
     state = torch.load(checkpoint, weights_only=True)
@@ -154,6 +135,20 @@ def test_a_bad_checkpoint_names_the_keys(tmp_path):
         StepAwarePreferenceModel.from_authors_checkpoint(checkpoint, clip_source)
     with pytest.raises(RewardLoadError, match="sd-v1-5_step-aware_preference_model.bin"):
         StepAwarePreferenceModel.from_authors_checkpoint(tmp_path / "clip-config", clip_source)
+
+
+def test_a_folder_is_searched_for_the_asked_release_and_the_old_keyword_warns(tmp_path, pixels):
+    _, clip_source = save_tiny_step_aware_authors_layout(tmp_path)  # writes the v1-5 file
+    expected = StepAwarePreferenceModel.from_authors_checkpoint(tmp_path, clip_source, release="v1-5").score(pixels, PROMPTS)
+    with pytest.raises(RewardLoadError, match="sdxl_step-aware_preference_model.bin"):
+        StepAwarePreferenceModel.from_authors_checkpoint(tmp_path, clip_source, release="xl")
+    with pytest.warns(DeprecationWarning, match=r"base='sd15'\) is deprecated: use release='v1-5'"):
+        old = StepAwarePreferenceModel.from_authors_checkpoint(tmp_path, clip_source, base="sd15")
+    torch.testing.assert_close(old.score(pixels, PROMPTS), expected, atol=0, rtol=0)
+    with pytest.warns(DeprecationWarning, match="'sd15' is now called 'v1-5'"):
+        StepAwarePreferenceModel.from_authors_checkpoint(tmp_path, clip_source, release="sd15")
+    with pytest.raises(ValueError, match="release must be one of v1-5, xl, got 'v2'"):
+        StepAwarePreferenceModel.from_authors_checkpoint(tmp_path, clip_source, release="v2")
 
 
 def test_pixels_from_noisy_decodes_the_guided_one_step_estimate(tiny_path):
