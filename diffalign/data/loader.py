@@ -21,7 +21,7 @@ import os
 import random
 
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from diffalign.data.dataset import PreferenceDataset
 from diffalign.data.images import IMAGE_ERRORS, decode, prepare
@@ -180,3 +180,37 @@ def collate_groups(items: list[dict | None]) -> dict:
             values = [item[key] for item in kept]
             batch[key] = None if any(v is None for v in values) else torch.stack(values)
     return batch
+
+
+class EpochSampler(Sampler):
+    """A shuffled order that depends only on ``(seed, epoch)``, so a resumed run sees the same
+    data order as an uninterrupted one (accelerate calls ``set_epoch`` through its wrapper)."""
+
+    def __init__(self, length: int, seed: int, shuffle: bool = True):
+        self.length, self.seed, self.shuffle, self.epoch = length, seed, shuffle, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self):
+        if not self.shuffle:
+            return iter(range(self.length))
+        generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        return iter(torch.randperm(self.length, generator=generator).tolist())
+
+    def __len__(self) -> int:
+        return self.length
+
+
+def group_loader(groups: GroupDataset, batch_size: int, seed: int, workers: int | None = None,
+                 worker_init_fn=None) -> DataLoader:
+    """The training loader of ``groups``: batches of ``batch_size`` groups in :class:`EpochSampler`'s
+    order, collated by :func:`collate_groups`; ``worker_init_fn`` runs in each worker process."""
+    workers = loader_workers(workers)
+    return DataLoader(
+        groups, batch_size=batch_size, sampler=EpochSampler(len(groups), seed),
+        # Not persistent_workers: workers copy the dataset when they start, and each epoch's
+        # set_epoch (its crops and flips) must reach them.
+        collate_fn=collate_groups, num_workers=workers, pin_memory=torch.cuda.is_available(),
+        worker_init_fn=worker_init_fn if workers else None,
+    )

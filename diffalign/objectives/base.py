@@ -44,7 +44,6 @@ class PreferenceTerms:
         t: ``[B]`` noise level in [0, 1] shared by each group.
         ranks: ``[B, K]`` 0 = best; equal ranks are ties. ``None`` means "best first, no ties".
         scores: ``[B, K]`` reward scores (higher is better), or ``None``.
-        policy_logp, ref_logp: ``[B, K]`` trajectory log-probabilities (sampling objectives).
         weights: ``[B]`` weight of each group in the mean, or ``None`` (all 1). A sampling step
             that found nothing to train on gives weight 0, so the loss is 0 but has a gradient
             graph (every process must run backward).
@@ -55,8 +54,6 @@ class PreferenceTerms:
     t: Tensor | None = None
     ranks: Tensor | None = None
     scores: Tensor | None = None
-    policy_logp: Tensor | None = None
-    ref_logp: Tensor | None = None
     weights: Tensor | None = None
 
 
@@ -91,8 +88,6 @@ class Objective:
         step: the preference step that makes its terms (:data:`diffalign.steps.STEPS`):
             ``"denoising"`` (forward-noised latents), ``"inversion"`` (inverted latents), or a
             sampling step (``"spo"``, ``"diffusion_dro"``: terms made from the policy's rollouts).
-        terms_group_size: the ``K`` of the terms when it is not the dataset's (SPO: pairs made
-            from a prompt; Diffusion-DRO: one expert image and one rollout state per prompt).
 
     These attributes are the one statement of what an objective accepts; ``diffalign train``
     and ``diffalign check-config`` check them against the dataset before any model loads.
@@ -107,7 +102,6 @@ class Objective:
     needs_ranks: ClassVar[bool] = False
     needs_scores: ClassVar[bool] = False
     step: ClassVar[str] = "denoising"
-    terms_group_size: ClassVar[int | None] = None
 
     def __init__(self, config=None):
         self.config = config if config is not None else self.Config()

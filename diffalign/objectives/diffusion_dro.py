@@ -80,7 +80,6 @@ class DiffusionDRO(Objective):
     needs_reference = True
     min_group_size = 1
     max_group_size = 1
-    terms_group_size = 2
     step = "diffusion_dro"
 
     def loss(self, terms: PreferenceTerms) -> ObjectiveOutput:

@@ -109,9 +109,7 @@ class SPO(Objective):
     needs_reference = True
     min_group_size = 1
     max_group_size = None
-    terms_group_size = 2
     step = "spo"
-    supported_families = ("sd", "sdxl", "sd3")  # its step-aware preference model scores images, not clips
 
     def loss(self, terms: PreferenceTerms) -> ObjectiveOutput:
         """``terms.policy_err``, ``terms.ref_err``: ``[N, 2]`` scaled step errors of the kept pairs

@@ -1,6 +1,14 @@
 """A preference *step*: one batch of ``[B, K]`` groups → :class:`PreferenceTerms`, using family
-operations only (DESIGN.md §3.7). The trainer's loop is ``terms = step(model, batch)``,
-``objective.loss(terms)``, backward; each objective names its step (``Objective.step``).
+operations only (``docs/architecture.md``, "The step contract"). Each objective names its step
+(``Objective.step``).
+
+The trainer asks a step for its **updates** (:meth:`PreferenceStep.updates`): lists of
+:class:`MicroBatch` closures, each ``objective.loss(step(model, batch))``; the update loop
+(:mod:`diffalign.training.update`) runs them. The default groups ``gradient_accumulation_steps``
+batches per update; a step that collects once and updates several times overrides it. What a step
+adds around that — log values, preview images, what a latent cache cannot give it, which families
+it serves — it declares through the hooks below (empty by default); the trainer and the start-up
+checks ask them and never test a step's type.
 
 Shared here: which text conditions which image (:func:`~diffalign.data.schema.image_texts`, asked
 with the objective's ``needs_captions``), one random generator per group, and the errors of policy
@@ -9,7 +17,8 @@ and reference on given noisy latents.
 
 from __future__ import annotations
 
-from typing import ClassVar
+from dataclasses import dataclass
+from typing import Callable, ClassVar, Iterable, Iterator
 
 import torch
 from torch import Tensor
@@ -22,6 +31,23 @@ def group_generators(seed: int, epoch: int, indices: list[int]) -> list[torch.Ge
     """One generator per group, seeded by ``(seed, epoch, row)``: a group's VAE sample, noise and
     time do not depend on the batch it landed in, on the number of processes, or on a resume."""
     return [torch.Generator().manual_seed(((seed * 1_000_003 + epoch) * 1_000_003 + i) % (2**63)) for i in indices]
+
+
+@dataclass
+class MicroBatch:
+    """One forward of an update (:mod:`diffalign.training.update` runs them).
+
+    Attributes:
+        forward: ``() -> output`` with ``output.loss`` (a scalar with a graph) and
+            ``output.metrics`` (detached scalars), or ``None`` when it has nothing to learn from
+            (every group unreadable): the update is then skipped on every process.
+        size: its share of the update: the loss enters the gradient as ``loss · size / Σ size``,
+            so micro-batches of 3 and 5 examples whose losses are means give the gradient of
+            one batch of 8 (equal sizes: ``loss / count``, as accelerate's accumulation).
+    """
+
+    forward: Callable[[], object]
+    size: float = 1.0
 
 
 class PreferenceStep:
@@ -46,6 +72,45 @@ class PreferenceStep:
     def __call__(self, model, batch: dict, generator: list[torch.Generator]) -> PreferenceTerms:
         """Terms of one batch; ``model`` is the (possibly wrapped) policy denoiser."""
         raise NotImplementedError
+
+    # ----------------------------------------------------------------------------- what the loop asks
+    def updates(self, batches: Iterable[dict], forward: Callable[[dict], object],
+                accumulation: int) -> Iterator[list[MicroBatch]]:
+        """The updates of ``batches`` (one epoch's, in order): by default ``accumulation``
+        consecutive batches per update, each an equal share, and a shorter last update when the
+        epoch ends first (as accelerate's gradient accumulation does). ``forward(batch)`` is the
+        trainer's ``objective.loss(self(model, batch, generators))``.
+
+        A step that carries something from one update to the next (a collection of samples it
+        makes several updates over) keeps it in :meth:`state_dict`, so checkpoints hold it."""
+        update: list[MicroBatch] = []
+        for batch in batches:
+            update.append(MicroBatch(lambda batch=batch: forward(batch)))
+            if len(update) == accumulation:
+                yield update
+                update = []
+        if update:
+            yield update
+
+    @classmethod
+    def cache_problem(cls, objective) -> str | None:
+        """Why a latent cache (latents and prompt embeddings, no VAE or text encoders loaded)
+        cannot serve this step for ``objective``; ``None``: it can."""
+        return None
+
+    @classmethod
+    def family_problem(cls, objective, family) -> str | None:
+        """Why this step cannot train ``objective`` on the family class ``family``; ``None``: it can."""
+        return None
+
+    def log_values(self) -> dict[str, float]:
+        """Numbers the step adds to the log at each update (e.g. seconds spent rolling out)."""
+        return {}
+
+    def preview_images(self) -> Tensor | None:
+        """Images ``[n, 3, H, W]`` in [0, 1] the trainer saves as a grid at the validation
+        interval (a sampling step's last rollout), or ``None``."""
+        return None
 
     def metrics(self) -> dict[str, Tensor]:
         """The step's own metrics of its last batch (detached scalars, ``<objective>/<what>``),

@@ -27,6 +27,14 @@ class InversionStep(PreferenceStep):
         if self.config.model == "reference" and reference is None:
             raise ValueError(f"{objective.name}: inversion.model=reference needs the reference model")
 
+    @classmethod
+    def cache_problem(cls, objective) -> str | None:
+        guidance = objective.config.inversion.guidance
+        if guidance != 1:
+            return (f"objective.inversion.guidance: {guidance} needs the text encoders for the empty prompt, "
+                    "which a cached run leaves unloaded")
+        return None
+
     def __call__(self, model, batch: dict, generator) -> PreferenceTerms:
         latents, cond = self.inputs(batch, generator)
         # The noise is drawn (and unused) so that t comes from the same draws as the denoising step's.

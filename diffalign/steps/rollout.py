@@ -5,10 +5,11 @@ A rollout step samples from the policy inside the training step (no gradient thr
 :mod:`diffalign.sampling`), then makes its terms from what it sampled. Each process rolls out its
 own batch's prompts, so rollouts are split across processes like the data.
 
-The trainer reads :attr:`RolloutStep.timing` (seconds spent rolling out and training since the
-last read) for the progress bar and the log, :meth:`RolloutStep.metrics` for the step's own
-metrics, and :meth:`RolloutStep.rollout_images` for the rollout grids it saves at the
-validation interval.
+Through the step hooks (:class:`~diffalign.steps.base.PreferenceStep`), the trainer logs the
+seconds spent rolling out and training (:meth:`RolloutStep.log_values`), the step's own metrics,
+and saves the last rollout's images (:meth:`RolloutStep.preview_images`) at the validation
+interval; the start-up checks learn that no latent cache serves a rollout
+(:meth:`RolloutStep.cache_problem`).
 """
 
 from __future__ import annotations
@@ -49,10 +50,15 @@ class RolloutStep(PreferenceStep):
                 torch.cuda.synchronize()
             self.timing[part] += time.perf_counter() - start
 
-    def pop_timing(self) -> dict[str, float]:
-        """Seconds of rollout and of training since the last call."""
-        out, self.timing = self.timing, {"rollout": 0.0, "train": 0.0}
-        return out
+    @classmethod
+    def cache_problem(cls, objective) -> str | None:
+        return (f"{objective.name} samples from the policy while it trains, which needs the VAE and text encoders "
+                "loaded anyway")
+
+    def log_values(self) -> dict[str, float]:
+        """Seconds of rollout and of training since the last call (``time/rollout_s``, ``time/train_s``)."""
+        seconds, self.timing = self.timing, {"rollout": 0.0, "train": 0.0}
+        return {"time/rollout_s": seconds["rollout"], "time/train_s": seconds["train"]}
 
     def metrics(self) -> dict[str, Tensor]:
         return dict(self._metrics)
@@ -94,7 +100,7 @@ class RolloutStep(PreferenceStep):
         """Keep up to :data:`GRID_IMAGES` latents ``[N, *latent]`` of this rollout for its grid."""
         self._last_latents = latents[:GRID_IMAGES].detach()
 
-    def rollout_images(self) -> Tensor | None:
+    def preview_images(self) -> Tensor | None:
         """The last rollout's kept latents decoded, ``[n, 3, H, W]`` in [0, 1] on the CPU (a clip's
         first frame for a video family; ``None``
         before the first rollout or without a VAE). Decoded only when asked: the trainer asks at

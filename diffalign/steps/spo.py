@@ -58,6 +58,12 @@ class SPOStep(RolloutStep):
 
     name = "spo"
 
+    @classmethod
+    def family_problem(cls, objective, family) -> str | None:
+        if family.media != "image":
+            return "its step-aware preference model scores images, not clips"
+        return None
+
     def __init__(self, family, objective, reference, group_size: int):
         super().__init__(family, objective, reference, group_size)
         self.scorer = load_preference_model(self.config, family.device)

@@ -42,8 +42,9 @@ def preflight(config: TrainConfig):
     Returns:
         ``(objective, dataset, family_name, cache_plan)``.
     """
-    from diffalign.families import detect_family
+    from diffalign.families import FAMILIES, detect_family
     from diffalign.objectives import build_objective
+    from diffalign.steps import STEPS
     from diffalign.outputs import check_apart
     from diffalign.training import run_folder
 
@@ -57,9 +58,9 @@ def preflight(config: TrainConfig):
     if has_scores and (objective.needs_scores or objective.needs_ranks):
         _check_finite_scores(data, objective.name)
     family = config.model.family or detect_family(config.model.path, config.model.revision).family
-    supported = getattr(objective, "supported_families", None)
-    if supported is not None and family not in supported:
-        raise StartupError(f"{objective.name} does not support the {family} family (only {', '.join(supported)})")
+    why = STEPS[objective.step].family_problem(objective, FAMILIES[family])
+    if why:
+        raise StartupError(f"{objective.name} does not support the {family} family: {why}")
     _check_resolution(config, family)
     _check_media(config, family, data)
     _check_memory(config, data.group_size)
@@ -233,16 +234,9 @@ def _cache_cannot_serve(config: TrainConfig, caption_mismatch: bool, objective) 
         return "the latent cache holds centre-cropped, unflipped latents (data.center_crop: true, data.random_flip: false)"
     if caption_mismatch:
         return f"a captioned dataset's cache holds its captions' embeddings, and {objective.name} conditions on the prompt"
-    from diffalign.steps import STEPS, RolloutStep
+    from diffalign.steps import STEPS
 
-    if issubclass(STEPS[objective.step], RolloutStep):
-        return (f"{objective.name} samples from the policy while it trains, which needs the VAE and text encoders "
-                "loaded anyway")
-    inversion = getattr(objective.config, "inversion", None)
-    if inversion is not None and inversion.guidance != 1:
-        return (f"objective.inversion.guidance: {inversion.guidance} needs the text encoders for the empty prompt, "
-                "which a cached run leaves unloaded")
-    return None
+    return STEPS[objective.step].cache_problem(objective)
 
 
 def _writable(folder: Path) -> bool:

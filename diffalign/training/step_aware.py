@@ -36,7 +36,6 @@ import dataclasses
 import hashlib
 import json
 import math
-from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -46,7 +45,9 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from diffalign.rewards.step_aware import StepAwarePreferenceModel, pixels_from_noisy
+from diffalign.steps.base import MicroBatch
 from diffalign.training import checkpoint
+from diffalign.training.update import UpdateLoop, UpdateSettings
 
 AUTHORS_EVAL_INDICES = (0, 251, 501, 701, 951)
 """The DDPM indices the authors report accuracy at (``spm_task.py``)."""
@@ -257,29 +258,27 @@ class _Order:
         return self.rows[int(self._perms[epoch][place])]
 
 
-def _accumulate(config: SPMTrainConfig, accelerator, spm, family, groups, order: _Order, per_prompt: dict,
-                step: int) -> float:
-    """Forward and backward of step ``step``'s ``grad_accum`` micro-batches; returns its mean loss.
-
-    The rows and the noise depend only on ``(seed, step, micro-batch, process)``."""
+def _micro_batch(config: SPMTrainConfig, accelerator, spm, family, groups, order: _Order, per_prompt: dict,
+                 step: int, micro: int) -> MicroBatch:
+    """Micro-batch ``micro`` of update ``step``: its rows and noise depend only on
+    ``(seed, step, micro-batch, process)``, so a resumed run takes the updates an uninterrupted one would."""
     from diffalign.data.loader import collate_groups
+    from diffalign.objectives import ObjectiveOutput
 
-    world, rank, total = accelerator.num_processes, accelerator.process_index, 0.0
-    for micro in range(config.grad_accum):
+    def forward():
+        world, rank = accelerator.num_processes, accelerator.process_index
         first = (((step - 1) * config.grad_accum + micro) * world + rank) * config.batch_size
         batch = collate_groups([groups[order[slot]] for slot in range(first, first + config.batch_size)])
-        if not batch["ids"]:  # every image of the micro-batch unreadable
-            continue
+        if not batch["ids"]:  # every image of the micro-batch unreadable: the update is skipped
+            return None
         pixels, times = estimate_pixels(family, batch, config.guidance, _generator(config.seed, 2, step, micro, rank))
         weights = torch.tensor([1.0 / per_prompt[p] for p in batch["prompts"]])
-        # Gradients are all-reduced only on the last micro-batch of a step.
-        with nullcontext() if micro == config.grad_accum - 1 else accelerator.no_sync(spm):
-            with accelerator.autocast():
-                logits = _pair_logits(spm, pixels.to(accelerator.device), batch["prompts"], times)
-                loss = spm_pair_loss(logits, pair_labels(batch).to(logits.device), weights)
-            accelerator.backward(loss / config.grad_accum)
-        total += loss.item() / config.grad_accum
-    return total
+        with accelerator.autocast():
+            logits = _pair_logits(spm, pixels.to(accelerator.device), batch["prompts"], times)
+            loss = spm_pair_loss(logits, pair_labels(batch).to(logits.device), weights)
+        return ObjectiveOutput(loss, {"loss": loss.detach()})
+
+    return MicroBatch(forward)
 
 
 def train_step_aware(config: SPMTrainConfig, stop_after: int | None = None, progress: bool = True) -> dict:
@@ -324,17 +323,19 @@ def train_step_aware(config: SPMTrainConfig, stop_after: int | None = None, prog
                              num_training_steps=config.steps * world)
     spm, optimizer, schedule = accelerator.prepare(spm, optimizer, schedule)
     model = accelerator.unwrap_model(spm)
-
-    start = 0
+    last = min(config.steps, stop_after if stop_after is not None else config.steps)
+    settings = UpdateSettings(last, config.max_grad_norm, checkpoint_every=config.checkpoint_every,
+                              keep_checkpoints=config.keep_checkpoints)
+    loop = UpdateLoop(accelerator, spm, optimizer, schedule, out / "checkpoints", settings, lambda: params)
     if resume is not None:
-        start = checkpoint.load(accelerator, resume)[0]["step"]
+        loop.load(resume)
     elif main:
         out.mkdir(parents=True, exist_ok=True)
         (out / "config.json").write_text(json.dumps(config.to_dict(), indent=2))
         (out / "metrics.jsonl").unlink(missing_ok=True)  # a fresh run: no lines of an earlier one
+    start = loop.update
     order = _Order(train_rows, config.seed)
     per_step = config.batch_size * world * config.grad_accum
-    last = min(config.steps, stop_after if stop_after is not None else config.steps)
 
     def evaluate(step: int) -> dict:
         result = {"step": step, **heldout_accuracy(model, family, groups, heldout_rows, config.eval_times,
@@ -347,27 +348,35 @@ def train_step_aware(config: SPMTrainConfig, stop_after: int | None = None, prog
               + f"; mean {result['mean']}")
         return result
 
-    loss_value, result = None, None
-    bar = tqdm(total=config.steps, initial=start, disable=not (progress and main), desc="SPM training")
-    for step in range(start + 1, last + 1):
-        total = _accumulate(config, accelerator, spm, family, groups, order, per_prompt, step)
-        if config.max_grad_norm > 0:
-            accelerator.clip_grad_norm_(params, config.max_grad_norm)
-        optimizer.step()
-        schedule.step()
-        optimizer.zero_grad(set_to_none=True)
-        loss_value = total
+    def updates():
+        for step in range(start + 1, last + 1):
+            yield [_micro_batch(config, accelerator, spm, family, groups, order, per_prompt, step, micro)
+                   for micro in range(config.grad_accum)]
+
+    losses: list[float] = []
+    seen = {"loss": None, "result": None}
+
+    def after_update(step: int) -> None:
+        total = sum(value / config.grad_accum for value in losses)
+        losses.clear()
+        seen["loss"] = total
         bar.update(1)
         bar.set_postfix(loss=f"{total:.4f}")
         if main:
             with open(out / "metrics.jsonl", "a") as log:
                 log.write(json.dumps({"step": step, "loss": total, "lr": schedule.get_last_lr()[0],
                                       "pairs_seen": step * per_step}) + "\n")
-        if (config.checkpoint_every > 0 and step % config.checkpoint_every == 0) or step == last:
-            # The trainer's checkpoints: atomic (a temporary folder renamed once complete), the last N kept.
-            checkpoint.save(accelerator, out / "checkpoints", step, {"step": step}, config.keep_checkpoints)
+
+    def after_checkpoint(step: int) -> None:
+        if step == last and not loop.checkpoint_due(step):
+            loop.save()  # the last update of this run is always resumable from
         if main and (step == config.steps or (config.eval_every > 0 and step % config.eval_every == 0)):
-            result = evaluate(step)
+            seen["result"] = evaluate(step)
+
+    bar = tqdm(total=config.steps, initial=start, disable=not (progress and main), desc="SPM training")
+    loop.run(updates(), on_metrics=lambda metrics: losses.append(metrics["loss"].item()),
+             after_update=after_update, after_checkpoint=after_checkpoint)
+    loss_value, result = seen["loss"], seen["result"]
     bar.close()
     if main and last == config.steps:
         model.save_pretrained(out / "final")

@@ -12,6 +12,9 @@ from diffalign.objectives import (METRIC_NAMES, OBJECTIVES, DiffusionDPO, Object
                                   PreferenceTerms, build_objective, objective_config_dataclass)
 
 B = 4
+TERMS_GROUP_SIZE = {"spo": 2, "diffusion_dro": 2}
+"""The K of the terms of the sampling objectives, which is not the dataset's (SPO: pairs made from
+a prompt; Diffusion-DRO: one expert image and one rollout state per prompt)."""
 
 
 def group_size(cls) -> int:
@@ -22,7 +25,7 @@ def make_terms(cls, seed=0, with_ref=True, k=None):
     """float64 errors near 0.1 with small gaps, so every margin stays moderate and differences are visible;
     descending scores (best first, 1 apart) for objectives that need scores."""
     gen = torch.Generator().manual_seed(seed)
-    k = k or cls.terms_group_size or max(group_size(cls), 4 if cls.max_group_size is None and cls.needs_ranks else 0)
+    k = k or TERMS_GROUP_SIZE.get(cls.name) or max(group_size(cls), 4 if cls.max_group_size is None and cls.needs_ranks else 0)
     policy = (0.1 + 1e-4 * torch.randn(B, k, generator=gen, dtype=torch.float64)).requires_grad_()
     ref = (policy.detach() + 1e-4 * torch.randn(B, k, generator=gen, dtype=torch.float64)).requires_grad_()
     ranks = torch.arange(k).expand(B, k)

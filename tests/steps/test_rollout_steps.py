@@ -65,8 +65,8 @@ def test_spo_terms_are_the_step_errors_and_a_high_threshold_keeps_nothing(settin
     assert SPO().loss(terms).loss.item() == pytest.approx(math.log(2), rel=1e-6)
     # (x' − μ)²/(2σ²) of a draw μ + σ·z averages ½ per element; the loser's too.
     assert 0.3 < terms.policy_err.mean().item() < 0.7
-    timing = step.pop_timing()
-    assert timing["rollout"] > 0 and timing["train"] > 0 and step.pop_timing()["rollout"] == 0
+    timing = step.log_values()
+    assert timing["time/rollout_s"] > 0 and timing["time/train_s"] > 0 and step.log_values()["time/rollout_s"] == 0
     assert step.metrics()["spo/kept_pairs"].item() == pytest.approx(4 / 6)
 
     strict, _ = _spo_step(setting, monkeypatch, threshold=0.999)
@@ -120,6 +120,6 @@ def test_dro_rollout_state_is_the_snapshots_and_lags_after_an_update(setting):
         assert fresh.policy_err[:, 1].abs().max() < 1e-10
         # Same generators, same draws: the expert column does not depend on the snapshot.
         torch.testing.assert_close(fresh.policy_err[:, 0], lagging.policy_err[:, 0])
-        assert step.rollout_images().shape == (2, 3, 32, 32)
+        assert step.preview_images().shape == (2, 3, 32, 32)
     finally:
         denoiser.delete_adapters("dro-test")

@@ -43,14 +43,14 @@ def test_a_signal_finishes_the_step_saves_and_resumes(signum, code, tiny_path, p
     straight = tmp_path / "straight"
     assert main(_args(tiny_path, pair_data, straight, "max_steps=6")) == 0
 
-    original = Trainer._after_step
+    original = Trainer._after_update
 
     def signalled(self, *args):
         original(self, *args)
         if self.state["step"] == 2:
             signal.raise_signal(signum)  # arrives during step 2's bookkeeping; step 3 still completes
 
-    monkeypatch.setattr(Trainer, "_after_step", signalled)
+    monkeypatch.setattr(Trainer, "_after_update", signalled)
     out = tmp_path / "stopped"
     # What the run must give back: Python's default, or SIG_IGN when the suite was started in the
     # background (a shell's `&` or nohup ignores SIGINT in the child), never a fixed expectation.
@@ -58,13 +58,13 @@ def test_a_signal_finishes_the_step_saves_and_resumes(signum, code, tiny_path, p
     capsys.readouterr()
     assert main(_args(tiny_path, pair_data, out, "max_steps=6", "checkpoint_every=0")) == code
     err = capsys.readouterr().err
-    assert f"stopped by {signal.Signals(signum).name}: step 3 of 6 is saved in" in err and "resume=latest" in err
+    assert f"stopped by {signal.Signals(signum).name}: update 3 of 6 is saved in" in err and "resume=latest" in err
     assert "Traceback" not in err and "KeyboardInterrupt" not in err
     assert [p.name for p in (out / "checkpoints").iterdir()] == ["checkpoint-0000003"]
     assert _steps(out) == [1, 2, 3] and not (out / "lora").exists()
     assert {s: signal.getsignal(s) for s in before} == before  # the handlers are given back
 
-    monkeypatch.setattr(Trainer, "_after_step", original)
+    monkeypatch.setattr(Trainer, "_after_update", original)
     assert main(_args(tiny_path, pair_data, out, "max_steps=6", "checkpoint_every=0", "resume=latest")) == 0
     _assert_same(_lora(straight), _lora(out))
     assert _steps(out) == [1, 2, 3, 4, 5, 6]

@@ -14,6 +14,7 @@ from diffalign.cli import main
 from diffalign.config import load_config
 from diffalign.objectives import OBJECTIVES
 from diffalign.training import Trainer, TrainingError
+from diffalign.training.update import Updater
 
 CONFIGS = Path(__file__).resolve().parents[2] / "training" / "configs"
 KINDS = ("sd15", "sdxl", "sd3")
@@ -165,7 +166,7 @@ def test_resume_gives_the_same_weights(lora, tiny_path, pair_data, tmp_path, mon
     straight = _train(tiny_path, pair_data, tmp_path / "straight", "diffusion_dpo", "sd15", *common)
 
     calls = {"n": 0}
-    original = Trainer._optimizer_step
+    original = Updater._optimizer_step
 
     def dying_step(self, bad):
         calls["n"] += 1
@@ -173,10 +174,10 @@ def test_resume_gives_the_same_weights(lora, tiny_path, pair_data, tmp_path, mon
             raise _Killed()
         return original(self, bad)
 
-    monkeypatch.setattr(Trainer, "_optimizer_step", dying_step)
+    monkeypatch.setattr(Updater, "_optimizer_step", dying_step)
     with pytest.raises(_Killed):
         _train(tiny_path, pair_data, tmp_path / "resumed", "diffusion_dpo", "sd15", *common)
-    monkeypatch.setattr(Trainer, "_optimizer_step", original)
+    monkeypatch.setattr(Updater, "_optimizer_step", original)
     checkpoints = sorted(p.name for p in (tmp_path / "resumed" / "checkpoints").iterdir())
     assert checkpoints == ["checkpoint-0000003"]
     _train(tiny_path, pair_data, tmp_path / "resumed", "diffusion_dpo", "sd15", *common)
@@ -242,7 +243,7 @@ def test_compile_memory_budget_holds_only_while_the_steps_run(tiny_path, pair_da
     process's own setting must come back after the run."""
     import torch._functorch.config as functorch_config
 
-    from diffalign.training.trainer import compiler_options
+    from diffalign.training.setup import compiler_options
 
     before = functorch_config.activation_memory_budget
     config = load_config(CONFIGS / "tiny" / "diffusion_dpo.yaml",
@@ -314,7 +315,7 @@ def test_nonfinite_steps_are_skipped_then_stop(tiny_path, pair_data, tmp_path, m
     config = load_config(CONFIGS / "tiny" / "sft.yaml", [f"model.path={tiny_path('sd15')}", f"data.path={pair_data}",
                                                          f"output_dir={tmp_path / 'all-nan'}", "max_steps=10",
                                                          "max_nonfinite_steps=3"])
-    with pytest.raises(TrainingError, match="3 steps in a row"):
+    with pytest.raises(TrainingError, match="3 updates in a row"):
         Trainer(config).run()
 
 
@@ -343,15 +344,16 @@ def test_a_nonfinite_gradient_norm_skips_the_step(max_grad_norm, tiny_path, pair
             out.loss = _InfiniteGradient.apply(out.loss)
         return out
 
-    original_step = Trainer._optimizer_step
+    original_step = Updater._optimizer_step
 
     def recording_step(self, bad):
-        before = [p.detach().clone() for p in self.trainable]
+        trainable = list(self.clip_parameters())
+        before = [p.detach().clone() for p in trainable]
         original_step(self, bad)
-        seen.append(any(not torch.equal(a, p) for a, p in zip(before, self.trainable)))
+        seen.append(any(not torch.equal(a, p) for a, p in zip(before, trainable)))
 
     monkeypatch.setattr(SFT, "loss", infinite_second_step)
-    monkeypatch.setattr(Trainer, "_optimizer_step", recording_step)
+    monkeypatch.setattr(Updater, "_optimizer_step", recording_step)
     out = _train(tiny_path, pair_data, tmp_path / "run", "sft", "sd15", "max_steps=3", f"optim.max_grad_norm={max_grad_norm}")
     rows = _metrics(out)
     assert [r["skipped_steps"] for r in rows] == [0, 1, 1]

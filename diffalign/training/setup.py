@@ -1,0 +1,149 @@
+"""What a training run sets up before its first update: the accelerator, the latent cache when
+``data.cache: auto`` has to build it, the model (LoRA or full, the reference, compilation) and
+the compiler options its updates trace under. :class:`~diffalign.training.trainer.Trainer`
+calls these in order."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+
+import torch
+
+from diffalign.config import TrainConfig, torch_dtype
+from diffalign.families.reference import Reference
+from diffalign.steps import STEPS
+from diffalign.training.lean_layers import lean_layers
+from diffalign.training.lora import add_lora
+
+
+def make_accelerator(config: TrainConfig):
+    """The run's ``Accelerator``. Micro-batches are the update loop's
+    (:mod:`diffalign.training.update`), so accelerate accumulates nothing itself, except under
+    DeepSpeed, whose engine must be told how many micro-batches make an update."""
+    from accelerate import Accelerator
+    from accelerate.utils import ProjectConfiguration
+
+    on_gpu = torch.cuda.is_available()
+    deepspeed = os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true"
+    accelerator = Accelerator(
+        gradient_accumulation_steps=config.gradient_accumulation_steps if deepspeed and on_gpu else 1,
+        # fp32 on CPU: autocast there is slow and not what a GPU run would do anyway.
+        mixed_precision=config.mixed_precision if on_gpu else "no",
+        log_with=None if config.logging.report_to == "none" else config.logging.report_to,
+        project_config=ProjectConfiguration(project_dir=config.output_dir, logging_dir=f"{config.output_dir}/logs"),
+        cpu=not on_gpu,
+    )
+    _warn_unsharded(accelerator)
+    return accelerator
+
+
+def _warn_unsharded(accelerator) -> None:
+    """accelerate turns FSDP and DeepSpeed on only for GPUs (and other accelerators): launched with
+    ``training/accelerate/fsdp.yaml`` or ``deepspeed_zero2.yaml`` on CPUs, a run is plain data
+    parallel. Say so rather than let a memory plan rest on sharding that is not there."""
+    from accelerate.utils import DistributedType
+
+    for env, kind in (("ACCELERATE_USE_FSDP", DistributedType.FSDP), ("ACCELERATE_USE_DEEPSPEED", DistributedType.DEEPSPEED)):
+        if os.environ.get(env, "false").lower() == "true" and accelerator.distributed_type != kind:
+            accelerator.print(f"warning: the launch asks for {kind.value} ({env}), which accelerate runs only on GPUs; "
+                              f"this run on {accelerator.device.type} is plain data parallel ({accelerator.distributed_type.value})")
+
+
+def prepare_cache(config: TrainConfig, plan, family_name: str, accelerator) -> None:
+    """``data.cache: auto`` on a dataset without this model's cache: build it now (split across
+    the processes, resumable), with the encoders loaded only for that, then train from it. Later
+    runs find it finished and reuse it."""
+    if plan.action == "off" and config.data.cache == "auto":
+        accelerator.print(f"latent cache: off ({plan.reason}); encoding images and prompts at every step")
+    if plan.action == "use":
+        accelerator.print(f"latent cache: reading {plan.folder}")
+    if plan.action != "build":
+        return
+    import gc
+
+    from diffalign.data.cache import build_cache
+    from diffalign.families import load
+
+    accelerator.print(f"latent cache: building {plan.folder} ({plan.reason}); later runs reuse it")
+    options = config.model.family_options()
+    options.update(family=family_name, dtype=torch.float32)
+    # The whole pipeline, for the build only: training loads it again without the encoders.
+    family = load(config.model.path, device=accelerator.device, **options)
+    # An unfinished cache (a killed build, or one `diffalign cache` began) continues in its layout.
+    build_cache(config.data.path, family, resolution=config.data.resolution, progress=config.logging.progress_bar,
+                frames=config.data.frames, frame_stride=config.data.frame_stride)
+    del family
+    gc.collect()
+
+
+def load_model(config: TrainConfig, family_name: str, cached: bool, objective, group_size: int, accelerator):
+    """The family with its denoiser ready to train (LoRA adapters or every weight), the reference
+    when the objective needs one, and the objective's preference step.
+
+    Returns:
+        ``(family, reference, step)``.
+    """
+    from diffalign.families import load
+
+    lora = config.lora is not None
+    weight_dtype = torch_dtype(accelerator.mixed_precision)
+    need_encoders = not cached or bool(config.validation.prompts)
+    options = config.model.family_options()
+    options["family"] = family_name
+    # LoRA: frozen base weights in the training dtype; full fine-tuning keeps fp32 masters.
+    options["dtype"] = weight_dtype if lora else torch.float32
+    family = load(config.model.path, device=accelerator.device, load_vae=need_encoders,
+                  load_text_encoders=need_encoders, **options)
+    denoiser = family.denoiser
+    if lora:
+        from accelerate.utils import set_seed
+
+        # LoRA's random A matrices must not depend on what loaded before them: building the
+        # cache, or the encoders a cached run leaves out, may draw from the global generator
+        # (the Wan VAE's and UMT5's initialisers do), so cached and uncached runs start alike.
+        set_seed(config.seed)
+        add_lora(denoiser, config.lora)
+        if weight_dtype != torch.float32:
+            from diffusers.training_utils import cast_training_params
+
+            cast_training_params(denoiser, dtype=torch.float32)
+    else:
+        denoiser.requires_grad_(True)
+    denoiser.train()
+    reference = Reference(denoiser, lora, dtype=weight_dtype) if objective.needs_reference else None
+    step = STEPS[objective.step](family, objective, reference, group_size)
+    if config.lean_layers:
+        lean_layers(denoiser)
+    if config.gradient_checkpointing:
+        denoiser.enable_gradient_checkpointing()
+    if config.compile == "regional":
+        family.compile_repeated_blocks()
+    elif config.compile:
+        # In place (nn.Module.compile), so the reference, accelerate and saving keep seeing
+        # the same module object; LoRA on/off for the reference is one more guarded graph.
+        denoiser.compile()
+    return family, reference, step
+
+
+def compiler_options(config: TrainConfig):
+    """The compiler settings of a run, as a context for the steps (the model compiles lazily, at
+    its first calls): ``compile_memory_budget`` sets AOT autograd's activation memory budget
+    only while this run's steps trace, not for the rest of the process."""
+    if not config.compile or config.compile_memory_budget is None:
+        return contextlib.nullcontext()
+    import torch._functorch.config as functorch_config
+
+    return functorch_config.patch(activation_memory_budget=config.compile_memory_budget)
+
+
+def flat_config(tree: dict, prefix: str = "") -> dict:
+    """Nested config → ``{"optim.lr": 1e-5, ...}`` with tracker-friendly values."""
+    flat = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(flat_config(value, f"{name}."))
+        else:
+            flat[name] = value if isinstance(value, (int, float, str, bool)) else str(value)
+    return flat
