@@ -17,18 +17,20 @@ from typing import ClassVar
 import torch
 from torch import Tensor
 
+from diffalign.families.builds import Builds
 from diffalign.families.conditioning import Conditioning, PromptOperations, group_prompts
 from diffalign.families.latents import Generators, LatentOperations
 from diffalign.families.loading import FamilyError, Loading, read_model_index, untileable, vae_downsampling
 from diffalign.families.noise import TIME_SAMPLINGS, NoiseOperations
 
 
-class ModelFamily(Loading, LatentOperations, PromptOperations, NoiseOperations):
+class ModelFamily(Loading, LatentOperations, PromptOperations, NoiseOperations, Builds):
     """Base class: the maths shared by every family, over a loaded diffusers pipeline.
 
     Subclasses set ``name``, ``pipeline_class``, ``denoiser_name`` and implement ``_encode_text``,
     ``_predict_flat``, ``_add_noise_flat``, ``_target_flat``, ``noise_scales``,
-    ``split_prediction``, ``loss_weight`` and ``_time_from_index``.
+    ``split_prediction``, ``loss_weight`` and ``_time_from_index`` (and the build hooks of
+    :class:`~diffalign.families.builds.Builds` for tiny and real-size pipelines).
     """
 
     name: ClassVar[str]
