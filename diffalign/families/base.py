@@ -43,6 +43,10 @@ class ModelFamily(Loading, LatentOperations, PromptOperations, NoiseOperations, 
     repeated_blocks: ClassVar[tuple[str, ...]] = ()
     """The denoiser's repeated block classes, for regional compilation where diffusers' model
     class names none in its ``_repeated_blocks``."""
+    kohya_lora: ClassVar[bool] = False
+    """Whether ``lora.formats: [kohya]`` may write this family's adapters: kohya's key names
+    (``lora_unet_<diffusers module path>``, which ComfyUI, AUTOMATIC1111 and diffusers read) are
+    settled for the UNet families only."""
 
     def __init__(
         self,

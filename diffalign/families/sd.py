@@ -41,6 +41,7 @@ class SDFamily(ModelFamily):
     text_components = ("text_encoder",)
     default_time_sampling = "uniform"
     loss_weightings = ("none", "min_snr")
+    kohya_lora = True
     tiny_kinds = tuple(_TINY_PREDICTION)
     real_sizes = ("real",)
     real_size_resolution = 512
