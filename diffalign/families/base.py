@@ -27,10 +27,9 @@ from diffalign.families.noise import TIME_SAMPLINGS, NoiseOperations
 class ModelFamily(Loading, LatentOperations, PromptOperations, NoiseOperations, Builds):
     """Base class: the maths shared by every family, over a loaded diffusers pipeline.
 
-    Subclasses set ``name``, ``pipeline_class``, ``denoiser_name`` and implement ``_encode_text``,
-    ``_predict_flat``, ``_add_noise_flat``, ``_target_flat``, ``noise_scales``,
-    ``split_prediction``, ``loss_weight`` and ``_time_from_index`` (and the build hooks of
-    :class:`~diffalign.families.builds.Builds` for tiny and real-size pipelines).
+    What a family offers the rest of diffalign is written down in
+    :class:`~diffalign.families.interface.FamilyInterface`; the few hooks a new family fills for
+    it are :class:`~diffalign.families.hooks.FamilyHooks`.
     """
 
     name: ClassVar[str]
