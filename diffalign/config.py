@@ -238,9 +238,11 @@ when a path it names is missing, the error repeats that command."""
 
 def _known_family(value: str | None, key: str, errors: list) -> str | None:
     """``model.family`` must name a registered family (the registry, not a list kept here)."""
-    from diffalign.families import FAMILIES
+    if value is None:
+        return None
+    from diffalign.families import FAMILIES  # only when a family is named: the registry imports torch
 
-    if value is not None and value not in FAMILIES:
+    if value not in FAMILIES:
         errors.append((key, f"expected one of {', '.join(repr(name) for name in FAMILIES)}, got {value!r}"))
     return value
 
