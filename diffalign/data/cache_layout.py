@@ -41,17 +41,14 @@ def cache_dir(data_root: str | Path, family_name: str, resolution: int, frames: 
 
 def cache_bytes(model_path: str, revision: str | None, resolution: int, frames: int | None, images: int) -> int:
     """What a cache's latents take on disk for ``images`` images (or clips): the posterior's mean
-    and std, fp32, ``C × (R/f)²`` each, times the latent frames of a clip (read from the VAE's
-    config, no weights; the prompt embeddings come on top)."""
+    and std, fp32, one latent each (its size read from the VAE's config by the families, no
+    weights; the prompt embeddings come on top)."""
     from diffusers import AutoencoderKL
 
-    from diffalign.families.base import vae_downsampling
+    from diffalign.families.base import vae_latent_numel
 
     vae = AutoencoderKL.load_config(model_path, subfolder="vae", revision=revision)
-    side = resolution // vae_downsampling(vae)
-    latent_frames = 1 if frames is None else (frames - 1) // int(vae.get("scale_factor_temporal") or 4) + 1
-    channels = vae.get("latent_channels") or vae["z_dim"]
-    return images * 2 * 4 * channels * latent_frames * side * side
+    return images * 2 * 4 * vae_latent_numel(vae, resolution, frames)
 
 
 def model_fingerprint(path: str, revision: str | None = None) -> str:

@@ -20,7 +20,8 @@ from torch import Tensor
 from diffalign.families.builds import Builds
 from diffalign.families.conditioning import Conditioning, PromptOperations, group_prompts
 from diffalign.families.latents import Generators, LatentOperations
-from diffalign.families.loading import FamilyError, Loading, read_model_index, untileable, vae_downsampling
+from diffalign.families.loading import (FamilyError, Loading, read_model_index, untileable, vae_downsampling,
+                                         vae_latent_numel)
 from diffalign.families.noise import TIME_SAMPLINGS, NoiseOperations
 
 
@@ -179,4 +180,4 @@ def input_dtype(model, default: torch.nn.Module) -> torch.dtype:
 
 
 __all__ = ["TIME_SAMPLINGS", "Conditioning", "FamilyError", "Generators", "ModelFamily", "group_prompts",
-           "input_dtype", "read_model_index", "untileable", "vae_downsampling"]
+           "input_dtype", "read_model_index", "untileable", "vae_downsampling", "vae_latent_numel"]

@@ -25,6 +25,7 @@ from torch import Tensor
 
 from diffalign.families.base import FamilyError, ModelFamily
 from diffalign.families.flow import FlowMatching
+from diffalign.families.loading import vae_temporal_factor
 
 
 def refuse_wan22(index: dict, path) -> None:
@@ -84,7 +85,7 @@ class WanFamily(FlowMatching, ModelFamily):
     @property
     def temporal_factor(self) -> int:
         """Frames per latent frame after the first (4 for Wan 2.1)."""
-        return int(self._vae_settings.get("scale_factor_temporal") or 4)
+        return vae_temporal_factor(self._vae_settings)
 
     def latent_frames(self, frames: int) -> int:
         """``(frames − 1)/4 + 1``, or a :class:`FamilyError` when ``frames ≢ 1 (mod 4)``."""
