@@ -8,10 +8,13 @@ provides almost all of it from a few template hooks, listed in
 
 1. ``families/<name>.py``: subclass ``ModelFamily`` (first ``FlowMatching`` for a rectified-flow
    model, which fills the noise hooks);
-2. fill ``FamilyHooks`` (the class facts and the ``_flat`` maths), and override the optional
-   members below where the family differs (``media``/``clip_problem`` for video,
-   ``pixel_multiple`` for patch sizes, ``image_info`` for extra conditioning, ``kohya_lora``);
-3. register it in ``FAMILIES`` (and detection) in :mod:`diffalign.families`;
+2. fill ``FamilyHooks`` (the class facts and the ``_flat`` maths), and override the members
+   here whose defaults do not fit: ``media``, ``pixel_ndim``, ``clip_problem``,
+   ``latent_frames`` and ``check_pixels`` for video; ``pixel_multiple`` for a patch size;
+   ``image_info`` (and the hook ``_with_image_info``) for conditioning besides text;
+   ``latent_scale`` for per-channel scaling; ``kohya_lora``; ``tiny_kinds`` with
+   ``tiny_components`` (and ``_make_tiny_scheduler``) so the tests can build it offline;
+3. register it in ``FAMILIES`` (and in the detection of :func:`diffalign.families.detect_family`);
 4. ``tests/families/test_interface.py`` then checks it against both lists.
 
 Shapes: ``B`` groups (prompts) in a batch, ``K`` images per group (best first), ``*latent`` one
