@@ -65,8 +65,8 @@ class ModelConfig:
 
     path: str = field(metadata=LOCAL_OR_HUB)
     """Diffusers pipeline folder or hub id."""
-    family: Literal["sd", "sdxl", "sd3", "wan"] | None = None
-    """``None`` detects it from ``model_index.json``."""
+    family: str | None = field(default=None, metadata={"complete": lambda value, key, errors: _known_family(value, key, errors)})
+    """A name in :data:`diffalign.families.FAMILIES`; ``None`` detects it from ``model_index.json``."""
     revision: str | None = None
     variant: str | None = None
     dtype: Literal["fp32", "bf16", "fp16"] = "fp32"
@@ -234,6 +234,17 @@ class TrainConfig:
 MAKE_FIRST = "# First:"
 """A shipped config whose model or data must be made first opens with ``# First: <command>``;
 when a path it names is missing, the error repeats that command."""
+
+
+def _known_family(value: str | None, key: str, errors: list) -> str | None:
+    """``model.family`` must name a registered family (the registry, not a list kept here)."""
+    if value is None:
+        return None
+    from diffalign.families import FAMILIES  # only when a family is named: the registry imports torch
+
+    if value not in FAMILIES:
+        errors.append((key, f"expected one of {', '.join(repr(name) for name in FAMILIES)}, got {value!r}"))
+    return value
 
 
 def _complete_objective(value, key: str, errors: list):

@@ -1,7 +1,10 @@
 """Tiny, offline, deterministic pipelines for every supported family.
 
 Nothing here touches a model hub: each component is built from a config with a fixed seed and
-the tokenizers from a small vocabulary written by this module. ``save_tiny_pipeline`` writes an
+the tokenizers from a small vocabulary written by this module. Each family's tiny configuration
+lives in its family file (``tiny_kinds``, ``tiny_components``; see
+:mod:`diffalign.families.builds`); this module holds the pieces they share (tokenizers, CLIP and
+T5 encoders, the 2-block VAE) and saves what a family builds. ``save_tiny_pipeline`` writes an
 ordinary diffusers folder (``model_index.json`` and one subfolder per component), so code under
 test goes through the same ``from_pretrained`` path as it would for SDXL or SD3-Medium.
 
@@ -25,9 +28,11 @@ from pathlib import Path
 
 import torch
 
-TINY_FAMILIES = ("sd15", "sd21", "sdxl", "sd3", "wan")
-"""Names of the tiny pipelines: SD1.5-style (epsilon), SD2.1-style (v), SDXL-style, SD3-style,
-Wan 2.1-style (text-to-video)."""
+from diffalign.families import FAMILIES
+
+TINY_FAMILIES = tuple(kind for family in FAMILIES.values() for kind in family.tiny_kinds)
+"""Names of the tiny pipelines, as each family lists them (``tiny_kinds``): SD1.5-style (epsilon),
+SD2.1-style (v), SDXL-style, SD3-style, Wan 2.1-style (text-to-video)."""
 
 TINY_FRAMES = 5
 """Frames of the tiny Wan's videos: 1 + 4, two latent frames."""
@@ -159,7 +164,8 @@ def tiny_umt5_encoder(d_model: int = 32, seed: int = 0):
 
 
 def tiny_vae(latent_channels: int = 4, shift_factor: float | None = None, seed: int = 0):
-    """A 2-block ``AutoencoderKL`` (downsamples ×2); SD3 passes its ``shift_factor``."""
+    """A 2-block ``AutoencoderKL`` (downsamples ×2), the SD-style families' tiny VAE; SD3 passes
+    its ``shift_factor``."""
     from diffusers import AutoencoderKL
 
     _seeded(seed)
@@ -171,89 +177,21 @@ def tiny_vae(latent_channels: int = 4, shift_factor: float | None = None, seed: 
     ).eval()
 
 
-def tiny_unet(cross_attention_dim: int = 32, sdxl: bool = False, seed: int = 0):
-    """A two-level ``UNet2DConditionModel``; ``sdxl=True`` adds the ``text_time`` conditioning
-    (6 time ids × ``addition_time_embed_dim`` + the pooled text embedding)."""
-    from diffusers import UNet2DConditionModel
-
-    extra = {}
-    if sdxl:
-        extra = dict(
-            addition_embed_type="text_time", addition_time_embed_dim=8,
-            projection_class_embeddings_input_dim=6 * 8 + cross_attention_dim,
-            attention_head_dim=(2, 4), use_linear_projection=True,
-        )
-    _seeded(seed)
-    return UNet2DConditionModel(
-        sample_size=16, in_channels=4, out_channels=4, layers_per_block=1,
-        block_out_channels=(16, 32), norm_num_groups=8,
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-        cross_attention_dim=cross_attention_dim, **extra,
-    )
-
-
-def tiny_sd3_transformer(seed: int = 0):
-    """A 1-layer ``SD3Transformer2DModel`` over 4-channel latents, patch size 1 (joint dim 32)."""
-    from diffusers import SD3Transformer2DModel
-
-    _seeded(seed)
-    return SD3Transformer2DModel(
-        sample_size=16, patch_size=1, in_channels=4, out_channels=4, num_layers=1,
-        attention_head_dim=8, num_attention_heads=4, joint_attention_dim=32,
-        caption_projection_dim=32, pooled_projection_dim=32, pos_embed_max_size=32,
-    )
-
-
-def tiny_wan_vae(seed: int = 0):
-    """The tiny ``AutoencoderKLWan`` of diffusers' own Wan tests (×8 spatial, ×4 temporal, 16
-    channels, the released per-channel ``latents_mean``/``latents_std``)."""
-    from diffusers import AutoencoderKLWan
-
-    _seeded(seed)
-    return AutoencoderKLWan(base_dim=3, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1,
-                            temperal_downsample=[False, True, True]).eval()
-
-
-def tiny_wan_transformer(seed: int = 0):
-    """A 2-layer ``WanTransformer3DModel`` (diffusers' test configuration: 2 heads × 12, text width 32)."""
-    from diffusers import WanTransformer3DModel
-
-    _seeded(seed)
-    return WanTransformer3DModel(
-        patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=12, in_channels=16, out_channels=16,
-        text_dim=32, freq_dim=256, ffn_dim=32, num_layers=2, cross_attn_norm=True,
-        qk_norm="rms_norm_across_heads", rope_max_seq_len=32,
-    )
+def family_of_kind(kind: str):
+    """The family class whose tiny pipelines include ``kind`` (one of :data:`TINY_FAMILIES`)."""
+    for family in FAMILIES.values():
+        if kind in family.tiny_kinds:
+            return family
+    raise ValueError(f"unknown tiny pipeline {kind!r}; choose one of {', '.join(TINY_FAMILIES)}")
 
 
 def scheduler_for(kind: str):
     """The released pipelines' scheduler settings for ``kind`` (one of :data:`TINY_FAMILIES`)."""
-    import diffusers
-
-    # Schedulers keep CPU tensors: build them on the CPU even under a meta/cuda device context.
-    with torch.device("cpu"):
-        if kind in ("sd15", "sd21"):
-            return diffusers.DDPMScheduler(
-                beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", num_train_timesteps=1000,
-                steps_offset=1, clip_sample=False, prediction_type="epsilon" if kind == "sd15" else "v_prediction",
-            )
-        if kind == "sdxl":
-            return diffusers.EulerDiscreteScheduler(
-                beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", num_train_timesteps=1000,
-                prediction_type="epsilon", timestep_spacing="leading", steps_offset=1,
-            )
-        if kind == "sd3":
-            return diffusers.FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=3.0)
-        if kind == "wan":
-            # What the released Wan 2.1 folders ship (diffusers' convert_wan_to_diffusers.py, 480p).
-            return diffusers.UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True,
-                                                     num_train_timesteps=1000, flow_shift=3.0)
-    raise ValueError(f"unknown tiny pipeline {kind!r}; choose one of {', '.join(TINY_FAMILIES)}")
+    return family_of_kind(kind).tiny_scheduler(kind)
 
 
 def tiny_components(kind: str, seed: int = 0, with_t5: bool = True) -> tuple[type, dict]:
-    """Build the components of a tiny pipeline.
+    """Build the components of a tiny pipeline (the family's ``tiny_components``).
 
     Args:
         kind: one of :data:`TINY_FAMILIES`.
@@ -267,40 +205,8 @@ def tiny_components(kind: str, seed: int = 0, with_t5: bool = True) -> tuple[typ
     """
     import diffusers
 
-    scheduler = scheduler_for(kind)
-    if kind in ("sd15", "sd21"):
-        return diffusers.StableDiffusionPipeline, dict(
-            unet=tiny_unet(seed=seed), vae=tiny_vae(seed=seed), scheduler=scheduler,
-            text_encoder=tiny_clip_text_encoder(seed=seed), tokenizer=tiny_clip_tokenizer(),
-            safety_checker=None, feature_extractor=None, requires_safety_checker=False,
-        )
-    if kind == "sdxl":
-        return diffusers.StableDiffusionXLPipeline, dict(
-            # The UNet's cross-attention width is the two encoders' hidden sizes concatenated
-            # (16 + 16); its pooled input is text_encoder_2's projection (32).
-            unet=tiny_unet(cross_attention_dim=32, sdxl=True, seed=seed), vae=tiny_vae(seed=seed),
-            scheduler=scheduler, text_encoder=tiny_clip_text_encoder(hidden=16, seed=seed),
-            text_encoder_2=tiny_clip_text_encoder(hidden=16, projection=32, seed=seed + 1),
-            tokenizer=tiny_clip_tokenizer(), tokenizer_2=tiny_clip_tokenizer(),
-        )
-    if kind == "sd3":
-        components = dict(
-            transformer=tiny_sd3_transformer(seed=seed),
-            vae=tiny_vae(shift_factor=0.0609, seed=seed), scheduler=scheduler,
-            # CLIP hidden states (16 + 16) are padded to the T5 width (32); pooled = 16 + 16.
-            text_encoder=tiny_clip_text_encoder(hidden=16, projection=16, seed=seed),
-            text_encoder_2=tiny_clip_text_encoder(hidden=16, projection=16, seed=seed + 1),
-            tokenizer=tiny_clip_tokenizer(), tokenizer_2=tiny_clip_tokenizer(),
-            text_encoder_3=tiny_t5_encoder(seed=seed) if with_t5 else None,
-            tokenizer_3=tiny_t5_tokenizer() if with_t5 else None,
-        )
-        return diffusers.StableDiffusion3Pipeline, components
-    if kind == "wan":
-        return diffusers.WanPipeline, dict(
-            transformer=tiny_wan_transformer(seed=seed), vae=tiny_wan_vae(seed=seed), scheduler=scheduler,
-            text_encoder=tiny_umt5_encoder(seed=seed), tokenizer=tiny_t5_tokenizer(),
-        )
-    raise ValueError(f"unknown tiny pipeline {kind!r}; choose one of {', '.join(TINY_FAMILIES)}")
+    family = family_of_kind(kind)
+    return getattr(diffusers, family.pipeline_class), family.tiny_components(kind, seed=seed, with_t5=with_t5)
 
 
 def tiny_pipeline(kind: str, seed: int = 0, with_t5: bool = True):

@@ -31,8 +31,8 @@ import tempfile
 from pathlib import Path
 
 PEER_SCRIPT = "examples/research_projects/diffusion_dpo/train_diffusion_dpo_sdxl.py"
-PEER_FAMILIES = ("sdxl",)
-"""The peer script trains SDXL only (two text encoders, time ids)."""
+PEER_PIPELINE = "StableDiffusionXLPipeline"
+"""The pipeline class the peer script trains: SDXL only (two text encoders, time ids)."""
 
 
 def write_pick_a_pic_parquet(folder: Path, pairs: int, resolution: int, seed: int = 0) -> Path:
@@ -88,7 +88,9 @@ def peer_skipped(args) -> str | None:
                 "diffusers checkout (and install the requirements.txt beside it) to measure against it")
     if not Path(args.peer_script).is_file():
         return f"peer: skipped, --peer-script {args.peer_script} is not a file"
-    if args.family not in PEER_FAMILIES or args.mode != "lora":
+    from diffalign.families import FAMILIES
+
+    if FAMILIES[args.family].pipeline_class != PEER_PIPELINE or args.mode != "lora":
         return f"peer: skipped, the peer script trains SDXL with LoRA only (asked: {args.family}, {args.mode})"
     return None
 

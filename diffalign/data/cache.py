@@ -1,13 +1,7 @@
 """The latent cache: VAE posteriors and prompt embeddings computed once, so training never loads
-the VAE encoder or the text encoders.
-
-Layout, beside the dataset's ``data/``::
-
-    my_prefs/cache/sdxl-1024/
-      cache.json              family, model, revision, fingerprint, resolution, dtype, shards
-      shard-00000.safetensors rows [0, S): latent_mean/latent_std [n, K, C, h, w],
-                              original_size/crop_top_left [n, K, 2], valid [n],
-                              caption_index [n, K] into prompt_embeds [U, L, D] (+ pooled [U, P])
+the VAE encoder or the text encoders. This module builds caches (and is ``diffalign cache``);
+:mod:`.cache_layout` holds where a cache lives and what its files hold, :mod:`.cache_reader`
+serves a finished one to training. Their public names are importable from here too.
 
 The cache keeps the posterior's mean and std rather than one sample, so cached training draws
 a fresh latent each step exactly as uncached training does (and the same generator gives the
@@ -15,13 +9,11 @@ same latents either way). Captions are de-duplicated per shard: a Pick-a-Pic pai
 prompt's embedding once.
 
 Shards are written atomically and skipped when present, so a killed run continues; shards are
-split across processes under ``accelerate launch``. A cache records the family, resolution and
-a fingerprint of the VAE and text-encoder files, and refuses to serve another model.
+split across processes under ``accelerate launch``.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
@@ -29,74 +21,28 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
 from diffalign.arguments import COUNT, SIDE
 from diffalign import stopping
 from diffalign.config import torch_dtype
+from diffalign.data.cache_layout import (  # noqa: F401  (re-exported: training and tests import them from here)
+    CACHE_FORMAT,
+    CACHE_VERSION,
+    FINGERPRINTED,
+    META,
+    CacheMismatchError,
+    cache_bytes,
+    cache_dir,
+    is_complete,
+    model_fingerprint,
+)
+from diffalign.data.cache_reader import LatentCache  # noqa: F401  (re-exported)
 from diffalign.data.dataset import PreferenceDataset
 from diffalign.data.loader import GroupDataset
 from diffalign.data.schema import image_texts
 from diffalign.data.writer import atomic_write_json
-from diffalign.errors import DiffalignError
-
-CACHE_FORMAT = "diffalign-latent-cache"
-CACHE_VERSION = 1
-META = "cache.json"
-# What the cache depends on: everything that turns images and prompts into tensors.
-FINGERPRINTED = ("vae", "text_encoder", "text_encoder_2", "text_encoder_3", "tokenizer", "tokenizer_2", "tokenizer_3")
-
-
-class CacheMismatchError(DiffalignError, ValueError):
-    """A cache built for another model, resolution or dataset."""
-
-
-def cache_dir(data_root: str | Path, family_name: str, resolution: int, frames: int | None = None,
-              frame_stride: int = 1) -> Path:
-    """``DATA/cache/<family>-<resolution>``; a video cache adds its clip: ``-<frames>f`` (and ``s<stride>``)."""
-    clip = "" if frames is None else f"-{frames}f" + (f"s{frame_stride}" if frame_stride != 1 else "")
-    return Path(data_root) / "cache" / f"{family_name}-{resolution}{clip}"
-
-
-def cache_bytes(model_path: str, revision: str | None, resolution: int, frames: int | None, images: int) -> int:
-    """What a cache's latents take on disk for ``images`` images (or clips): the posterior's mean
-    and std, fp32, ``C × (R/f)²`` each, times the latent frames of a clip (read from the VAE's
-    config, no weights; the prompt embeddings come on top)."""
-    from diffusers import AutoencoderKL
-
-    from diffalign.families.base import vae_downsampling
-
-    vae = AutoencoderKL.load_config(model_path, subfolder="vae", revision=revision)
-    side = resolution // vae_downsampling(vae)
-    latent_frames = 1 if frames is None else (frames - 1) // int(vae.get("scale_factor_temporal") or 4) + 1
-    channels = vae.get("latent_channels") or vae["z_dim"]
-    return images * 2 * 4 * channels * latent_frames * side * side
-
-
-def model_fingerprint(path: str, revision: str | None = None) -> str:
-    """Identify the VAE and text encoders of a checkpoint.
-
-    A local folder hashes each relevant file's name, size, first and last MiB (cheap for
-    multi-GB weights, yet changes when weights change). A hub id is pinned to the commit its
-    snapshot resolves to.
-    """
-    local = Path(path).expanduser()
-    if local.is_dir():
-        digest = hashlib.sha256()
-        for folder in FINGERPRINTED:
-            for file in sorted((local / folder).rglob("*")) if (local / folder).is_dir() else []:
-                if file.is_file():
-                    digest.update(f"{file.relative_to(local)}:{file.stat().st_size}".encode())
-                    with open(file, "rb") as handle:
-                        digest.update(handle.read(1 << 20))
-                        handle.seek(max(0, file.stat().st_size - (1 << 20)))
-                        digest.update(handle.read())
-        return f"sha256:{digest.hexdigest()}"
-    from huggingface_hub import snapshot_download
-
-    snapshot = snapshot_download(str(path), revision=revision, allow_patterns=["model_index.json"])
-    return f"hub:{path}@{Path(snapshot).name}"
 
 
 def _encode_shard(family, groups: GroupDataset, rows: range, batch_size: int, dtype: torch.dtype) -> tuple[dict, dict]:
@@ -282,94 +228,16 @@ def _build(out: Path, meta: dict, data, family, state, resolution, batch_size, p
     return out
 
 
-
-class LatentCache:
-    """Reads a finished cache for one model.
-
-    Use :meth:`open`, which refuses a cache built for another family, model or resolution.
-    """
-
-    def __init__(self, folder: Path, meta: dict):
-        self.folder = folder
-        self.meta = meta
-        self._shard: tuple[int, dict, list[str]] | None = None
-
-    @classmethod
-    def open(cls, data_root: str | Path, family, resolution: int, frames: int | None = None,
-             frame_stride: int = 1) -> LatentCache:
-        """The cache of ``data_root`` for a loaded ``family`` (see :meth:`for_model`)."""
-        return cls.for_model(data_root, family.name, family.path, family.revision, resolution, frames, frame_stride)
-
-    @classmethod
-    def for_model(cls, data_root: str | Path, family_name: str, model_path: str, revision: str | None,
-                  resolution: int, frames: int | None = None, frame_stride: int = 1) -> LatentCache:
-        """The cache of ``data_root`` for a model named by its family, path and revision; needs no
-        weights, so training checks it before any model loads."""
-        folder = cache_dir(data_root, family_name, resolution, frames, frame_stride)
-        clip = "" if frames is None else f" --frames {frames}" + (f" --frame-stride {frame_stride}" if frame_stride != 1 else "")
-        build = f"`diffalign cache {data_root} --model {model_path} --resolution {resolution}{clip}`"
-        if not (folder / META).exists():
-            raise CacheMismatchError(f"no latent cache for {family_name} at {resolution}px in {folder}; build it with {build}")
-        meta = json.loads((folder / META).read_text())
-        if not meta.get("complete"):
-            raise CacheMismatchError(f"{folder} is unfinished; run {build} again to complete it")
-        fingerprint = model_fingerprint(model_path, revision)
-        if meta["fingerprint"] != fingerprint:
-            raise CacheMismatchError(
-                f"{folder} was built from {meta['model']} (revision {meta['revision']}, {meta['fingerprint']}); "
-                f"this run uses {model_path} ({fingerprint}), whose VAE or text encoders differ. "
-                f"Delete {folder} and rebuild it with {build}, or train with data.cache=false."
-            )
-        return cls(folder, meta)
-
-    def check_compatible(self, resolution: int, rows: int, frames: int | None = None, frame_stride: int = 1) -> None:
-        if self.meta.get("frames") != frames or (frames is not None and self.meta.get("frame_stride") != frame_stride):
-            raise CacheMismatchError(f"{self.folder} holds clips of {self.meta.get('frames')} frames (stride "
-                                     f"{self.meta.get('frame_stride')}); training asks for {frames} (stride {frame_stride})")
-        if self.meta["resolution"] != resolution or self.meta["rows"] != rows:
-            raise CacheMismatchError(
-                f"{self.folder} holds {self.meta['rows']} rows at {self.meta['resolution']}px; "
-                f"the dataset has {rows} rows and training asks for {resolution}px: the dataset changed "
-                f"since the cache was built. Delete {self.folder} and run `diffalign cache` again"
-            )
-
-    def get(self, index: int) -> dict | None:
-        """Cached tensors of row ``index`` (``[K, ...]`` each), or ``None`` for a row whose images
-        could not be read when the cache was built."""
-        shard, offset = divmod(index, self.meta["shard_size"])
-        if self._shard is None or self._shard[0] != shard:
-            path = self.folder / f"shard-{shard:05d}.safetensors"
-            from safetensors import safe_open
-
-            with safe_open(str(path), "pt") as handle:
-                ids = json.loads(handle.metadata()["ids"])
-            self._shard = (shard, load_file(str(path)), ids)
-        _, tensors, ids = self._shard
-        if not tensors["valid"][offset]:
-            return None
-        index_k = tensors["caption_index"][offset]
-        item = {
-            "cache_id": ids[offset],
-            "latent_mean": tensors["latent_mean"][offset],
-            "latent_std": tensors["latent_std"][offset],
-            "prompt_embeds": tensors["prompt_embeds"][index_k],
-            "original_size": tensors["original_size"][offset],
-            "crop_top_left": tensors["crop_top_left"][offset],
-        }
-        if "pooled" in tensors:
-            item["pooled"] = tensors["pooled"][index_k]
-        return item
-
-
 # ---------------------------------------------------------------------------------- command line
 def add_arguments(parser) -> None:
     """The options of ``diffalign cache``."""
     from diffalign.config import DTYPE_NAMES
+    from diffalign.families import FAMILIES
 
     parser.add_argument("data", help="preference dataset folder (the cache goes to DATA/cache/<family>-<resolution>)")
     parser.add_argument("--model", required=True, help="diffusers pipeline folder or hub id whose VAE and text encoders to use")
     parser.add_argument("--revision", default=None, help="hub revision of --model")
-    parser.add_argument("--family", choices=["sd", "sdxl", "sd3", "wan"], default=None, help="force the family (default: detected)")
+    parser.add_argument("--family", choices=list(FAMILIES), default=None, help="force the family (default: detected)")
     parser.add_argument("--resolution", type=SIDE, default=512, help="training resolution; images are centre-cropped (default: 512)")
     parser.add_argument("--frames", type=COUNT, default=None, help="video datasets: frames per clip (Wan: 1 + 4n, e.g. 81)")
     parser.add_argument("--frame-stride", type=COUNT, default=1, help="video datasets: take every n-th frame (default: 1)")
@@ -413,11 +281,3 @@ def run(args) -> int:
     if state.is_main_process:
         print(f"latent cache written to {out}")
     return 0
-
-
-def is_complete(folder: Path) -> bool:
-    """Whether ``folder`` holds a finished cache (its record says so)."""
-    try:
-        return bool(json.loads((folder / META).read_text()).get("complete"))
-    except (OSError, ValueError):
-        return False

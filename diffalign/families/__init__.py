@@ -1,7 +1,11 @@
 """Model families: the only code that knows how SD1.5/2.1, SDXL, SD3 and Wan differ.
 
 ``FAMILIES`` maps the config name to its class; :func:`load` detects the family of a checkpoint
-from its ``model_index.json`` and scheduler config.
+from its ``model_index.json`` and scheduler config. What a family offers the rest of diffalign is
+written down in :class:`~diffalign.families.interface.FamilyInterface` (every member, with
+shapes); what a new family fills in is :class:`~diffalign.families.hooks.FamilyHooks`, and
+``tests/families/test_interface.py`` checks every registered family against both. Code outside
+this package asks the family (or ``FAMILIES[name]``) for any family fact, never a family name.
 
 Example:
     >>> family = load("stabilityai/stable-diffusion-xl-base-1.0")   # doctest: +SKIP
@@ -15,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from diffalign.families.base import Conditioning, FamilyError, ModelFamily, read_model_index
+from diffalign.families.interface import FamilyInterface
 from diffalign.families.sd import SDFamily
 from diffalign.families.sd3 import SD3Family
 from diffalign.families.sdxl import SDXLFamily
@@ -120,6 +125,6 @@ def _drop_inapplicable(cls: type[ModelFamily], kwargs: dict) -> dict:
 
 
 __all__ = [
-    "FAMILIES", "Conditioning", "Detected", "FamilyError", "ModelFamily",
+    "FAMILIES", "Conditioning", "Detected", "FamilyError", "FamilyInterface", "ModelFamily",
     "SDFamily", "SDXLFamily", "SD3Family", "WanFamily", "detect_family", "load",
 ]

@@ -17,18 +17,20 @@ from typing import ClassVar
 import torch
 from torch import Tensor
 
+from diffalign.families.builds import Builds
 from diffalign.families.conditioning import Conditioning, PromptOperations, group_prompts
 from diffalign.families.latents import Generators, LatentOperations
-from diffalign.families.loading import FamilyError, Loading, read_model_index, untileable, vae_downsampling
+from diffalign.families.loading import (FamilyError, Loading, read_model_index, untileable, vae_downsampling,
+                                         vae_latent_numel)
 from diffalign.families.noise import TIME_SAMPLINGS, NoiseOperations
 
 
-class ModelFamily(Loading, LatentOperations, PromptOperations, NoiseOperations):
+class ModelFamily(Loading, LatentOperations, PromptOperations, NoiseOperations, Builds):
     """Base class: the maths shared by every family, over a loaded diffusers pipeline.
 
-    Subclasses set ``name``, ``pipeline_class``, ``denoiser_name`` and implement ``_encode_text``,
-    ``_predict_flat``, ``_add_noise_flat``, ``_target_flat``, ``noise_scales``,
-    ``split_prediction``, ``loss_weight`` and ``_time_from_index``.
+    What a family offers the rest of diffalign is written down in
+    :class:`~diffalign.families.interface.FamilyInterface`; the few hooks a new family fills for
+    it are :class:`~diffalign.families.hooks.FamilyHooks`.
     """
 
     name: ClassVar[str]
@@ -41,6 +43,10 @@ class ModelFamily(Loading, LatentOperations, PromptOperations, NoiseOperations):
     repeated_blocks: ClassVar[tuple[str, ...]] = ()
     """The denoiser's repeated block classes, for regional compilation where diffusers' model
     class names none in its ``_repeated_blocks``."""
+    kohya_lora: ClassVar[bool] = False
+    """Whether ``lora.formats: [kohya]`` may write this family's adapters: kohya's key names
+    (``lora_unet_<diffusers module path>``, which ComfyUI, AUTOMATIC1111 and diffusers read) are
+    settled for the UNet families only."""
 
     def __init__(
         self,
@@ -174,4 +180,4 @@ def input_dtype(model, default: torch.nn.Module) -> torch.dtype:
 
 
 __all__ = ["TIME_SAMPLINGS", "Conditioning", "FamilyError", "Generators", "ModelFamily", "group_prompts",
-           "input_dtype", "read_model_index", "untileable", "vae_downsampling"]
+           "input_dtype", "read_model_index", "untileable", "vae_downsampling", "vae_latent_numel"]

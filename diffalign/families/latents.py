@@ -13,7 +13,7 @@ import functools
 import torch
 from torch import Tensor
 
-from diffalign.families.loading import vae_downsampling
+from diffalign.families.loading import FamilyError, vae_downsampling
 
 Generators = "torch.Generator | list[torch.Generator] | None"
 """One generator for the whole batch, or one per group (the first dimension)."""
@@ -33,6 +33,11 @@ class LatentOperations:
         """Why clips of ``frames`` frames cannot be encoded by this family's VAE (``None`` when they
         can); read from the class alone, so checks run before any weights load."""
         return f"the {cls.name} family makes images, not clips of {frames} frames"
+
+    def latent_frames(self, frames: int) -> int:
+        """Latent frames of a clip of ``frames`` frames, or a :class:`FamilyError` when the VAE
+        cannot encode such a clip (an image family: never; a video family overrides this)."""
+        raise FamilyError(self.clip_problem(frames))
 
     def check_pixels(self, pixels: Tensor) -> None:
         """Refuse pixels the VAE cannot encode (a video family checks the frame count)."""

@@ -102,6 +102,23 @@ def vae_downsampling(vae_config) -> int:
     return 2 ** (len(blocks) - 1)
 
 
+def vae_temporal_factor(vae_config) -> int:
+    """Frames per latent frame after the first of a video VAE with this config (its
+    ``scale_factor_temporal``; Wan 2.1's older configs have none: 4)."""
+    return int(vae_config.get("scale_factor_temporal") or 4)
+
+
+def vae_latent_numel(vae_config, resolution: int, frames: int | None = None) -> int:
+    """Elements of one item's latent, from a VAE config alone: ``C × (R/f)²`` for an image of side
+    ``R``; a clip of ``frames`` frames times its ``(frames − 1)/t + 1`` latent frames (a video VAE
+    keeps the first frame and compresses each later run of ``t``). ``C`` is ``latent_channels``
+    (Wan's VAE: ``z_dim``)."""
+    side = resolution // vae_downsampling(vae_config)
+    latent_frames = 1 if frames is None else (frames - 1) // vae_temporal_factor(vae_config) + 1
+    channels = vae_config.get("latent_channels") or vae_config["z_dim"]
+    return channels * latent_frames * side * side
+
+
 def _pipeline_components(pipeline_cls) -> list[str]:
     params = inspect.signature(pipeline_cls.__init__).parameters
     return [name for name in params if name != "self" and params[name].default is inspect.Parameter.empty]

@@ -13,7 +13,20 @@ import torch
 from torch import Tensor
 
 from diffalign.families.base import Conditioning, FamilyError, ModelFamily, input_dtype
+from diffalign.families.builds import CLIP_L, SD_VAE, random_clip
 from diffalign.families.noise import per_group
+
+_TINY_PREDICTION = {"sd15": "epsilon", "sd21": "v_prediction"}
+"""The tiny SD pipelines: SD1.5-style (epsilon) and SD2.1-style (v prediction)."""
+SD15_UNET = dict(
+    sample_size=64, in_channels=4, out_channels=4, layers_per_block=2,
+    block_out_channels=(320, 640, 1280, 1280), attention_head_dim=8, cross_attention_dim=768,
+    down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+    up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
+    norm_num_groups=32, flip_sin_to_cos=True, freq_shift=0,
+)
+"""``stable-diffusion-v1-5``'s UNet config (0.86 B parameters)."""
+SD15_VAE = dict(SD_VAE, latent_channels=4, sample_size=512, scaling_factor=0.18215)
 
 
 class SDFamily(ModelFamily):
@@ -28,6 +41,10 @@ class SDFamily(ModelFamily):
     text_components = ("text_encoder",)
     default_time_sampling = "uniform"
     loss_weightings = ("none", "min_snr")
+    kohya_lora = True
+    tiny_kinds = tuple(_TINY_PREDICTION)
+    real_sizes = ("real",)
+    real_size_resolution = 512
 
     def __init__(self, pipe, path: str | None = None, *, snr_gamma: float = 5.0, **options):
         """
@@ -125,3 +142,56 @@ class SDFamily(ModelFamily):
             do_classifier_free_guidance=False,
         )
         return embeds, None
+
+    # ----------------------------------------------------------------------------- builds
+    @classmethod
+    def _make_tiny_scheduler(cls, kind: str):
+        import diffusers
+
+        return diffusers.DDPMScheduler(
+            beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", num_train_timesteps=1000,
+            steps_offset=1, clip_sample=False, prediction_type=_TINY_PREDICTION[kind],
+        )
+
+    @classmethod
+    def tiny_components(cls, kind: str, seed: int = 0, with_t5: bool = True) -> dict:
+        from diffalign.testing import tiny_clip_text_encoder, tiny_clip_tokenizer, tiny_vae
+
+        scheduler = cls.tiny_scheduler(kind)
+        return dict(
+            unet=tiny_unet(seed=seed), vae=tiny_vae(seed=seed), scheduler=scheduler,
+            text_encoder=tiny_clip_text_encoder(seed=seed), tokenizer=tiny_clip_tokenizer(),
+            safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+        )
+
+    @classmethod
+    def real_size_denoiser(cls) -> torch.nn.Module:
+        from diffusers import UNet2DConditionModel
+
+        return UNet2DConditionModel(**SD15_UNET)
+
+    @classmethod
+    def real_size_components(cls, use_t5: bool = False, size: str = "real") -> dict:
+        from diffusers import AutoencoderKL
+
+        from diffalign.testing import tiny_clip_tokenizer
+
+        scheduler = cls.tiny_scheduler(cls.tiny_kinds[0])
+        common = dict(vae=AutoencoderKL(**SD15_VAE).eval(), scheduler=scheduler, tokenizer=tiny_clip_tokenizer())
+        return dict(common, unet=cls.real_size_denoiser(), text_encoder=random_clip(CLIP_L, False), safety_checker=None,
+                    feature_extractor=None, requires_safety_checker=False)
+
+
+def tiny_unet(seed: int = 0, **extra) -> torch.nn.Module:
+    """A two-level ``UNet2DConditionModel`` over 4-channel latents with cross-attention width 32;
+    ``extra`` adds to its config (SDXL: the ``text_time`` conditioning)."""
+    from diffusers import UNet2DConditionModel
+
+    torch.manual_seed(seed)
+    return UNet2DConditionModel(
+        sample_size=16, in_channels=4, out_channels=4, layers_per_block=1,
+        block_out_channels=(16, 32), norm_num_groups=8,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=32, **extra,
+    )

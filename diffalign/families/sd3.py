@@ -7,10 +7,21 @@ SD3 scripts: ``u`` logit-normal(0, 1) by default, then the scheduler's shifted `
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor
 
 from diffalign.families.base import Conditioning, ModelFamily
+from diffalign.families.builds import CLIP_BIGG, CLIP_L, SD_VAE, T5_XXL, random_clip
 from diffalign.families.flow import FlowMatching
+
+SD3_MEDIUM_TRANSFORMER = dict(
+    sample_size=128, patch_size=2, in_channels=16, out_channels=16, num_layers=24, attention_head_dim=64,
+    num_attention_heads=24, joint_attention_dim=4096, caption_projection_dim=1536, pooled_projection_dim=2048,
+    pos_embed_max_size=192,
+)
+"""``stable-diffusion-3-medium-diffusers``' MMDiT config (2.0 B parameters)."""
+SD3_VAE = dict(SD_VAE, latent_channels=16, sample_size=1024, scaling_factor=1.5305, shift_factor=0.0609,
+               use_quant_conv=False, use_post_quant_conv=False)
 
 
 class SD3Family(FlowMatching, ModelFamily):
@@ -22,6 +33,9 @@ class SD3Family(FlowMatching, ModelFamily):
     repeated_blocks = ("JointTransformerBlock",)  # diffusers' SD3 transformer names none
     text_components = ("text_encoder", "text_encoder_2", "text_encoder_3")
     default_time_sampling = "logit_normal"
+    tiny_kinds = ("sd3",)
+    real_sizes = ("real",)
+    real_size_resolution = 1024
 
     def __init__(self, pipe, path: str | None = None, *, use_t5: bool = True, max_sequence_length: int | None = None, **options):
         """
@@ -61,3 +75,59 @@ class SD3Family(FlowMatching, ModelFamily):
             max_sequence_length=self.max_sequence_length,
         )
         return embeds, pooled
+
+    # ----------------------------------------------------------------------------- builds
+    @classmethod
+    def _make_tiny_scheduler(cls, kind: str):
+        from diffusers import FlowMatchEulerDiscreteScheduler
+
+        return FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=3.0)
+
+    @classmethod
+    def tiny_components(cls, kind: str, seed: int = 0, with_t5: bool = True) -> dict:
+        from diffalign.testing import tiny_clip_text_encoder, tiny_clip_tokenizer, tiny_t5_encoder, tiny_t5_tokenizer, tiny_vae
+
+        scheduler = cls.tiny_scheduler(kind)
+        return dict(
+            transformer=tiny_transformer(seed=seed),
+            vae=tiny_vae(shift_factor=0.0609, seed=seed), scheduler=scheduler,
+            # CLIP hidden states (16 + 16) are padded to the T5 width (32); pooled = 16 + 16.
+            text_encoder=tiny_clip_text_encoder(hidden=16, projection=16, seed=seed),
+            text_encoder_2=tiny_clip_text_encoder(hidden=16, projection=16, seed=seed + 1),
+            tokenizer=tiny_clip_tokenizer(), tokenizer_2=tiny_clip_tokenizer(),
+            text_encoder_3=tiny_t5_encoder(seed=seed) if with_t5 else None,
+            tokenizer_3=tiny_t5_tokenizer() if with_t5 else None,
+        )
+
+    @classmethod
+    def real_size_denoiser(cls) -> torch.nn.Module:
+        from diffusers import SD3Transformer2DModel
+
+        return SD3Transformer2DModel(**SD3_MEDIUM_TRANSFORMER)
+
+    @classmethod
+    def real_size_components(cls, use_t5: bool = False, size: str = "real") -> dict:
+        from diffusers import AutoencoderKL
+        from transformers import T5Config, T5EncoderModel
+
+        from diffalign.testing import tiny_clip_tokenizer, tiny_t5_tokenizer
+
+        scheduler = cls.tiny_scheduler(cls.tiny_kinds[0])
+        common = dict(vae=AutoencoderKL(**SD3_VAE).eval(), scheduler=scheduler, tokenizer=tiny_clip_tokenizer())
+        return dict(
+            common, transformer=cls.real_size_denoiser(), text_encoder=random_clip(CLIP_L, True),
+            text_encoder_2=random_clip(CLIP_BIGG, True), tokenizer_2=tiny_clip_tokenizer(),
+            text_encoder_3=T5EncoderModel(T5Config(**T5_XXL)).eval() if use_t5 else None,
+            tokenizer_3=tiny_t5_tokenizer() if use_t5 else None)
+
+
+def tiny_transformer(seed: int = 0) -> torch.nn.Module:
+    """A 1-layer ``SD3Transformer2DModel`` over 4-channel latents, patch size 1 (joint dim 32)."""
+    from diffusers import SD3Transformer2DModel
+
+    torch.manual_seed(seed)
+    return SD3Transformer2DModel(
+        sample_size=16, patch_size=1, in_channels=4, out_channels=4, num_layers=1,
+        attention_head_dim=8, num_attention_heads=4, joint_attention_dim=32,
+        caption_projection_dim=32, pooled_projection_dim=32, pos_embed_max_size=32,
+    )

@@ -25,6 +25,7 @@ from torch import Tensor
 
 from diffalign.families.base import FamilyError, ModelFamily
 from diffalign.families.flow import FlowMatching
+from diffalign.families.loading import vae_temporal_factor
 
 
 def refuse_wan22(index: dict, path) -> None:
@@ -56,6 +57,7 @@ class WanFamily(FlowMatching, ModelFamily):
     default_time_sampling = "uniform"
     media = "video"
     pixel_ndim = 4  # a video is [3, F, H, W]
+    tiny_kinds = ("wan",)
 
     def __init__(self, pipe, path: str | None = None, *, max_sequence_length: int | None = None, **options):
         """
@@ -83,7 +85,7 @@ class WanFamily(FlowMatching, ModelFamily):
     @property
     def temporal_factor(self) -> int:
         """Frames per latent frame after the first (4 for Wan 2.1)."""
-        return int(self._vae_settings.get("scale_factor_temporal") or 4)
+        return vae_temporal_factor(self._vae_settings)
 
     def latent_frames(self, frames: int) -> int:
         """``(frames − 1)/4 + 1``, or a :class:`FamilyError` when ``frames ≢ 1 (mod 4)``."""
@@ -141,6 +143,25 @@ class WanFamily(FlowMatching, ModelFamily):
         patch = WanTransformer3DModel.load_config(str(path), subfolder="transformer", revision=revision)["patch_size"]
         return super().pixel_multiple(path, revision) * int(patch[-1])
 
+    # ----------------------------------------------------------------------------- builds
+    @classmethod
+    def _make_tiny_scheduler(cls, kind: str):
+        from diffusers import UniPCMultistepScheduler
+
+        # What the released Wan 2.1 folders ship (diffusers' convert_wan_to_diffusers.py, 480p).
+        return UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True,
+                                       num_train_timesteps=1000, flow_shift=3.0)
+
+    @classmethod
+    def tiny_components(cls, kind: str, seed: int = 0, with_t5: bool = True) -> dict:
+        from diffalign.testing import tiny_t5_tokenizer, tiny_umt5_encoder
+
+        scheduler = cls.tiny_scheduler(kind)
+        return dict(
+            transformer=tiny_transformer(seed=seed), vae=tiny_vae(seed=seed), scheduler=scheduler,
+            text_encoder=tiny_umt5_encoder(seed=seed), tokenizer=tiny_t5_tokenizer(),
+        )
+
 
 def frames_problem(frames: int, factor: int = 4) -> str | None:
     """Why a clip of ``frames`` frames cannot be encoded by a Wan VAE (``None`` when it can): it
@@ -150,3 +171,25 @@ def frames_problem(frames: int, factor: int = 4) -> str | None:
     low = max(1, (frames - 1) // factor * factor + 1)
     return (f"{frames} frames cannot be encoded: the Wan VAE needs 1 + {factor}·n frames "
             f"(e.g. {low} or {low + factor}; 81 for Wan 2.1's 5-second clips)")
+
+
+def tiny_vae(seed: int = 0) -> torch.nn.Module:
+    """The tiny ``AutoencoderKLWan`` of diffusers' own Wan tests (×8 spatial, ×4 temporal, 16
+    channels, the released per-channel ``latents_mean``/``latents_std``)."""
+    from diffusers import AutoencoderKLWan
+
+    torch.manual_seed(seed)
+    return AutoencoderKLWan(base_dim=3, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1,
+                            temperal_downsample=[False, True, True]).eval()
+
+
+def tiny_transformer(seed: int = 0) -> torch.nn.Module:
+    """A 2-layer ``WanTransformer3DModel`` (diffusers' test configuration: 2 heads × 12, text width 32)."""
+    from diffusers import WanTransformer3DModel
+
+    torch.manual_seed(seed)
+    return WanTransformer3DModel(
+        patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=12, in_channels=16, out_channels=16,
+        text_dim=32, freq_dim=256, ffn_dim=32, num_layers=2, cross_attn_norm=True,
+        qk_norm="rms_norm_across_heads", rope_max_seq_len=32,
+    )

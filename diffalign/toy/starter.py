@@ -92,10 +92,13 @@ def _write_video_starter(folders: dict[str, Path], seed: int) -> None:
     """The tiny Wan and its clip pairs (``training/configs/tiny/video/``); without PyAV only the model."""
     import importlib.util
 
+    from diffalign.families import FAMILIES
     from diffalign.testing import save_tiny_pipeline, write_random_video_pairs
 
+    # The video family's own tiny pipeline (Wan 2.1-style), asked of the registry by its media.
+    video = next(family for family in FAMILIES.values() if family.media == "video" and family.tiny_kinds)
     shutil.rmtree(folders["video_model"], ignore_errors=True)
-    save_tiny_pipeline("wan", folders["video_model"], seed=seed)
+    save_tiny_pipeline(video.tiny_kinds[0], folders["video_model"], seed=seed)
     if importlib.util.find_spec("av") is None:
         folders.pop("video_pairs")  # nothing written: the CLI's listing must not name it
         return

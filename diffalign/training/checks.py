@@ -65,10 +65,11 @@ def preflight(config: TrainConfig):
     _check_media(config, family, data)
     _check_memory(config, data.group_size)
     if config.lora is not None and "kohya" in config.lora.formats:
-        from diffalign.training.lora import KOHYA_FAMILIES
+        from diffalign.families import FAMILIES
 
-        if family not in KOHYA_FAMILIES:
-            raise StartupError(f"lora.formats: kohya is written for the UNet families ({', '.join(KOHYA_FAMILIES)}), "
+        if not FAMILIES[family].kohya_lora:
+            kohya = ", ".join(name for name, cls in FAMILIES.items() if cls.kohya_lora)
+            raise StartupError(f"lora.formats: kohya is written for the UNet families ({kohya}), "
                                f"not {family}; keep lora.formats=[diffusers]")
     cache_plan = plan_cache(config, family, data, has_captions and not objective.needs_captions, objective)
     if config.optim.optimizer == "adamw_8bit" and importlib.util.find_spec("bitsandbytes") is None:

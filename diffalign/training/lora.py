@@ -24,14 +24,12 @@ def add_lora(denoiser: torch.nn.Module, config: LoRAConfig) -> None:
 KOHYA_FILE = "pytorch_lora_weights_kohya.safetensors"
 """The kohya-format copy, beside the diffusers file in the LoRA folder (``load_lora_weights`` on
 the folder still picks ``pytorch_lora_weights.safetensors``)."""
-KOHYA_FAMILIES = ("sd", "sdxl")
-"""Families whose kohya key names are settled: ``lora_unet_<diffusers module path>``, which
-ComfyUI, AUTOMATIC1111 and diffusers itself read."""
 
 
 def save_lora(family, denoiser: torch.nn.Module, folder: Path, config: LoRAConfig | None = None) -> Path:
     """Write the adapters with the family's pipeline class's ``save_lora_weights``, and with
-    ``"kohya"`` in ``config.formats`` also in the kohya/ComfyUI key format (:data:`KOHYA_FILE`)."""
+    ``"kohya"`` in ``config.formats`` also in the kohya/ComfyUI key format (:data:`KOHYA_FILE`;
+    start-up refuses it for a family whose ``kohya_lora`` is false)."""
     import diffusers
     from diffusers.utils import convert_state_dict_to_diffusers
     from peft.utils import get_peft_model_state_dict

@@ -1,0 +1,84 @@
+"""The latent cache's layout on disk: where a cache of a dataset lives, what its record holds,
+and what a cache of a model would take, all without weights.
+
+Layout, beside the dataset's ``data/``::
+
+    my_prefs/cache/sdxl-1024/
+      cache.json              family, model, revision, fingerprint, resolution, dtype, shards
+      shard-00000.safetensors rows [0, S): latent_mean/latent_std [n, K, C, h, w],
+                              original_size/crop_top_left [n, K, 2], valid [n],
+                              caption_index [n, K] into prompt_embeds [U, L, D] (+ pooled [U, P])
+
+A cache records the family, resolution and a fingerprint of the VAE and text-encoder files
+(:func:`model_fingerprint`), and refuses to serve another model.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+from diffalign.errors import DiffalignError
+
+CACHE_FORMAT = "diffalign-latent-cache"
+CACHE_VERSION = 1
+META = "cache.json"
+# What the cache depends on: everything that turns images and prompts into tensors.
+FINGERPRINTED = ("vae", "text_encoder", "text_encoder_2", "text_encoder_3", "tokenizer", "tokenizer_2", "tokenizer_3")
+
+
+class CacheMismatchError(DiffalignError, ValueError):
+    """A cache built for another model, resolution or dataset."""
+
+
+def cache_dir(data_root: str | Path, family_name: str, resolution: int, frames: int | None = None,
+              frame_stride: int = 1) -> Path:
+    """``DATA/cache/<family>-<resolution>``; a video cache adds its clip: ``-<frames>f`` (and ``s<stride>``)."""
+    clip = "" if frames is None else f"-{frames}f" + (f"s{frame_stride}" if frame_stride != 1 else "")
+    return Path(data_root) / "cache" / f"{family_name}-{resolution}{clip}"
+
+
+def cache_bytes(model_path: str, revision: str | None, resolution: int, frames: int | None, images: int) -> int:
+    """What a cache's latents take on disk for ``images`` images (or clips): the posterior's mean
+    and std, fp32, one latent each (its size read from the VAE's config by the families, no
+    weights; the prompt embeddings come on top)."""
+    from diffusers import AutoencoderKL
+
+    from diffalign.families.base import vae_latent_numel
+
+    vae = AutoencoderKL.load_config(model_path, subfolder="vae", revision=revision)
+    return images * 2 * 4 * vae_latent_numel(vae, resolution, frames)
+
+
+def model_fingerprint(path: str, revision: str | None = None) -> str:
+    """Identify the VAE and text encoders of a checkpoint.
+
+    A local folder hashes each relevant file's name, size, first and last MiB (cheap for
+    multi-GB weights, yet changes when weights change). A hub id is pinned to the commit its
+    snapshot resolves to.
+    """
+    local = Path(path).expanduser()
+    if local.is_dir():
+        digest = hashlib.sha256()
+        for folder in FINGERPRINTED:
+            for file in sorted((local / folder).rglob("*")) if (local / folder).is_dir() else []:
+                if file.is_file():
+                    digest.update(f"{file.relative_to(local)}:{file.stat().st_size}".encode())
+                    with open(file, "rb") as handle:
+                        digest.update(handle.read(1 << 20))
+                        handle.seek(max(0, file.stat().st_size - (1 << 20)))
+                        digest.update(handle.read())
+        return f"sha256:{digest.hexdigest()}"
+    from huggingface_hub import snapshot_download
+
+    snapshot = snapshot_download(str(path), revision=revision, allow_patterns=["model_index.json"])
+    return f"hub:{path}@{Path(snapshot).name}"
+
+
+def is_complete(folder: Path) -> bool:
+    """Whether ``folder`` holds a finished cache (its record says so)."""
+    try:
+        return bool(json.loads((folder / META).read_text()).get("complete"))
+    except (OSError, ValueError):
+        return False
