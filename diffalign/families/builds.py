@@ -41,7 +41,7 @@ def random_clip(config: dict, projection: bool):
     CLIP vocabulary."""
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
-    from diffalign.testing import clip_vocab_and_merges
+    from diffalign.families.tiny_parts import clip_vocab_and_merges
 
     vocab, _ = clip_vocab_and_merges()
     ids = dict(bos_token_id=vocab["<|startoftext|>"], eos_token_id=vocab["<|endoftext|>"], pad_token_id=vocab["<|endoftext|>"])

@@ -155,7 +155,7 @@ class SDFamily(ModelFamily):
 
     @classmethod
     def tiny_components(cls, kind: str, seed: int = 0, with_t5: bool = True) -> dict:
-        from diffalign.testing import tiny_clip_text_encoder, tiny_clip_tokenizer, tiny_vae
+        from diffalign.families.tiny_parts import tiny_clip_text_encoder, tiny_clip_tokenizer, tiny_vae
 
         scheduler = cls.tiny_scheduler(kind)
         return dict(
@@ -174,7 +174,7 @@ class SDFamily(ModelFamily):
     def real_size_components(cls, use_t5: bool = False, size: str = "real") -> dict:
         from diffusers import AutoencoderKL
 
-        from diffalign.testing import tiny_clip_tokenizer
+        from diffalign.families.tiny_parts import tiny_clip_tokenizer
 
         scheduler = cls.tiny_scheduler(cls.tiny_kinds[0])
         common = dict(vae=AutoencoderKL(**SD15_VAE).eval(), scheduler=scheduler, tokenizer=tiny_clip_tokenizer())

@@ -85,7 +85,7 @@ class SD3Family(FlowMatching, ModelFamily):
 
     @classmethod
     def tiny_components(cls, kind: str, seed: int = 0, with_t5: bool = True) -> dict:
-        from diffalign.testing import tiny_clip_text_encoder, tiny_clip_tokenizer, tiny_t5_encoder, tiny_t5_tokenizer, tiny_vae
+        from diffalign.families.tiny_parts import tiny_clip_text_encoder, tiny_clip_tokenizer, tiny_t5_encoder, tiny_t5_tokenizer, tiny_vae
 
         scheduler = cls.tiny_scheduler(kind)
         return dict(
@@ -110,7 +110,7 @@ class SD3Family(FlowMatching, ModelFamily):
         from diffusers import AutoencoderKL
         from transformers import T5Config, T5EncoderModel
 
-        from diffalign.testing import tiny_clip_tokenizer, tiny_t5_tokenizer
+        from diffalign.families.tiny_parts import tiny_clip_tokenizer, tiny_t5_tokenizer
 
         scheduler = cls.tiny_scheduler(cls.tiny_kinds[0])
         common = dict(vae=AutoencoderKL(**SD3_VAE).eval(), scheduler=scheduler, tokenizer=tiny_clip_tokenizer())

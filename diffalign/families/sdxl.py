@@ -107,7 +107,7 @@ class SDXLFamily(SDFamily):
 
     @classmethod
     def tiny_components(cls, kind: str, seed: int = 0, with_t5: bool = True) -> dict:
-        from diffalign.testing import tiny_clip_text_encoder, tiny_clip_tokenizer, tiny_vae
+        from diffalign.families.tiny_parts import tiny_clip_text_encoder, tiny_clip_tokenizer, tiny_vae
 
         scheduler = cls.tiny_scheduler(kind)
         # The UNet's cross-attention width is the two encoders' hidden sizes concatenated (16 + 16);
@@ -132,7 +132,7 @@ class SDXLFamily(SDFamily):
     def real_size_components(cls, use_t5: bool = False, size: str = "real") -> dict:
         from diffusers import AutoencoderKL, UNet2DConditionModel
 
-        from diffalign.testing import tiny_clip_tokenizer
+        from diffalign.families.tiny_parts import tiny_clip_tokenizer
 
         scheduler = cls.tiny_scheduler(cls.tiny_kinds[0])
         if size == "mini":

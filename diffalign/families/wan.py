@@ -154,7 +154,7 @@ class WanFamily(FlowMatching, ModelFamily):
 
     @classmethod
     def tiny_components(cls, kind: str, seed: int = 0, with_t5: bool = True) -> dict:
-        from diffalign.testing import tiny_t5_tokenizer, tiny_umt5_encoder
+        from diffalign.families.tiny_parts import tiny_t5_tokenizer, tiny_umt5_encoder
 
         scheduler = cls.tiny_scheduler(kind)
         return dict(
