@@ -174,12 +174,13 @@ def run_benchmark(model: Path, prompts: list[str], *, steps: int, resolution: in
 
 def build_parser() -> argparse.ArgumentParser:
     """The command-line options (see the module docstring)."""
+    from diffalign.families import BENCHMARK_FAMILY
     from diffalign.testing import TINY_FAMILIES
 
     parser = argparse.ArgumentParser(prog="benchmarks/generate.py", description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default=None,
                         help="diffusers pipeline folder (default: a tiny random pipeline of --family, built offline)")
-    parser.add_argument("--family", choices=TINY_FAMILIES, default="sdxl",
+    parser.add_argument("--family", choices=TINY_FAMILIES, default=BENCHMARK_FAMILY,
                         help="tiny pipeline when no --model (default: sdxl)")
     parser.add_argument("--prompts", type=int, default=16, help="prompts, one image each (default: 16)")
     parser.add_argument("--steps", type=int, default=4, help="sampling steps (default: 4)")

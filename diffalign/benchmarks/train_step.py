@@ -40,6 +40,7 @@ from pathlib import Path
 from diffalign.benchmarks.measure import (BenchmarkError, check_counts, default_device, markdown_table, mib, pipeline_folder,
                                           release_memory, warm_up_compiler, write_report)
 from diffalign.benchmarks.real_size import TINY_KIND
+from diffalign.families import BENCHMARK_FAMILY
 from diffalign.benchmarks.train_step_setups import (SETUPS, compiles, first_compile, run_diffalign, run_naive,
                                                     run_peer_setup)
 from diffalign.benchmarks.train_step_table import add_ratios, columns, combine_rounds, one_off_costs
@@ -73,7 +74,7 @@ def build_latent_cache(model: str, data: Path, resolution: int, device: str, use
 # ---------------------------------------------------------------------------------- command line
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="benchmarks/train_step.py", description=__doc__.split("\n\n")[0])
-    p.add_argument("--family", choices=sorted(TINY_KIND), default="sdxl", help="family of the tiny or real-size model")
+    p.add_argument("--family", choices=sorted(TINY_KIND), default=BENCHMARK_FAMILY, help="family of the tiny or real-size model")
     p.add_argument("--model", help="a diffusers pipeline folder (default: a tiny or real-size one built here)")
     p.add_argument("--size", choices=("tiny", "mini", "real"), default="tiny",
                    help="tiny: the unit tests' model; mini: SDXL at 1/8 width (CPU); "

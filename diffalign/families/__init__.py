@@ -27,6 +27,10 @@ from diffalign.families.wan import WanFamily, refuse_wan22
 
 FAMILIES: dict[str, type[ModelFamily]] = {"sd": SDFamily, "sdxl": SDXLFamily, "sd3": SD3Family, "wan": WanFamily}
 
+BENCHMARK_FAMILY = "sdxl"
+"""The family the speed benchmarks measure unless told otherwise: the peer they are measured
+against, diffusers' Diffusion-DPO research script, trains SDXL."""
+
 _BY_PIPELINE = {cls.pipeline_class: name for name, cls in FAMILIES.items()}
 _SUPPORTED = "; ".join(f"{name} ({cls.pipeline_class})" for name, cls in FAMILIES.items())
 
@@ -125,6 +129,6 @@ def _drop_inapplicable(cls: type[ModelFamily], kwargs: dict) -> dict:
 
 
 __all__ = [
-    "FAMILIES", "Conditioning", "Detected", "FamilyError", "FamilyInterface", "ModelFamily",
+    "BENCHMARK_FAMILY", "FAMILIES", "Conditioning", "Detected", "FamilyError", "FamilyInterface", "ModelFamily",
     "SDFamily", "SDXLFamily", "SD3Family", "WanFamily", "detect_family", "load",
 ]
