@@ -1,7 +1,8 @@
-"""DDIM inversion and sampling: one deterministic walk over a time grid, whose direction decides
-which it is (rising times invert a clean latent towards noise; falling times denoise).
+"""DDIM inversion: the solver (:func:`diffalign.solver.solve`) on a rising time grid, with the
+rising step as its noise rule (:class:`Inversion`), the way ``flow_matching``'s ``ODESolver``
+runs its grid backwards. :func:`denoise` is the same solver on a falling grid with η = 0.
 
-The walk needs only two family operations, so it serves every family and latent rank:
+The step needs only two family operations, so it serves every family and latent rank:
 ``noise_scales(t) → (a_t, s_t)`` with ``x_t = a_t·x0 + s_t·ε``, and ``split_prediction`` (the
 model's output as ``(ε̂, x̂0)``). One step from time ``u`` to ``v`` is DDIM's (Song et al., 2021,
 Eq. 12 with σ = 0), written in those scales::
@@ -44,6 +45,7 @@ import torch
 from torch import Tensor
 
 from diffalign.families.noise import per_group
+from diffalign.solver import DDIM, solve
 
 INVERSION_MODELS = ("policy", "reference")
 
@@ -97,69 +99,31 @@ def ddim_sigma(family, lower: Tensor, upper: Tensor) -> Tensor:
     return (s_lo / s_hi.clamp(min=1e-12)) * (1 - ratio**2).clamp(min=0).sqrt()
 
 
-def walk(
-    family, model, latents: Tensor, cond, grid: Tensor, *, renoise_iters: int = 0, eta: float = 0.0,
-    guidance: float = 1.0, uncond=None, generator=None, callback: Callable | None = None,
-) -> Tensor:
-    """Walk ``latents`` along ``grid`` (``[B, N + 1]`` times; rising: invert, falling: denoise).
+class Inversion:
+    """The rising DDIM step (module docstring) as a noise rule of :func:`~diffalign.solver.solve`:
+    ε̂ at the start, ``renoise_iters`` ReNoise re-estimates averaged in, and InPO's noise kick
+    ``η·σ_DDIM(u, v)·z`` as the step's std."""
 
-    Args:
-        model: the denoiser to call (policy, reference, or a wrapped module); called without gradient.
-        cond, uncond: ``[B, K, ...]`` conditionings (``uncond`` only for ``guidance != 1``).
-        renoise_iters: rising grids only; ReNoise re-estimates per step.
-        eta: rising grids only: InPO's noise kick. Falling grids are deterministic here.
-        generator: one, or one per group, for the kicks.
-        callback: ``callback(index, x, t)`` after each step (``t [B]`` the time ``x`` is at).
+    def __init__(self, renoise_iters: int = 0, eta: float = 0.0):
+        self.renoise_iters, self.eta = renoise_iters, eta
+        self.stochastic = eta > 0
 
-    Returns:
-        the latents at ``grid[:, -1]``, shaped like ``latents``.
-    """
-    if guidance != 1 and uncond is None:
-        raise ValueError("guidance other than 1 needs the unconditional conditioning (uncond)")
-    x = latents
-    with torch.no_grad():
-        for i in range(grid.shape[1] - 1):
-            u, v = grid[:, i].to(x.device), grid[:, i + 1].to(x.device)
-            rising = bool((v >= u).all())
-            x = _step(family, model, x, cond, uncond, u, v, guidance, rising, renoise_iters if rising else 0)
-            if rising and eta > 0:
-                x = x + eta * per_group(ddim_sigma(family, u, v), x) * _randn(x, generator)
-            if callback is not None:
-                callback(i, x, v)
-    return x
-
-
-def _step(family, model, x: Tensor, cond, uncond, u: Tensor, v: Tensor, guidance: float, rising: bool,
-          renoise: int) -> Tensor:
-    """One DDIM step from times ``u`` to ``v`` (``[B]``), with ``renoise`` ReNoise iterations."""
-    a_u, s_u = (per_group(c, x) for c in family.noise_scales(u))
-    a_v, s_v = (per_group(c, x) for c in family.noise_scales(v))
-    eps, x0 = _estimate(family, model, x, u, cond, uncond, guidance)
-    if rising:
-        # Rising: keep ε̂ and take x̂0 consistent with the start, x̂0 = (x − s_u·ε̂)/a_u (a_u > 0 below t = 1).
-        x_next = a_v * (x - s_u * eps) / a_u + s_v * eps
+    def transition(self, family, predict, x: Tensor, u: Tensor, v: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        if not bool((v >= u).all()):
+            raise ValueError("the inversion rule walks rising grids; denoise with diffalign.solver.DDIM(0)")
+        a_u, s_u = (per_group(c, x) for c in family.noise_scales(u))
+        a_v, s_v = (per_group(c, x) for c in family.noise_scales(v))
+        pred = predict(x, u)
+        eps = family.split_prediction(pred, x.float(), u)[0]
+        # Keep ε̂ and take x̂0 consistent with the start, x̂0 = (x − s_u·ε̂)/a_u (a_u > 0 below t = 1).
+        mean = a_v * (x - s_u * eps) / a_u + s_v * eps
         estimates = []
-        for _ in range(renoise):
-            estimates.append(_estimate(family, model, x_next, v, cond, uncond, guidance)[0])
-            mean = torch.stack(estimates).mean(0)
-            x_next = a_v * (x - s_u * mean) / a_u + s_v * mean
-        return x_next
-    # Falling: keep x̂0 and take ε̂ consistent with the start (s_u > 0 above t = 0); the same step
-    # when both come from one prediction, and defined at a flow's σ = 1, where a_u = 0.
-    return a_v * x0 + s_v * (x - a_u * x0) / s_u
-
-
-def _estimate(family, model, x: Tensor, t: Tensor, cond, uncond, guidance: float) -> tuple[Tensor, Tensor]:
-    """``(ε̂, x̂0)`` of ``model`` at ``x`` and ``t``, in float32, guided when ``guidance != 1``."""
-    from diffalign.sampling import guided
-
-    return family.split_prediction(guided(family, model, x, t, cond, uncond, guidance), x.float(), t)
-
-
-def _randn(like: Tensor, generator) -> Tensor:
-    from diffusers.utils.torch_utils import randn_tensor
-
-    return randn_tensor(like.shape, generator=generator, device=like.device, dtype=like.dtype)
+        for _ in range(self.renoise_iters):
+            estimates.append(family.split_prediction(predict(mean, v), mean.float(), v)[0])
+            average = torch.stack(estimates).mean(0)
+            mean = a_v * (x - s_u * average) / a_u + s_v * average
+        std = self.eta * per_group(ddim_sigma(family, u, v), mean) if self.stochastic else torch.zeros_like(s_v)
+        return pred, mean, std
 
 
 def invert(family, model, latents: Tensor, cond, t: Tensor, config: InversionConfig | None = None, *,
@@ -167,15 +131,17 @@ def invert(family, model, latents: Tensor, cond, t: Tensor, config: InversionCon
     """Invert clean ``latents [B, K, *latent]`` to each group's time ``t [B]``, exactly."""
     config = config or InversionConfig()
     grid = time_grid(0.0, t.float(), config.steps, batch=t.shape[0])
-    return walk(family, model, latents, cond, grid, renoise_iters=config.renoise_iters, eta=config.eta,
-                guidance=config.guidance, uncond=uncond, generator=generator, callback=callback)
+    rule = Inversion(config.renoise_iters, config.eta)
+    return solve(family, model, latents, cond, grid, rule, guidance=config.guidance, uncond=uncond,
+                 generator=generator, callback=callback).final
 
 
 def denoise(family, model, noisy: Tensor, cond, steps: int, start: Tensor | float = 1.0, *, guidance: float = 1.0,
             uncond=None, callback: Callable | None = None) -> Tensor:
     """Deterministic DDIM (flow: Euler) sampling of ``noisy`` from time ``start`` down to 0 in ``steps`` steps."""
     grid = time_grid(start, 0.0, steps, batch=noisy.shape[0])
-    return walk(family, model, noisy, cond, grid, guidance=guidance, uncond=uncond, callback=callback)
+    return solve(family, model, noisy, cond, grid, DDIM(0.0), guidance=guidance, uncond=uncond,
+                 callback=callback).final
 
 
-__all__ = ["INVERSION_MODELS", "InversionConfig", "ddim_sigma", "denoise", "invert", "time_grid", "walk"]
+__all__ = ["INVERSION_MODELS", "Inversion", "InversionConfig", "ddim_sigma", "denoise", "invert", "time_grid"]

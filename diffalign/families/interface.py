@@ -182,6 +182,9 @@ class FamilyInterface(Protocol):
     def denoising_error(self, model, latents: Tensor, cond: Conditioning, noise: Tensor, t: Tensor) -> Tensor:
         """Weighted mean squared error per image, fp32 ``[B, K]``, differentiable in ``model``."""
 
+    def prediction_error(self, pred: Tensor, target: Tensor, t: Tensor) -> Tensor:
+        """Weighted mean squared error ``[B, K]`` of predictions ``[B, K, *latent]`` against ``target``."""
+
     def noise_scales(self, t: Tensor) -> tuple[Tensor, Tensor]:
         """``(a_t, s_t)``, each ``[N]`` float32, at times ``t [N]``."""
 

@@ -104,8 +104,11 @@ class NoiseOperations:
             ``[B, K]``, differentiable with respect to ``model``'s parameters.
         """
         noisy = self.add_noise(latents, noise, t)
-        pred = self.predict(model, noisy, t, cond)
-        target = self.target(latents, noise, t)
+        return self.prediction_error(self.predict(model, noisy, t, cond), self.target(latents, noise, t), t)
+
+    def prediction_error(self, pred: Tensor, target: Tensor, t: Tensor) -> Tensor:
+        """``[B, K]`` fp32 ``w(t_b) · mean (pred − target)²`` of predictions ``[B, K, *latent]``
+        against any target (Diffusion-DRO's rollout states take the snapshot's prediction)."""
         # Mean over every latent element (C·h·w, or C·f·h·w for video), whatever the rank.
         err = (pred.float() - target.float()).pow(2).mean(dim=tuple(range(2, pred.ndim)))
         return err * self.loss_weight(t).to(err)[:, None]
@@ -129,7 +132,7 @@ class NoiseOperations:
 
     def sampling_times(self, steps: int) -> Tensor:
         """``[steps + 1]`` falling normalised times of the family's sampler with ``steps`` steps,
-        ending at 0 (:mod:`diffalign.sampling`)."""
+        ending at 0 (:mod:`diffalign.solver`)."""
         raise NotImplementedError
 
     def final_scales(self) -> tuple[float, float]:

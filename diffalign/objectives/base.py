@@ -44,16 +44,21 @@ class PreferenceTerms:
         t: ``[B]`` noise level in [0, 1] shared by each group.
         ranks: ``[B, K]`` 0 = best; equal ranks are ties. ``None`` means "best first, no ties".
         scores: ``[B, K]`` reward scores (higher is better), or ``None``.
+        policy_logp, ref_logp: ``[B, K]`` log-probability of each image's sampler step under the
+            policy (with gradient) and the reference, less the constants they share (SPO: a
+            step's pairs; :func:`diffalign.solver.step_log_prob`), in place of the errors.
         weights: ``[B]`` weight of each group in the mean, or ``None`` (all 1). A sampling step
             that found nothing to train on gives weight 0, so the loss is 0 but has a gradient
             graph (every process must run backward).
     """
 
-    policy_err: Tensor
+    policy_err: Tensor | None = None
     ref_err: Tensor | None = None
     t: Tensor | None = None
     ranks: Tensor | None = None
     scores: Tensor | None = None
+    policy_logp: Tensor | None = None
+    ref_logp: Tensor | None = None
     weights: Tensor | None = None
 
 
@@ -85,6 +90,9 @@ class Objective:
             every image of a group on the prompt.
         needs_ranks: needs ranks or scores in the data (RankDPO).
         needs_scores: needs reward scores in the data (SmPO).
+        per_image: what its terms carry per image: ``"err"`` (``policy_err``/``ref_err``,
+            denoising errors: lower is better) or ``"logp"`` (``policy_logp``/``ref_logp``, a
+            sampler step's log-probabilities: higher is likelier; SPO).
         step: the preference step that makes its terms (:data:`diffalign.steps.STEPS`):
             ``"denoising"`` (forward-noised latents), ``"inversion"`` (inverted latents), or a
             sampling step (``"spo"``, ``"diffusion_dro"``: terms made from the policy's rollouts).
@@ -101,6 +109,7 @@ class Objective:
     needs_captions: ClassVar[bool] = False
     needs_ranks: ClassVar[bool] = False
     needs_scores: ClassVar[bool] = False
+    per_image: ClassVar[str] = "err"
     step: ClassVar[str] = "denoising"
 
     def __init__(self, config=None):
@@ -167,37 +176,44 @@ def pair_metrics(policy_err: Tensor, ref_err: Tensor | None, margin: Tensor, los
     return metrics
 
 
-def require_reference(name: str, terms: PreferenceTerms) -> Tensor:
-    if terms.ref_err is None:
-        raise ValueError(f"{name} needs the reference model's errors (ref_err); the trainer did not compute them")
-    return terms.ref_err
+def require_reference(name: str, terms: PreferenceTerms, per_image: str = "err") -> Tensor:
+    """``terms.ref_<per_image>``, or the error that says the trainer did not compute it."""
+    ref = getattr(terms, f"ref_{per_image}")
+    if ref is None:
+        raise ValueError(f"{name} needs the reference model's ref_{per_image}; the trainer did not compute it")
+    return ref
 
 
-def prepare_terms(name: str, terms: PreferenceTerms, min_k: int = 2, max_k: int | None = None) -> PreferenceTerms:
+def prepare_terms(name: str, terms: PreferenceTerms, min_k: int = 2, max_k: int | None = None,
+                  per_image: str = "err") -> PreferenceTerms:
     """Check the shapes of ``terms`` and return them ready for an objective's maths.
 
-    ``policy_err`` must be ``[B, K]`` with ``min_k ≤ K ≤ max_k`` and ``ref_err``, ``ranks``,
-    ``scores`` must match it. ``ref_err`` is detached, so no objective backpropagates into the
-    reference, and half-precision errors are upcast to float32 (``β · Δerr`` needs the bits).
+    ``policy_<per_image>`` (``per_image``: ``"err"``, or ``"logp"`` for step log-probabilities)
+    must be ``[B, K]`` with ``min_k ≤ K ≤ max_k`` and ``ref_<per_image>``, ``ranks``, ``scores``
+    must match it. The reference's is detached, so no objective backpropagates into the
+    reference, and half-precision values are upcast to float32 (``β · Δerr`` needs the bits).
     """
-    policy = terms.policy_err
-    if policy.ndim != 2:
-        raise ValueError(f"{name}: policy_err must be [B, K], got shape {tuple(policy.shape)}")
+    policy_key, ref_key = f"policy_{per_image}", f"ref_{per_image}"
+    policy = getattr(terms, policy_key)
+    if policy is None or policy.ndim != 2:
+        shape = None if policy is None else tuple(policy.shape)
+        raise ValueError(f"{name}: {policy_key} must be [B, K], got {shape}")
     k = policy.shape[1]
     if k < min_k or (max_k is not None and k > max_k):
         wanted = (f"K = {min_k}" if min_k == max_k else f"K ≥ {min_k}" if max_k is None
                   else f"{min_k} ≤ K ≤ {max_k}")
         raise ObjectiveDataError(f"{name} needs {wanted} images per group; got K = {k}")
-    for key in ("ref_err", "ranks", "scores"):
+    for key in (ref_key, "ranks", "scores"):
         value = getattr(terms, key)
         if value is not None and tuple(value.shape) != tuple(policy.shape):
-            raise ValueError(f"{name}: {key} has shape {tuple(value.shape)}, policy_err {tuple(policy.shape)}")
+            raise ValueError(f"{name}: {key} has shape {tuple(value.shape)}, {policy_key} {tuple(policy.shape)}")
 
     def upcast(x: Tensor) -> Tensor:
         return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
 
-    ref = None if terms.ref_err is None else upcast(terms.ref_err.detach())
-    return replace(terms, policy_err=upcast(policy), ref_err=ref)
+    ref = getattr(terms, ref_key)
+    ref = None if ref is None else upcast(ref.detach())
+    return replace(terms, **{policy_key: upcast(policy), ref_key: ref})
 
 
 __all__ = ["METRIC_NAMES", "Objective", "ObjectiveDataError", "ObjectiveOutput", "PreferenceTerms",

@@ -12,12 +12,13 @@ passes the threshold. The loss is DPO on the log-probability ratio of that one s
     r = log p_θ(x' | x_t) − log p_ref(x' | x_t),   r̄ = clamp(r, log(1 − ε), log(1 + ε))
     loss = mean_pairs −log σ(β·(r̄_w − r̄_l))
 
-with ``p`` the sampler's Gaussian step (:mod:`diffalign.sampling`), both models guided as the
+with ``p`` the sampler's Gaussian step (:mod:`diffalign.solver`), both models guided as the
 sampler is. β = 10, ε = 0.1 (both official launchers).
 
-**Terms.** The step gives each candidate's ``err = mean_d (x' − μ)²/(2σ²)``, its negative
-log-probability less the ``log σ + ½ log 2π`` that policy and reference share at the same step,
-so ``r = ref_err − policy_err`` exactly: ``policy_err``/``ref_err`` ``[B, 2]``, column 0 the winner.
+**Terms.** The step gives each candidate's log-probability ``−mean_d (x' − μ)²/(2σ²)``, less the
+``log σ + ½ log 2π`` that policy and reference share at the same step, so
+``r = policy_logp − ref_logp`` exactly: ``policy_logp``/``ref_logp`` ``[B, 2]``, column 0 the
+winner. The logged ``err_w``/``err_l`` are their negatives.
 
 **The clip and the reduction (SPO issue #19).** The official code averages the log-density over
 latent elements, so ``r`` is ``D`` times smaller than the whole latent's log-ratio (D = 16,384 at
@@ -109,19 +110,20 @@ class SPO(Objective):
     needs_reference = True
     min_group_size = 1
     max_group_size = None
+    per_image = "logp"
     step = "spo"
 
     def loss(self, terms: PreferenceTerms) -> ObjectiveOutput:
-        """``terms.policy_err``, ``terms.ref_err``: ``[N, 2]`` scaled step errors of the kept pairs
-        (winner first). Returns the mean over the N pairs."""
-        require_reference(self.name, terms)
-        terms = prepare_terms(self.name, terms, min_k=2, max_k=2)
-        ratio = terms.ref_err - terms.policy_err  # log p_θ − log p_ref, [N, 2]
+        """``terms.policy_logp``, ``terms.ref_logp``: ``[N, 2]`` step log-probabilities of the kept
+        pairs (winner first). Returns the mean over the N pairs."""
+        require_reference(self.name, terms, per_image="logp")
+        terms = prepare_terms(self.name, terms, min_k=2, max_k=2, per_image="logp")
+        ratio = terms.policy_logp - terms.ref_logp  # log p_θ − log p_ref, [N, 2]
         if self.config.clip > 0:
             ratio = ratio.clamp(math.log(1 - self.config.clip), math.log(1 + self.config.clip))
         margin = self.config.beta * (ratio[:, 0] - ratio[:, 1])
         loss = weighted_mean(F.softplus(-margin), terms.weights)
-        metrics = pair_metrics(terms.policy_err, terms.ref_err, margin, loss)
+        metrics = pair_metrics(-terms.policy_logp, -terms.ref_logp, margin, loss)
         return ObjectiveOutput(loss, metrics)
 
 

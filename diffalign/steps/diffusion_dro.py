@@ -26,7 +26,7 @@ from torch import Tensor
 
 from diffalign.families.reference import Snapshot
 from diffalign.objectives.base import PreferenceTerms
-from diffalign.sampling import sample, sampling_grid
+from diffalign.solver import DDIM, sampling_grid, solve
 from diffalign.steps.rollout import RolloutStep
 
 
@@ -96,9 +96,8 @@ class DiffusionDROStep(RolloutStep):
         j = torch.cat([torch.randint(config.steps, (1,), generator=g) for g in gens]).to(family.device)
         uncond = self.unconditional(batch)
         with self.snapshot.active() as snapshot:
-            traj = sample(family, snapshot, self.start_noise(batch, generator), cond, grid, eta=0.0,
-                          guidance=config.guidance, uncond=uncond, keep_predictions=True,
-                          stop_after=int(j.max()) + 1)
+            traj = solve(family, snapshot, self.start_noise(batch, generator), cond, grid, DDIM(0.0),
+                         guidance=config.guidance, uncond=uncond, keep_predictions=True, stop_after=int(j.max()) + 1)
         rows = torch.arange(b, device=family.device)
         self.keep_images(family.split_prediction(traj.predictions[j, rows], traj.latents[j, rows], grid[rows, j])[1][:, 0])
         self._metrics = {"diffusion_dro/rollout_t": grid[rows, j].mean()}
@@ -106,9 +105,7 @@ class DiffusionDROStep(RolloutStep):
 
     def _errors(self, model, noisy: Tensor, t: Tensor, cond, targets: Tensor) -> Tensor:
         """``[B, 2]`` weighted mean-squared error of ``model`` at ``noisy`` against ``targets``."""
-        pred = self.family.predict(model, noisy, t, cond).float()
-        err = (pred - targets).pow(2).mean(dim=tuple(range(2, pred.ndim)))
-        return err * self.family.loss_weight(t).to(err)[:, None]
+        return self.family.prediction_error(self.family.predict(model, noisy, t, cond), targets, t)
 
 
 __all__ = ["DiffusionDROStep", "perturbed_grid"]

@@ -2,7 +2,7 @@
 resolution, start noise per group, the time the rollouts take, and the last rollout's images.
 
 A rollout step samples from the policy inside the training step (no gradient through the chain,
-:mod:`diffalign.sampling`), then makes its terms from what it sampled. Each process rolls out its
+:mod:`diffalign.solver`), then makes its terms from what it sampled. Each process rolls out its
 own batch's prompts, so rollouts are split across processes like the data.
 
 Through the step hooks (:class:`~diffalign.steps.base.PreferenceStep`), the trainer logs the
@@ -89,7 +89,7 @@ class RolloutStep(PreferenceStep):
 
     def start_noise(self, batch: dict, generator, images_per_prompt: int = 1) -> Tensor:
         """``[B, images_per_prompt, C, h, w]`` N(0, I) start latents, one draw per group's generator."""
-        from diffalign.sampling import initial_noise
+        from diffalign.solver import initial_noise
 
         # A video family's rollouts are clips as long as the batch's (rollout steps train uncached).
         frames = batch["pixels"].shape[-3] if self.family.media == "video" else None

@@ -14,7 +14,8 @@ Per batch of ``B`` prompts (the dataset's images are not used), as the official
 
 Then, for the kept pairs (at most ``max_pairs_per_prompt`` per prompt, drawn at random), one
 guided policy forward at each ``x_t`` (with gradient) and one reference forward give the step
-means, and the terms are the scaled step errors ``mean_d (x' − μ)²/(2σ²)``.
+means, and the terms are the step log-probabilities ``−mean_d (x' − μ)²/(2σ²)`` under both
+(:func:`diffalign.solver.step_log_prob`, less the constants they share).
 
 Cost per prompt, in guided denoiser calls without gradient: ``branch_from + k·(S − branch_from)``
 (SD1.5 defaults: 4 + 4·16 = 68), plus as many VAE decodes and preference-model passes as
@@ -30,7 +31,7 @@ import torch
 from torch import Tensor
 
 from diffalign.objectives.base import PreferenceTerms
-from diffalign.sampling import draw, guided, sample, sampling_grid, step_mean_std
+from diffalign.solver import DDIM, guided, sampling_grid, solve, step_log_prob, take_step
 from diffalign.steps.rollout import RolloutStep
 
 
@@ -83,18 +84,19 @@ class SPOStep(RolloutStep):
         cond, uncond = self.conditioning(batch)
         b, k = len(batch["prompts"]), config.candidates
         grid = sampling_grid(family, config.steps, b).to(family.device)
-        chain = sample(family, model, self.start_noise(batch, generator), cond, grid, eta=config.eta,
-                       guidance=config.guidance, uncond=uncond, generator=generator, stop_after=config.branch_from)
+        rule = DDIM(config.eta)
+        chain = solve(family, model, self.start_noise(batch, generator), cond, grid, rule, guidance=config.guidance,
+                      uncond=uncond, generator=generator, stop_after=config.branch_from)
         x, pred = chain.final, None
         cond_k = cond.repeat_images(k)
         uncond_k = None if uncond is None else uncond.repeat_images(k)
         pairs, gaps, scores_seen = [], [], []
         for i in range(config.branch_from, config.steps):
             u, v = grid[:, i], grid[:, i + 1]
-            if pred is None:
-                pred = guided(family, model, x, u, cond, uncond, config.guidance)
-            mean, std = step_mean_std(family, pred, x, u, v, config.eta)
-            candidates = mean.expand(-1, k, *mean.shape[2:]) + std * draw(mean.expand(-1, k, *mean.shape[2:]), generator)
+            known = pred  # the chosen candidate's prediction, made when it was scored
+            pred, mean, std = rule.transition(family, lambda x_, t_: known if known is not None else guided(
+                family, model, x_, t_, cond, uncond, config.guidance), x, u, v)
+            candidates = take_step(rule, mean.expand(-1, k, *mean.shape[2:]), std, generator)
             last = i + 1 == config.steps
             if last:
                 x0, pred_k = candidates, None
@@ -135,7 +137,7 @@ class SPOStep(RolloutStep):
 
     # ----------------------------------------------------------------------------- training
     def terms(self, model, pairs, cond, uncond, generator) -> PreferenceTerms:
-        """Scaled step errors ``[N, 2]`` of the kept pairs under the policy and the reference."""
+        """Step log-probabilities ``[N, 2]`` of the kept pairs under the policy and the reference."""
         keep = torch.stack([p[0] for p in pairs])  # [steps, B]
         keep = self._cap(keep, generator)
         weights = None
@@ -153,18 +155,15 @@ class SPOStep(RolloutStep):
         uncond_n = None if uncond is None else uncond.groups(group)
         winners_losers = torch.cat([x_w, x_l], dim=1)  # [N, 2, ...]
         with self.reference.active() as reference:
-            ref_err = self._step_error(reference, x_t, winners_losers, u, v, cond_n, uncond_n)
-        policy_err = self._step_error(model, x_t, winners_losers, u, v, cond_n, uncond_n)
-        return PreferenceTerms(policy_err=policy_err, ref_err=ref_err, t=u, weights=weights)
+            ref_logp = self._step_log_prob(reference, x_t, winners_losers, u, v, cond_n, uncond_n)
+        policy_logp = self._step_log_prob(model, x_t, winners_losers, u, v, cond_n, uncond_n)
+        return PreferenceTerms(policy_logp=policy_logp, ref_logp=ref_logp, t=u, weights=weights)
 
-    def _step_error(self, model, x_t, x_next, u, v, cond, uncond) -> Tensor:
-        """``[N, 2]`` ``reduce_d (x' − μ)²/(2σ²)`` of both candidates from one guided forward at ``x_t``."""
+    def _step_log_prob(self, model, x_t, x_next, u, v, cond, uncond) -> Tensor:
+        """``[N, 2]`` log-probabilities of both candidates, from one guided forward at ``x_t``."""
         config = self.config
-        pred = guided(self.family, model, x_t, u, cond, uncond, config.guidance)
-        mean, std = step_mean_std(self.family, pred, x_t, u, v, config.eta)
-        scaled = (x_next - mean) ** 2 / (2 * std.clamp(min=1e-12) ** 2)
-        dims = tuple(range(2, scaled.ndim))
-        return scaled.mean(dims) if config.log_prob_reduction == "mean" else scaled.sum(dims)
+        return step_log_prob(self.family, model, x_t, x_next, u, v, cond, rule=DDIM(config.eta), uncond=uncond,
+                             guidance=config.guidance, reduction=config.log_prob_reduction, constants=False)
 
     def _cap(self, keep: Tensor, generator) -> Tensor:
         """At most ``max_pairs_per_prompt`` kept pairs per prompt, drawn with the group's generator."""

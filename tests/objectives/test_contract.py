@@ -30,8 +30,13 @@ def make_terms(cls, seed=0, with_ref=True, k=None):
     ref = (policy.detach() + 1e-4 * torch.randn(B, k, generator=gen, dtype=torch.float64)).requires_grad_()
     ranks = torch.arange(k).expand(B, k)
     scores = (22.0 - torch.arange(k, dtype=torch.float64)).expand(B, k) if cls.needs_scores else None
-    return policy, ref, PreferenceTerms(policy_err=policy, ref_err=ref if with_ref else None,
-                                        t=torch.rand(B, generator=gen), ranks=ranks, scores=scores)
+    return policy, ref, _terms(cls, policy, ref if with_ref else None, t=torch.rand(B, generator=gen), ranks=ranks,
+                               scores=scores)
+
+
+def _terms(cls, policy, ref, **others) -> PreferenceTerms:
+    """Terms with ``policy``/``ref`` in the per-image fields ``cls`` takes (errors, or SPO's log-probabilities)."""
+    return PreferenceTerms(**{f"policy_{cls.per_image}": policy, f"ref_{cls.per_image}": ref}, **others)
 
 
 ITEMS = sorted(OBJECTIVES.items())
@@ -81,11 +86,10 @@ def test_loss_falls_when_the_preferred_error_falls(entry):
     _, cls = entry
     policy, ref, terms = make_terms(cls, seed=1)
     better = policy.detach().clone()
-    better[:, 0] -= 1e-4
+    better[:, 0] += 1e-4 if cls.per_image == "logp" else -1e-4  # a likelier step, or a smaller error
     obj = cls()
     before = obj.loss(terms).loss.item()
-    after = obj.loss(PreferenceTerms(policy_err=better, ref_err=ref, ranks=terms.ranks,
-                                     scores=terms.scores)).loss.item()
+    after = obj.loss(_terms(cls, better, ref, ranks=terms.ranks, scores=terms.scores)).loss.item()
     assert after < before
 
 
@@ -94,7 +98,7 @@ def test_reference_use_matches_the_declaration(entry):
     _, _, terms = make_terms(cls, seed=2)
     _, _, without = make_terms(cls, seed=2, with_ref=False)
     if cls.needs_reference:
-        with pytest.raises(ValueError, match="ref_err"):
+        with pytest.raises(ValueError, match=f"ref_{cls.per_image}"):
             cls().loss(without)
     else:
         assert cls().loss(terms).loss.item() == cls().loss(without).loss.item()
@@ -122,8 +126,8 @@ def test_named_data_mismatches(name, kwargs, pattern):
 def test_half_precision_inputs_give_a_float32_loss(entry):
     _, cls = entry
     policy, ref, terms = make_terms(cls)
-    half = PreferenceTerms(policy_err=policy.detach().bfloat16().requires_grad_(), ref_err=ref.detach().bfloat16(),
-                           ranks=terms.ranks, scores=terms.scores)
+    half = _terms(cls, policy.detach().bfloat16().requires_grad_(), ref.detach().bfloat16(), ranks=terms.ranks,
+                  scores=terms.scores)
     out = cls().loss(half)
     assert out.loss.dtype == torch.float32 and torch.isfinite(out.loss)
 

@@ -54,24 +54,24 @@ def test_spo_pairs_are_best_and_worst_candidates_past_the_threshold(setting, mon
     assert torch.equal(x_w, x_l) and not keep.any()
 
 
-def test_spo_terms_are_the_step_errors_and_a_high_threshold_keeps_nothing(setting, monkeypatch):
+def test_spo_terms_are_the_step_log_probabilities_and_a_high_threshold_keeps_nothing(setting, monkeypatch):
     family, reference, batch = setting
     step, _ = _spo_step(setting, monkeypatch, threshold=0.0)
     gens = group_generators(0, 0, batch["indices"])
     terms = step(family.denoiser, batch, gens)
-    assert terms.policy_err.shape == (4, 2) and terms.weights is None  # 2 prompts × 2 steps with σ > 0
+    assert terms.policy_logp.shape == (4, 2) and terms.weights is None  # 2 prompts × 2 steps with σ > 0
     # Policy and reference are the same weights: the log-ratio is 0 and the loss is ln 2.
-    torch.testing.assert_close(terms.policy_err, terms.ref_err)
+    torch.testing.assert_close(terms.policy_logp, terms.ref_logp)
     assert SPO().loss(terms).loss.item() == pytest.approx(math.log(2), rel=1e-6)
-    # (x' − μ)²/(2σ²) of a draw μ + σ·z averages ½ per element; the loser's too.
-    assert 0.3 < terms.policy_err.mean().item() < 0.7
+    # −(x' − μ)²/(2σ²) of a draw μ + σ·z averages −½ per element; the loser's too.
+    assert -0.7 < terms.policy_logp.mean().item() < -0.3
     timing = step.log_values()
     assert timing["time/rollout_s"] > 0 and timing["time/train_s"] > 0 and step.log_values()["time/rollout_s"] == 0
     assert step.metrics()["spo/kept_pairs"].item() == pytest.approx(4 / 6)
 
     strict, _ = _spo_step(setting, monkeypatch, threshold=0.999)
     terms = strict(family.denoiser, batch, group_generators(0, 0, batch["indices"]))
-    assert terms.policy_err.shape == (1, 2) and terms.weights.tolist() == [0.0]
+    assert terms.policy_logp.shape == (1, 2) and terms.weights.tolist() == [0.0]
     assert SPO().loss(terms).loss.item() == 0.0
 
 
@@ -79,7 +79,7 @@ def test_spo_caps_pairs_per_prompt(setting, monkeypatch):
     family, reference, batch = setting
     step, _ = _spo_step(setting, monkeypatch, threshold=0.0, max_pairs_per_prompt=1)
     terms = step(family.denoiser, batch, group_generators(0, 0, batch["indices"]))
-    assert terms.policy_err.shape == (2, 2)
+    assert terms.policy_logp.shape == (2, 2)
 
 
 def test_perturbed_grid_moves_each_time_up_within_its_gap():

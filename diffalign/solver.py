@@ -1,6 +1,10 @@
-"""Sampling with log-probabilities: batched denoising loops that keep what sampling objectives
-(SPO, Diffusion-DRO) need — the latent at every step, the model's prediction there, and the
-Gaussian log-probability of each step taken under the policy and the reference.
+"""The one solver: a loop over a time grid (:func:`solve`) that every sampler, rollout and
+inversion in diffalign runs, with a per-step **noise rule** deciding how a step moves from time
+``u`` to ``v`` (:class:`NoiseRule`: η-DDIM here, :class:`DDIM`; the rising inversion step in
+:mod:`diffalign.inversion`; online RL's rules plug in the same way). It keeps what is asked — the
+latent at every step, the model's prediction there, and the Gaussian log-probability of each step
+taken under the policy and the reference (:func:`gaussian_log_prob`, the one place a step's
+log-probability is computed) — and calls a per-step callback.
 
 **One stochastic step for every family.** A family's forward process is ``x_t = a_t·x0 + s_t·ε``
 (:meth:`~diffalign.families.noise.NoiseOperations.noise_scales`). DDIM (Song et al., 2021, Eq. 12)
@@ -50,7 +54,7 @@ from __future__ import annotations
 import contextlib
 import math
 from dataclasses import dataclass
-from typing import Callable, Literal
+from typing import Callable, Literal, Protocol
 
 import torch
 from torch import Tensor
@@ -62,7 +66,7 @@ REDUCTIONS = ("mean", "sum")
 
 @dataclass
 class Trajectory:
-    """What :func:`sample` keeps.
+    """What :func:`solve` keeps.
 
     Attributes:
         latents: ``[S + 1, B, K, *latent]``, the start and the latent after each step.
@@ -128,28 +132,36 @@ def step_mean_std(family, pred: Tensor, x: Tensor, u: Tensor, v: Tensor, eta: fl
     return mean, std
 
 
-def gaussian_log_prob(x: Tensor, mean: Tensor, std: Tensor, reduction: str = "mean") -> Tensor:
-    """``[B, K]`` log N(x; mean, std²) of each latent, reduced over its elements (0 where std = 0)."""
+def gaussian_log_prob(x: Tensor, mean: Tensor, std: Tensor, reduction: str = "mean", *,
+                      constants: bool = True) -> Tensor:
+    """``[B, K]`` log N(x; mean, std²) of each latent, reduced over its elements (0 where std = 0).
+
+    ``constants=False`` leaves out ``−log σ − ½·log 2π``, which depend on the times only and
+    cancel in a ratio of two models' probabilities of the same step (SPO's terms)."""
     if reduction not in REDUCTIONS:
         raise ValueError(f"reduction must be one of {', '.join(REDUCTIONS)}, got {reduction!r}")
     std = std.expand_as(mean)
     safe = std.clamp(min=1e-20)
-    per_element = -((x.float() - mean) ** 2) / (2 * safe**2) - safe.log() - 0.5 * math.log(2 * math.pi)
+    per_element = -((x.float() - mean) ** 2) / (2 * safe**2)
+    if constants:
+        per_element = per_element - safe.log() - 0.5 * math.log(2 * math.pi)
     per_element = torch.where(std > 0, per_element, torch.zeros_like(per_element))
     dims = tuple(range(2, x.ndim))
     return per_element.mean(dims) if reduction == "mean" else per_element.sum(dims)
 
 
-def step_log_prob(family, model, x: Tensor, x_next: Tensor, u: Tensor, v: Tensor, cond, *, eta: float,
-                  uncond=None, guidance: float = 1.0, reduction: str = "mean") -> Tensor:
-    """``[B, K]`` log-probability that ``model`` steps from ``x`` at ``u`` to ``x_next`` at ``v``.
+def step_log_prob(family, model, x: Tensor, x_next: Tensor, u: Tensor, v: Tensor, cond, *, rule: NoiseRule,
+                  uncond=None, guidance: float = 1.0, reduction: str = "mean", constants: bool = True) -> Tensor:
+    """``[B, K]`` log-probability that ``model`` steps from ``x`` at ``u`` to ``x_next`` at ``v``
+    under ``rule`` (``x_next`` may hold several candidates per group: ``[B, n, *latent]`` from
+    ``x [B, 1, *latent]``).
 
     Differentiable in ``model``'s parameters (call it under ``no_grad`` for the reference); this
     is the quantity SPO's loss takes.
     """
-    pred = guided(family, model, x, u, cond, uncond, guidance)
-    mean, std = step_mean_std(family, pred, x, u, v, eta)
-    return gaussian_log_prob(x_next, mean, std, reduction)
+    predict = lambda x_, t_: guided(family, model, x_, t_, cond, uncond, guidance)  # noqa: E731
+    _, mean, std = rule.transition(family, predict, x, u, v)
+    return gaussian_log_prob(x_next, mean, std, reduction, constants=constants)
 
 
 def draw(like: Tensor, generator) -> Tensor:
@@ -159,19 +171,54 @@ def draw(like: Tensor, generator) -> Tensor:
     return randn_tensor(like.shape, generator=generator, device=like.device, dtype=torch.float32)
 
 
-def sample(
-    family, model, noise: Tensor, cond, grid: Tensor, *, eta: float = 1.0, guidance: float = 1.0, uncond=None,
+class NoiseRule(Protocol):
+    """How one step of :func:`solve` moves from time ``u`` to ``v`` (``[B]`` each): a Gaussian
+    transition ``N(mean, std²)`` built from the model's prediction (``std = 0``: deterministic).
+
+    ``transition(family, predict, x, u, v)`` returns ``(pred, mean, std)``: ``pred`` the
+    prediction at ``(x, u)`` (``predict(x, t)`` gives it, guided as the caller asked; a rule may
+    call it more than once, e.g. ReNoise), ``mean`` ``[B, K, *latent]`` and ``std``
+    broadcastable to it. ``stochastic`` says whether the step draws ``mean + std·z``.
+    """
+
+    stochastic: bool
+
+    def transition(self, family, predict, x: Tensor, u: Tensor, v: Tensor) -> tuple[Tensor, Tensor, Tensor]: ...
+
+
+class DDIM:
+    """η-DDIM on a falling grid (the module docstring): η = 0 is deterministic DDIM / the flow's
+    Euler step, η = 1 DDPM's posterior variance (flow: the SDE form)."""
+
+    def __init__(self, eta: float = 1.0):
+        self.eta = eta
+        self.stochastic = eta > 0
+
+    def transition(self, family, predict, x: Tensor, u: Tensor, v: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        pred = predict(x, u)
+        return (pred, *step_mean_std(family, pred, x, u, v, self.eta))
+
+
+def take_step(rule: NoiseRule, mean: Tensor, std: Tensor, generator) -> Tensor:
+    """The latent a step lands on: ``mean + std·z`` for a stochastic rule (``mean`` may hold
+    several candidates per group, each drawn), else ``mean``."""
+    return mean + std * draw(mean, generator) if rule.stochastic else mean
+
+
+def solve(
+    family, model, noise: Tensor, cond, grid: Tensor, rule: NoiseRule, *, guidance: float = 1.0, uncond=None,
     generator=None, reference=None, log_probs: bool = False, keep_predictions: bool = False,
     reduction: Literal["mean", "sum"] = "mean", stop_after: int | None = None, callback: Callable | None = None,
     grad: bool = False,
 ) -> Trajectory:
-    """Denoise ``noise`` along ``grid`` with ``model``, keeping the trajectory.
+    """Walk ``noise`` along ``grid`` with ``model`` and ``rule``, keeping the trajectory.
 
     Args:
-        noise: ``[B, K, *latent]`` start latents at ``grid[:, 0]`` (for a full sample, N(0, I)).
+        noise: ``[B, K, *latent]`` latents at ``grid[:, 0]`` (a full sample: N(0, I) at t = 1;
+            an inversion: clean latents at t = 0 on a rising grid).
         cond, uncond: ``[B, K, ...]`` conditionings (``uncond`` for ``guidance != 1``).
-        grid: ``[B, S + 1]`` falling times (:func:`sampling_grid`, or one per group).
-        eta: 0 = deterministic DDIM / Euler; 1 = DDPM's posterior variance (flow: the SDE above).
+        grid: ``[B, S + 1]`` times (:func:`sampling_grid`, or one per group).
+        rule: the noise rule of every step (:class:`DDIM`, or inversion's).
         generator: one, or one per group, for the step noise.
         reference: a :class:`~diffalign.families.reference.Reference`; with ``log_probs`` the
             reference's log-probability of each step taken is kept too.
@@ -179,25 +226,30 @@ def sample(
         keep_predictions: keep the prediction at each step.
         stop_after: take only the first ``stop_after`` steps (Diffusion-DRO needs the states up to
             a drawn step, not the clean sample).
-        callback: ``callback(i, x, t)`` after each step.
+        callback: ``callback(i, x, t)`` after each step (``t [B]`` the time ``x`` is at).
         grad: keep the autograd graph through the whole chain (memory grows with every step);
-            by default no gradient, as SPO and Diffusion-DRO need none through the chain.
+            by default no gradient, as the rollouts and inversions need none through the chain.
     """
+    if guidance != 1 and uncond is None:
+        raise ValueError("guidance other than 1 needs the unconditional conditioning (uncond)")
     steps = grid.shape[1] - 1 if stop_after is None else min(stop_after, grid.shape[1] - 1)
     x = noise.float()
     latents, preds, logps, ref_logps = [x], [], [], []
+
+    def predict(with_model):
+        return lambda x_, t_: guided(family, with_model, x_, t_, cond, uncond, guidance)
+
     with contextlib.nullcontext() if grad else torch.no_grad():
         for i in range(steps):
             u, v = grid[:, i].to(x.device), grid[:, i + 1].to(x.device)
-            pred = guided(family, model, x, u, cond, uncond, guidance)
-            mean, std = step_mean_std(family, pred, x, u, v, eta)
-            x_next = mean + std * draw(mean, generator) if eta > 0 else mean
+            pred, mean, std = rule.transition(family, predict(model), x, u, v)
+            x_next = take_step(rule, mean, std, generator)
             if log_probs:
                 logps.append(gaussian_log_prob(x_next, mean, std, reduction))
                 if reference is not None:
                     with reference.active() as ref:
-                        ref_logps.append(step_log_prob(family, ref, x, x_next, u, v, cond, eta=eta, uncond=uncond,
-                                                       guidance=guidance, reduction=reduction))
+                        ref_mean, ref_std = rule.transition(family, predict(ref), x, u, v)[1:]
+                        ref_logps.append(gaussian_log_prob(x_next, ref_mean, ref_std, reduction))
             if keep_predictions:
                 preds.append(pred)
             x = x_next
@@ -223,5 +275,5 @@ def initial_noise(family, batch: int, group_size: int, size: int | tuple[int, in
                         device=device or family.device, dtype=torch.float32)
 
 
-__all__ = ["REDUCTIONS", "Trajectory", "draw", "gaussian_log_prob", "guided", "initial_noise", "level_scales",
-           "sample", "sampling_grid", "step_log_prob", "step_mean_std"]
+__all__ = ["DDIM", "REDUCTIONS", "NoiseRule", "Trajectory", "draw", "gaussian_log_prob", "guided", "initial_noise",
+           "level_scales", "sampling_grid", "solve", "step_log_prob", "step_mean_std", "take_step"]

@@ -1,4 +1,4 @@
-"""Sampling with log-probabilities: the step's density written out by hand, the diffusers
+"""The solver with log-probabilities: the step's density written out by hand, the diffusers
 pipelines' own images at η = 0, and the flow SDE's marginals.
 
 Expected values come from the schedule rebuilt from its betas (SD) or the flow path written out
@@ -10,7 +10,7 @@ import math
 import pytest
 import torch
 
-from diffalign.sampling import gaussian_log_prob, initial_noise, sample, sampling_grid, step_log_prob
+from diffalign.solver import DDIM, gaussian_log_prob, initial_noise, sampling_grid, solve, step_log_prob
 
 B, K = 2, 2
 
@@ -36,7 +36,7 @@ def test_the_step_log_probability_is_the_gaussian_density_written_out(tiny_path)
     p = torch.randn(B * K, 4, 4, 4, generator=gen)
     cond = family.encode_prompts(["a red cat", "a dog"], group_size=K)
     grid = torch.tensor([[951 / 999, 901 / 999]] * B)
-    traj = sample(family, _constant(p), x, cond, grid, eta=1.0, generator=torch.Generator().manual_seed(1),
+    traj = solve(family, _constant(p), x, cond, grid, DDIM(1.0), generator=torch.Generator().manual_seed(1),
                   log_probs=True)
 
     abar = _alphas_cumprod()
@@ -52,9 +52,10 @@ def test_the_step_log_probability_is_the_gaussian_density_written_out(tiny_path)
     z = (x_next - mean) / sigma
     assert abs(z.mean().item()) < 0.3 and 0.7 < z.std().item() < 1.3
     # Recomputed from the two latents (SPO's training path), and the sum is the whole latent's density.
-    again = step_log_prob(family, _constant(p), x, traj.final, grid[:, 0], grid[:, 1], cond, eta=1.0)
+    again = step_log_prob(family, _constant(p), x, traj.final, grid[:, 0], grid[:, 1], cond, rule=DDIM(1.0))
     torch.testing.assert_close(again, traj.log_prob[0], rtol=1e-6, atol=1e-6)
-    total = step_log_prob(family, _constant(p), x, traj.final, grid[:, 0], grid[:, 1], cond, eta=1.0, reduction="sum")
+    total = step_log_prob(family, _constant(p), x, traj.final, grid[:, 0], grid[:, 1], cond, rule=DDIM(1.0),
+                          reduction="sum")
     torch.testing.assert_close(total.double(), expected * 64, rtol=1e-5, atol=1e-4)
 
 
@@ -71,7 +72,7 @@ def test_flow_sde_step_keeps_the_marginal():
     """For the true velocity of one clean point x0 (so ε̂ and x̂0 are exact), a stochastic SD3 step
     from σ_u to σ_v must leave x_v ~ N((1 − σ_v)·x0, σ_v²), whatever η — the property the SDE
     form is built to keep (checked on 20,000 draws)."""
-    from diffalign.sampling import draw, step_mean_std
+    from diffalign.solver import draw, step_mean_std
 
     class Flow:  # the SD3 family's two path operations, written out
         def noise_scales(self, t):
@@ -106,7 +107,7 @@ def test_eta_zero_at_flow_is_the_euler_step(tiny_path):
     v = torch.randn(B * K, 4, 4, 4, generator=gen)
     cond = family.encode_prompts(["a red cat", "a dog"], group_size=K)
     grid = torch.tensor([[0.9, 0.6]] * B)
-    out = sample(family, _constant(v), x, cond, grid, eta=0.0).final
+    out = solve(family, _constant(v), x, cond, grid, DDIM(0.0)).final
     torch.testing.assert_close(out, x + (0.6 - 0.9) * v.unflatten(0, (B, K)), rtol=1e-5, atol=1e-5)
 
 
@@ -128,7 +129,7 @@ def test_eta_zero_reproduces_the_diffusers_pipeline_image(kind, tiny_path):
                     height=32, width=32, output_type="pt").images
     cond = family.encode_prompts(prompts, group_size=1)
     uncond = family.encode_prompts([""] * len(prompts), group_size=1)
-    traj = sample(family, family.denoiser, noise, cond, sampling_grid(family, steps, len(prompts)), eta=0.0,
+    traj = solve(family, family.denoiser, noise, cond, sampling_grid(family, steps, len(prompts)), DDIM(0.0),
                   guidance=guidance, uncond=uncond)
     images = (family.decode(traj.final)[:, 0] / 2 + 0.5).clamp(0, 1)
     torch.testing.assert_close(images, expected.float(), rtol=1e-4, atol=1e-4)
@@ -142,8 +143,34 @@ def test_no_gradient_through_the_chain_unless_asked(tiny_path):
     cond = family.encode_prompts(["a red cat"], group_size=1)
     noise = initial_noise(family, 1, 1, 32, generator=torch.Generator().manual_seed(0))
     grid = sampling_grid(family, 2, 1)
-    assert not sample(family, family.denoiser, noise, cond, grid, eta=1.0).final.requires_grad
-    out = sample(family, family.denoiser, noise, cond, grid, eta=1.0, grad=True).final
+    assert not solve(family, family.denoiser, noise, cond, grid, DDIM(1.0)).final.requires_grad
+    out = solve(family, family.denoiser, noise, cond, grid, DDIM(1.0), grad=True).final
     out.sum().backward()
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in family.denoiser.parameters())
     family.denoiser.zero_grad(set_to_none=True)
+
+
+@pytest.mark.parametrize("kind", ["sd15", "sd21"])
+@pytest.mark.parametrize("eta", [0.0, 0.5, 1.0])
+def test_each_step_is_diffusers_ddim_step_with_eta(kind, eta, tiny_path):
+    """Every step of a 5-step grid, the last onto t = 0 included: the DDIM rule's ``mean + std·z``
+    equals ``DDIMScheduler.step(pred, t, x, eta, variance_noise=z)`` (ε and v prediction)."""
+    from diffusers import DDIMScheduler
+
+    from diffalign.families import load
+    from diffalign.solver import take_step
+
+    family = load(tiny_path(kind))
+    scheduler = DDIMScheduler.from_config(family.pipe.scheduler.config)
+    scheduler.set_timesteps(5)
+    grid = sampling_grid(family, 5, 1)
+    gen = torch.Generator().manual_seed(0)
+    rule = DDIM(eta)
+    for i, timestep in enumerate(scheduler.timesteps):
+        x = torch.randn(1, 1, 4, 4, 4, generator=gen)
+        pred = torch.randn(1, 1, 4, 4, 4, generator=gen)
+        z = torch.randn(1, 1, 4, 4, 4, generator=gen)
+        expected = scheduler.step(pred[:, 0], timestep, x[:, 0], eta=eta, variance_noise=z[:, 0]).prev_sample
+        _, mean, std = rule.transition(family, lambda x_, t_: pred, x, grid[:, i], grid[:, i + 1])
+        ours = mean + std * z if rule.stochastic else take_step(rule, mean, std, None)
+        torch.testing.assert_close(ours[:, 0], expected, rtol=1e-5, atol=1e-5)
