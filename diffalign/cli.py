@@ -38,7 +38,7 @@ def _check_config(args: argparse.Namespace) -> int:
     from diffalign.training.checks import preflight
 
     config = load_config(args.config, args.overrides)
-    plan = preflight(config)[3]  # exactly what `diffalign train` checks before it loads a model
+    plan = preflight(config).cache  # exactly what `diffalign train` checks before it loads a model
     print(f"latent cache: {plan.action} {plan.folder} ({plan.reason})", file=sys.stderr)
     print(yaml.safe_dump(to_dict(config), sort_keys=False), end="")
     return 0

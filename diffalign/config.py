@@ -191,6 +191,13 @@ class TrainConfig:
                                       metadata={"complete": lambda value, key, errors: _complete_objective(value, key, errors)})
     """``name`` plus that objective's own keys, checked against its config class when the config
     loads and filled in with its defaults (so a saved ``config.yaml`` shows every value used)."""
+    rollout: dict[str, Any] | None = None
+    """The sampling step's settings (SPO, Diffusion-DRO: sampler steps, η, guidance, candidates,
+    ...), checked against the step's ``Settings`` and filled in with its defaults; only for an
+    objective whose step samples."""
+    inversion: dict[str, Any] | None = None
+    """The inversion step's settings (InPO, SmPO: steps, ReNoise, η, guidance, model), checked and
+    filled in likewise; only for an objective whose step inverts."""
     output_dir: str = "outputs"
     seed: int = field(default=0, metadata=SEED)
     max_steps: int = field(default=1000, metadata=AT_LEAST_1)
@@ -228,6 +235,18 @@ class TrainConfig:
     readable data (each is skipped and counted)."""
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     validation: ValidationConfig = field(default_factory=ValidationConfig)
+
+    @staticmethod
+    def config_migrate(data: dict, prefix: str, errors: list) -> dict:
+        from diffalign.step_settings import move_step_keys  # the steps know their settings
+
+        return move_step_keys(data)
+
+    @staticmethod
+    def config_complete(kwargs: dict, prefix: str, errors: list) -> None:
+        from diffalign.step_settings import complete_step_blocks
+
+        complete_step_blocks(kwargs, errors)
 
 
 # ---------------------------------------------------------------------------------- loading

@@ -94,7 +94,11 @@ def lookup(table: dict, name: str, kind: str):
 def build_checked(schema: type, data: Any, prefix: str, errors: list) -> Any:
     """Build the dataclass ``schema`` from ``data``, appending each problem to ``errors`` as
     ``(key, message)`` with keys under ``prefix``; ``None`` when there was one. (:func:`from_dict`
-    raises them instead; a field's ``complete`` hook uses this to check a free-form block in place.)"""
+    raises them instead; a field's ``complete`` hook uses this to check a free-form block in place.)
+
+    A schema may define ``config_migrate(data, prefix, errors) -> data`` (run first: moves keys
+    from an old place to their new one) and ``config_complete(kwargs, prefix, errors)`` (run once
+    every field is built: completes fields that depend on others)."""
     return _build(schema, data, prefix, errors)
 
 
@@ -103,6 +107,9 @@ def _build(schema: type, data: Any, prefix: str, errors: list) -> Any:
         errors.append((prefix, f"expected a mapping of {schema.__name__} keys, got {_describe(data)}"))
         return None
     first_error = len(errors)
+    migrate = getattr(schema, "config_migrate", None)
+    if migrate is not None:  # old spellings of keys, moved to where they live now (with a warning)
+        data = migrate(dict(data), prefix, errors)
     hints = typing.get_type_hints(schema)
     known = {f.name: f for f in dataclasses.fields(schema)}
     for key in data:
@@ -125,6 +132,9 @@ def _build(schema: type, data: Any, prefix: str, errors: list) -> Any:
             _check_bounds(kwargs[name], f.metadata["bounds"], key, errors)
         if f.metadata.get("complete") and len(errors) == before:
             kwargs[name] = f.metadata["complete"](kwargs[name], key, errors)
+    complete = getattr(schema, "config_complete", None)
+    if complete is not None and len(errors) == first_error:  # blocks that depend on other fields
+        complete(kwargs, prefix, errors)
     return None if len(errors) > first_error else schema(**kwargs)
 
 

@@ -62,13 +62,36 @@ def test_a_misspelt_objective_key_is_named_with_the_accepted_ones(config_file):
         load_config(config_file(GOOD), ["objective.beta=-1"])
 
 
-def test_a_partial_nested_objective_block_keeps_that_objectives_defaults(config_file):
+def test_a_partial_step_block_keeps_that_objectives_defaults(config_file):
     """``inversion: {steps: 3}`` changes the steps only: SmPO keeps its own ReNoise default (1),
-    not the inversion class's (0)."""
-    cfg = load_config(config_file(GOOD), ["objective={name: smpo, inversion: {steps: 3}}"])
-    assert cfg.objective["inversion"] == {"steps": 3, "renoise_iters": 1, "eta": 0.0, "guidance": 1.0, "model": "policy"}
-    with pytest.raises(ConfigError, match=r"objective.inversion.stepz: unknown key"):
-        load_config(config_file(GOOD), ["objective={name: smpo, inversion: {stepz: 3}}"])
+    not the inversion class's (0); a block another step owns is refused, naming the right one."""
+    cfg = load_config(config_file(GOOD), ["objective={name: smpo}", "inversion={steps: 3}"])
+    assert cfg.inversion == {"steps": 3, "renoise_iters": 1, "eta": 0.0, "guidance": 1.0, "model": "policy"}
+    assert cfg.rollout is None and "inversion" not in cfg.objective
+    with pytest.raises(ConfigError, match=r"inversion.stepz: unknown key \(did you mean 'inversion.steps'\?\)"):
+        load_config(config_file(GOOD), ["objective={name: smpo}", "inversion={stepz: 3}"])
+    with pytest.raises(ConfigError, match=r"rollout: smpo \(its inversion step\) takes no rollout block; its "
+                                          r"settings go in inversion:"):
+        load_config(config_file(GOOD), ["objective={name: smpo}", "rollout={steps: 3}"])
+    with pytest.raises(ConfigError, match=r"inversion: diffusion_dpo \(its denoising step\) takes no inversion block"):
+        load_config(config_file(GOOD), ["inversion={steps: 3}"])
+    with pytest.raises(ConfigError, match=r"rollout: spo: need 1 ≤ branch_from < steps.*rollout accepts: steps"):
+        load_config(config_file(GOOD), ["objective={name: spo}", "rollout={steps: 3, branch_from: 3}"])
+
+
+def test_step_settings_under_objective_still_work_and_name_the_new_key(config_file):
+    """Written where they were before 0.1 (``objective.inversion``, ``objective.steps``), step
+    settings move to the step's block with a FutureWarning that names the new key; a key also
+    written in the new block keeps the new block's value."""
+    with pytest.warns(FutureWarning, match=r"objective.inversion is now inversion \(the inversion step's settings"):
+        cfg = load_config(config_file(GOOD), ["objective={name: smpo, inversion: {steps: 3}}"])
+    assert cfg.inversion["steps"] == 3 and cfg.inversion["renoise_iters"] == 1 and "inversion" not in cfg.objective
+    with pytest.warns(FutureWarning, match=r"objective.steps is now rollout.steps; objective.branch_from is now "
+                                           r"rollout.branch_from.*stop working in diffalign 0.2"):
+        cfg = load_config(config_file(GOOD), ["objective={name: spo, steps: 8, branch_from: 2, beta: 5}",
+                                              "rollout={branch_from: 3}"])
+    assert cfg.objective == {"name": "spo", "beta": 5.0, "clip": 0.1}
+    assert (cfg.rollout["steps"], cfg.rollout["branch_from"]) == (8, 3)
 
 
 def test_dotted_overrides(config_file):

@@ -96,6 +96,8 @@ class Objective:
         step: the preference step that makes its terms (:data:`diffalign.steps.STEPS`):
             ``"denoising"`` (forward-noised latents), ``"inversion"`` (inverted latents), or a
             sampling step (``"spo"``, ``"diffusion_dro"``: terms made from the policy's rollouts).
+        step_defaults: this objective's defaults for its step's settings block (``inversion:``
+            or ``rollout:`` beside ``objective:``) where they differ from the step's own.
 
     These attributes are the one statement of what an objective accepts; ``diffalign train``
     and ``diffalign check-config`` check them against the dataset before any model loads.
@@ -111,6 +113,7 @@ class Objective:
     needs_scores: ClassVar[bool] = False
     per_image: ClassVar[str] = "err"
     step: ClassVar[str] = "denoising"
+    step_defaults: ClassVar[dict] = {}
 
     def __init__(self, config=None):
         self.config = config if config is not None else self.Config()

@@ -38,32 +38,19 @@ from .base import Objective, ObjectiveOutput, PreferenceTerms, pair_metrics, pre
 
 @dataclass
 class DiffusionDROConfig:
-    """Defaults: the paper (App. A.2) and the official ``train.py``.
+    """Defaults: the paper (App. A.2) and the official ``train.py``. The rollouts (steps, guidance,
+    perturbed times, snapshot refresh) are the step's: the config's ``rollout:`` block
+    (:class:`~diffalign.step_settings.DRORollout`).
 
     Attributes:
         margin: ``m`` (code: ``--margin 0.001``).
-        steps: rollout sampler steps (20; the official DPM-Solver++, here DDIM / Euler with η = 0).
-        guidance: rollout guidance (1: none, as in the paper; rollouts are deliberately weak).
-        perturb: move each rollout time up by a random fraction of its gap to the time before
-            (the official "perturbed timesteps", 950…0 by 50 plus U{0..49}), one draw per prompt.
-        refresh_every: ``M``, optimiser updates between snapshot refreshes.
     """
 
     margin: float = 0.001
-    steps: int = 20
-    guidance: float = 1.0
-    perturb: bool = True
-    refresh_every: int = 1
 
     def __post_init__(self):
         if not self.margin >= 0:
             raise ValueError(f"margin must be ≥ 0, got {self.margin}")
-        if not (isinstance(self.steps, int) and self.steps >= 1):
-            raise ValueError(f"steps must be an integer ≥ 1, got {self.steps!r}")
-        if not self.guidance >= 0:
-            raise ValueError(f"guidance must be ≥ 0, got {self.guidance}")
-        if not (isinstance(self.refresh_every, int) and self.refresh_every >= 1):
-            raise ValueError(f"refresh_every must be an integer ≥ 1, got {self.refresh_every!r}")
 
 
 def dro_gap(policy_err, ref_err):

@@ -26,8 +26,8 @@ from an SFT UNet that is not distributed.
 Inversion, as officially run: S = 10 DDIM-inversion steps on a fixed grid over the whole schedule
 (t ∈ [0, 1] here), plain DDIM (one model call per step, no ReNoise), a noise kick
 ``z ← z + η·σ_DDIM·n`` after each step with η = 0.1, the current **policy** model (no gradient), no
-classifier-free guidance. The ``inversion`` block of this config (:class:`~diffalign.inversion.
-InversionConfig`, read by the step, not by the loss) defaults to that, with one change: every pair
+classifier-free guidance. The config's ``inversion:`` block (beside ``objective:``; the step's
+``InversionConfig``, read by the step, not by the loss) defaults to that, with one change: every pair
 takes ``steps = 6`` steps from 0 to its own t, the official grid's mean number of steps below a
 uniform t (6.38), so the cost per pair is the official one and the grid is finer at small t.
 
@@ -58,20 +58,18 @@ At θ = ref the margin is 0 and the loss is exactly ln 2 per pair.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
-from ..inversion import InversionConfig
 from .diffusion_dpo import DiffusionDPO, DiffusionDPOConfig
 
 
 @dataclass
 class InPOConfig(DiffusionDPOConfig):
     """``beta``: KL strength for mean-over-elements errors (official: 2000 SD1.5, 5000 SDXL);
-    ``loss_type``: as Diffusion-DPO's (the paper: ``sigmoid``); ``inversion``: how the step inverts
-    each image (see the module docstring)."""
+    ``loss_type``: as Diffusion-DPO's (the paper: ``sigmoid``). How the step inverts each image is
+    the config's ``inversion:`` block (defaults: :attr:`InPO.step_defaults`)."""
 
     beta: float = 2000.0
-    inversion: InversionConfig = field(default_factory=lambda: InversionConfig(steps=6, eta=0.1))
 
 
 class InPO(DiffusionDPO):
@@ -80,6 +78,7 @@ class InPO(DiffusionDPO):
     name = "inpo"
     Config = InPOConfig
     step = "inversion"
+    step_defaults = {"steps": 6, "eta": 0.1}
 
 
 __all__ = ["InPO", "InPOConfig"]

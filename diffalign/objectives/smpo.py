@@ -34,11 +34,11 @@ Defaults, from the official launchers (``examples/sd15.sh``, ``examples/sdxl.sh`
 Inversion, as officially run: DDIM inversion on a fixed grid over the whole schedule (t ∈ [0, 1]
 here) with S = 5 steps (SD1.5) / 10 (SDXL), one ReNoise iteration per step (the step is redone with
 the mean of the predictions at the current and the tentative latent, both at the same timestep),
-the current **policy** model (no gradient), no classifier-free guidance. The ``inversion`` block of
-this config (:class:`~diffalign.inversion.InversionConfig`, read by the step) defaults to
+the current **policy** model (no gradient), no classifier-free guidance. The config's ``inversion:``
+block (beside ``objective:``; the step's ``InversionConfig``) defaults to
 ``steps = 4`` from 0 to each pair's own t (the S = 5 grid's mean of 3.79 steps below a uniform t;
 SDXL's S = 10 grid: 6.38, use ``steps: 6``) and ``renoise_iters = 1``. The ReNoise re-estimate is
-made at the time of the latent it is made on (:mod:`diffalign.inversion`).
+made at the time of the latent it is made on (the inversion module).
 
 Deviations:
 - pair order: the official code reorders each pair so that w is the higher-PickScore image
@@ -64,11 +64,10 @@ higher-scored image, and tied-score pairs never do).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
-from ..inversion import InversionConfig
 from .base import (Objective, ObjectiveDataError, ObjectiveOutput, PreferenceTerms, pair_metrics, prepare_terms,
                    require_reference)
 from .diffusion_dpo import dpo_margin, dpo_pair_loss
@@ -80,13 +79,13 @@ PICKSCORE_SCALE = 100.0 * (0.282016 - 0.115435)
 @dataclass
 class SmPOConfig:
     """``beta``: KL strength (mean-over-elements errors; official 2000 SD1.5, 5000 SDXL);
-    ``gamma``: likelihood-averaging sensitivity γ; ``score_scale``: score gap that gives p = σ(1);
-    ``inversion``: how the step inverts each image (see the module docstring)."""
+    ``gamma``: likelihood-averaging sensitivity γ; ``score_scale``: score gap that gives p = σ(1).
+    How the step inverts each image is the config's ``inversion:`` block (defaults:
+    :attr:`SmPO.step_defaults`)."""
 
     beta: float = 2000.0
     gamma: float = 10.0
     score_scale: float = 16.6581
-    inversion: InversionConfig = field(default_factory=lambda: InversionConfig(steps=4, renoise_iters=1))
 
     def __post_init__(self):
         for key in ("beta", "gamma", "score_scale"):
@@ -104,6 +103,7 @@ class SmPO(Objective):
     min_group_size = 2
     max_group_size = 2
     step = "inversion"
+    step_defaults = {"steps": 4, "renoise_iters": 1}
 
     def label(self, scores: torch.Tensor) -> torch.Tensor:
         """Smoothed label ``p [B] = σ((score_w − score_l)/score_scale)`` of scores ``[B, 2]``."""

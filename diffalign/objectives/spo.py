@@ -23,7 +23,7 @@ winner. The logged ``err_w``/``err_l`` are their negatives.
 **The clip and the reduction (SPO issue #19).** The official code averages the log-density over
 latent elements, so ``r`` is ``D`` times smaller than the whole latent's log-ratio (D = 16,384 at
 SD1.5's 64²·4) and the ratio clip ``[0.9, 1.1]`` almost never acts. Here too the default is the
-mean (``log_prob_reduction: mean``): β = 10 was tuned on that scale, and with a sum the same β
+mean (``rollout.log_prob_reduction: mean``): β = 10 was tuned on that scale, and with a sum the same β
 would give margins thousands of times larger and a clip that always acts. The clip is kept as the
 official code writes it, a hard clamp (no gradient outside the band); ``clip: 0`` switches it off.
 """
@@ -32,74 +32,31 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Literal
 
 import torch.nn.functional as F
 
 from .base import (Objective, ObjectiveOutput, PreferenceTerms, pair_metrics, prepare_terms, require_reference,
                    weighted_mean)
 
-LOG_PROB_REDUCTIONS = ("mean", "sum")
-
-
 @dataclass
 class SPOConfig:
     """Defaults: the official SD1.5 launcher (``spo_sd-v1-5_4k-prompts_num-sam-4_10ep_bs10.py``).
+    How the pairs are sampled (steps, η, guidance, candidates, threshold, the step-aware model) is
+    the step's: the config's ``rollout:`` block (:class:`~diffalign.step_settings.SPORollout`).
 
     Attributes:
         beta: DPO strength on the (mean-reduced) step log-ratio.
         clip: ε of the ratio clamp ``[1 − ε, 1 + ε]`` (0: none).
-        candidates: ``k``, candidates drawn at each branching step (SDXL launcher: 2).
-        threshold: a pair is kept when ``softmax([S_b, S_w])_0 − softmax(...)_1 > threshold``,
-            i.e. ``S_b − S_w > 2·artanh(threshold)`` (SDXL launcher: 0.4).
-        steps: sampler steps (DDIM, 20).
-        eta: sampler η (1 = DDPM posterior variance).
-        guidance: classifier-free guidance of the sampler and of both log-probabilities.
-        branch_from: the first step that branches (4 of 20: t ≤ 750, the paper's κ).
-        max_pairs_per_prompt: cap on the pairs of one prompt's chain that enter the loss (``None``:
-            all, as the official code trains on every kept pair); memory grows with it.
-        preference_model: folder of a step-aware preference model
-            (:class:`~diffalign.rewards.step_aware.StepAwarePreferenceModel`, ``save_pretrained``).
-        preference_checkpoint: or the authors' released ``.bin``, with ``preference_model`` the
-            CLIP folder it was fine-tuned from.
-        log_prob_reduction: ``mean`` over latent elements (official) or ``sum``.
     """
 
     beta: float = 10.0
     clip: float = 0.1
-    candidates: int = 4
-    threshold: float = 0.3
-    steps: int = 20
-    eta: float = 1.0
-    guidance: float = 5.0
-    branch_from: int = 4
-    max_pairs_per_prompt: int | None = None
-    preference_model: str | None = None
-    preference_checkpoint: str | None = None
-    log_prob_reduction: Literal["mean", "sum"] = "mean"
 
     def __post_init__(self):
         if not self.beta > 0:
             raise ValueError(f"beta must be positive, got {self.beta}")
         if not 0 <= self.clip < 1:
             raise ValueError(f"clip must be in [0, 1), got {self.clip}")
-        if not (isinstance(self.candidates, int) and self.candidates >= 2):
-            raise ValueError(f"candidates must be an integer ≥ 2, got {self.candidates!r}")
-        if not 0 <= self.threshold < 1:
-            raise ValueError(f"threshold must be in [0, 1), got {self.threshold}")
-        if not (isinstance(self.steps, int) and 1 <= self.branch_from < self.steps):
-            raise ValueError(f"need 1 ≤ branch_from < steps, got branch_from={self.branch_from}, steps={self.steps}")
-        if not self.eta > 0:
-            raise ValueError(f"eta must be > 0 (SPO needs a stochastic sampler), got {self.eta}")
-        if self.max_pairs_per_prompt is not None and self.max_pairs_per_prompt < 1:
-            raise ValueError(f"max_pairs_per_prompt must be ≥ 1 or null, got {self.max_pairs_per_prompt}")
-        if self.log_prob_reduction not in LOG_PROB_REDUCTIONS:
-            raise ValueError(f"log_prob_reduction must be one of {', '.join(LOG_PROB_REDUCTIONS)}")
-
-    @property
-    def score_gap(self) -> float:
-        """The score difference the threshold asks for: ``2·artanh(threshold)``."""
-        return 2 * math.atanh(self.threshold)
 
 
 class SPO(Objective):

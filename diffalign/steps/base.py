@@ -59,6 +59,8 @@ class PreferenceStep:
         reference: a :class:`~diffalign.families.reference.Reference`, or ``None`` for
             reference-free objectives.
         group_size: the dataset's ``K``.
+        settings: the step's settings, the config's block built (:mod:`diffalign.step_settings`),
+            ``None`` for a step without settings.
     """
 
     name: ClassVar[str]
@@ -66,8 +68,9 @@ class PreferenceStep:
     """:meth:`state_dict` is the same on every process (it follows the synchronised weights), so a
     checkpoint holds it once; a step whose state differs per process sets ``False``."""
 
-    def __init__(self, family, objective, reference, group_size: int):
+    def __init__(self, family, objective, reference, group_size: int, settings=None):
         self.family, self.objective, self.reference, self.group_size = family, objective, reference, group_size
+        self.config = settings
 
     def __call__(self, model, batch: dict, generator: list[torch.Generator]) -> PreferenceTerms:
         """Terms of one batch; ``model`` is the (possibly wrapped) policy denoiser."""
@@ -93,9 +96,9 @@ class PreferenceStep:
             yield update
 
     @classmethod
-    def cache_problem(cls, objective) -> str | None:
+    def cache_problem(cls, objective, settings) -> str | None:
         """Why a latent cache (latents and prompt embeddings, no VAE or text encoders loaded)
-        cannot serve this step for ``objective``; ``None``: it can."""
+        cannot serve this step for ``objective`` with ``settings``; ``None``: it can."""
         return None
 
     @classmethod

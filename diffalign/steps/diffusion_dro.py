@@ -27,6 +27,7 @@ from torch import Tensor
 from diffalign.families.reference import Snapshot
 from diffalign.objectives.base import PreferenceTerms
 from diffalign.solver import DDIM, sampling_grid, solve
+from diffalign.step_settings import DRORollout
 from diffalign.steps.rollout import RolloutStep
 
 
@@ -42,12 +43,12 @@ def perturbed_grid(grid: Tensor, generator) -> Tensor:
 
 
 class DiffusionDROStep(RolloutStep):
-    """Options from the objective's :class:`~diffalign.objectives.diffusion_dro.DiffusionDROConfig`."""
+    """Settings: the config's ``rollout:`` block (:class:`~diffalign.step_settings.DRORollout`)."""
 
     name = "diffusion_dro"
 
-    def __init__(self, family, objective, reference, group_size: int):
-        super().__init__(family, objective, reference, group_size)
+    def __init__(self, family, objective, reference, group_size: int, settings=None):
+        super().__init__(family, objective, reference, group_size, settings or DRORollout())
         self.snapshot = Snapshot(family.denoiser, reference.lora)
         self._refreshed = False
 

@@ -10,28 +10,26 @@ from __future__ import annotations
 
 import torch
 
-from diffalign.inversion import invert
+from diffalign.inversion import InversionConfig, invert
 from diffalign.objectives.base import PreferenceTerms
 from diffalign.steps.base import PreferenceStep
 
 
 class InversionStep(PreferenceStep):
-    """Options come from the objective's ``inversion`` config
-    (:class:`~diffalign.inversion.InversionConfig`)."""
+    """Settings: the config's ``inversion:`` block (:class:`~diffalign.inversion.InversionConfig`)."""
 
     name = "inversion"
 
-    def __init__(self, family, objective, reference, group_size: int):
-        super().__init__(family, objective, reference, group_size)
-        self.config = objective.config.inversion
+    def __init__(self, family, objective, reference, group_size: int, settings=None):
+        super().__init__(family, objective, reference, group_size, settings or InversionConfig())
         if self.config.model == "reference" and reference is None:
             raise ValueError(f"{objective.name}: inversion.model=reference needs the reference model")
 
     @classmethod
-    def cache_problem(cls, objective) -> str | None:
-        guidance = objective.config.inversion.guidance
+    def cache_problem(cls, objective, settings) -> str | None:
+        guidance = settings.guidance
         if guidance != 1:
-            return (f"objective.inversion.guidance: {guidance} needs the text encoders for the empty prompt, "
+            return (f"inversion.guidance: {guidance} needs the text encoders for the empty prompt, "
                     "which a cached run leaves unloaded")
         return None
 

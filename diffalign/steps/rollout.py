@@ -29,11 +29,10 @@ GRID_IMAGES = 8
 class RolloutStep(PreferenceStep):
     """Base class of the steps that sample from the policy while training."""
 
-    def __init__(self, family, objective, reference, group_size: int):
-        super().__init__(family, objective, reference, group_size)
+    def __init__(self, family, objective, reference, group_size: int, settings=None):
+        super().__init__(family, objective, reference, group_size, settings)
         if reference is None:  # both sampling objectives weigh the policy against the reference
             raise ValueError(f"{objective.name} needs the reference model")
-        self.config = objective.config
         self.timing = {"rollout": 0.0, "train": 0.0}
         self._metrics: dict[str, Tensor] = {}
         self._last_latents: Tensor | None = None
@@ -51,7 +50,7 @@ class RolloutStep(PreferenceStep):
             self.timing[part] += time.perf_counter() - start
 
     @classmethod
-    def cache_problem(cls, objective) -> str | None:
+    def cache_problem(cls, objective, settings) -> str | None:
         return (f"{objective.name} samples from the policy while it trains, which needs the VAE and text encoders "
                 "loaded anyway")
 
@@ -75,8 +74,8 @@ class RolloutStep(PreferenceStep):
 
     def unconditional(self, batch: dict, images_per_prompt: int = 1, image_info: dict | None = None):
         """The empty prompt's conditioning ``[B, images_per_prompt, ...]`` when the step guides
-        (``config.guidance != 1``), else ``None``."""
-        if getattr(self.config, "guidance", 1.0) == 1:
+        (``rollout.guidance != 1``), else ``None``."""
+        if self.config.guidance == 1:
             return None
         return self.family.encode_prompts([""] * len(batch["prompts"]), group_size=images_per_prompt,
                                           image_info=image_info)

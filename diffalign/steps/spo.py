@@ -31,7 +31,15 @@ import torch
 from torch import Tensor
 
 from diffalign.objectives.base import PreferenceTerms
-from diffalign.solver import DDIM, guided, sampling_grid, solve, step_log_prob, take_step
+from diffalign.solver import (
+    DDIM,
+    guided,
+    sampling_grid,
+    solve,
+    step_log_prob,
+    take_step,
+)
+from diffalign.step_settings import SPORollout
 from diffalign.steps.rollout import RolloutStep
 
 
@@ -41,9 +49,9 @@ def load_preference_model(config, device):
 
     if config.preference_model is None:
         raise DiffalignError(
-            "spo needs a step-aware preference model: set objective.preference_model to a folder written by "
-            "`python reward_models/train_step_aware.py` (or objective.preference_checkpoint to the authors' "
-            "released .bin, with objective.preference_model the CLIP folder it was fine-tuned from)"
+            "spo needs a step-aware preference model: set rollout.preference_model to a folder written by "
+            "`python reward_models/train_step_aware.py` (or rollout.preference_checkpoint to the authors' "
+            "released .bin, with rollout.preference_model the CLIP folder it was fine-tuned from)"
         )
     from diffalign.rewards.step_aware import StepAwarePreferenceModel
 
@@ -55,7 +63,7 @@ def load_preference_model(config, device):
 
 
 class SPOStep(RolloutStep):
-    """Options from the objective's :class:`~diffalign.objectives.spo.SPOConfig`."""
+    """Settings: the config's ``rollout:`` block (:class:`~diffalign.step_settings.SPORollout`)."""
 
     name = "spo"
 
@@ -65,8 +73,8 @@ class SPOStep(RolloutStep):
             return "its step-aware preference model scores images, not clips"
         return None
 
-    def __init__(self, family, objective, reference, group_size: int):
-        super().__init__(family, objective, reference, group_size)
+    def __init__(self, family, objective, reference, group_size: int, settings=None):
+        super().__init__(family, objective, reference, group_size, settings or SPORollout())
         self.scorer = load_preference_model(self.config, family.device)
 
     def __call__(self, model, batch: dict, generator) -> PreferenceTerms:

@@ -16,6 +16,7 @@ Outputs in the run folder: ``results.json``, ``report.md``, ``reward_curve.png``
 
 from __future__ import annotations
 
+import copy
 import json
 import time
 from dataclasses import dataclass, field, replace
@@ -40,28 +41,28 @@ label p = 0.59."""
 # Per-objective training settings for the toy (LoRA rank 8): the strengths the papers use are
 # calibrated for 2000+ steps at batch 2048; a few hundred small steps need a stronger signal.
 DEFAULT_OBJECTIVES = {
-    "diffusion_dpo": {"name": "diffusion_dpo", "beta": 1000.0},
+    "diffusion_dpo": {"objective": {"name": "diffusion_dpo", "beta": 1000.0}},
     # Reference-free, MaPO's margin on the toy measures how hard each image is to denoise (the
     # preferred, larger shapes are easier: saturated from step 1), and in 150 steps a stronger λ or
     # T only unlearns the rejected images. Swept λ ∈ {0.01, 0.1, 1} × T ∈ {1e3, 1e4, 1e5}: the gain
     # falls as λ·T grows (+0.032, +0.014, then −0.09 to −0.12), all below SFT's +0.040; only
     # λ = 0.01 clears chance, so the toy's MaPO is close to SFT on the preferred image.
-    "mapo": {"name": "mapo", "beta_mapo": 0.01, "snr_value": 0.5},
-    "dcpo": {"name": "dcpo", "beta": 1000.0},
-    "rank_dpo": {"name": "rank_dpo", "beta": 1000.0},
-    "sft": {"name": "sft"},
+    "mapo": {"objective": {"name": "mapo", "beta_mapo": 0.01, "snr_value": 0.5}},
+    "dcpo": {"objective": {"name": "dcpo", "beta": 1000.0}},
+    "rank_dpo": {"objective": {"name": "rank_dpo", "beta": 1000.0}},
+    "sft": {"objective": {"name": "sft"}},
     # Diffusion-DPO's toy β on inverted latents; the inversion as the objectives' defaults.
-    "inpo": {"name": "inpo", "beta": 1000.0},
+    "inpo": {"objective": {"name": "inpo", "beta": 1000.0}},
     # score_scale: the spread (max − min) of the toy reward over the toy's pairs, as the official
     # code normalises PickScore by its spread over Pick-a-Pic.
-    "smpo": {"name": "smpo", "beta": 1000.0, "score_scale": TOY_REWARD_SPREAD},
+    "smpo": {"objective": {"name": "smpo", "beta": 1000.0, "score_scale": TOY_REWARD_SPREAD}},
     # The sampler the toy samples with (guidance 4), a 10-step chain branching after 2 steps, 3
     # candidates, at most 2 pairs per prompt; the step-aware model is trained on the toy's pairs
-    # first (``preference_model`` is filled in by the run). β, clip and threshold as the paper.
-    "spo": {"name": "spo", "steps": 10, "branch_from": 2, "candidates": 3, "guidance": 4.0,
-            "max_pairs_per_prompt": 2},
+    # first (``rollout.preference_model`` is filled in by the run). β, clip and threshold as the paper.
+    "spo": {"objective": {"name": "spo"},
+            "rollout": {"steps": 10, "branch_from": 2, "candidates": 3, "guidance": 4.0, "max_pairs_per_prompt": 2}},
     # Experts: the best image of each toy group (K = 1); a 10-step rollout; the paper's margin.
-    "diffusion_dro": {"name": "diffusion_dro", "steps": 10},
+    "diffusion_dro": {"objective": {"name": "diffusion_dro"}, "rollout": {"steps": 10}},
 }
 
 
@@ -86,7 +87,8 @@ class BenchmarkConfig:
     step_aware_steps: int = 300
     """Training steps of the toy's step-aware preference model (SPO)."""
     seed: int = 0
-    objective_settings: dict = field(default_factory=lambda: {k: dict(v) for k, v in DEFAULT_OBJECTIVES.items()})
+    objective_settings: dict = field(default_factory=lambda: copy.deepcopy(DEFAULT_OBJECTIVES))
+    """Per objective, the training config's ``objective:`` block and its step's block (``rollout:``)."""
 
 
 # --------------------------------------------------------------------------------- sampling
@@ -203,7 +205,7 @@ def align(objective: str, base: Path, data: Path, out: Path, config: BenchmarkCo
         model=ModelConfig(path=str(base)), data=DataConfig(path=str(data), resolution=32, cache=False),
         optim=OptimConfig(lr=config.lr, lr_scheduler="constant", weight_decay=0.0),
         lora=LoRAConfig(rank=config.lora_rank, alpha=float(config.lora_rank)),
-        objective=dict(config.objective_settings[objective]), output_dir=str(out), seed=config.seed,
+        **copy.deepcopy(config.objective_settings[objective]), output_dir=str(out), seed=config.seed,
         # Each benchmark run trains every objective again, into the same folders.
         max_steps=config.train_steps, batch_size=config.batch_size, checkpoint_every=0, overwrite=True,
         logging=LoggingConfig(report_to="none", every=config.curve_every, progress_bar=progress),
@@ -278,11 +280,11 @@ def run_benchmark(out: str | Path, config: BenchmarkConfig = BenchmarkConfig(), 
         "data": {"reward_spread": round(max(pair_scores) - min(pair_scores), 4)},
         "objectives": {},
     }
-    grids, config = {}, replace(config, objective_settings={k: dict(v) for k, v in config.objective_settings.items()})
+    grids, config = {}, replace(config, objective_settings=copy.deepcopy(config.objective_settings))
     if "spo" in config.objectives:
         step_aware = train_step_aware_model(base, data["step_aware_pairs"], out / "step_aware", config, progress)
         results["step_aware"] = step_aware
-        config.objective_settings["spo"]["preference_model"] = step_aware["model"]
+        config.objective_settings["spo"]["rollout"]["preference_model"] = step_aware["model"]
     for objective in tqdm(config.objectives, desc="objectives", disable=not progress):
         began = time.time()
         folder = data["ranked" if objective == "rank_dpo" else "experts" if objective == "diffusion_dro" else "pairs"]

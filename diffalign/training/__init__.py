@@ -3,6 +3,6 @@
 Start with :func:`train` or the ``diffalign train`` command.
 """
 
-from diffalign.training.trainer import TrainResult, Trainer, TrainingError, train
+from diffalign.training.trainer import Trainer, TrainingError, TrainResult, train
 
 __all__ = ["TrainResult", "Trainer", "TrainingError", "train"]

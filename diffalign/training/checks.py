@@ -23,32 +23,52 @@ class CachePlan:
     """How a run gets its latents and prompt embeddings.
 
     ``action``: ``"use"`` (a finished cache for this model), ``"build"`` (build it first, then
-    use it) or ``"off"`` (VAE and text encoders at every step); ``reason`` says why, for the log.
+    use it) or ``"off"`` (VAE and text encoders at every step); ``reason`` says why, for the log;
+    ``cache``: under ``"use"``, the cache opened and checked against the model and the data (its
+    fingerprint taken once, here), which the run reads.
     """
 
     action: str
     folder: Path
     reason: str
+    cache: object = None
 
     @property
     def cached(self) -> bool:
         return self.action != "off"
 
 
-def preflight(config: TrainConfig):
+@dataclass(frozen=True)
+class Startup:
+    """What :func:`preflight` derives from a config, once, for the run to start from.
+
+    ``objective``: the built objective; ``settings``: its step's settings (the config's
+    ``rollout:`` or ``inversion:`` block built, or ``None``); ``data``: the opened dataset;
+    ``family``: the family's name; ``cache``: how the run gets its latents."""
+
+    objective: object
+    settings: object
+    data: PreferenceDataset
+    family: str
+    cache: CachePlan
+
+
+def preflight(config: TrainConfig) -> Startup:
     """Build the objective and check it against the data, the family, the output folder and the
     machine. Reads configs and Parquet footers, never weights.
 
     Returns:
-        ``(objective, dataset, family_name, cache_plan)``.
+        :class:`Startup`: what the run starts from, derived here once.
     """
     from diffalign.families import FAMILIES, detect_family
     from diffalign.objectives import build_objective
-    from diffalign.steps import STEPS
     from diffalign.outputs import check_apart
+    from diffalign.step_settings import step_settings
+    from diffalign.steps import STEPS
     from diffalign.training import run_folder
 
     objective = build_objective(config.objective)
+    settings = step_settings(config, objective)
     data = PreferenceDataset.open(config.data.path)
     _check_rows(data)
     has_captions = all(c is not None for c in data.column("captions"))
@@ -71,7 +91,7 @@ def preflight(config: TrainConfig):
             kohya = ", ".join(name for name, cls in FAMILIES.items() if cls.kohya_lora)
             raise StartupError(f"lora.formats: kohya is written for the UNet families ({kohya}), "
                                f"not {family}; keep lora.formats=[diffusers]")
-    cache_plan = plan_cache(config, family, data, has_captions and not objective.needs_captions, objective)
+    cache_plan = plan_cache(config, family, data, has_captions and not objective.needs_captions, objective, settings)
     if config.optim.optimizer == "adamw_8bit" and importlib.util.find_spec("bitsandbytes") is None:
         raise StartupError("optim.optimizer: adamw_8bit needs bitsandbytes: pip install 'diffalign[bnb]'")
     if config.logging.report_to == "wandb" and importlib.util.find_spec("wandb") is None:
@@ -79,11 +99,13 @@ def preflight(config: TrainConfig):
     if config.compile_memory_budget is not None and not config.compile:
         raise StartupError(f"compile_memory_budget: {config.compile_memory_budget} needs compile: true")
     inputs = {"model.path": config.model.path, "data.path": config.data.path}
-    inputs.update({f"objective.{k}": v for k, v in config.objective.items() if k != "name" and isinstance(v, str)})
+    for block in ("objective", "rollout", "inversion"):
+        inputs.update({f"{block}.{k}": v for k, v in (getattr(config, block) or {}).items()
+                       if k != "name" and isinstance(v, str)})
     check_apart(config.output_dir, inputs, "output_dir")
     run_folder.check(config.output_dir, config.resume, config.overwrite)
     _check_resume(config)
-    return objective, data, family, cache_plan
+    return Startup(objective, settings, data, family, cache_plan)
 
 
 def _check_resume(config: TrainConfig) -> None:
@@ -172,7 +194,7 @@ def _check_media(config: TrainConfig, family: str, data: PreferenceDataset) -> N
 
 
 def plan_cache(config: TrainConfig, family: str, data: PreferenceDataset, caption_mismatch: bool,
-               objective) -> CachePlan:
+               objective, settings=None) -> CachePlan:
     """Decide ``data.cache``: ``true`` requires a finished, matching cache; ``false`` trains
     uncached; ``auto`` uses the cache wherever one can serve the run, building it when it is
     missing or unfinished, and otherwise trains uncached and says why.
@@ -183,7 +205,13 @@ def plan_cache(config: TrainConfig, family: str, data: PreferenceDataset, captio
     A cache built for another model or an older version of the dataset is an error under
     ``auto`` too: it is the user's data, so it is never deleted or overwritten here.
     """
-    from diffalign.data.cache import META, cache_bytes, cache_dir, check_buildable, is_complete
+    from diffalign.data.cache import (
+        META,
+        cache_bytes,
+        cache_dir,
+        check_buildable,
+        is_complete,
+    )
     from diffalign.outputs import OutputError
     from diffalign.resources import require_disk
 
@@ -191,14 +219,13 @@ def plan_cache(config: TrainConfig, family: str, data: PreferenceDataset, captio
     folder = cache_dir(config.data.path, family, config.data.resolution, config.data.frames, config.data.frame_stride)
     if mode is False:
         return CachePlan("off", folder, "data.cache is false")
-    why_not = _cache_cannot_serve(config, caption_mismatch, objective)
+    why_not = _cache_cannot_serve(config, caption_mismatch, objective, settings)
     if mode is True:
         if (folder / META).exists():  # a cache of another model is named before what it could not serve
             _matching_cache(config, family, data)
         if why_not:
             raise StartupError(f"data.cache: true, but {why_not}; train with data.cache=false (or auto)")
-        _matching_cache(config, family, data)
-        return CachePlan("use", folder, "data.cache is true")
+        return CachePlan("use", folder, "data.cache is true", _matching_cache(config, family, data))
     if why_not:
         return CachePlan("off", folder, why_not)
     if not is_complete(folder):  # mode is "auto" from here on
@@ -215,21 +242,23 @@ def plan_cache(config: TrainConfig, family: str, data: PreferenceDataset, captio
                                "data.cache=false") from None
         return CachePlan("build", folder, f"no finished latent cache for this model and resolution yet; "
                                           f"its latents take {need / 2**30:.2f} GiB, plus the prompt embeddings")
-    _matching_cache(config, family, data)
-    return CachePlan("use", folder, "a finished latent cache for this model and resolution")
+    return CachePlan("use", folder, "a finished latent cache for this model and resolution",
+                     _matching_cache(config, family, data))
 
 
-def _matching_cache(config: TrainConfig, family: str, data: PreferenceDataset) -> None:
-    """A finished cache of this model, resolution and dataset, or the error that names the fix."""
+def _matching_cache(config: TrainConfig, family: str, data: PreferenceDataset):
+    """The finished cache of this model, resolution and dataset (a
+    :class:`~diffalign.data.cache.LatentCache`), or the error that names the fix."""
     from diffalign.data.cache import LatentCache
 
     clip = dict(frames=config.data.frames, frame_stride=config.data.frame_stride)
     cache = LatentCache.for_model(config.data.path, family, config.model.path, config.model.revision,
                                   config.data.resolution, **clip)
     cache.check_compatible(resolution=config.data.resolution, rows=len(data), **clip)
+    return cache
 
 
-def _cache_cannot_serve(config: TrainConfig, caption_mismatch: bool, objective) -> str | None:
+def _cache_cannot_serve(config: TrainConfig, caption_mismatch: bool, objective, settings) -> str | None:
     """Why no latent cache can serve this run (``None``: one can)."""
     if not config.data.center_crop or config.data.random_flip:
         return "the latent cache holds centre-cropped, unflipped latents (data.center_crop: true, data.random_flip: false)"
@@ -237,7 +266,7 @@ def _cache_cannot_serve(config: TrainConfig, caption_mismatch: bool, objective) 
         return f"a captioned dataset's cache holds its captions' embeddings, and {objective.name} conditions on the prompt"
     from diffalign.steps import STEPS
 
-    return STEPS[objective.step].cache_problem(objective)
+    return STEPS[objective.step].cache_problem(objective, settings)
 
 
 def _writable(folder: Path) -> bool:

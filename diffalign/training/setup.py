@@ -77,20 +77,21 @@ def prepare_cache(config: TrainConfig, plan, family_name: str, accelerator) -> N
     gc.collect()
 
 
-def load_model(config: TrainConfig, family_name: str, cached: bool, objective, group_size: int, accelerator):
+def load_model(config: TrainConfig, start, accelerator):
     """The family with its denoiser ready to train (LoRA adapters or every weight), the reference
-    when the objective needs one, and the objective's preference step.
+    when the objective needs one, and the objective's preference step with its settings
+    (``start``: the :class:`~diffalign.training.checks.Startup` of the run).
 
     Returns:
         ``(family, reference, step)``.
     """
     from diffalign.families import load
 
-    lora = config.lora is not None
+    lora, objective = config.lora is not None, start.objective
     weight_dtype = torch_dtype(accelerator.mixed_precision)
-    need_encoders = not cached or bool(config.validation.prompts)
+    need_encoders = not start.cache.cached or bool(config.validation.prompts)
     options = config.model.family_options()
-    options["family"] = family_name
+    options["family"] = start.family
     # LoRA: frozen base weights in the training dtype; full fine-tuning keeps fp32 masters.
     options["dtype"] = weight_dtype if lora else torch.float32
     family = load(config.model.path, device=accelerator.device, load_vae=need_encoders,
@@ -112,7 +113,7 @@ def load_model(config: TrainConfig, family_name: str, cached: bool, objective, g
         denoiser.requires_grad_(True)
     denoiser.train()
     reference = Reference(denoiser, lora, dtype=weight_dtype) if objective.needs_reference else None
-    step = STEPS[objective.step](family, objective, reference, group_size)
+    step = STEPS[objective.step](family, objective, reference, start.data.group_size, start.settings)
     if config.lean_layers:
         lean_layers(denoiser)
     if config.gradient_checkpointing:

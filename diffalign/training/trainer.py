@@ -27,8 +27,13 @@ from diffalign.training.checks import preflight
 from diffalign.training.lora import save_lora
 from diffalign.training.metrics import MetricLog
 from diffalign.training.optim import make_optimizer, make_scheduler
-from diffalign.training.setup import (compiler_options, flat_config, load_model, make_accelerator,
-                                      prepare_cache)
+from diffalign.training.setup import (
+    compiler_options,
+    flat_config,
+    load_model,
+    make_accelerator,
+    prepare_cache,
+)
 from diffalign.training.update import TrainingError, UpdateLoop, UpdateSettings
 from diffalign.training.validation import sample_grid
 
@@ -52,15 +57,15 @@ class Trainer:
         from accelerate.utils import set_seed
 
         self.config = config
-        self.objective, self.data, self.family_name, self.cache_plan = preflight(config)
+        start = preflight(config)
+        self.objective, self.data, self.family_name, self.cache_plan = start.objective, start.data, start.family, start.cache
         self.out = Path(config.output_dir)
         self.accelerator = make_accelerator(config)
         set_seed(config.seed)
         if config.allow_tf32 and torch.cuda.is_available():
             torch.backends.cuda.matmul.allow_tf32 = True
         prepare_cache(config, self.cache_plan, self.family_name, self.accelerator)
-        self.family, self.reference, self.step = load_model(config, self.family_name, self.cache_plan.cached,
-                                                            self.objective, self.data.group_size, self.accelerator)
+        self.family, self.reference, self.step = load_model(config, start, self.accelerator)
         self.groups = self._groups()
         loader = group_loader(self.groups, config.batch_size, config.seed, config.data.workers,
                               # SIGINT/SIGTERM reach the workers too; the main process decides where to stop.
@@ -91,7 +96,9 @@ class Trainer:
 
         config = self.config
         clip = dict(frames=config.data.frames, frame_stride=config.data.frame_stride)
-        cache = LatentCache.open(config.data.path, self.family, config.data.resolution, **clip) if self.cache_plan.cached else None
+        cache = self.cache_plan.cache  # opened and checked by preflight; a cache built just now is opened here
+        if cache is None and self.cache_plan.cached:
+            cache = LatentCache.open(config.data.path, self.family, config.data.resolution, **clip)
         return GroupDataset(self.data, resolution=config.data.resolution, center_crop=config.data.center_crop,
                             random_flip=config.data.random_flip, strict=config.data.strict, seed=config.seed,
                             cache=cache, **clip)

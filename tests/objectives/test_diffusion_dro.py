@@ -27,7 +27,9 @@ def test_the_margin_is_the_paper_value_and_configurable():
     terms = _terms([[0.1, 0.1]], [[0.1, 0.1]])
     assert DiffusionDRO().loss(terms).loss.item() == pytest.approx(0.001)
     assert build_objective({"name": "diffusion_dro", "margin": 0.0}).loss(terms).loss.item() == 0.0
-    assert DiffusionDRO.Config().refresh_every == 1 and DiffusionDRO.Config().steps == 20
+    from diffalign.step_settings import DRORollout
+
+    assert DRORollout().refresh_every == 1 and DRORollout().steps == 20 and DRORollout().guidance == 1.0
 
 
 def test_it_takes_one_expert_image_per_prompt_only():

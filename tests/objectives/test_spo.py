@@ -47,19 +47,23 @@ def test_the_loss_falls_as_the_winner_becomes_likelier():
 
 
 def test_defaults_are_the_official_sd15_launcher_and_the_gap_is_two_artanh():
-    config = SPO.Config()
-    assert (config.beta, config.clip, config.candidates, config.threshold, config.steps, config.eta,
-            config.guidance, config.branch_from) == (10.0, 0.1, 4, 0.3, 20, 1.0, 5.0, 4)
+    from diffalign.step_settings import SPORollout
+
+    config, rollout = SPO.Config(), SPORollout()
+    assert (config.beta, config.clip, rollout.candidates, rollout.threshold, rollout.steps, rollout.eta,
+            rollout.guidance, rollout.branch_from) == (10.0, 0.1, 4, 0.3, 20, 1.0, 5.0, 4)
     # softmax([a, b])_0 − softmax([a, b])_1 = tanh((a − b)/2) > 0.3  ⇔  a − b > 2·artanh(0.3) = 0.6190
-    assert config.score_gap == pytest.approx(0.61904, abs=1e-5)
+    assert rollout.score_gap == pytest.approx(0.61904, abs=1e-5)
 
 
 def test_spo_takes_prompts_of_any_group_size_and_refuses_bad_options():
     for k in (1, 2, 5):
         SPO.check_data(group_size=k, has_captions=False, has_ranks=False)
+    from diffalign.step_settings import SPORollout
+
     with pytest.raises(ValueError, match="eta"):
-        build_objective({"name": "spo", "eta": 0.0})
+        SPORollout(eta=0.0)
     with pytest.raises(ValueError, match="branch_from"):
-        build_objective({"name": "spo", "branch_from": 20})
+        SPORollout(branch_from=20)
     with pytest.raises(ObjectiveDataError):
         SPO().loss(PreferenceTerms(policy_logp=torch.zeros(2, 3), ref_logp=torch.zeros(2, 3)))

@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from diffalign.families.reference import Reference
-from diffalign.objectives import SPO, DiffusionDRO, DiffusionDROConfig, SPOConfig
+from diffalign.objectives import SPO, DiffusionDRO
+from diffalign.step_settings import DRORollout, SPORollout
 from diffalign.steps import DiffusionDROStep, SPOStep, group_generators
 from diffalign.steps.diffusion_dro import perturbed_grid
 
@@ -32,8 +33,8 @@ def _spo_step(setting, monkeypatch, **options):
     family, reference, batch = setting
     scorer = Brightness()
     monkeypatch.setattr(spo_step, "load_preference_model", lambda config, device: scorer)
-    config = SPOConfig(steps=4, branch_from=1, candidates=3, **options)
-    return SPOStep(family, SPO(config), reference, 2), scorer
+    settings = SPORollout(steps=4, branch_from=1, candidates=3, **options)
+    return SPOStep(family, SPO(), reference, 2, settings), scorer
 
 
 def test_spo_pairs_are_best_and_worst_candidates_past_the_threshold(setting, monkeypatch):
@@ -102,7 +103,7 @@ def test_dro_rollout_state_is_the_snapshots_and_lags_after_an_update(setting):
                                     init_lora_weights="gaussian"), adapter_name="dro-test")
     try:
         reference = Reference(denoiser, lora=True)
-        step = DiffusionDROStep(family, DiffusionDRO(DiffusionDROConfig(steps=3)), reference, 1)
+        step = DiffusionDROStep(family, DiffusionDRO(), reference, 1, DRORollout(steps=3))
         gens = group_generators(0, 0, batch["indices"])
         terms = step(denoiser, batch, gens)
         assert terms.policy_err.shape == (2, 2)

@@ -5,6 +5,7 @@ errors are taken at the inverted latents, against the noise they imply."""
 import pytest
 import torch
 
+from diffalign.inversion import InversionConfig
 from diffalign.objectives import DiffusionDPO, DiffusionDPOConfig, InPO, InPOConfig
 from diffalign.steps import DenoisingStep, InversionStep, group_generators
 
@@ -68,7 +69,5 @@ def test_the_errors_are_taken_at_the_inverted_latents(setting, monkeypatch):
 
 def test_inverting_with_the_reference_needs_one(setting):
     family, _, _ = setting
-    config = InPOConfig()
-    config.inversion.model = "reference"
     with pytest.raises(ValueError, match="needs the reference"):
-        InversionStep(family, InPO(config), None, 2)
+        InversionStep(family, InPO(InPOConfig()), None, 2, InversionConfig(model="reference"))

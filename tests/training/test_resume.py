@@ -31,9 +31,9 @@ def _args(objective, tiny_path, data, out, step_aware_model, *extra):
             f"data.path={data}", f"output_dir={out}", f"max_steps={STEPS}", "checkpoint_every=1",
             "keep_checkpoints=0", "logging.progress_bar=false", *extra]
     if objective == "spo":
-        args.append(f"objective.preference_model={step_aware_model}")
+        args.append(f"rollout.preference_model={step_aware_model}")
     if objective == "diffusion_dro":
-        args.append("objective.refresh_every=3")
+        args.append("rollout.refresh_every=3")
     return args
 
 

@@ -122,7 +122,7 @@ def test_a_rollout_step_on_two_processes_gives_the_loss_of_one(objective, tiny_p
     common = [f"model.path={tiny_path('sd15')}", "max_steps=3", "logging.progress_bar=false",
               f"data.path={expert_data if objective == 'diffusion_dro' else pair_data}"]
     if objective == "spo":  # every candidate pair kept: each prompt gives the same number of pairs
-        common += [f"objective.preference_model={step_aware_model}", "objective.threshold=0.0"]
+        common += [f"rollout.preference_model={step_aware_model}", "rollout.threshold=0.0"]
     assert main(["train", "--config", str(config), *common, f"output_dir={tmp_path / 'one'}", "batch_size=2"]) == 0
     run = _launch([*LAUNCHES["ddp"], "-m", "diffalign", "train", "--config", str(config), *common,
                    f"output_dir={tmp_path / 'two'}", "batch_size=1"], capture_output=True, text=True, check=False)

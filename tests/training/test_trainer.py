@@ -58,7 +58,7 @@ def test_three_steps_change_weights_and_log(objective, kind, mode, tiny_path, pa
                                             step_aware_model, tmp_path):
     extra = golden.overrides(objective, mode)
     if objective == "spo":  # any pair passes, so every step trains
-        extra += [f"objective.preference_model={step_aware_model}", "objective.threshold=0.0"]
+        extra += [f"rollout.preference_model={step_aware_model}", "rollout.threshold=0.0"]
     sampling = objective in SAMPLING_STEPS
     if sampling:  # the last rollout saved as a grid at the validation interval
         extra.append("validation.every=3")
