@@ -1,9 +1,10 @@
-"""diffalign: align text-to-image diffusion models with human preferences.
+"""diffalign: align text-to-image and text-to-video diffusion models with human preferences.
 
-Layout (see DESIGN.md): ``families`` (model maths per family), ``objectives`` (loss maths per
-objective), ``data`` (preference format, builders, loader, latent cache), ``training`` (the
-accelerate loop), ``rewards`` (reward models), ``evaluation``, ``toy`` (the CPU ground-truth
-benchmark), ``config`` (typed configs), ``testing`` (tiny offline pipelines), ``cli``.
+The map of the package is ``docs/architecture.md``: its layers, each folder's one job
+(``families``, ``objectives``, ``steps``, ``solver``, ``inversion``, ``data``, ``builders``,
+``rewards``, ``training``, ``evaluation``, ``toy``, ``benchmarks``, ``config``, ``testing``,
+``cli``), the family, step, objective and update contracts with their shapes, and where each
+kind of change goes.
 """
 
 from diffalign._version import __version__

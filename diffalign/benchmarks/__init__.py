@@ -8,5 +8,5 @@
 - :mod:`~diffalign.benchmarks.score`: images/s per reward model.
 - :mod:`~diffalign.benchmarks.measure`: timing, peak memory and the JSON/Markdown report they share.
 
-The runnable entry points are ``benchmarks/*.py`` at the top of the repository (DESIGN.md §4).
+The runnable entry points are ``benchmarks/*.py`` at the top of the repository (docs/architecture.md, §3).
 """

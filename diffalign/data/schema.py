@@ -1,4 +1,4 @@
-"""The on-disk preference dataset (DESIGN.md §3.5): columns, types and the schema check.
+"""The on-disk preference dataset (docs/architecture.md, §3): columns, types and the schema check.
 
 A dataset is a folder::
 
@@ -11,7 +11,7 @@ A dataset is a folder::
 Read it with ``PreferenceDataset.open("my_prefs")``, ``datasets.load_dataset("my_prefs")`` or
 ``datasets.load_dataset("parquet", data_dir="my_prefs/data")``.
 
-Why the shards sit in ``data/`` and not beside ``manifest.json`` (DESIGN.md put them together):
+Why the shards sit in ``data/`` and not beside ``manifest.json`` (the first design put them together):
 ``load_dataset("parquet", data_dir=...)`` reads *every* non-hidden file under ``data_dir`` as
 Parquet, so a manifest or a cache beside the shards makes it fail.
 

@@ -1,7 +1,7 @@
 """The reference model of preference objectives.
 
 Under LoRA the reference is the policy itself with its adapters switched off: no second copy of
-the weights in memory (DESIGN.md §4). Under full fine-tuning it is a frozen copy of the starting
+the weights in memory (docs/architecture.md, §3). Under full fine-tuning it is a frozen copy of the starting
 weights. Reference-free objectives (MaPO, SFT) get none and never run one.
 
 A frozen copy runs in the policy's train/eval mode, never a fixed ``eval()``: diffusers' modules

@@ -1,4 +1,4 @@
-"""Training objectives: pure tensor maths over per-image denoising errors (DESIGN.md §3.3).
+"""Training objectives: pure tensor maths over per-image denoising errors (docs/architecture.md, "Objective").
 
 ``OBJECTIVES`` maps each config name to its class; :func:`build_objective` builds one from the
 ``objective:`` block of a training config (``{"name": ..., **params}``).

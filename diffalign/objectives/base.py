@@ -1,4 +1,4 @@
-"""What every objective takes and returns (DESIGN.md §3.3).
+"""What every objective takes and returns (docs/architecture.md, "Objective").
 
 An objective is pure tensor maths over per-image denoising errors: it never sees a model, a
 scheduler or diffusers. The trainer computes the errors with the model family and hands them

@@ -1,4 +1,4 @@
-"""Reward models (DESIGN.md §3.4): ``score(images, prompts) -> Tensor[B]`` on the papers' scales.
+"""Reward models (docs/architecture.md, §3): ``score(images, prompts) -> Tensor[B]`` on the papers' scales.
 
 ``REWARDS`` maps each name to its class; :func:`load_reward` loads one from a hub id or a local
 path. :class:`Ensemble` z-normalises and averages several.

@@ -1,4 +1,4 @@
-"""The reward-model contract (DESIGN.md §3.4).
+"""The reward-model contract (docs/architecture.md, §3).
 
 ``score(images, prompts) -> Tensor[B]`` where ``images`` are
 

@@ -1,4 +1,4 @@
-"""Preference steps: how a batch becomes the terms an objective takes (DESIGN.md §3.7).
+"""Preference steps: how a batch becomes the terms an objective takes (docs/architecture.md, "Step").
 
 ``STEPS`` maps the name an objective gives (``Objective.step``) to its class.
 """

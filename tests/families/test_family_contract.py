@@ -1,4 +1,4 @@
-"""The family contract (DESIGN.md §3.2), checked on every tiny family.
+"""The family contract (docs/architecture.md, "Family"), checked on every tiny family.
 
 Expected values are computed here from first principles (the noise schedule rebuilt from its
 betas, the flow interpolation written out), never by calling the code under test. The noise maths

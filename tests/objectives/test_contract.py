@@ -1,4 +1,4 @@
-"""The contract every registered objective keeps (DESIGN.md §3.3 and §6), and build_objective."""
+"""The contract every registered objective keeps (docs/architecture.md, "Objective"), and build_objective."""
 
 import ast
 import math
