@@ -75,7 +75,7 @@ def test_sigterm_stops_every_process_after_the_same_step(tiny_path, pair_data, t
     assert proc.poll() is None, "the run ended before it could be signalled"
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=300)
-    assert proc.returncode != 0 and err.count("stopped by SIGTERM: step") == 1, err[-3000:]  # printed by the main process
+    assert proc.returncode != 0 and err.count("stopped by SIGTERM: update") == 1, err[-3000:]  # printed by the main process
     saved = [p.name for p in (out / "checkpoints").iterdir()]
     assert len(saved) == 1, saved
     logged = [json.loads(x)["step"] for x in (out / "metrics.jsonl").read_text().splitlines()]
