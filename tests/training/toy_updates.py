@@ -117,8 +117,8 @@ def run(out: Path, name: str, max_updates: int = 5) -> dict:
     return train(out / options.pop("folder"), max_updates, **options)
 
 
-if __name__ == "__main__":  # one run per launch: a stopped run ends its process group
-    out, name = Path(sys.argv[1]), sys.argv[2]
-    result = run(out, name)
+if __name__ == "__main__":  # runs in order; a stopped run ends its process group, so it comes last in a launch
+    out = Path(sys.argv[1])
     rank = int(os.environ.get("RANK", "0"))  # a stopped run has no process group left to ask
-    torch.save(result, out / f"{name}-{rank}.pt")
+    for name in sys.argv[2:]:
+        torch.save(run(out, name), out / f"{name}-{rank}.pt")
