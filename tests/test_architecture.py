@@ -28,7 +28,7 @@ def test_every_top_level_module_has_a_line_in_the_architecture_document():
     assert missing == [], f"docs/architecture.md has no line for {', '.join(missing)}"
 
 
-def test_the_check_notices_a_folder_without_a_line(tmp_path):
+def test_the_check_notices_a_folder_without_a_line():
     assert not _named("- `diffalign/steps/`: ...", "diffalign/newfolder/")
     assert _named("- `diffalign/steps/`: ...", "diffalign/steps/")
 
