@@ -198,6 +198,12 @@ class TrainConfig:
     inversion: dict[str, Any] | None = None
     """The inversion step's settings (InPO, SmPO: steps, ReNoise, η, guidance, model), checked and
     filled in likewise; only for an objective whose step inverts."""
+    prompt_dropout: float | None = field(default=None, metadata=bounds(0, 1, high_open=True))
+    """Share of groups trained with the empty prompt instead of theirs (the whole group, for the
+    inversion and the loss alike; drawn per group from its own seed). ``None``: the objective's
+    official value (``Objective.prompt_dropout``: InPO and SmPO 0.2, as their ``train.py``;
+    the others 0). A cache holds no empty prompt's embedding, so ``data.cache: auto`` trains
+    uncached when it is above 0."""
     output_dir: str = "outputs"
     seed: int = field(default=0, metadata=SEED)
     max_steps: int = field(default=1000, metadata=AT_LEAST_1)

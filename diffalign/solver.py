@@ -217,7 +217,9 @@ def solve(
         noise: ``[B, K, *latent]`` latents at ``grid[:, 0]`` (a full sample: N(0, I) at t = 1;
             an inversion: clean latents at t = 0 on a rising grid).
         cond, uncond: ``[B, K, ...]`` conditionings (``uncond`` for ``guidance != 1``).
-        grid: ``[B, S + 1]`` times (:func:`sampling_grid`, or one per group).
+        grid: ``[B, S + 1]`` times (:func:`sampling_grid`, or one per group). A group whose
+            grid repeats its last time has ended: on those zero-length steps it stays where it
+            is and the model is not run on it (the official inversion landing).
         rule: the noise rule of every step (:class:`DDIM`, or inversion's).
         generator: one, or one per group, for the step noise.
         reference: a :class:`~diffalign.families.reference.Reference`; with ``log_probs`` the
@@ -242,6 +244,16 @@ def solve(
     with contextlib.nullcontext() if grad else torch.no_grad():
         for i in range(steps):
             u, v = grid[:, i].to(x.device), grid[:, i + 1].to(x.device)
+            moving = u != v
+            if not bool(moving.all()):  # some groups' grids have ended: only the others move
+                if log_probs or keep_predictions:
+                    raise ValueError("a grid whose groups end at different steps keeps no log-probabilities "
+                                     "or predictions")
+                x = _move_some(family, model, rule, x, u, v, moving, cond, uncond, guidance, generator)
+                latents.append(x)
+                if callback is not None:
+                    callback(i, x, v)
+                continue
             pred, mean, std = rule.transition(family, predict(model), x, u, v)
             x_next = take_step(rule, mean, std, generator)
             if log_probs:
@@ -259,6 +271,23 @@ def solve(
     stack = (lambda xs: torch.stack(xs) if xs else None)
     return Trajectory(torch.stack(latents), grid[:, : steps + 1].to(noise.device), stack(preds), stack(logps),
                       stack(ref_logps))
+
+
+def _move_some(family, model, rule: NoiseRule, x: Tensor, u: Tensor, v: Tensor, moving: Tensor, cond, uncond,
+               guidance: float, generator) -> Tensor:
+    """One step of the groups ``moving [B]`` (bool) only; the others stay where they are and the
+    model is not run on them (the official inversion's groups take different numbers of steps)."""
+    index = moving.nonzero().flatten()
+    if index.numel() == 0:
+        return x
+    sub_cond = cond.groups(index)
+    sub_uncond = None if uncond is None else uncond.groups(index)
+    gens = [generator[j] for j in index.tolist()] if isinstance(generator, (list, tuple)) else generator
+    predict = lambda x_, t_: guided(family, model, x_, t_, sub_cond, sub_uncond, guidance)  # noqa: E731
+    _, mean, std = rule.transition(family, predict, x[index], u[index], v[index])
+    x = x.clone()
+    x[index] = take_step(rule, mean, std, gens)
+    return x
 
 
 def initial_noise(family, batch: int, group_size: int, size: int | tuple[int, int], generator=None,

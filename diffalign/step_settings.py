@@ -183,5 +183,12 @@ def step_settings(config, objective):
     return cls(**{**objective.step_defaults, **(getattr(config, key) or {})})
 
 
+def prompt_dropout(config, objective) -> float:
+    """The share of groups trained with the empty prompt: the config's ``prompt_dropout``, or the
+    objective's official value when it is unset."""
+    value = getattr(config, "prompt_dropout", None)
+    return float(objective.prompt_dropout if value is None else value)
+
+
 __all__ = ["DRORollout", "LOG_PROB_REDUCTIONS", "SPORollout", "STEP_BLOCKS", "STEP_SETTINGS", "complete_step_blocks",
-           "move_step_keys", "step_settings"]
+           "move_step_keys", "prompt_dropout", "step_settings"]

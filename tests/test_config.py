@@ -66,7 +66,8 @@ def test_a_partial_step_block_keeps_that_objectives_defaults(config_file):
     """``inversion: {steps: 3}`` changes the steps only: SmPO keeps its own ReNoise default (1),
     not the inversion class's (0); a block another step owns is refused, naming the right one."""
     cfg = load_config(config_file(GOOD), ["objective={name: smpo}", "inversion={steps: 3}"])
-    assert cfg.inversion == {"steps": 3, "renoise_iters": 1, "eta": 0.0, "guidance": 1.0, "model": "policy"}
+    assert cfg.inversion == {"steps": 3, "landing": "official", "renoise_iters": 1, "renoise_at": "start", "eta": 0.0,
+                             "guidance": 1.0, "model": "policy"}
     assert cfg.rollout is None and "inversion" not in cfg.objective
     with pytest.raises(ConfigError, match=r"inversion.stepz: unknown key \(did you mean 'inversion.steps'\?\)"):
         load_config(config_file(GOOD), ["objective={name: smpo}", "inversion={stepz: 3}"])

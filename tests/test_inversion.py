@@ -1,4 +1,5 @@
-"""DDIM / Euler inversion: it lands exactly on each group's t, reconstructs what the model
+"""DDIM / Euler inversion: the official landing is the official code's loop under the diffusers
+it pins; the exact landing lands on each group's t; inversion reconstructs what the model
 generated, and ReNoise brings it closer.
 
 Expected latents are written from first principles (the schedule rebuilt from its betas, the
@@ -47,7 +48,7 @@ def test_the_latent_lands_exactly_on_t_between_grid_points(kind, tiny_path):
     x0 = torch.randn(B, K, 4, 4, 4, generator=gen)
     pred = torch.randn(B * K, 4, 4, 4, generator=gen)
     t = torch.tensor([437 / 999, 901 / 999]) if kind != "sd3" else torch.tensor([0.437, 0.9011])
-    inverted = invert(family, _constant(pred), x0, _cond(family), t, InversionConfig(steps=4))
+    inverted = invert(family, _constant(pred), x0, _cond(family), t, InversionConfig(steps=4, landing="exact"))
     a_t, s_t = (v.view(B, 1, 1, 1, 1) for v in _scales(kind, t))
     p = pred.double().unflatten(0, (B, K))
     if kind == "sd3":  # Euler on a constant velocity: x_σ = x0 + σ·v
@@ -58,7 +59,7 @@ def test_the_latent_lands_exactly_on_t_between_grid_points(kind, tiny_path):
     torch.testing.assert_close(inverted.double(), expected, rtol=1e-4, atol=1e-4)
     # Each group has its own t: the same groups inverted one at a time give the same latents.
     alone = invert(family, _constant(pred[K:]), x0[1:], family.encode_prompts(["a dog"], group_size=K), t[1:],
-                   InversionConfig(steps=4))
+                   InversionConfig(steps=4, landing="exact"))
     torch.testing.assert_close(alone, inverted[1:], rtol=1e-5, atol=1e-5)
 
 
@@ -79,7 +80,8 @@ def _reconstruction(family, steps, renoise):
     cond = _cond(family)
     noise = torch.randn(B, K, model.config.in_channels, 8, 8, generator=torch.Generator().manual_seed(1))
     sample = denoise(family, model, noise, cond, steps)
-    recovered = invert(family, model, sample, cond, torch.ones(B), InversionConfig(steps=steps, renoise_iters=renoise))
+    recovered = invert(family, model, sample, cond, torch.ones(B), InversionConfig(steps=steps, renoise_iters=renoise,
+                                                                                     landing="exact", renoise_at="end"))
     again = denoise(family, model, recovered, cond, steps)
 
     def rel(x, y):
@@ -118,7 +120,8 @@ def test_the_noise_kick_is_seeded_and_zero_without_eta(tiny_path):
 
     def run(eta, seed):
         gens = [torch.Generator().manual_seed(seed + i) for i in range(B)]
-        return invert(family, _constant(pred), x0, cond, t, InversionConfig(steps=3, eta=eta), generator=gens)
+        return invert(family, _constant(pred), x0, cond, t, InversionConfig(steps=3, eta=eta, landing="exact"),
+                      generator=gens)
 
     assert torch.equal(run(0.0, 1), run(0.0, 2))
     assert torch.equal(run(0.1, 1), run(0.1, 1))
@@ -136,7 +139,8 @@ def test_guidance_needs_the_unconditional_conditioning(tiny_path):
                InversionConfig(guidance=3.0))
 
 
-@pytest.mark.parametrize("bad", [{"steps": 0}, {"renoise_iters": -1}, {"eta": -0.1}, {"model": "ema"}])
+@pytest.mark.parametrize("bad", [{"steps": 0}, {"renoise_iters": -1}, {"eta": -0.1}, {"model": "ema"},
+                                 {"landing": "grid"}, {"renoise_at": "middle"}])
 def test_inversion_config_is_checked(bad):
     with pytest.raises(ValueError):
         InversionConfig(**bad)

@@ -57,6 +57,11 @@ class FlowMatching:
         scheduler.set_timesteps(steps)
         return scheduler.sigmas.float()
 
+    def inversion_levels(self, steps: int) -> Tensor:
+        # No official flow inversion exists (InPO and SmPO are ε-only): the sampler's own Euler
+        # grid walked upwards, from σ = 0 to its noisiest level.
+        return self.sampling_times(steps).flip(0)
+
     def split_prediction(self, pred: Tensor, noisy: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
         # x = (1 − σ)·x0 + σ·ε and v = ε − x0:  x0 = x − σ·v,  ε = x + (1 − σ)·v.
         sigma = per_group(t, noisy)

@@ -57,6 +57,9 @@ class FamilyHooks(Protocol):
     def sampling_times(self, steps: int) -> Tensor:
         """``[steps + 1]`` falling times of the family's sampler, ending at 0."""
 
+    def inversion_levels(self, steps: int) -> Tensor:
+        """``[steps + 1]`` rising times of the official inversion grid (InPO/SmPO's ``landing: official``)."""
+
     def split_prediction(self, pred: Tensor, noisy: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
         """``[B, K, *latent]`` prediction at ``t [B]`` → ``(ε̂, x̂0)``."""
 

@@ -191,6 +191,11 @@ class FamilyInterface(Protocol):
     def sampling_times(self, steps: int) -> Tensor:
         """``[steps + 1]`` falling times of its sampler, ending at 0."""
 
+    def inversion_levels(self, steps: int) -> Tensor:
+        """``[steps + 1]`` rising times of the official inversion grid: step ``k`` goes from level
+        ``k`` (where the model is asked) to ``k + 1``; the first may lie below 0 (SD: DDIM's
+        initial level, which ``noise_scales`` gives for a negative time)."""
+
     def final_scales(self) -> tuple[float, float]:
         """``(a, s)`` of the level a sampler's last step lands on."""
 

@@ -135,6 +135,11 @@ class NoiseOperations:
         ending at 0 (:mod:`diffalign.solver`)."""
         raise NotImplementedError
 
+    def inversion_levels(self, steps: int) -> Tensor:
+        """``[steps + 1]`` rising normalised times of the official inversion grid with ``steps``
+        steps (:func:`diffalign.inversion.landing_grid`)."""
+        raise NotImplementedError
+
     def final_scales(self) -> tuple[float, float]:
         """``(a, s)`` of the clean level a sampler's last step lands on (t = 0)."""
         a, s = self.noise_scales(torch.zeros(1))

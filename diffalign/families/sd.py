@@ -86,8 +86,25 @@ class SDFamily(ModelFamily):
 
     def noise_scales(self, t: Tensor) -> tuple[Tensor, Tensor]:
         # a = sqrt(ᾱ_t), s = sqrt(1 − ᾱ_t) at the rounded DDPM index, the index the UNet is told.
-        abar = self.train_scheduler.alphas_cumprod.to(t.device)[self.timestep_index(t)].float()
+        # A negative index (the official inversion grid's first point) is the level before the
+        # first timestep: DDIM's initial alpha, 1 under set_alpha_to_one, else ᾱ_0.
+        index = self.timestep_index(t)
+        abar = self.train_scheduler.alphas_cumprod.to(t.device)[index.clamp(min=0)].float()
+        if bool((index < 0).any()):
+            initial = 1.0 if self._ddim().config.set_alpha_to_one else float(self.train_scheduler.alphas_cumprod[0])
+            abar = torch.where(index < 0, torch.full_like(abar, initial), abar)
         return abar.sqrt(), (1 - abar).sqrt()
+
+    def inversion_levels(self, steps: int) -> Tensor:
+        # DDIMInverseScheduler.set_timesteps(steps) as the diffusers InPO/SmPO pin (0.20) rolled
+        # it: the grid's first point one spacing below its first timestep (−99 for SD1.5's
+        # offset 1 at 10 steps), each step rising by N // steps to the next timestep.
+        from diffusers import DDIMInverseScheduler
+
+        inverse = DDIMInverseScheduler.from_config(self.pipe.scheduler.config)
+        inverse.set_timesteps(steps)
+        first = inverse.timesteps[:1] - self.num_train_timesteps // steps
+        return torch.cat([first, inverse.timesteps]).float() / (self.num_train_timesteps - 1)
 
     def sampling_times(self, steps: int) -> Tensor:
         # DDIM's timesteps from the checkpoint's scheduler config (its spacing and offset), as

@@ -98,6 +98,9 @@ class Objective:
             sampling step (``"spo"``, ``"diffusion_dro"``: terms made from the policy's rollouts).
         step_defaults: this objective's defaults for its step's settings block (``inversion:``
             or ``rollout:`` beside ``objective:``) where they differ from the step's own.
+        prompt_dropout: the share of groups its official code trains with the empty prompt
+            (``--proportion_empty_prompts``), the default of the config's ``prompt_dropout``;
+            0 where diffalign does not follow the official code there (the module docstring says so).
 
     These attributes are the one statement of what an objective accepts; ``diffalign train``
     and ``diffalign check-config`` check them against the dataset before any model loads.
@@ -114,6 +117,7 @@ class Objective:
     per_image: ClassVar[str] = "err"
     step: ClassVar[str] = "denoising"
     step_defaults: ClassVar[dict] = {}
+    prompt_dropout: ClassVar[float] = 0.0
 
     def __init__(self, config=None):
         self.config = config if config is not None else self.Config()

@@ -78,7 +78,8 @@ class InPO(DiffusionDPO):
     name = "inpo"
     Config = InPOConfig
     step = "inversion"
-    step_defaults = {"steps": 6, "eta": 0.1}
+    step_defaults = {"steps": 10, "eta": 0.1}
+    prompt_dropout = 0.2
 
 
 __all__ = ["InPO", "InPOConfig"]

@@ -103,7 +103,8 @@ class SmPO(Objective):
     min_group_size = 2
     max_group_size = 2
     step = "inversion"
-    step_defaults = {"steps": 4, "renoise_iters": 1}
+    step_defaults = {"steps": 5, "renoise_iters": 1}
+    prompt_dropout = 0.2
 
     def label(self, scores: torch.Tensor) -> torch.Tensor:
         """Smoothed label ``p [B] = σ((score_w − score_l)/score_scale)`` of scores ``[B, 2]``."""

@@ -61,6 +61,8 @@ class PreferenceStep:
         group_size: the dataset's ``K``.
         settings: the step's settings, the config's block built (:mod:`diffalign.step_settings`),
             ``None`` for a step without settings.
+        prompt_dropout: the share of groups conditioned on the empty prompt instead of theirs
+            (:func:`diffalign.step_settings.prompt_dropout`), each group's draw from its own seed.
     """
 
     name: ClassVar[str]
@@ -68,9 +70,10 @@ class PreferenceStep:
     """:meth:`state_dict` is the same on every process (it follows the synchronised weights), so a
     checkpoint holds it once; a step whose state differs per process sets ``False``."""
 
-    def __init__(self, family, objective, reference, group_size: int, settings=None):
+    def __init__(self, family, objective, reference, group_size: int, settings=None, *, prompt_dropout: float = 0.0):
         self.family, self.objective, self.reference, self.group_size = family, objective, reference, group_size
         self.config = settings
+        self.prompt_dropout = prompt_dropout
 
     def __call__(self, model, batch: dict, generator: list[torch.Generator]) -> PreferenceTerms:
         """Terms of one batch; ``model`` is the (possibly wrapped) policy denoiser."""
@@ -138,10 +141,28 @@ class PreferenceStep:
                              f"({', '.join(sorted(state)[:3])}, ...): it was written by another objective")
 
     def inputs(self, batch: dict, generator) -> tuple[Tensor, object]:
-        """``(latents [B, K, *latent], cond)`` of a batch, each image conditioned on its text."""
+        """``(latents [B, K, *latent], cond)`` of a batch, each image conditioned on its text (the
+        empty prompt for the groups :meth:`dropped_prompts` picks)."""
         texts = [image_texts(prompt, captions, self.group_size, self.objective.needs_captions)
                  for prompt, captions in zip(batch["prompts"], batch["captions"])]
+        if self.prompt_dropout > 0:
+            if "latent_mean" in batch:
+                raise ValueError("prompt_dropout needs the text encoders for the empty prompt; a cached batch has "
+                                 "no embedding of it: set data.cache: false (auto does) or prompt_dropout: 0")
+            drop = self.dropped_prompts(generator, len(texts))
+            texts = [[""] * len(group) if gone else group for group, gone in zip(texts, drop)]
         return self.family.inputs(batch, texts, generator=generator)
+
+    def dropped_prompts(self, generator, groups: int) -> list[bool]:
+        """Which of ``groups`` groups train with the empty prompt: each drawn with probability
+        ``prompt_dropout`` from a generator seeded by its own group generator's seed, so the draw
+        leaves that generator's stream (noise, time, VAE sample) as it is and does not depend on
+        the batch the group landed in."""
+        gens = generator if isinstance(generator, (list, tuple)) else [generator] * groups
+        seeds = [(g.initial_seed() if g is not None else 0) + i * (not isinstance(generator, (list, tuple)))
+                 for i, g in enumerate(gens)]
+        return [bool(torch.rand(1, generator=torch.Generator().manual_seed((seed * 7_919 + 104_729) % (2**63)))
+                     < self.prompt_dropout) for seed in seeds]
 
     def errors(self, model, batch: dict, latents: Tensor, cond, noise: Tensor, t: Tensor) -> PreferenceTerms:
         """Policy and (when the objective needs it) reference errors at ``add_noise(latents, noise, t)``."""

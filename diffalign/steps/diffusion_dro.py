@@ -47,8 +47,8 @@ class DiffusionDROStep(RolloutStep):
 
     name = "diffusion_dro"
 
-    def __init__(self, family, objective, reference, group_size: int, settings=None):
-        super().__init__(family, objective, reference, group_size, settings or DRORollout())
+    def __init__(self, family, objective, reference, group_size: int, settings=None, **options):
+        super().__init__(family, objective, reference, group_size, settings or DRORollout(), **options)
         self.snapshot = Snapshot(family.denoiser, reference.lora)
         self._refreshed = False
 

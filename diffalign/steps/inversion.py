@@ -20,8 +20,8 @@ class InversionStep(PreferenceStep):
 
     name = "inversion"
 
-    def __init__(self, family, objective, reference, group_size: int, settings=None):
-        super().__init__(family, objective, reference, group_size, settings or InversionConfig())
+    def __init__(self, family, objective, reference, group_size: int, settings=None, **options):
+        super().__init__(family, objective, reference, group_size, settings or InversionConfig(), **options)
         if self.config.model == "reference" and reference is None:
             raise ValueError(f"{objective.name}: inversion.model=reference needs the reference model")
 

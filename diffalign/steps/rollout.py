@@ -29,8 +29,8 @@ GRID_IMAGES = 8
 class RolloutStep(PreferenceStep):
     """Base class of the steps that sample from the policy while training."""
 
-    def __init__(self, family, objective, reference, group_size: int, settings=None):
-        super().__init__(family, objective, reference, group_size, settings)
+    def __init__(self, family, objective, reference, group_size: int, settings=None, **options):
+        super().__init__(family, objective, reference, group_size, settings, **options)
         if reference is None:  # both sampling objectives weigh the policy against the reference
             raise ValueError(f"{objective.name} needs the reference model")
         self.timing = {"rollout": 0.0, "train": 0.0}

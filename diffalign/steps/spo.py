@@ -73,8 +73,8 @@ class SPOStep(RolloutStep):
             return "its step-aware preference model scores images, not clips"
         return None
 
-    def __init__(self, family, objective, reference, group_size: int, settings=None):
-        super().__init__(family, objective, reference, group_size, settings or SPORollout())
+    def __init__(self, family, objective, reference, group_size: int, settings=None, **options):
+        super().__init__(family, objective, reference, group_size, settings or SPORollout(), **options)
         self.scorer = load_preference_model(self.config, family.device)
 
     def __call__(self, model, batch: dict, generator) -> PreferenceTerms:

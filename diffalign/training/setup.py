@@ -13,6 +13,7 @@ import torch
 from diffalign.config import TrainConfig, torch_dtype
 from diffalign.families.reference import Reference
 from diffalign.steps import STEPS
+from diffalign.step_settings import prompt_dropout
 from diffalign.training.lean_layers import lean_layers
 from diffalign.training.lora import add_lora
 
@@ -113,7 +114,8 @@ def load_model(config: TrainConfig, start, accelerator):
         denoiser.requires_grad_(True)
     denoiser.train()
     reference = Reference(denoiser, lora, dtype=weight_dtype) if objective.needs_reference else None
-    step = STEPS[objective.step](family, objective, reference, start.data.group_size, start.settings)
+    step = STEPS[objective.step](family, objective, reference, start.data.group_size, start.settings,
+                                 prompt_dropout=prompt_dropout(config, objective))
     if config.lean_layers:
         lean_layers(denoiser)
     if config.gradient_checkpointing:

@@ -79,9 +79,10 @@ def test_an_unfinished_cache_is_continued_not_restarted(tiny_path, tmp_path, cap
 @pytest.mark.parametrize("overrides, why", [
     (["data.random_flip=true"], "centre-cropped, unflipped"),
     ([], "conditions on the prompt"),  # a captioned dataset, an objective that uses the prompt
+    (["prompt_dropout=0.2"], "empty prompt"),
 ])
 def test_runs_a_cache_cannot_serve_train_uncached_and_say_why(overrides, why, tiny_path, tmp_path, capsys):
-    data = write_groups(tmp_path / "prefs", k=2, captions=not overrides)
+    data = write_groups(tmp_path / "prefs", k=2, captions=why == "conditions on the prompt")
     assert _train(tiny_path, data, tmp_path / "run", *overrides) == 0
     out = capsys.readouterr().out
     assert "latent cache: off" in out and why in out
