@@ -39,7 +39,9 @@ class SPORollout:
         candidates: ``k``, candidates drawn at each branching step (SDXL launcher: 2).
         threshold: a pair is kept when ``softmax([S_b, S_w])_0 − softmax(...)_1 > threshold``,
             i.e. ``S_b − S_w > 2·artanh(threshold)`` (SDXL launcher: 0.4).
-        branch_from: the first step that branches (4 of 20: t ≤ 750, the paper's κ).
+        branch_from: the first step that branches (4 of 20: t ≤ 750, the paper's κ). Each pair is
+            one step long: the official SDXL sampler's ``num_inner_step = 3`` (MSPO, 4-step
+            branches) has no counterpart (audit in :mod:`diffalign.objectives.spo`).
         max_pairs_per_prompt: cap on the pairs of one prompt's chain that enter the loss (``None``:
             all, as the official code trains on every kept pair); memory grows with it.
         preference_model: folder of a step-aware preference model
@@ -85,10 +87,12 @@ class DRORollout:
     """Diffusion-DRO's ``rollout:`` block. Defaults: the paper (App. A.2) and the official ``train.py``.
 
     Attributes:
-        steps: rollout sampler steps (20; the official DPM-Solver++, here DDIM / Euler with η = 0).
+        steps: rollout sampler steps (20; the official DPM-Solver++, a second-order multistep
+            solver, here DDIM / Euler with η = 0: the same ODE, slightly different states).
         guidance: rollout guidance (1: none, as in the paper; rollouts are deliberately weak).
         perturb: move each rollout time up by a random fraction of its gap to the time before
-            (the official "perturbed timesteps", 950…0 by 50 plus U{0..49}), one draw per prompt.
+            (the official "perturbed timesteps", 950…0 by 50 plus U{0..49}), one draw per prompt;
+            on the family's DDIM times (SD1.5: 951…1), so within one index of the official grid.
         refresh_every: ``M``, optimiser updates between snapshot refreshes.
     """
 

@@ -20,6 +20,43 @@ Paper v2 parameterises differently: ``L = L_MSE(w) + β⁻¹·L_margin`` with a 
 and per-task β from 8 (general preference) to 1024. Those β are not this ``beta_mapo``; the
 paper gives no mapping. This module implements the code's form, which trained the released
 checkpoint.
+
+Audit against the official code (mapo-t2i/mapo@374b3d3: ``train.py``, ``utils.py``, ``args.py``,
+``README.md``; SDXL only):
+
+- Loss: ``compute_loss`` (utils.py L286–301): per-image mean over C·H·W (L287–288), the link on
+  ``snr_value·err`` (L290–292), × ``num_train_timesteps`` inside ``logsigmoid`` (L296), ``mean(err_w)
+  − beta_mapo·mean(logsigmoid)`` (L297, L300). Matched (``margin_scale`` = 1000 is that factor).
+- No reference model is loaded. Matched.
+- Timesteps and noise: ``randint(0, 1000)`` repeated for the pair, one ε shared (train.py L392,
+  L396–398). Matched.
+- Prediction type: ε, or v through ``get_velocity`` (train.py L428–433). Matched (the family's target).
+- Prompt dropout: none (``tokenize_captions``, utils.py L145–157); diffalign default 0. Matched.
+- Ties: ``--remove_ties`` (``type=bool``, default True, args.py L178) filters ``label_0 != label_1``
+  (train.py L278–279); ``diffalign build pick-a-pic`` drops ties by default. Matched.
+- Label noise: ``--label_noise_prob`` flips labels at random (args.py L163–168, utils.py L220–221; off
+  by default); diffalign has no such option. Matched at the default.
+- Flips: one flip per pair, p = 0.5, on unless ``--no_hflip`` (utils.py L232–233, args.py L98–102);
+  diffalign ``data.random_flip`` off by default, one flip per group. Stated: ``data.random_flip: true``
+  (uncached) matches.
+- SDXL micro-conditioning: jpg_1 is resized to jpg_0's size, both are cropped together, and both get
+  jpg_0's original size and crop as time ids (utils.py L202–211, L236–245, L277–283; train.py
+  L405–409); diffalign gives each image its own original size and crop. Stated: the time ids differ
+  when the two originals differ in size; no key reproduces the official ones.
+- Optimiser and schedule: README run 8-bit AdamW, lr 1e-5 constant, no warm-up, 8 × 2 accumulation,
+  2000 steps (README L44–59; ``args.py`` defaults lr 5e-4, warm-up 500, L172–196); the paper's
+  general-preference run lr 1e-7 cosine, 2048 pairs per update; ``sd15/mapo.yaml`` follows the paper
+  (8-bit AdamW, 1e-7 cosine, 32 × 8 per process). Stated: per-config choice; ``optim.*`` reproduces
+  either.
+- Gradient clipping: norm 1.0 on the trainable list (train.py L255, L442–443). Matched.
+- EMA: none. Matched.
+- Mixed precision: fp16 in the README runs, VAE kept in fp32 (train.py L180–181); the shipped configs
+  use bf16 (the VAE in the load dtype, fp32 under full fine-tuning). Stated: ``mixed_precision: fp16``
+  matches.
+- Split: ``--dataset_split_name`` defaults to ``validation`` (args.py L37–42; the README says to pass
+  ``train``); diffalign trains on whatever the builder wrote. Stated: build from the train split.
+- Families: the official scripts train SDXL at 1024 px (args.py L84–86); diffalign any family.
+  Stated: SD1.5/SD3 runs have no official counterpart.
 """
 
 from __future__ import annotations

@@ -18,14 +18,40 @@ Per prompt with K images, ``s_i = err_θ(i) − err_ref(i)``; for every pair a r
 Ties share the best position they cover ("1224" ranking), so tied images have equal φ and τ and
 their pair gets Δ = 0.
 
-Deviations from the paper, chosen so that K = 2 is *exactly* Diffusion-DPO with the same β:
-- the weights are normalised to sum to 1 over each prompt's pairs; prompts whose weights are all
-  zero (all tied) contribute nothing and are left out of the mean;
-- the pair term carries Diffusion-DPO's ½β (paper: β). The paper states no β; the default
-  β = 5000 is Diffusion-DPO's, for mean-over-elements errors.
-
 Metrics: ``implicit_acc`` and ``margin`` over the pairs with Δ > 0, unweighted (0 when there are
 none); ``err_w``/``err_l`` and ``ref_gap`` compare the best and the worst image of each group.
+
+Audit against the official code: not public / not fetched (no snapshot of snap-research/RankDPO
+could be fetched), so against the paper, arXiv 2410.18013v2 (§3.3 Eq. 5–7, §4, App. A.6 Alg. 1–2).
+The first two items are deliberate, so that K = 2 is *exactly* Diffusion-DPO with the same β:
+
+- Weights: the paper sums the Δ-weighted pair losses (Eq. 7; Alg. 2 "sum pairwise losses"); diffalign
+  normalises the weights to sum to 1 over each prompt's pairs, and prompts whose weights are all zero
+  (all tied) contribute nothing and are left out of the mean. Stated: the loss scale per prompt
+  changes (Σ Δ is at most about 6 × 0.82 at K = 4), so a paper lr or β would not carry over 1:1.
+- β: the pair term is ``−log σ(−β·(s_i − s_j))`` (Eq. 7); here Diffusion-DPO's ½β. The paper states no
+  β; the default β = 5000 is Diffusion-DPO's, for mean-over-elements errors. Stated: the paper's β
+  is half of this one.
+- Noise: Alg. 2 draws an ``ε_i`` per image (so does Eq. 5); diffalign shares one ε, with the one t,
+  among a group's K images. Stated: the score differences lose the noise variance, as in Diffusion-DPO.
+- Timesteps: one ``t ~ U(1, T)`` per prompt (Alg. 2). Matched (uniform, shared by the group).
+- Reduction: ``‖·‖²₂``, a sum over latent elements (Eq. 5); here the mean over C·H·W. Stated: β scales
+  with the reduction (a sum would need β / (C·H·W)).
+- Gain, discount, ranking: ``G = 2^φ − 1``, ``D = log(1 + τ)``, τ the true ranking by φ (Eq. 6, Alg. 2;
+  Fig. 2's caption mentions the model's predicted ranking, the equations do not use it). Matched
+  (natural log; another base only rescales every Δ).
+- Ties: equal φ give Δ = 0 whatever their order (Eq. 6); tied images here share the best position they
+  cover, where the paper's sort breaks the tie. Stated: only other pairs' discounts can differ.
+- φ: Syn-Pic's fraction of wins over 5 rewards (Alg. 1); here ``scores`` min-max normalised per group
+  unless ``minmax_scores: false`` (φ ∈ [0, 1] taken as given, e.g. the paper's fractions). Stated.
+- Reference: a frozen ε_ref (Eq. 5); here a frozen copy, or the policy with its LoRA adapters off.
+  Matched.
+- Not in the paper, so chosen by the configs after Diffusion-DPO: lr, optimiser, warm-up, gradient
+  clipping, EMA, precision, LoRA or full fine-tuning, prompt dropout (diffalign default 0), SDXL
+  micro-conditioning. Stated. The paper gives 8 A100s, 16 h, batch 1024, 400 steps (§4);
+  ``max_steps: 400`` follows it.
+- SD3: the paper trains SD3-Medium but writes only the ε form; here the family's velocity errors.
+  Stated.
 """
 
 from __future__ import annotations

@@ -26,6 +26,67 @@ SD1.5's 64²·4) and the ratio clip ``[0.9, 1.1]`` almost never acts. Here too t
 mean (``rollout.log_prob_reduction: mean``): β = 10 was tuned on that scale, and with a sum the same β
 would give margins thousands of times larger and a clip that always acts. The clip is kept as the
 official code writes it, a hard clamp (no gradient outside the band); ``clip: 0`` switches it off.
+
+Audit against the official code (RockeyCoss/SPO@27a8642, under ``spo_training_and_inference/``:
+``train_scripts/train_spo[_sdxl].py``, ``configs/``, ``spo/custom_diffusers/``,
+``spo/preference_models/compare_funcs.py``, ``accelerate_cfg/1m4g_fp16.yaml``). Sampler first:
+
+- Scheduler and steps: DDIM from the pipeline's scheduler config (train_spo.py L143), 20 steps
+  (basic_config.py L65); diffalign DDIM times from the same config (SD1.5: 951, 901, …, 1). Matched.
+- η = 1 (basic_config.py L68), guidance 5 against the empty prompt (L70; train_spo.py L271–279).
+  Matched (``rollout.eta``, ``rollout.guidance``).
+- Branching: from step 4 (``divert_start_step``, basic_config.py L99), k = 4 on SD1.5 (its config
+  L10), 2 on SDXL (basic_config.py L73); k candidates share one mean (ddim_seperate.py L114–122).
+  Matched (``branch_from``, ``candidates``).
+- Scoring: each candidate's x̂0, decoded, scored by the step-aware model at the candidates' own
+  timestep; the last step's samples at t = 0 (multi_sample_pipeline.py L142–182, L238–254). Matched.
+- Threshold: softmax of best and worst scores differs by more than 0.3 / 0.4 (compare_funcs.py
+  L5–14; SDXL config L18). Matched (``score_gap`` = 2·artanh(threshold)).
+- Continuation: a uniformly drawn candidate, its prediction reused (multi_sample_pipeline.py
+  L200–223). Matched.
+- Last step: lands on ᾱ_0, not 1 (``prev_timestep`` clamped to 0, ddim_with_logprob.py L53–61).
+  Matched (``final_scales`` from ``set_alpha_to_one``, false in SD's configs).
+- SDXL "MSPO": ``num_inner_step = 3`` (SDXL config L22; multi_sample_pipeline_sdxl.py L249–350):
+  each branch runs 3 more steps before it is scored and all 4 transitions of the win and the lose
+  branch become pairs; diffalign scores one step later and trains the branching step only. Stated:
+  not implemented; SDXL pairs, and results, can differ from the official SDXL run.
+- Rollout precision: the chain runs in fp16 and stores fp16 candidates (ddim_seperate.py L129);
+  diffalign keeps the chain in fp32. Stated: rounding only.
+- Prompt dropout and perturbed timesteps: none. Matched (``prompt_dropout`` default 0).
+
+Training:
+
+- Log-probability: Gaussian step density, mean over latent elements (ddim_with_logprob.py
+  L121–127), of guided predictions of policy and reference (``train.cfg``, basic_config.py L97;
+  train_spo.py L474–526). Matched (``log_prob_reduction: mean``).
+- Loss: ratios ``exp(lp − lp_ref)`` clamped to [1 − ε, 1 + ε], ``−log σ(β·log r_w − β·log r_l)``,
+  mean over the minibatch (train_spo.py L584–586), β = 10, ε = 0.1 (basic_config.py L101–103).
+  Matched (a clamp in log space is the same function).
+- Reference: ``deepcopy`` of the fp16 base UNet before the adapters go on (train_spo.py L152–160);
+  diffalign the policy with its adapters off. Matched (the same weights).
+- LoRA: rank 4 (SDXL 64), α = rank, gaussian init, to_q/k/v/out.0 (train_spo.py L162–169). Matched
+  (the shipped configs; diffalign's LoRA init is gaussian too).
+- Optimiser: AdamW lr 6e-5 (SDXL 1e-5), (0.9, 0.999), weight decay 1e-4, eps 1e-8, no lr scheduler
+  (basic_config.py L79–92; train_spo.py L245–252). Matched (``lr_scheduler: constant``).
+- Gradient clipping: ``clip_grad_norm_(trainable_para, 1.0)`` (train_spo.py L604; SDXL L689) gets the
+  ``filter`` iterator the optimiser already consumed (L245–247; SDXL L262), so nothing is clipped;
+  diffalign clips at ``optim.max_grad_norm`` (1.0 in the shipped configs). Stated:
+  ``optim.max_grad_norm: 0`` reproduces the official (unclipped) updates.
+- Pairs per update: the official run samples 10 prompts per GPU, gathers every kept pair of all GPUs,
+  shuffles them, drops the remainder and trains all of them in minibatches of 10, one optimiser step
+  each (train_spo.py L388–460, L465–606); diffalign makes one update per sampled batch from at most
+  ``max_pairs_per_prompt`` pairs per prompt, drawn at random, and drops the rest. Stated: fewer pairs
+  trained per rollout and no several-updates-per-rollout; no key reproduces it exactly.
+- Too few pairs: a round with fewer kept pairs than GPUs is skipped (train_spo.py L410–411);
+  diffalign runs a zero-weight backward. Matched in effect (no update from it).
+- Mixed precision: fp16 (1m4g_fp16.yaml L8) with fp16 base weights and fp32 LoRA, and no autocast
+  under LoRA (train_spo.py L153, L170–172, L282); diffalign ``mixed_precision: fp16`` autocasts and
+  computes log-probabilities in fp32. Stated: rounding only.
+- EMA: none. Matched.
+- Preference model: the authors' SD1.5/SDXL checkpoints (basic_config.py L30–35); diffalign loads
+  them with ``rollout.preference_checkpoint`` or uses one it trained. Stated: a retrained model scores
+  differently.
+- Length: 10 epochs over the 4,000 prompts (basic_config.py L57); diffalign ``max_steps``. Stated.
 """
 
 from __future__ import annotations
