@@ -23,21 +23,37 @@ recipe, for reference: 8 GPUs × batch 1 × accumulation 128 = 1,024 pairs per s
 200 warm-up steps (``constant_with_warmup``), lr 1e-8 × ``--scale_lr`` = 1.024e-5, SD1.5 started
 from an SFT UNet that is not distributed.
 
-Inversion, as officially run: S = 10 DDIM-inversion steps on a fixed grid over the whole schedule
-(t ∈ [0, 1] here), plain DDIM (one model call per step, no ReNoise), a noise kick
-``z ← z + η·σ_DDIM·n`` after each step with η = 0.1, the current **policy** model (no gradient), no
-classifier-free guidance. The config's ``inversion:`` block (beside ``objective:``; the step's
-``InversionConfig``, read by the step, not by the loss) defaults to that, with one change: every pair
-takes ``steps = 6`` steps from 0 to its own t, the official grid's mean number of steps below a
-uniform t (6.38), so the cost per pair is the official one and the grid is finer at small t.
+Inversion, as officially run and as diffalign runs it by default (the config's ``inversion:`` block
+beside ``objective:``, the step's ``InversionConfig``; :mod:`diffalign.inversion`): DDIM inversion
+with the current **policy** (no gradient), conditional only, on the fixed ``DDIMInverseScheduler``
+grid of S = 10 steps over the whole schedule, one model call per step, and a noise kick
+``z ← z + η·σ_DDIM·n`` after each step with η = 0.1.
 
-Deviations:
-- diffalign inverts **exactly to the sampled t** (a grid ending at t). The official code applies
-  the grid points of diffusers' ``DDIMInverseScheduler`` below t, so the latent stops at a grid
-  level up to one grid spacing from t (≈ 100 timesteps at S = 10, ≈ 200 at SmPO's S = 5; the first
-  step also queries the model at a negative timestep) while the model is told t and τ uses t.
-- the official code takes the timestep (and more) of the first item of a batch for the whole
-  batch, so only a per-device batch of 1 is right; here every pair has its own t.
+Audit against the official code (JaydenLyh/InPO@a9cfc4d ``train.py``), each difference matched or stated:
+
+- **Landing (matched, ``landing: official``).** ``inverse_scheduler.set_timesteps(10)`` (L866/875)
+  and the loop over ``timesteps < t`` (L995–1011): under the diffusers the repository pins (0.20)
+  each step rises from its grid point g to g + 100 (the first from −99, the model asked there),
+  so the latent ends at the **first grid level at or above t** (1, 101, …, 901; 901 above the
+  last start 801) while τ uses ᾱ_t (L1012–1014) and the model is told t (L1025–1029).
+  ``landing: exact`` (diffalign's earlier default) inverts with ``steps`` equal steps onto t;
+  ``steps: 6`` costs what the official grid costs on average (6.38 steps below a uniform t). On
+  the toy the exact landing gains less than the official one (``benchmarks/results/toy.md``): the
+  latent is noisier than the level the model is told, and that is what helps.
+- **Empty prompts (matched, ``prompt_dropout`` 0.2).** ``--proportion_empty_prompts`` 0.2 (L353–356,
+  used L683 and in ``encode_prompt_sdxl``): the pair's caption becomes "" for the inversion and the
+  loss alike; here each group's draw comes from its own seed (the official one from Python's
+  ``random``). A cache holds no empty prompt's embedding: a run with it trains uncached.
+- **Noise kick (matched).** ``0.1·√DDIMScheduler._get_variance(g + 100, g)·n`` after each step
+  (L1008–1011); here n comes from the group's generator, officially from ``torch.randn_like``.
+- **One t per batch (stated).** The official code takes ``timesteps[0]`` for the inversion depth
+  and the target of the whole batch (L995, L1012), right only at per-device batch 1; here every
+  pair has its own t.
+- **Precision (stated).** Official fp16 mixed precision (the noise kick's variance in fp16); the
+  toy and the tests run fp32.
+- **Recipe (stated; a config's values, not code).** 8 GPUs × batch 1 × accumulation 128 = 1,024
+  pairs per step, 400 steps, ``constant_with_warmup`` with 200 warm-up steps, lr 1.024e-5, SD1.5
+  from an SFT UNet that is not distributed; SDXL forces Adafactor.
 
 ε-prediction only: both InPO and SmPO assert ``prediction_type == "epsilon"``. diffalign keeps each
 family's own parameterisation (as its Diffusion-DPO does), which rescales the errors by a factor

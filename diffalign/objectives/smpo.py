@@ -31,26 +31,36 @@ Defaults, from the official launchers (``examples/sd15.sh``, ``examples/sdxl.sh`
 - Rest of the recipe, for reference: 1,024 pairs per step (8 GPUs × 1 × accumulation 128),
   200 steps with 100 warm-up steps, lr 1.024e-5; SD1.5 from an undistributed SFT UNet.
 
-Inversion, as officially run: DDIM inversion on a fixed grid over the whole schedule (t ∈ [0, 1]
-here) with S = 5 steps (SD1.5) / 10 (SDXL), one ReNoise iteration per step (the step is redone with
-the mean of the predictions at the current and the tentative latent, both at the same timestep),
-the current **policy** model (no gradient), no classifier-free guidance. The config's ``inversion:``
-block (beside ``objective:``; the step's ``InversionConfig``) defaults to
-``steps = 4`` from 0 to each pair's own t (the S = 5 grid's mean of 3.79 steps below a uniform t;
-SDXL's S = 10 grid: 6.38, use ``steps: 6``) and ``renoise_iters = 1``. The ReNoise re-estimate is
-made at the time of the latent it is made on (the inversion module).
+Inversion, as officially run and as diffalign runs it by default (the config's ``inversion:``
+block beside ``objective:``, the step's ``InversionConfig``; :mod:`diffalign.inversion`): DDIM
+inversion with the current **policy** (no gradient), conditional only, on the fixed
+``DDIMInverseScheduler`` grid of S = 5 steps (SD1.5; SDXL 10) over the whole schedule, with one
+ReNoise iteration per step: the step is redone with the mean of the first prediction and one
+made at the tentative latent **at the same (start) timestep**.
 
-Deviations:
-- pair order: the official code reorders each pair so that w is the higher-PickScore image
-  (ignoring the human label; human ties are dropped). Here the dataset's order stays and a
-  negative ``2p − 1`` (score_w < score_l) flips the pair. The loss is the same: swapping w ↔ l
-  flips the sign of ``margin_dpo`` and turns p into 1 − p, which flips ``2p − 1``, so the product
-  is unchanged.
-- diffalign inverts **exactly to the sampled t**; the official ``DDIMInverseScheduler`` grid stops
-  up to one grid spacing from t (≈ 200 timesteps at S = 5, ≈ 100 at S = 10) while the model is
-  told t and τ uses t.
-- the official code uses the label, pair order and timestep of the first item of a batch for the
-  whole batch (correct only at per-device batch 1); here each pair has its own.
+Audit against the official code (JaydenLyh/SmPO@8922d54 ``train.py``), each difference matched or stated:
+
+- **Landing (matched, ``landing: official``).** ``set_timesteps(5)`` (L881; SDXL 10, L872) and the
+  loop over ``timesteps < t`` (L1002–1024): under the pinned diffusers (0.20) the latent ends at the
+  first grid level at or above t (1, 201, …, 801; up to 199 timesteps noisier) while the model is
+  told t and τ uses ᾱ_t (L1025–1027). ``landing: exact`` inverts onto t (``steps: 4`` costs the
+  grid's average 3.79 steps); on the toy it gains less (``benchmarks/results/toy.md``).
+- **ReNoise timing (matched, ``renoise_at: start``).** ``noise_pred_1`` is predicted at the step's
+  start timestep on the tentative latent and averaged with the first prediction (L1017–1022);
+  ``renoise_at: end`` is the fixed-point form (re-estimates at the point's own time, averaged alone).
+- **Empty prompts (matched, ``prompt_dropout`` 0.2).** ``--proportion_empty_prompts`` 0.2 (L354,
+  used L681 and in ``encode_prompt_sdxl`` L395) for the inversion and the loss alike; drawn here
+  per group from its own seed. A cache holds no empty prompt's embedding: a run with it trains uncached.
+- **Pair order (stated; the same loss).** The official preprocessing reorders each pair so that w
+  is the higher-PickScore image (human ties dropped). Here the dataset's order stays and a negative
+  ``2p − 1`` flips the pair: swapping w ↔ l flips the sign of ``margin_dpo`` and turns p into
+  1 − p, so the product is unchanged.
+- **One label and t per batch (stated).** The official code uses the label, pair order and
+  timestep of the first item of a batch for the whole batch (L739–747, L1002, L1061), right only
+  at per-device batch 1; here each pair has its own.
+- **Precision and recipe (stated).** fp16 mixed precision; 1,024 pairs per step (8 GPUs × 1 ×
+  accumulation 128), 200 steps with 100 warm-up steps, lr 1.024e-5; SD1.5 from an undistributed
+  SFT UNet.
 
 ε-prediction only (the official code asserts ``prediction_type == "epsilon"``). diffalign keeps
 each family's own parameterisation (as its Diffusion-DPO does); since w and l share t this

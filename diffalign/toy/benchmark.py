@@ -1,14 +1,22 @@
 """The toy alignment benchmark: does training with an objective make the model *better*?
 
 1. Pretrain (or load from the cache) the tiny SD1.5-style base model of the toy world.
-2. Sample several images per prompt from it, score them with the toy reward, and write
-   preference data: ranked groups (best first, with scores), best-vs-worst pairs, and for DCPO
-   a caption per image ("a large red circle" / "a small red circle", from its measured size).
-3. Align the base model with each objective (LoRA), tracking the reward of samples on a few
-   fixed seeds during training.
-4. Sample fresh images on held-out seeds, the same for the base and every aligned model, and
-   report the mean reward before and after, the paired gain with a 95 % bootstrap interval,
-   the win-rate against the base, the prompt-following fraction and the wall time.
+2. Sample ``samples_per_prompt`` images per prompt from it, score them with the toy reward and
+   write preference data (:mod:`diffalign.toy.samples`): ranked groups, best-vs-worst pairs (256
+   by default) with a caption per image for DCPO, experts, the step-aware model's pairs.
+3. Align the base model with each objective (LoRA, ``epochs`` passes over its data with the
+   official schedule shape: a linear warm-up, then constant), tracking the reward and prompt
+   following of samples on the **curve seeds** during training.
+4. **The protocol** (``lr_sweep`` and ``train_seeds``, :data:`PROTOCOL`): train each objective at
+   every learning rate of the sweep, choose the one whose curve-seed reward is highest at the end
+   (among those that keep the curve seeds' prompt following within 0.05 of the base), then train
+   at that rate with the other training seeds. Only the chosen rate's runs are evaluated on the
+   **held-out evaluation seeds** (never seen while choosing): per seed the mean reward, the gain
+   paired over the same prompts and seeds with a 95 % bootstrap interval, the win-rate against
+   the base and the prompt-following fraction; and the mean over seeds.
+
+Without a sweep each objective trains at its toy learning rate (:data:`TOY_LR`, chosen by the
+protocol) with one seed: ``diffalign demo``.
 
 Outputs in the run folder: ``results.json``, ``report.md``, ``reward_curve.png`` and
 ``grid_<objective>.png`` (base above, aligned below, same seeds).
@@ -18,6 +26,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -27,31 +36,27 @@ from tqdm.auto import tqdm
 
 from diffalign.config import to_dict
 from diffalign.data.dataset import PreferenceDataset
-from diffalign.data.writer import ShardWriter
 from diffalign.evaluation.stats import paired_gain, win_rate
 from diffalign.toy.pretrain import PretrainConfig, base_model
-from diffalign.toy.reward import colour_coverage, follows_prompt, toy_reward
-from diffalign.toy.world import COLOURS, PROMPTS, parse
+from diffalign.toy.reward import ToyRewardScorer, follows_prompt, toy_reward
+from diffalign.toy.samples import build_preference_data, generate, grid, sampling_pipe
 
 TOY_REWARD_SPREAD = 0.374
-"""Max − min of the toy reward over the toy benchmark's 64 pairs at seed 0 (each run records its
-own in ``results.json`` as ``data.reward_spread``); the mean pair's gap, 0.138, gives SmPO a
-label p = 0.59."""
+"""Max − min of the toy reward over the toy's pairs at seed 0 (each run records its own in
+``results.json`` as ``data.reward_spread``); SmPO's ``score_scale``."""
 
 # Per-objective training settings for the toy (LoRA rank 8): the strengths the papers use are
 # calibrated for 2000+ steps at batch 2048; a few hundred small steps need a stronger signal.
 DEFAULT_OBJECTIVES = {
     "diffusion_dpo": {"objective": {"name": "diffusion_dpo", "beta": 1000.0}},
     # Reference-free, MaPO's margin on the toy measures how hard each image is to denoise (the
-    # preferred, larger shapes are easier: saturated from step 1), and in 150 steps a stronger λ or
-    # T only unlearns the rejected images. Swept λ ∈ {0.01, 0.1, 1} × T ∈ {1e3, 1e4, 1e5}: the gain
-    # falls as λ·T grows (+0.032, +0.014, then −0.09 to −0.12), all below SFT's +0.040; only
-    # λ = 0.01 clears chance, so the toy's MaPO is close to SFT on the preferred image.
+    # preferred, larger shapes are easier), and a strong λ·T only unlearns the rejected images
+    # (swept on the earlier protocol: λ ∈ {0.01, 0.1, 1} × T ∈ {1e3, 1e4, 1e5}; only λ = 0.01 gained).
     "mapo": {"objective": {"name": "mapo", "beta_mapo": 0.01, "snr_value": 0.5}},
     "dcpo": {"objective": {"name": "dcpo", "beta": 1000.0}},
     "rank_dpo": {"objective": {"name": "rank_dpo", "beta": 1000.0}},
     "sft": {"objective": {"name": "sft"}},
-    # Diffusion-DPO's toy β on inverted latents; the inversion as the objectives' defaults.
+    # Diffusion-DPO's toy β on inverted latents; the inversion and prompt dropout as official.
     "inpo": {"objective": {"name": "inpo", "beta": 1000.0}},
     # score_scale: the spread (max − min) of the toy reward over the toy's pairs, as the official
     # code normalises PickScore by its spread over Pick-a-Pic.
@@ -64,167 +69,133 @@ DEFAULT_OBJECTIVES = {
     # Experts: the best image of each toy group (K = 1); a 10-step rollout; the paper's margin.
     "diffusion_dro": {"objective": {"name": "diffusion_dro"}, "rollout": {"steps": 10}},
 }
-
-
 ALL_OBJECTIVES = tuple(DEFAULT_OBJECTIVES)
+
+TOY_LR = {name: 1e-3 for name in ALL_OBJECTIVES}
+"""Each objective's toy learning rate: the protocol's choice (``benchmarks/results/toy.md``)."""
+
+ORACLE = "spo_oracle"
+"""SPO with the toy reward itself as its step-aware scorer (:class:`~diffalign.toy.reward.ToyRewardScorer`):
+a run of SPO that tells its method from its learned scorer. Asked for by name in ``objectives``."""
+
+PROTOCOL = {"lr_sweep": (1e-4, 3e-4, 1e-3), "train_seeds": 3}
+"""The settings that turn a run into the ranking protocol (``examples/toy_alignment.py``)."""
 
 
 @dataclass
 class BenchmarkConfig:
     objectives: tuple[str, ...] = ALL_OBJECTIVES
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
-    samples_per_prompt: int = 32
+    samples_per_prompt: int = 128
+    """Images per prompt; groups of ``group_size`` make ``8 · samples_per_prompt / group_size`` pairs (256)."""
     group_size: int = 4
     inference_steps: int = 20
     guidance_scale: float = 4.0
-    train_steps: int = 150
-    batch_size: int = 8
-    lr: float = 1e-3
+    epochs: float = 2.0
+    train_steps: int | None = None
+    """Updates per run; ``None``: ``epochs`` passes over the objective's groups."""
+    batch_size: int = 4
+    warmup_fraction: float = 0.25
+    """Share of the updates the learning rate warms up over (``constant_with_warmup``, the official
+    schedule of Diffusion-DPO, InPO and SmPO)."""
+    lr: float | None = None
+    """One learning rate for every objective; ``None``: each objective's :data:`TOY_LR`."""
+    lr_sweep: tuple[float, ...] = ()
+    """Learning rates to choose from on the curve seeds (empty: no sweep)."""
+    train_seeds: int = 1
+    """Training seeds ``seed, seed + 1, …`` at the chosen learning rate (the data stays seed's)."""
     lora_rank: int = 8
     eval_seeds_per_prompt: int = 16
-    curve_every: int = 25
-    curve_seeds_per_prompt: int = 2
-    step_aware_steps: int = 300
-    """Training steps of the toy's step-aware preference model (SPO)."""
+    curve_every: int = 32
+    curve_seeds_per_prompt: int = 4
+    step_aware_steps: int = 2000
+    """At most this many training steps of the toy's step-aware model (SPO); it stops early when
+    its held-out pair loss stops improving (``step_aware_patience`` evaluations)."""
+    step_aware_patience: int = 4
     seed: int = 0
     objective_settings: dict = field(default_factory=lambda: copy.deepcopy(DEFAULT_OBJECTIVES))
     """Per objective, the training config's ``objective:`` block and its step's block (``rollout:``)."""
 
-
-# --------------------------------------------------------------------------------- sampling
-@torch.no_grad()
-def generate(pipe, prompts: list[str], seeds: list[int], steps: int, guidance: float, batch: int = 32) -> torch.Tensor:
-    """``[N, 3, 32, 32]`` in [0, 1], image i drawn from its own ``seeds[i]`` (batch-independent)."""
-    out = []
-    for start in range(0, len(prompts), batch):
-        chunk = slice(start, start + batch)
-        generators = [torch.Generator().manual_seed(s) for s in seeds[chunk]]
-        images = pipe(prompts[chunk], num_inference_steps=steps, guidance_scale=guidance, generator=generators,
-                      height=32, width=32, output_type="pt").images
-        out.append(images.float().cpu())
-    return torch.cat(out)
-
-
-def _sampling_pipe(path_or_pipe):
-    from diffusers import DDIMScheduler, StableDiffusionPipeline
-
-    pipe = path_or_pipe if not isinstance(path_or_pipe, (str, Path)) else StableDiffusionPipeline.from_pretrained(str(path_or_pipe))
-    pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
-
-
-def _grid(seeds_per_prompt: int, offset: int) -> tuple[list[str], list[int]]:
-    """Every prompt ``seeds_per_prompt`` times, each image with its own seed from ``offset`` on."""
-    prompts = [p for p in PROMPTS for _ in range(seeds_per_prompt)]
-    return prompts, [offset + i for i in range(len(prompts))]
-
-
-# --------------------------------------------------------------------------------- data
-def tensor_png(image: torch.Tensor) -> bytes:
-    """``[3, H, W]`` in [0, 1] as PNG bytes."""
-    from torchvision.transforms.functional import to_pil_image
-
-    from diffalign.builders.synthetic import png_bytes
-
-    return png_bytes(to_pil_image(image.clamp(0, 1)))
-
-
-def caption(image: torch.Tensor, prompt: str) -> str:
-    """A caption of what the image shows: the prompt with a size word from the object's coverage."""
-    colour, shape = parse(prompt)
-    coverage = colour_coverage(image[None])[0, list(COLOURS).index(colour)]
-    return f"a {'large' if coverage > 0.15 else 'small'} {colour} {shape}"
-
-
-def build_preference_data(pipe, out: Path, config: BenchmarkConfig) -> dict[str, Path]:
-    """Sample and score ``samples_per_prompt`` images per prompt; write ranked groups, best-vs-worst
-    pairs, experts (each group's best alone, K = 1) and the step-aware model's training pairs
-    (each group's best against every other image). Returns the folders by those names."""
-    n = config.samples_per_prompt
-    prompts, seeds = _grid(n, offset=10_000 + config.seed * 1_000_000)
-    images = generate(pipe, prompts, seeds, config.inference_steps, config.guidance_scale)
-    rewards = toy_reward(images, prompts)
-    ranked = ShardWriter(out / "ranked", builder="toy", options={"seed": config.seed}, overwrite=True)
-    pairs = ShardWriter(out / "pairs", builder="toy", options={"seed": config.seed}, overwrite=True)
-    spm_pairs = ShardWriter(out / "step_aware_pairs", builder="toy", options={"seed": config.seed}, overwrite=True)
-    k = config.group_size
-    for p, prompt in enumerate(PROMPTS):
-        for g in range(n // k):
-            idx = torch.arange(p * n + g * k, p * n + (g + 1) * k)
-            order = idx[rewards[idx].argsort(descending=True)]
-            row_id = f"{p:02d}-{g:03d}"
-            ranked.add({"id": row_id, "prompt": prompt, "images": [{"bytes": tensor_png(images[i]), "path": None} for i in order],
-                        "scores": rewards[order].tolist(), "ranks": list(range(k)), "captions": None,
-                        "source": "toy", "meta": json.dumps({"seeds": [seeds[i] for i in order]})})
-            best, worst = order[0], order[-1]
-            pairs.add({"id": row_id, "prompt": prompt, "images": [{"bytes": tensor_png(images[i]), "path": None} for i in (best, worst)],
-                       "scores": [float(rewards[best]), float(rewards[worst])], "ranks": [0, 1],
-                       "captions": [caption(images[best], prompt), caption(images[worst], prompt)],
-                       "source": "toy", "meta": json.dumps({"seeds": [seeds[best], seeds[worst]]})})
-            for j, other in enumerate(order[1:]):
-                spm_pairs.add({"id": f"{row_id}-{j}", "prompt": prompt, "scores": [float(rewards[best]), float(rewards[other])],
-                               "images": [{"bytes": tensor_png(images[i]), "path": None} for i in (best, other)],
-                               "ranks": [0, 1], "captions": None, "source": "toy", "meta": None})
-    ranked.finish({"group_size": k, "reward_models": ["toy_coverage"]})
-    pairs.finish({"group_size": 2, "reward_models": ["toy_coverage"]})
-    spm_pairs.finish({"group_size": 2, "reward_models": ["toy_coverage"]})
-    from diffalign.builders.experts import build_experts
-
-    build_experts(out / "pairs", out / "experts", overwrite=True, progress=False)
-    return {name: out / name for name in ("pairs", "ranked", "experts", "step_aware_pairs")}
+    def steps_for(self, groups: int) -> int:
+        return self.train_steps or max(1, math.ceil(self.epochs * groups / self.batch_size))
 
 
 def train_step_aware_model(base: Path, data: Path, out: Path, config: BenchmarkConfig, progress: bool = True) -> dict:
     """SPO's step-aware preference model for the toy: a tiny CLIP (:func:`~diffalign.rewards.tiny.tiny_step_aware`,
     random weights) trained on the toy's pairs on the base model's ``x̂0``, as the paper trains
-    its on Pick-a-Pic. Returns the held-out pair accuracy (a quarter of the pairs never train)
-    and the model folder."""
-    from diffalign.training.step_aware import SPMTrainConfig, train_step_aware
+    its on Pick-a-Pic, until its held-out pair loss stops improving (a quarter of the pairs never
+    train). Returns the best evaluation's held-out accuracy per time and the model folder."""
     from diffalign.rewards.tiny import tiny_step_aware
+    from diffalign.training.step_aware import SPMTrainConfig, train_step_aware
 
     init = tiny_step_aware(seed=config.seed).save_pretrained(out / "init")
     spm = SPMTrainConfig(data=str(data), base_model=str(base), out=str(out / "run"), init=str(init),
                          steps=config.step_aware_steps, batch_size=16, lr=1e-3, weight_decay=0.0, warmup_steps=0,
                          lr_scheduler="constant", guidance=config.guidance_scale, resolution=32,
-                         heldout_fraction=0.25, checkpoint_every=0, seed=config.seed)
+                         heldout_fraction=0.25, checkpoint_every=0, seed=config.seed,
+                         **_early_stopping(config))
     result = train_step_aware(spm, progress=progress)
     return {"model": str(out / "run" / "final"), "heldout_accuracy": result}
 
 
-# --------------------------------------------------------------------------------- alignment
-def align(objective: str, base: Path, data: Path, out: Path, config: BenchmarkConfig, curve_fn,
-          progress: bool = True) -> tuple[object, list, float]:
-    """Train one objective with LoRA; returns the trainer (its pipeline carries the adapters), the
-    reward curve ``[(step, mean reward), ...]`` and the seconds per training step."""
+def _early_stopping(config: BenchmarkConfig) -> dict:
+    return {"eval_every": 100, "patience": config.step_aware_patience} if config.step_aware_steps >= 200 else {}
+
+
+# --------------------------------------------------------------------------------- one run
+@dataclass
+class Curve:
+    """What the curve seeds show during a run: ``points`` ``[(step, reward, following), ...]``;
+    ``proxy`` ``[(step, mean of the step's own score), ...]`` for a step that reports one (SPO's
+    step-aware score), the value the divergence watch compares with the true reward."""
+
+    sample: object
+    points: list = field(default_factory=list)
+    proxy: list = field(default_factory=list)
+
+
+def align(objective: str, base: Path, data: Path, out: Path, config: BenchmarkConfig, curve: Curve, lr: float,
+          seed: int, progress: bool = True) -> tuple[object, float]:
+    """Train one objective with LoRA at ``lr`` and training ``seed``; fills ``curve`` and returns
+    the trainer (its pipeline carries the adapters) and the seconds per training step."""
     from diffalign.config import DataConfig, LoggingConfig, LoRAConfig, ModelConfig, OptimConfig, TrainConfig
     from diffalign.training import Trainer
 
+    name = "spo" if objective == ORACLE else objective
+    steps = config.steps_for(len(PreferenceDataset.open(data)))
     train_config = TrainConfig(
         # Uncached: the reward curve samples from the trained pipeline, which needs its text encoders.
         model=ModelConfig(path=str(base)), data=DataConfig(path=str(data), resolution=32, cache=False),
-        optim=OptimConfig(lr=config.lr, lr_scheduler="constant", weight_decay=0.0),
+        optim=OptimConfig(lr=lr, lr_scheduler="constant_with_warmup", warmup_steps=round(config.warmup_fraction * steps),
+                          weight_decay=0.0),
         lora=LoRAConfig(rank=config.lora_rank, alpha=float(config.lora_rank)),
-        **copy.deepcopy(config.objective_settings[objective]), output_dir=str(out), seed=config.seed,
+        **copy.deepcopy(config.objective_settings[name]), output_dir=str(out), seed=seed,
         # Each benchmark run trains every objective again, into the same folders.
-        max_steps=config.train_steps, batch_size=config.batch_size, checkpoint_every=0, overwrite=True,
+        max_steps=steps, batch_size=config.batch_size, checkpoint_every=0, overwrite=True,
         logging=LoggingConfig(report_to="none", every=config.curve_every, progress_bar=progress),
     )
     trainer = Trainer(train_config)
-    curve = [(0, curve_fn(trainer.family.pipe))]
-    curve_seconds = 0.0
+    if objective == ORACLE:
+        trainer.step.scorer = ToyRewardScorer().to(trainer.family.device)
+    sampling_seconds, window = 0.0, []
 
     def on_step(step, trainer):
-        nonlocal curve_seconds
-        if step % config.curve_every == 0:
+        nonlocal sampling_seconds
+        score = trainer.step.metrics().get("spo/preference_score")
+        if score is not None:
+            window.append(float(score))
+        if step % config.curve_every == 0 or step == steps:
             began = time.perf_counter()
-            curve.append((step, curve_fn(trainer.family.pipe)))
-            curve_seconds += time.perf_counter() - began
+            curve.points.append((step, *curve.sample(trainer.family.pipe)))
+            if window:
+                curve.proxy.append((step, sum(window) / len(window)))
+                window.clear()
+            sampling_seconds += time.perf_counter() - began
 
     began = time.perf_counter()
     trainer.run(on_step=on_step)
-    # Training alone: the reward-curve samples taken between steps are not the objective's cost.
-    return trainer, curve, (time.perf_counter() - began - curve_seconds) / config.train_steps
+    # Training alone: the curve samples taken between steps are not the objective's cost.
+    return trainer, (time.perf_counter() - began - sampling_seconds) / steps
 
 
 def _summary(rewards: torch.Tensor, base_rewards: torch.Tensor, follows: torch.Tensor) -> dict:
@@ -234,11 +205,11 @@ def _summary(rewards: torch.Tensor, base_rewards: torch.Tensor, follows: torch.T
             "win_rate": wins.as_dict(), "prompt_following": float(follows.float().mean())}
 
 
-def _step_costs(objectives: dict) -> None:
-    """Each objective's training-step time as a multiple of Diffusion-DPO's in the same run."""
-    dpo = objectives.get("diffusion_dpo")
-    for summary in objectives.values():
-        summary["step_cost_vs_dpo"] = round(summary["seconds_per_step"] / dpo["seconds_per_step"], 2) if dpo else None
+def choose_lr(sweep: dict[float, list], base_following: float, tolerance: float = 0.05) -> float:
+    """The learning rate whose curve ends highest, among those whose curve-seed prompt following
+    ends within ``tolerance`` of the base's (all of them if none does). ``sweep``: lr → curve points."""
+    fair = {lr: points for lr, points in sweep.items() if points[-1][2] >= base_following - tolerance} or sweep
+    return max(fair, key=lambda lr: fair[lr][-1][1])
 
 
 RECORD = ".toy-benchmark.json"
@@ -248,9 +219,8 @@ RECORD = ".toy-benchmark.json"
 def run_benchmark(out: str | Path, config: BenchmarkConfig = BenchmarkConfig(), cache: Path | None = None,
                   progress: bool = True) -> dict:
     """Run the whole benchmark into ``out``; returns the results (also in ``results.json``)."""
-    from diffalign.toy.report import write_report
-
     from diffalign.outputs import refuse_unless_empty
+    from diffalign.toy.report import write_report
 
     out = Path(out)
     if not (out / RECORD).is_file():  # a new benchmark: never among someone else's files (diffalign.outputs)
@@ -259,48 +229,103 @@ def run_benchmark(out: str | Path, config: BenchmarkConfig = BenchmarkConfig(), 
     (out / RECORD).write_text(json.dumps({"writer": "diffalign toy benchmark"}))
     start = time.time()
     base = base_model(config.pretrain, cache=cache, progress=progress)
-    base_pipe = _sampling_pipe(base)
+    base_pipe = sampling_pipe(base)
     data = build_preference_data(base_pipe, out / "data", config)
     pair_scores = [s for row in PreferenceDataset.open(data["pairs"]).column("scores") for s in row]
-    eval_prompts, eval_seeds = _grid(config.eval_seeds_per_prompt, offset=90_000_000 + config.seed * 1_000_000)
-    curve_prompts, curve_seeds = _grid(config.curve_seeds_per_prompt, offset=80_000_000)
+    eval_prompts, eval_seeds = grid(config.eval_seeds_per_prompt, offset=90_000_000 + config.seed * 1_000_000)
+    curve_prompts, curve_seeds = grid(config.curve_seeds_per_prompt, offset=80_000_000)
 
-    def curve_fn(pipe):
-        pipe = _sampling_pipe(pipe)
-        images = generate(pipe, curve_prompts, curve_seeds, config.inference_steps, config.guidance_scale)
-        return float(toy_reward(images, curve_prompts).mean())
+    def sample_curve(pipe) -> tuple[float, float]:
+        images = generate(sampling_pipe(pipe), curve_prompts, curve_seeds, config.inference_steps, config.guidance_scale)
+        return float(toy_reward(images, curve_prompts).mean()), float(follows_prompt(images, curve_prompts).float().mean())
 
     base_images = generate(base_pipe, eval_prompts, eval_seeds, config.inference_steps, config.guidance_scale)
     base_rewards = toy_reward(base_images, eval_prompts)
-    base_follow = follows_prompt(base_images, eval_prompts)
+    base_curve = sample_curve(base_pipe)
     results = {
         "config": to_dict(config), "base_model": str(base),
         "pretrain": json.loads((base / "pretrain.json").read_text()),
-        "base": {"reward": float(base_rewards.mean()), "prompt_following": float(base_follow.float().mean())},
-        "data": {"reward_spread": round(max(pair_scores) - min(pair_scores), 4)},
+        "base": {"reward": float(base_rewards.mean()),
+                 "prompt_following": float(follows_prompt(base_images, eval_prompts).float().mean()),
+                 "curve_reward": base_curve[0], "curve_following": base_curve[1]},
+        "data": {"reward_spread": round(max(pair_scores) - min(pair_scores), 4), "pairs": len(pair_scores) // 2},
         "objectives": {},
     }
     grids, config = {}, replace(config, objective_settings=copy.deepcopy(config.objective_settings))
-    if "spo" in config.objectives:
+    if "spo" in config.objectives or ORACLE in config.objectives:
         step_aware = train_step_aware_model(base, data["step_aware_pairs"], out / "step_aware", config, progress)
         results["step_aware"] = step_aware
         config.objective_settings["spo"]["rollout"]["preference_model"] = step_aware["model"]
+
+    def train(objective: str, lr: float, seed: int):
+        folder = data["ranked" if objective == "rank_dpo" else "experts" if objective == "diffusion_dro" else "pairs"]
+        curve = Curve(sample_curve, points=[(0, *base_curve)])
+        trainer, seconds = align(objective, base, folder, out / "runs" / objective / f"lr{lr:g}-seed{seed}", config,
+                                 curve, lr, seed, progress)
+        return trainer, {"lr": lr, "seed": seed, "curve": curve.points, "proxy": curve.proxy,
+                         "seconds_per_step": round(seconds, 4)}
+
+    def evaluate(trainer, run: dict) -> torch.Tensor:
+        images = generate(sampling_pipe(trainer.family.pipe), eval_prompts, eval_seeds, config.inference_steps,
+                          config.guidance_scale)
+        run.update(_summary(toy_reward(images, eval_prompts), base_rewards, follows_prompt(images, eval_prompts)))
+        run["weights"] = str(trainer.config.output_dir)
+        run.update(_watch(run))
+        return images
+
     for objective in tqdm(config.objectives, desc="objectives", disable=not progress):
         began = time.time()
-        folder = data["ranked" if objective == "rank_dpo" else "experts" if objective == "diffusion_dro" else "pairs"]
-        trainer, curve, seconds_per_step = align(objective, base, folder, out / "runs" / objective, config, curve_fn,
-                                                 progress)
-        images = generate(_sampling_pipe(trainer.family.pipe), eval_prompts, eval_seeds, config.inference_steps,
-                          config.guidance_scale)
-        rewards = toy_reward(images, eval_prompts)
-        summary = _summary(rewards, base_rewards, follows_prompt(images, eval_prompts))
-        summary.update({"reward_before": results["base"]["reward"], "curve": curve,
-                        "wall_seconds": round(time.time() - began, 1), "weights": str(trainer.config.output_dir),
-                        "seconds_per_step": round(seconds_per_step, 4)})
-        results["objectives"][objective] = summary
-        grids[objective] = images
+        lrs = config.lr_sweep or (config.lr or TOY_LR["spo" if objective == ORACLE else objective],)
+        sweep, trainers = {}, {}
+        for lr in lrs:
+            trainers[lr], sweep[lr] = train(objective, lr, config.seed)
+            if len(lrs) > 1:  # only the chosen rate's trainer is kept
+                best = choose_lr({k: v["curve"] for k, v in sweep.items()}, base_curve[1])
+                trainers = {best: trainers[best]}
+        chosen = choose_lr({k: v["curve"] for k, v in sweep.items()}, base_curve[1])
+        grids[objective] = evaluate(trainers.pop(chosen), sweep[chosen])
+        runs = [sweep[chosen]]
+        for seed in range(config.seed + 1, config.seed + config.train_seeds):
+            trainer, run = train(objective, chosen, seed)
+            evaluate(trainer, run)
+            runs.append(run)
+        results["objectives"][objective] = _objective_summary(runs, sweep, results["base"]["reward"], began)
     _step_costs(results["objectives"])
     results["wall_seconds"] = round(time.time() - start, 1)
     write_report(out, results, base_images, grids, eval_prompts, config.eval_seeds_per_prompt)
     return results
 
+
+def _watch(run: dict) -> dict:
+    """The reward-hacking watch on a run's curve: its step's own score against the true reward."""
+    if not run["proxy"]:
+        return {}
+    from diffalign.evaluation.divergence import DivergenceWatch
+
+    watch = DivergenceWatch(proxy_name="step-aware score", true_name="toy reward of the curve seeds")
+    truth = dict((step, reward) for step, reward, _ in run["curve"])
+    for step, score in run["proxy"]:
+        watch.update(step, score, truth[step])
+    return {"divergence": watch.message}
+
+
+def _objective_summary(runs: list[dict], sweep: dict, reward_before: float, began: float) -> dict:
+    """The chosen rate's runs (the first is the sweep's), their mean gain, and the first seed's
+    fields at the top level (``gain``, ``curve``, …) as a one-seed run reports them."""
+    first = runs[0]
+    gains = [r["gain"]["value"] for r in runs]
+    return {**{k: v for k, v in first.items() if k not in ("lr", "seed")}, "reward_before": reward_before,
+            "lr": first["lr"], "runs": runs, "mean_gain": sum(gains) / len(gains),
+            "every_seed_gains": all(r["gain"]["low"] > 0 for r in runs),
+            "mean_win_rate": sum(r["win_rate"]["value"] for r in runs) / len(runs),
+            "min_prompt_following": min(r["prompt_following"] for r in runs),
+            "sweep": {f"{lr:g}": {"curve": s["curve"], "seconds_per_step": s["seconds_per_step"]} for lr, s in sweep.items()},
+            "seconds_per_step": sum(r["seconds_per_step"] for r in runs) / len(runs),
+            "wall_seconds": round(time.time() - began, 1)}
+
+
+def _step_costs(objectives: dict) -> None:
+    """Each objective's training-step time as a multiple of Diffusion-DPO's in the same run."""
+    dpo = objectives.get("diffusion_dpo")
+    for summary in objectives.values():
+        summary["step_cost_vs_dpo"] = round(summary["seconds_per_step"] / dpo["seconds_per_step"], 2) if dpo else None

@@ -7,22 +7,52 @@ from pathlib import Path
 
 import torch
 
-COLUMNS = ("objective", "reward before", "reward after", "gain [95% CI]", "win-rate vs base [95% CI]",
-           "prompt following", "step × DPO", "wall s")
+COLUMNS = ("objective", "lr", "reward after", "gain [95% CI], each training seed", "mean gain",
+           "win-rate vs base", "prompt following", "s/step", "step × DPO")
 
 
 def markdown_table(results: dict) -> str:
+    """One row per objective at its chosen learning rate: each training seed's gain on the held-out
+    evaluation seeds with its interval, their mean, the mean win-rate, the lowest prompt
+    following over seeds and the step cost."""
     base = results["base"]
     lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
-    lines.append(f"| base | {base['reward']:.4f} | – | – | – | {base['prompt_following']:.2f} | – | – |")
+    lines.append(f"| base | – | {base['reward']:.4f} | – | – | – | {base['prompt_following']:.2f} | – | – |")
     for name, r in results["objectives"].items():
-        g, w = r["gain"], r["win_rate"]
+        runs = r.get("runs") or [r]
+        gains = "; ".join(f"{g['value']:+.4f} [{g['low']:+.4f}, {g['high']:+.4f}]" for g in (run["gain"] for run in runs))
+        reward = sum(run["reward"] for run in runs) / len(runs)
         lines.append(
-            f"| {name} | {r['reward_before']:.4f} | {r['reward']:.4f} | {g['value']:+.4f} [{g['low']:+.4f}, {g['high']:+.4f}]"
-            f" | {w['value']:.2f} [{w['low']:.2f}, {w['high']:.2f}] | {r['prompt_following']:.2f}"
-            f" | {_times(r.get('step_cost_vs_dpo'))} | {r['wall_seconds']:.0f} |"
+            f"| {name} | {r.get('lr', 0):g} | {reward:.4f} | {gains} | {r.get('mean_gain', r['gain']['value']):+.4f}"
+            f" | {r.get('mean_win_rate', r['win_rate']['value']):.2f}"
+            f" | {r.get('min_prompt_following', r['prompt_following']):.2f} | {r['seconds_per_step']:.2f}"
+            f" | {_times(r.get('step_cost_vs_dpo'))} |"
         )
     return "\n".join(lines) + "\n"
+
+
+def sweep_table(results: dict) -> str:
+    """The learning-rate sweep on the curve seeds (what the choice saw): the curve's last reward and
+    prompt following per rate, the chosen one in bold. Empty without a sweep."""
+    rows = {name: r["sweep"] for name, r in results["objectives"].items() if len(r.get("sweep", {})) > 1}
+    if not rows:
+        return ""
+    lrs = sorted({lr for sweep in rows.values() for lr in sweep}, key=float)
+    lines = ["| objective | " + " | ".join(f"lr {lr}" for lr in lrs) + " |", "|" + "---|" * (len(lrs) + 1)]
+    for name, sweep in rows.items():
+        chosen = f"{results['objectives'][name]['lr']:g}"
+        cells = []
+        for lr in lrs:
+            if lr not in sweep:
+                cells.append("–")
+                continue
+            _, reward, follows = sweep[lr]["curve"][-1]
+            cell = f"{reward:.4f} ({follows:.2f})"
+            cells.append(f"**{cell}**" if lr == chosen else cell)
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return ("\nLearning-rate sweep, training seed 0: the curve seeds' reward at the end (prompt following); "
+            f"base {results['base']['curve_reward']:.4f} ({results['base']['curve_following']:.2f}); "
+            "chosen in bold.\n\n" + "\n".join(lines) + "\n")
 
 
 def _times(ratio) -> str:
@@ -37,7 +67,7 @@ def plot_curves(results: dict, path: Path) -> None:
 
     fig, ax = plt.subplots(figsize=(6, 4))
     for name, r in results["objectives"].items():
-        steps, rewards = zip(*r["curve"])
+        steps, rewards = zip(*[(point[0], point[1]) for point in r["curve"]])
         ax.plot(steps, rewards, marker="o", label=name)
     ax.set_xlabel("training step")
     ax.set_ylabel("mean toy reward (coverage)")
@@ -81,7 +111,16 @@ def write_report(out: Path, results: dict, base_images, grids: dict, prompts: li
         f"{results['pretrain']['seconds']:.0f} s); "
         f"whole run {results['wall_seconds']:.0f} s. Gains are paired over the same prompts and seeds.\n\n"
     )
-    (out / "report.md").write_text(intro + markdown_table(results) + step_aware_line(results))
+    (out / "report.md").write_text(intro + markdown_table(results) + sweep_table(results) + step_aware_line(results)
+                                   + divergence_lines(results))
+
+
+def divergence_lines(results: dict) -> str:
+    """What the reward-hacking watch said of each run whose step reports its own score (SPO)."""
+    said = [f"- {name}, seed {run['seed']}: {run['divergence']}" for name, r in results["objectives"].items()
+            for run in r.get("runs", []) if run.get("divergence")]
+    return "\nReward-hacking watch (the step's own score against the true reward of the curve seeds):\n\n" \
+        + "\n".join(said) + "\n" if said else ""
 
 
 def step_aware_line(results: dict) -> str:

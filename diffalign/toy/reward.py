@@ -38,4 +38,17 @@ def follows_prompt(images: torch.Tensor, prompts: list[str]) -> torch.Tensor:
     return (coverage.argmax(1) == index) & (mine > 0.02)
 
 
-__all__ = ["BACKGROUND", "colour_coverage", "follows_prompt", "toy_reward"]
+class ToyRewardScorer(torch.nn.Module):
+    """The toy reward as SPO's step-aware scorer (an oracle): ``score_noisy(pixels, prompts, t)`` is
+    100 × the toy reward of the decoded ``x̂0`` ``[N, 3, H, W]`` in [0, 1], whatever the time, on
+    the scale of a step-aware model's logits. It tells SPO's method from its learned scorer."""
+
+    def __init__(self):
+        super().__init__()
+        self.anchor = torch.nn.Parameter(torch.zeros(()))  # the SPO step reads the scorer's device from a parameter
+
+    def score_noisy(self, pixels: torch.Tensor, prompts, t: torch.Tensor) -> torch.Tensor:
+        return 100 * toy_reward(pixels.float(), list(prompts))
+
+
+__all__ = ["BACKGROUND", "ToyRewardScorer", "colour_coverage", "follows_prompt", "toy_reward"]

@@ -30,7 +30,7 @@ import torch
 
 from diffalign.data.writer import ShardWriter
 from diffalign.rewards.tiny import tiny_step_aware
-from diffalign.toy.benchmark import caption, tensor_png
+from diffalign.toy.samples import caption, tensor_png
 from diffalign.toy.pretrain import base_model
 from diffalign.toy.reward import toy_reward
 from diffalign.toy.world import PROMPTS, render, sample_scene

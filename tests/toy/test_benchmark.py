@@ -4,7 +4,8 @@ import json
 
 import pytest
 
-from diffalign.toy.benchmark import ALL_OBJECTIVES, DEFAULT_OBJECTIVES, BenchmarkConfig, run_benchmark
+from diffalign.toy.benchmark import (ALL_OBJECTIVES, DEFAULT_OBJECTIVES, ORACLE, PROTOCOL, TOY_LR, BenchmarkConfig,
+                                     choose_lr, run_benchmark)
 from diffalign.toy.pretrain import PretrainConfig, base_model
 
 TINY = PretrainConfig(images=64, vae_steps=2, unet_steps=2, batch_size=8)
@@ -43,14 +44,14 @@ def test_the_pretraining_command_remakes_a_model_that_follows_prompts(tmp_path):
     import sys
 
     from diffalign.toy import pretrain
-    from diffalign.toy.benchmark import _grid, _sampling_pipe, generate
+    from diffalign.toy.samples import generate, grid, sampling_pipe
     from diffalign.toy.reward import follows_prompt
 
     subprocess.run([sys.executable, "-m", "diffalign.toy.pretrain", "--out", str(tmp_path / "remade"), "--no-progress"],
                    check=True, timeout=1800)
-    prompts, seeds = _grid(4, offset=123)
+    prompts, seeds = grid(4, offset=123)
     for folder in (pretrain.PACKAGED, tmp_path / "remade"):
-        images = generate(_sampling_pipe(folder), prompts, seeds, steps=20, guidance=4.0)
+        images = generate(sampling_pipe(folder), prompts, seeds, steps=20, guidance=4.0)
         assert follows_prompt(images, prompts).float().mean() >= 0.9, folder
 
 
@@ -78,7 +79,7 @@ def test_reduced_benchmark_writes_every_field(tmp_path):
                     "seconds_per_step", "step_cost_vs_dpo"):
             assert key in r, (name, key)
         assert set(r["gain"]) == {"value", "low", "high"} and r["gain"]["low"] <= r["gain"]["high"]
-        assert [step for step, _ in r["curve"]] == [0, 1, 2]
+        assert [point[0] for point in r["curve"]] == [0, 1, 2]
         from PIL import Image
 
         width, height = Image.open(tmp_path / "run" / f"grid_{name}.png").size
@@ -103,11 +104,46 @@ def test_reduced_benchmark_writes_every_field(tmp_path):
     assert experts.group_size == 1 and len(experts) == 8
 
 
+def test_the_rate_is_chosen_on_the_curve_among_those_that_keep_prompt_following():
+    # lr → curve points (step, reward, prompt following); base following 0.98.
+    sweep = {1e-4: [(0, 0.20, 0.98), (64, 0.22, 0.97)], 3e-4: [(0, 0.20, 0.98), (64, 0.25, 0.95)],
+             1e-3: [(0, 0.20, 0.98), (64, 0.30, 0.80)]}
+    assert choose_lr(sweep, base_following=0.98) == 3e-4  # 1e-3 is higher but breaks prompt following
+    assert choose_lr({1e-3: sweep[1e-3]}, base_following=0.98) == 1e-3  # none keeps it: the highest
+
+
+def test_the_protocol_sweeps_then_trains_more_seeds_at_the_chosen_rate(tmp_path):
+    config = BenchmarkConfig(
+        objectives=("diffusion_dpo", ORACLE), pretrain=TINY, samples_per_prompt=4, group_size=4, inference_steps=2,
+        train_steps=2, batch_size=2, eval_seeds_per_prompt=1, curve_every=1, curve_seeds_per_prompt=1,
+        step_aware_steps=2, lr_sweep=(1e-4, 1e-3), train_seeds=2,
+    )
+    results = run_benchmark(tmp_path / "run", config, cache=tmp_path / "cache", progress=False)
+    for name in ("diffusion_dpo", ORACLE):
+        r = results["objectives"][name]
+        assert set(r["sweep"]) == {"0.0001", "0.001"} and r["lr"] in (1e-4, 1e-3)
+        assert [run["seed"] for run in r["runs"]] == [0, 1] and {run["lr"] for run in r["runs"]} == {r["lr"]}
+        assert r["mean_gain"] == pytest.approx(sum(run["gain"]["value"] for run in r["runs"]) / 2)
+        chosen = choose_lr({float(lr): s["curve"] for lr, s in r["sweep"].items()}, results["base"]["curve_following"])
+        assert chosen == r["lr"]
+    assert results["objectives"][ORACLE]["runs"][0]["proxy"]  # SPO's own score beside the true reward
+    report = (tmp_path / "run" / "report.md").read_text()
+    assert "Learning-rate sweep" in report and "| spo_oracle |" in report
+
+
+def test_the_protocol_and_the_toy_rates_cover_every_objective():
+    assert set(TOY_LR) == set(ALL_OBJECTIVES) and PROTOCOL["train_seeds"] >= 3 and len(PROTOCOL["lr_sweep"]) >= 3
+
+
 @pytest.mark.slow
 def test_full_benchmark_improves_the_reward(tmp_path):
-    """The truth test: every objective must raise the reward of fresh samples over the base."""
-    results = run_benchmark(tmp_path / "run", BenchmarkConfig(), progress=False)
+    """The truth test, the protocol of benchmarks/results/toy.md: no objective lowers the reward at
+    its chosen rate, and InPO and SmPO gain on every training seed."""
+    results = run_benchmark(tmp_path / "run", BenchmarkConfig(**PROTOCOL), progress=False)
     print((tmp_path / "run" / "report.md").read_text())
-    for name in ("diffusion_dpo", "mapo", "rank_dpo", "sft"):
-        gain = results["objectives"][name]["gain"]
-        assert gain["low"] > 0, f"{name}: gain {gain} does not exclude zero"
+    for name, r in results["objectives"].items():
+        assert r["mean_gain"] > 0, f"{name}: mean gain {r['mean_gain']}"
+    for name in ("inpo", "smpo"):
+        r = results["objectives"][name]
+        assert r["every_seed_gains"], f"{name}: {[run['gain'] for run in r['runs']]}"
+        assert r["min_prompt_following"] >= results["base"]["prompt_following"] - 0.05
