@@ -4,6 +4,9 @@
     python reward_models/train_step_aware.py --data pickapic_v1_pairs/ \
         --base-model runwayml/stable-diffusion-v1-5 --out runs/spm-sd15 --steps 8000 --batch-size 16
 
+Add ``--eval-every 250 --patience 4`` to stop once the held-out pair loss has not improved for
+four evaluations, keeping the best evaluation's weights as ``final/``.
+
 Run it again with ``--resume latest`` to continue an interrupted run; ``accelerate launch`` works
 for several GPUs. Defaults are the authors' SD1.5 settings (lr 3e-6, weight decay 0.3, 500 warmup
 steps, CFG 5, init from PickScore_v1).
@@ -28,6 +31,12 @@ def parse(argv=None) -> tuple[SPMTrainConfig, int | None]:
         parser.add_argument("--" + name.replace("_", "-"), type=int, default=getattr(defaults, name))
     for name in ("lr", "weight_decay", "eps", "max_grad_norm", "guidance", "heldout_fraction"):
         parser.add_argument("--" + name.replace("_", "-"), type=float, default=getattr(defaults, name))
+    parser.add_argument("--patience", type=int, default=None,
+                        help="stop once this many evaluations (every --eval-every steps) in a row have not lowered "
+                             "the held-out pair loss by more than --min-delta")
+    parser.add_argument("--min-delta", type=float, default=defaults.min_delta, help="nats; see --patience")
+    parser.add_argument("--keep-best", action=argparse.BooleanOptionalAction, default=None,
+                        help="final/ holds the best evaluation's weights (default: when --patience is given)")
     parser.add_argument("--eval-times", type=float, nargs="+", default=list(defaults.eval_times),
                         help="normalised times of the held-out accuracy (DDPM index / 999)")
     parser.add_argument("--lr-scheduler", default=defaults.lr_scheduler, help="a diffusers get_scheduler name")

@@ -8,6 +8,8 @@
 - :mod:`~diffalign.evaluation.generate`: resumable generation in GenEval's folder layout;
 - :mod:`~diffalign.evaluation.compare`: reward scores, win-rate and pick probability, base vs candidate;
 - :mod:`~diffalign.evaluation.report`: the self-contained ``report.html``;
+- :mod:`~diffalign.evaluation.reward_hacking`: a proxy score rising while a true reward falls
+  (a watch for training loops);
 - :mod:`~diffalign.evaluation.evaluate`: the command.
 """
 

@@ -20,14 +20,27 @@ Resumable: every ``checkpoint_every`` steps ``accelerate.save_state`` writes mod
 schedule and RNG states plus the step; which rows a step reads and its noise depend only on
 ``(seed, step)``, so a resumed run takes exactly the steps an uninterrupted one would.
 
-Held-out accuracy: a deterministic fraction of the pairs (by a hash of the row id) never trains;
-accuracy at each evaluation time is the mean over held-out pairs of ``y_0·[z_0 > z_1] +
-y_1·[z_1 > z_0]`` (a tie counts ½ unless the scores are equal, as the authors count), with the
+Held-out accuracy and loss (:mod:`~diffalign.training.step_aware_eval`): a deterministic
+fraction of the pairs (by a hash of the row id) never trains; accuracy at each evaluation time
+is the mean over held-out pairs of ``y_0·[z_0 > z_1] + y_1·[z_1 > z_0]`` (a tie counts ½ unless
+the scores are equal, as the authors count) and the loss the mean of step 4's ``ℓ``, with the
 same noise at every evaluation; at ``t = 0`` the clean images are scored, as the authors do.
+Evaluations run every ``eval_every`` steps and at the last step.
+
+Early stopping and the best model: with ``patience`` set, the run stops once that many
+evaluations in a row have not lowered the mean held-out *loss* by more than ``min_delta`` (the
+loss, not the accuracy: the accuracy changes only when a pair flips, so it moves in coarse steps
+and misses the over-confidence SPO then exploits; see :mod:`~diffalign.training.step_aware_eval`),
+and ``final/`` holds the weights of the best evaluation rather than the last step's
+(``keep_best``, on by default with ``patience``). The record of evaluations and a copy of the
+best weights travel in every checkpoint, so a stopped and resumed run stops at the same step
+with the same ``final/`` as an uninterrupted one.
 
 Output folder: ``config.json``, ``metrics.jsonl`` (one line per step and per evaluation),
-``heldout_accuracy.json``, ``checkpoints/checkpoint-NNNNNNN/`` and, when done, ``final/`` (an SPM
-folder for :meth:`StepAwarePreferenceModel.from_pretrained`).
+``heldout_accuracy.json`` (the last evaluation), ``heldout_history.json`` (every evaluation's
+step, loss and accuracy, the best step, whether the run stopped early),
+``checkpoints/checkpoint-NNNNNNN/`` and, when done, ``final/`` (an SPM folder for
+:meth:`StepAwarePreferenceModel.from_pretrained`).
 """
 
 from __future__ import annotations
@@ -35,18 +48,16 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
-import torch.nn.functional as F
-from torch import Tensor
 
-from diffalign.rewards.step_aware import StepAwarePreferenceModel, pixels_from_noisy
+from diffalign.rewards.step_aware import StepAwarePreferenceModel
 from diffalign.steps.base import MicroBatch
 from diffalign.training import checkpoint
+from diffalign.training.step_aware_eval import (HeldoutRecord, estimate_pixels, heldout_accuracy, pair_labels, pair_logits,
+                                                pair_losses, seeded_generator, spm_pair_loss)
 from diffalign.training.update import UpdateLoop, UpdateSettings
 
 AUTHORS_EVAL_INDICES = (0, 251, 501, 701, 951)
@@ -67,6 +78,13 @@ class SPMTrainConfig:
         heldout_fraction: share of pairs kept out of training for the accuracy.
         eval_times: normalised times of the held-out accuracy (default the authors' DDPM indices / 999).
         eval_every: also evaluate every N steps (0: only at the end).
+        patience: stop once this many evaluations in a row have not improved the mean held-out
+            pair loss (nats, over ``eval_times``) by more than ``min_delta``; ``None``: train all
+            ``steps``. Needs ``eval_every > 0`` and held-out pairs.
+        keep_best: ``final/`` holds the best evaluation's weights (a CPU copy of the trainable
+            tensors is kept and checkpointed: the SPM's size again in memory and in each checkpoint
+            when all of it trains, the time layers only with ``train_parts="time"``); ``None``: on
+            exactly when ``patience`` is set.
         checkpoint_every: save a resumable checkpoint every N steps; keep_checkpoints: how many to keep.
         resume: ``None``, ``"latest"`` (start fresh when there is none) or a checkpoint folder.
         train_parts: ``"all"`` (the paper) or ``"time"`` (only the added time conditioning).
@@ -93,6 +111,9 @@ class SPMTrainConfig:
     heldout_fraction: float = 0.05
     eval_times: tuple[float, ...] = field(default_factory=lambda: tuple(i / 999 for i in AUTHORS_EVAL_INDICES))
     eval_every: int = 0
+    patience: int | None = None
+    min_delta: float = 0.0
+    keep_best: bool | None = None
     eval_batch_size: int = 16
     checkpoint_every: int = 500
     keep_checkpoints: int = 2
@@ -112,39 +133,23 @@ class SPMTrainConfig:
             raise ValueError("steps, batch_size and grad_accum must be at least 1")
         if any(not 0 <= t <= 1 for t in self.eval_times):
             raise ValueError(f"eval_times are normalised times in [0, 1], got {self.eval_times}")
+        if self.patience is not None and (self.patience < 1 or self.eval_every < 1):
+            raise ValueError(f"patience (got {self.patience}) counts evaluations: it needs patience >= 1 and "
+                             f"eval_every >= 1 (got {self.eval_every})")
+        if (self.patience is not None or self.keep_best) and self.heldout_fraction == 0:
+            raise ValueError("patience and keep_best judge the model on held-out pairs: set heldout_fraction > 0")
         self.betas, self.eval_times = tuple(self.betas), tuple(self.eval_times)
+
+    @property
+    def selects_best(self) -> bool:
+        """Whether ``final/`` is the best evaluation's model (``keep_best``, by default ``patience is not None``)."""
+        return self.keep_best if self.keep_best is not None else self.patience is not None
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
 
-# ----------------------------------------------------------------------------------- the loss
-def pair_labels(batch: dict) -> Tensor:
-    """``[B, 2]`` targets of best-first pairs: ``(1, 0)``, or ``(½, ½)`` where the ranks tie."""
-    count = len(batch["ids"])
-    labels = torch.tensor([[1.0, 0.0]]).repeat(count, 1)
-    ranks = batch.get("ranks")
-    if ranks is not None:
-        labels[ranks[:, 0] == ranks[:, 1]] = 0.5
-    return labels
-
-
-def spm_pair_loss(logits: Tensor, labels: Tensor, weights: Tensor | None = None) -> Tensor:
-    """The authors' SPM loss over ``B`` pairs (module docstring, step 4).
-
-    Args:
-        logits: ``[B, 2]`` preference logits; labels: ``[B, 2]`` targets summing to 1.
-        weights: ``[B]`` example weights (normalised here to sum 1); ``None``: the mean.
-
-    Returns:
-        A scalar; 0 for a perfectly fitted batch (ties included: ``log ½`` is added back).
-    """
-    loss = -(labels * F.log_softmax(logits.float(), dim=-1)).sum(-1)
-    loss = loss + (labels[:, 0] == labels[:, 1]).float() * math.log(0.5)
-    weights = torch.ones_like(loss) if weights is None else weights.to(loss)
-    return (loss * weights / weights.sum()).sum()
-
-
+# ----------------------------------------------------------------------------------- the run
 def split_heldout(ids: list[str], fraction: float) -> tuple[list[int], list[int]]:
     """``(train, heldout)`` row indices: the ``round(fraction · N)`` rows (at least one when
     ``fraction > 0``) with the smallest SHA-256 of their id are held out, so the split depends
@@ -154,77 +159,6 @@ def split_heldout(ids: list[str], fraction: float) -> tuple[list[int], list[int]
     return sorted(order[held:]), sorted(order[:held])
 
 
-def _generator(*numbers: int) -> torch.Generator:
-    """A CPU generator seeded from ``numbers`` (mixed by numpy's SeedSequence)."""
-    seed = int(np.random.SeedSequence(list(numbers)).generate_state(1, dtype=np.uint64)[0] >> 1)
-    return torch.Generator().manual_seed(seed)
-
-
-# ----------------------------------------------------------------------------------- x̂0 of a pair
-def estimate_pixels(family, batch: dict, guidance: float, generator: torch.Generator,
-                    t: float | None = None) -> tuple[Tensor, Tensor]:
-    """The decoded one-step estimates of a batch of pairs, noised with one ``ε`` and ``t`` per pair.
-
-    Args:
-        batch: from :func:`~diffalign.data.loader.collate_groups` (``pixels [B, 2, 3, R, R]``).
-        t: a fixed normalised time for every pair (evaluation); ``None`` draws one per pair.
-
-    Returns:
-        ``(pixels [B, 2, 3, R, R] in [0, 1], t [B])``.
-    """
-    count, size = len(batch["ids"]), tuple(batch["pixels"].shape[-2:])
-    texts = [[prompt] * 2 for prompt in batch["prompts"]]
-    latents, cond = family.inputs(batch, texts, generator)
-    noise, times = family.sample_noise_and_time(latents, generator)
-    if t is not None:
-        times = torch.full_like(times, t)
-    uncond = family.encode_prompts([""] * count, group_size=2, image_info=family.image_info(batch, size))
-    noisy = family.add_noise(latents, noise, times)
-    return pixels_from_noisy(family, family.denoiser, noisy, times, cond, uncond, guidance), times
-
-
-def _pair_logits(spm, pixels: Tensor, prompts: list[str], times: Tensor) -> Tensor:
-    """``[B, 2]`` SPM logits of ``pixels [B, 2, 3, H, W]``, each pair at its time. Called through
-    ``forward`` (the SPM's ``score_noisy``), so an accelerate/DDP-wrapped SPM syncs its gradients."""
-    return spm(pixels.flatten(0, 1), [p for p in prompts for _ in range(2)], times.repeat_interleave(2)).view(-1, 2)
-
-
-@torch.no_grad()
-def heldout_accuracy(spm: StepAwarePreferenceModel, family, groups, indices: list[int], times: tuple[float, ...],
-                     guidance: float = 5.0, batch_size: int = 16, seed: int = 0) -> dict:
-    """Pair accuracy of ``spm`` on rows ``indices`` of ``groups`` at each normalised time.
-
-    Returns:
-        ``{"pairs": N, "accuracy": {"<t>": acc}, "ddpm_index": {"<t>": round(t·999)}, "mean": acc}``
-        with ``<t>`` written to 4 decimals; accuracies are ``None`` when there are no pairs.
-    """
-    from diffalign.data.loader import collate_groups
-
-    was_training = spm.training
-    spm.eval()
-    accuracy = {}
-    for t in times:
-        correct = []
-        for start in range(0, len(indices), batch_size):
-            batch = collate_groups([groups[i] for i in indices[start : start + batch_size]])
-            if not batch["ids"]:
-                continue
-            labels = pair_labels(batch)
-            if t == 0:  # the clean images themselves, as the authors evaluate t = 0
-                pixels = (batch["pixels"].float() / 2 + 0.5).clamp(0, 1)
-                times_ = torch.zeros(len(batch["ids"]))
-            else:  # the same noise at every t and every evaluation: only the model changes
-                pixels, times_ = estimate_pixels(family, batch, guidance, _generator(seed, 1, start), t)
-            logits = _pair_logits(spm, pixels.to(spm.device), batch["prompts"], times_).cpu()
-            correct += (labels[:, 0] * (logits[:, 0] > logits[:, 1]) + labels[:, 1] * (logits[:, 1] > logits[:, 0])).tolist()
-        accuracy[f"{t:.4f}"] = sum(correct) / len(correct) if correct else None
-    spm.train(was_training)
-    values = [a for a in accuracy.values() if a is not None]
-    return {"pairs": len(indices), "accuracy": accuracy, "ddpm_index": {f"{t:.4f}": round(t * 999) for t in times},
-            "mean": sum(values) / len(values) if values else None}
-
-
-# ----------------------------------------------------------------------------------- the run
 def load_initial_spm(init: str | None, seed: int = 0, dtype=None) -> StepAwarePreferenceModel:
     """An SPM folder (has ``step_aware.json``) as saved, else a CLIP/PickScore model with the
     time conditioning at identity (the paper starts from PickScore_v1), its random part drawn
@@ -232,14 +166,21 @@ def load_initial_spm(init: str | None, seed: int = 0, dtype=None) -> StepAwarePr
     if init is not None and (Path(init) / "step_aware.json").is_file():
         return StepAwarePreferenceModel.from_pretrained(init, dtype=dtype)
     model = StepAwarePreferenceModel.from_clip(init, dtype=dtype)
-    model.time.reset_parameters(_generator(seed, 3))
+    model.time.reset_parameters(seeded_generator(seed, 3))
     return model
 
 
 def _check_same_settings(config: SPMTrainConfig, out: Path) -> None:
     saved = json.loads((out / "config.json").read_text())
     now = json.loads(json.dumps(config.to_dict()))  # tuples as lists, as saved
-    changed = [k for k in now if k not in SPMTrainConfig.RESUMABLE_CHANGES and saved.get(k) != now[k]]
+    # A run saved before a setting existed ran with its default.
+    defaults = {f.name: f.default for f in dataclasses.fields(SPMTrainConfig) if f.default is not dataclasses.MISSING}
+    free = set(SPMTrainConfig.RESUMABLE_CHANGES)
+    if config.patience is not None or config.selects_best:
+        # The best-so-far loss was measured at these times, with this noise (set by the batch size):
+        # another evaluation would not compare with it.
+        free -= {"eval_every", "eval_times", "eval_batch_size"}
+    changed = [k for k in now if k not in free and saved.get(k, defaults.get(k)) != now[k]]
     if changed:
         raise ValueError(f"resume: {out} was trained with other settings ({', '.join(changed)}); "
                          "resume with the same ones, or train into a new folder")
@@ -254,7 +195,7 @@ class _Order:
     def __getitem__(self, slot: int) -> int:
         epoch, place = divmod(slot, len(self.rows))
         if epoch not in self._perms:
-            self._perms = {epoch: torch.randperm(len(self.rows), generator=_generator(self.seed, 0, epoch))}
+            self._perms = {epoch: torch.randperm(len(self.rows), generator=seeded_generator(self.seed, 0, epoch))}
         return self.rows[int(self._perms[epoch][place])]
 
 
@@ -271,10 +212,10 @@ def _micro_batch(config: SPMTrainConfig, accelerator, spm, family, groups, order
         batch = collate_groups([groups[order[slot]] for slot in range(first, first + config.batch_size)])
         if not batch["ids"]:  # every image of the micro-batch unreadable: the update is skipped
             return None
-        pixels, times = estimate_pixels(family, batch, config.guidance, _generator(config.seed, 2, step, micro, rank))
+        pixels, times = estimate_pixels(family, batch, config.guidance, seeded_generator(config.seed, 2, step, micro, rank))
         weights = torch.tensor([1.0 / per_prompt[p] for p in batch["prompts"]])
         with accelerator.autocast():
-            logits = _pair_logits(spm, pixels.to(accelerator.device), batch["prompts"], times)
+            logits = pair_logits(spm, pixels.to(accelerator.device), batch["prompts"], times)
             loss = spm_pair_loss(logits, pair_labels(batch).to(logits.device), weights)
         return ObjectiveOutput(loss, {"loss": loss.detach()})
 
@@ -282,12 +223,20 @@ def _micro_batch(config: SPMTrainConfig, accelerator, spm, family, groups, order
 
 
 def train_step_aware(config: SPMTrainConfig, stop_after: int | None = None, progress: bool = True) -> dict:
-    """Train an SPM (module docstring); returns the last step, loss and held-out accuracy.
+    """Train an SPM (module docstring).
 
     Args:
         stop_after: stop (with a checkpoint) once this step is done, e.g. to fit a time slot;
             a later run with ``resume="latest"`` continues from there.
         progress: show a tqdm bar.
+
+    Returns:
+        ``{"step": the last step taken, "loss": its training loss (None when this call took no
+        step), "heldout": the evaluation of the model in final/ (the best one under keep_best,
+        else the last; in an unfinished run: so far), "best": {"step", "accuracy" (per
+        t), "mean", "loss" (per t, nats), "mean_loss"} of the lowest held-out loss,
+        "history": [{"step", "heldout_loss", "mean_accuracy"}, ...], "stopped_early": bool,
+        "out": folder}`` on the main process (elsewhere ``heldout``, ``best`` and ``history`` are empty).
     """
     from accelerate import Accelerator
     from diffusers.optimization import get_scheduler
@@ -326,7 +275,9 @@ def train_step_aware(config: SPMTrainConfig, stop_after: int | None = None, prog
     last = min(config.steps, stop_after if stop_after is not None else config.steps)
     settings = UpdateSettings(last, config.max_grad_norm, checkpoint_every=config.checkpoint_every,
                               keep_checkpoints=config.keep_checkpoints)
-    loop = UpdateLoop(accelerator, spm, optimizer, schedule, out / "checkpoints", settings, lambda: params)
+    # The record of evaluations rides in every checkpoint, so a resumed run knows the best so far.
+    record = HeldoutRecord(config.patience, config.min_delta, config.selects_best)
+    loop = UpdateLoop(accelerator, spm, optimizer, schedule, out / "checkpoints", settings, lambda: params, carried=record)
     if resume is not None:
         loop.load(resume)
     elif main:
@@ -337,7 +288,7 @@ def train_step_aware(config: SPMTrainConfig, stop_after: int | None = None, prog
     order = _Order(train_rows, config.seed)
     per_step = config.batch_size * world * config.grad_accum
 
-    def evaluate(step: int) -> dict:
+    def evaluate(step: int) -> None:
         result = {"step": step, **heldout_accuracy(model, family, groups, heldout_rows, config.eval_times,
                                                    config.guidance, config.eval_batch_size, config.seed)}
         (out / "heldout_accuracy.json").write_text(json.dumps(result, indent=2))
@@ -345,16 +296,23 @@ def train_step_aware(config: SPMTrainConfig, stop_after: int | None = None, prog
             log.write(json.dumps({"heldout": result}) + "\n")
         print(f"held-out pair accuracy at step {step} ({result['pairs']} pairs): "
               + ", ".join(f"t={t} (DDPM {result['ddpm_index'][t]}): {a}" for t, a in result["accuracy"].items())
-              + f"; mean {result['mean']}")
-        return result
+              + f"; mean {result['mean']}; held-out loss {result['mean_loss']}")
+        record.record(result, lambda: {name: p for name, p in model.named_parameters() if p.requires_grad},
+                      can_stop=step < config.steps)
+        (out / "heldout_history.json").write_text(json.dumps(record.summary(), indent=2))
+        if record.stopped:
+            print(f"early stopping at step {step}: the held-out loss has not improved for {record.since_best} "
+                  f"evaluations since step {record.summary()['best_step']}")
 
     def updates():
         for step in range(start + 1, last + 1):
+            if record.stopped:  # asked for after the update before this one (or before the resume)
+                return
             yield [_micro_batch(config, accelerator, spm, family, groups, order, per_prompt, step, micro)
                    for micro in range(config.grad_accum)]
 
     losses: list[float] = []
-    seen = {"loss": None, "result": None}
+    seen = {"loss": None}
 
     def after_update(step: int) -> None:
         total = sum(value / config.grad_accum for value in losses)
@@ -366,25 +324,35 @@ def train_step_aware(config: SPMTrainConfig, stop_after: int | None = None, prog
             with open(out / "metrics.jsonl", "a") as log:
                 log.write(json.dumps({"step": step, "loss": total, "lr": schedule.get_last_lr()[0],
                                       "pairs_seen": step * per_step}) + "\n")
+        # Evaluated before this update's checkpoint (not after it, like previews), so the checkpoint
+        # holds the record with this evaluation: a run resumed from it neither repeats nor misses one.
+        if step == config.steps or (config.eval_every > 0 and step % config.eval_every == 0):
+            if main:
+                evaluate(step)
+            # Only the main process evaluates; every process must stop after the same update.
+            flag = torch.tensor([float(record.stopped)], device=accelerator.device)
+            record.stopped = accelerator.reduce(flag, reduction="sum").item() > 0
 
     def after_checkpoint(step: int) -> None:
-        if step == last and not loop.checkpoint_due(step):
+        if (step == last or record.stopped) and not loop.checkpoint_due(step):
             loop.save()  # the last update of this run is always resumable from
-        if main and (step == config.steps or (config.eval_every > 0 and step % config.eval_every == 0)):
-            seen["result"] = evaluate(step)
 
     bar = tqdm(total=config.steps, initial=start, disable=not (progress and main), desc="SPM training")
     loop.run(updates(), on_metrics=lambda metrics: losses.append(metrics["loss"].item()),
              after_update=after_update, after_checkpoint=after_checkpoint)
-    loss_value, result = seen["loss"], seen["result"]
     bar.close()
-    if main and last == config.steps:
+    if main and (loop.update >= config.steps or record.stopped):
+        if record.last is None:  # resumed after the last step from a checkpoint without a record
+            evaluate(loop.update)
+        if record.keep_best and record.weights:  # the run is over: its model may change
+            unexpected = model.load_state_dict(record.weights, strict=False).unexpected_keys
+            if unexpected:
+                raise RuntimeError(f"the best evaluation's weights do not fit this SPM (e.g. {unexpected[:3]})")
         model.save_pretrained(out / "final")
-        if result is None:  # resumed after the last step: report the finished model
-            result = evaluate(last)
     accelerator.wait_for_everyone()
-    return {"step": last, "loss": loss_value, "heldout": result, "out": str(out)}
+    return {"step": loop.update, "loss": seen["loss"], "heldout": record.final, "best": record.summary()["best"],
+            "history": record.history, "stopped_early": record.stopped, "out": str(out)}
 
 
-__all__ = ["AUTHORS_EVAL_INDICES", "SPMTrainConfig", "estimate_pixels", "heldout_accuracy",
-           "load_initial_spm", "pair_labels", "spm_pair_loss", "split_heldout", "train_step_aware"]
+__all__ = ["AUTHORS_EVAL_INDICES", "HeldoutRecord", "SPMTrainConfig", "estimate_pixels", "heldout_accuracy",
+           "load_initial_spm", "pair_labels", "pair_losses", "spm_pair_loss", "split_heldout", "train_step_aware"]
