@@ -297,16 +297,21 @@ def run_benchmark(out: str | Path, config: BenchmarkConfig = BenchmarkConfig(), 
 
 
 def _watch(run: dict) -> dict:
-    """The reward-hacking watch on a run's curve: its step's own score against the true reward."""
+    """The reward-hacking watch on a run's curve (:class:`~diffalign.evaluation.reward_hacking.RewardHackingWatch`):
+    the step's own score (SPO's step-aware score) against the true reward of the curve seeds,
+    firing when the true reward has fallen 0.01 below its best while the score kept rising."""
     if not run["proxy"]:
         return {}
-    from diffalign.evaluation.divergence import DivergenceWatch
+    import warnings
 
-    watch = DivergenceWatch(proxy_name="step-aware score", true_name="toy reward of the curve seeds")
-    truth = dict((step, reward) for step, reward, _ in run["curve"])
-    for step, score in run["proxy"]:
-        watch.update(step, score, truth[step])
-    return {"divergence": watch.message}
+    from diffalign.evaluation.reward_hacking import RewardHackingWatch
+
+    watch = RewardHackingWatch(tolerance=0.01, proxy_name="step-aware score", true_name="toy reward of the curve seeds")
+    truth = {step: reward for step, reward, _ in run["curve"]}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the message goes into the report instead
+        events = [e for step, score in run["proxy"] if (e := watch.update(step, score, truth[step])) is not None]
+    return {"divergence": events[0].message if events else None}
 
 
 def _objective_summary(runs: list[dict], sweep: dict, reward_before: float, began: float) -> dict:
