@@ -230,7 +230,7 @@ def run_benchmark(out: str | Path, config: BenchmarkConfig = BenchmarkConfig(), 
     start = time.time()
     base = base_model(config.pretrain, cache=cache, progress=progress)
     base_pipe = sampling_pipe(base)
-    data = build_preference_data(base_pipe, out / "data", config)
+    data = build_preference_data(base_pipe, out / "data", config, progress)
     pair_scores = [s for row in PreferenceDataset.open(data["pairs"]).column("scores") for s in row]
     eval_prompts, eval_seeds = grid(config.eval_seeds_per_prompt, offset=90_000_000 + config.seed * 1_000_000)
     curve_prompts, curve_seeds = grid(config.curve_seeds_per_prompt, offset=80_000_000)

@@ -15,10 +15,14 @@ from diffalign.toy.world import COLOURS, PROMPTS, parse
 
 
 @torch.no_grad()
-def generate(pipe, prompts: list[str], seeds: list[int], steps: int, guidance: float, batch: int = 32) -> torch.Tensor:
-    """``[N, 3, 32, 32]`` in [0, 1], image i drawn from its own ``seeds[i]`` (batch-independent)."""
+def generate(pipe, prompts: list[str], seeds: list[int], steps: int, guidance: float, batch: int = 32,
+             progress: str | None = None) -> torch.Tensor:
+    """``[N, 3, 32, 32]`` in [0, 1], image i drawn from its own ``seeds[i]`` (batch-independent);
+    ``progress``: the description of a progress bar over the batches (none without)."""
+    from tqdm.auto import tqdm
+
     out = []
-    for start in range(0, len(prompts), batch):
+    for start in tqdm(range(0, len(prompts), batch), desc=progress, unit="batch", disable=progress is None):
         chunk = slice(start, start + batch)
         generators = [torch.Generator().manual_seed(s) for s in seeds[chunk]]
         images = pipe(prompts[chunk], num_inference_steps=steps, guidance_scale=guidance, generator=generators,
@@ -58,13 +62,14 @@ def caption(image: torch.Tensor, prompt: str) -> str:
     return f"a {'large' if coverage > 0.15 else 'small'} {colour} {shape}"
 
 
-def build_preference_data(pipe, out: Path, config) -> dict[str, Path]:
+def build_preference_data(pipe, out: Path, config, progress: bool = False) -> dict[str, Path]:
     """Sample and score ``samples_per_prompt`` images per prompt; write ranked groups, best-vs-worst
     pairs, experts (each group's best alone, K = 1) and the step-aware model's training pairs
     (each group's best against every other image). Returns the folders by those names."""
     n = config.samples_per_prompt
     prompts, seeds = grid(n, offset=10_000 + config.seed * 1_000_000)
-    images = generate(pipe, prompts, seeds, config.inference_steps, config.guidance_scale)
+    images = generate(pipe, prompts, seeds, config.inference_steps, config.guidance_scale,
+                      progress="preference data" if progress else None)
     rewards = toy_reward(images, prompts)
     ranked = ShardWriter(out / "ranked", builder="toy", options={"seed": config.seed}, overwrite=True)
     pairs = ShardWriter(out / "pairs", builder="toy", options={"seed": config.seed}, overwrite=True)
