@@ -138,10 +138,10 @@ def _add_demo(sub) -> None:
 def _demo(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
-    from diffalign.toy.benchmark import BenchmarkConfig, run_benchmark
+    from diffalign.toy.benchmark import DEMO, BenchmarkConfig, run_benchmark
     from diffalign.toy.report import markdown_table
 
-    config = BenchmarkConfig(objectives=tuple(args.objectives or ["diffusion_dpo"]))
+    config = BenchmarkConfig(objectives=tuple(args.objectives or ["diffusion_dpo"]), **DEMO)
     if args.steps is not None:
         config = replace(config, train_steps=args.steps)
     results = run_benchmark(args.out, config, progress=not args.no_progress)

@@ -42,8 +42,10 @@ from diffalign.toy.reward import ToyRewardScorer, follows_prompt, toy_reward
 from diffalign.toy.samples import build_preference_data, generate, grid, sampling_pipe
 
 TOY_REWARD_SPREAD = 0.374
-"""Max − min of the toy reward over the toy's pairs at seed 0 (each run records its own in
-``results.json`` as ``data.reward_spread``); SmPO's ``score_scale``."""
+"""SmPO's ``score_scale`` on the toy: max − min of the toy reward over the earlier protocol's 64
+pairs at seed 0. Each run records its own spread in ``results.json`` (``data.reward_spread``;
+0.426 over the protocol's 256 pairs); the constant stays, so SmPO's label scale is the one its
+rate was chosen with."""
 
 # Per-objective training settings for the toy (LoRA rank 8): the strengths the papers use are
 # calibrated for 2000+ steps at batch 2048; a few hundred small steps need a stronger signal.
@@ -71,8 +73,10 @@ DEFAULT_OBJECTIVES = {
 }
 ALL_OBJECTIVES = tuple(DEFAULT_OBJECTIVES)
 
-TOY_LR = {name: 1e-3 for name in ALL_OBJECTIVES}
-"""Each objective's toy learning rate: the protocol's choice (``benchmarks/results/toy.md``)."""
+TOY_LR = {"diffusion_dpo": 1e-3, "mapo": 1e-3, "dcpo": 3e-4, "rank_dpo": 1e-3, "sft": 1e-3, "inpo": 1e-3,
+          "smpo": 3e-4, "spo": 1e-4, "diffusion_dro": 1e-3}
+"""Each objective's toy learning rate: the protocol's choice of {1e-4, 3e-4, 1e-3} on the curve
+seeds (``benchmarks/results/toy.md``, 2026-12-07). SPO with the toy reward as its scorer chose 3e-4."""
 
 ORACLE = "spo_oracle"
 """SPO with the toy reward itself as its step-aware scorer (:class:`~diffalign.toy.reward.ToyRewardScorer`):
@@ -80,6 +84,10 @@ a run of SPO that tells its method from its learned scorer. Asked for by name in
 
 PROTOCOL = {"lr_sweep": (1e-4, 3e-4, 1e-3), "train_seeds": 3}
 """The settings that turn a run into the ranking protocol (``examples/toy_alignment.py``)."""
+
+DEMO = {"samples_per_prompt": 64}
+"""``diffalign demo``: half the protocol's data (128 pairs, so 64 updates in its 2 epochs), one
+seed at the toy learning rate, to keep the first run within about 2 minutes on 2 cores."""
 
 
 @dataclass
