@@ -1,8 +1,9 @@
-"""The inversion step (InPO, SmPO): each image's latent is inverted exactly to its group's sampled
-``t`` (:func:`diffalign.inversion.invert`), and the errors are taken there against the noise the
-inverted latent implies, ``τ = (x̃_t − a_t·x0)/s_t``.
+"""The inversion step (InPO, SmPO): each image's latent is inverted towards its group's sampled
+``t`` (:func:`diffalign.inversion.invert`: where the official grid leaves it, or exactly onto t),
+and the model is told ``t`` and its errors are taken against the noise the inverted latent
+implies at ``t``, ``τ = (x̃ − a_t·x0)/s_t``, as the official code builds its target.
 
-Since ``add_noise(x0, τ, t) = x̃_t``, the errors are the family's ``denoising_error`` with ``τ`` as
+Since ``add_noise(x0, τ, t) = x̃``, the errors are the family's ``denoising_error`` with ``τ`` as
 the noise, in the family's own parameterisation (ε, v or flow velocity).
 """
 
