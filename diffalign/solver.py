@@ -161,7 +161,17 @@ def step_log_prob(family, model, x: Tensor, x_next: Tensor, u: Tensor, v: Tensor
     """
     predict = lambda x_, t_: guided(family, model, x_, t_, cond, uncond, guidance)  # noqa: E731
     _, mean, std = rule.transition(family, predict, x, u, v)
-    return gaussian_log_prob(x_next, mean, std, reduction, constants=constants)
+    return rule_log_prob(rule, x_next, mean, std, reduction, constants=constants)
+
+
+def rule_log_prob(rule, x: Tensor, mean: Tensor, std: Tensor, reduction: str = "mean", *,
+                  constants: bool = True) -> Tensor:
+    """``[B, K]`` log-probability of a step under ``rule``: the rule's own ``log_prob(x, mean, std,
+    reduction)`` where it defines one (CPS's unnormalised form, :mod:`diffalign.noise_rules`),
+    else :func:`gaussian_log_prob`."""
+    own = getattr(rule, "log_prob", None)
+    return own(x, mean, std, reduction) if own is not None else gaussian_log_prob(x, mean, std, reduction,
+                                                                                  constants=constants)
 
 
 def draw(like: Tensor, generator) -> Tensor:
@@ -178,7 +188,9 @@ class NoiseRule(Protocol):
     ``transition(family, predict, x, u, v)`` returns ``(pred, mean, std)``: ``pred`` the
     prediction at ``(x, u)`` (``predict(x, t)`` gives it, guided as the caller asked; a rule may
     call it more than once, e.g. ReNoise), ``mean`` ``[B, K, *latent]`` and ``std``
-    broadcastable to it. ``stochastic`` says whether the step draws ``mean + std·z``.
+    broadcastable to it. ``stochastic`` says whether the step draws ``mean + std·z``. A rule may
+    define ``log_prob(x, mean, std, reduction)`` for a step's log-probability other than the
+    Gaussian's (:func:`rule_log_prob`; :mod:`diffalign.noise_rules` has online RL's rules).
     """
 
     stochastic: bool
@@ -259,11 +271,11 @@ def solve(
             pred, mean, std = rule.transition(family, predict(model), x, u, v)
             x_next = take_step(rule, mean, std, generator)
             if log_probs:
-                logps.append(gaussian_log_prob(x_next, mean, std, reduction))
+                logps.append(rule_log_prob(rule, x_next, mean, std, reduction))
                 if reference is not None:
                     with reference.active() as ref:
                         ref_mean, ref_std = rule.transition(family, predict(ref), x, u, v)[1:]
-                        ref_logps.append(gaussian_log_prob(x_next, ref_mean, ref_std, reduction))
+                        ref_logps.append(rule_log_prob(rule, x_next, ref_mean, ref_std, reduction))
             if keep_predictions:
                 preds.append(pred)
             x = x_next
@@ -307,4 +319,4 @@ def initial_noise(family, batch: int, group_size: int, size: int | tuple[int, in
 
 
 __all__ = ["DDIM", "REDUCTIONS", "NoiseRule", "Trajectory", "draw", "gaussian_log_prob", "guided", "initial_noise",
-           "level_scales", "sampling_grid", "solve", "step_log_prob", "step_mean_std", "take_step"]
+           "level_scales", "rule_log_prob", "sampling_grid", "solve", "step_log_prob", "step_mean_std", "take_step"]

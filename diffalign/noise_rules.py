@@ -1,0 +1,102 @@
+"""Noise rules for online RL on the rectified-flow families (SD3, Wan), beside the solver's η-DDIM
+(:class:`diffalign.solver.DDIM`, which ε- and v-prediction UNets keep, as SPO does). Each is a
+:class:`~diffalign.solver.NoiseRule`: one falling step from noise level ``σ = u`` to ``σ' = v``
+(``[B]`` each, Δ = σ' − σ < 0) built from the velocity ``v̂`` the model predicts at ``(x, σ)``.
+
+**Flow-GRPO's SDE** (:class:`FlowSDE`; Liu et al., 2025, arXiv 2505.05470, Eq. 8; official
+``flow_grpo`` @ac4c86e, ``diffusers_patch/sd3_sde_with_logprob.py`` L47–68, ``a = 0.7`` in
+``config/base.py`` L54)::
+
+    g    = a·√(σ/(1 − σ))          (at σ = 1 the grid's next level stands in: 1 − σ')
+    mean = x·(1 + g²·Δ/(2σ)) + v̂·(1 + g²·(1 − σ)/(2σ))·Δ
+    std  = g·√(−Δ)
+
+the Euler–Maruyama step of the reverse SDE with diffusion coefficient ``g``, first order in Δ.
+Its log-probability is the full Gaussian's, mean over latent elements (the solver's
+:func:`~diffalign.solver.gaussian_log_prob`), as officially. Beside it, ``DDIM(η)`` on a flow is
+the step that keeps every marginal exactly; at equal ``a = η·√2`` the two agree to first order
+only, and on a 10-step shift-3 grid DDIM's noise is 0.43–0.69× this one's, almost none on the
+last trained step (``../shared/research/online_rl.md``, "DA seams" (c)).
+
+**Coefficients-preserving sampling** (:class:`CPS`; Wang et al., 2025, arXiv 2509.05952;
+Flow-GRPO's ``sde_type="cps"``)::
+
+    std  = σ'·sin(a·π/2)
+    mean = x̂0·(1 − σ') + ε̂·√(σ'² − std²),     x̂0 = x − σ·v̂,  ε̂ = x + (1 − σ)·v̂
+
+the exact-marginal step with that std. Its official log-probability drops every constant **and**
+the ``1/(2·std²)``: ``−mean((x' − mean)²)`` (:meth:`CPS.log_prob`), so its ratios are those of the
+official code, not a Gaussian's.
+
+Shapes: ``x [B, K, *latent]``, ``u, v [B]``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+from diffalign.families.noise import per_group
+from diffalign.solver import REDUCTIONS
+
+
+def _require_flow(family, rule: str) -> None:
+    if getattr(family, "prediction_type", None) != "flow":
+        raise ValueError(f"{rule} is written for rectified-flow families (SD3, Wan); the {family.name} family "
+                         "predicts ε or v: sample it with diffalign.solver.DDIM(eta), as SPO does")
+
+
+class FlowSDE:
+    """Flow-GRPO's SDE step (module docstring) with noise level ``a`` (official 0.7)."""
+
+    def __init__(self, a: float = 0.7):
+        if not a > 0:
+            raise ValueError(f"the noise level a must be > 0, got {a}")
+        self.a = a
+        self.stochastic = True
+
+    def transition(self, family, predict, x: Tensor, u: Tensor, v: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        _require_flow(family, "FlowSDE")
+        pred = predict(x, u)
+        x = x.float()
+        sigma, sigma_next = per_group(u.float(), x), per_group(v.float(), x)
+        delta = sigma_next - sigma
+        # At σ = 1 the official code divides by 1 − sigmas[1], the grid's second level: σ' of this first step.
+        g = self.a * (sigma / (1 - torch.where(sigma >= 1, sigma_next, sigma))).sqrt()
+        mean = x * (1 + g**2 * delta / (2 * sigma)) + pred.float() * (1 + g**2 * (1 - sigma) / (2 * sigma)) * delta
+        return pred, mean, g * (-delta).clamp(min=0).sqrt()
+
+
+class CPS:
+    """Coefficients-preserving sampling (module docstring) with noise level ``a`` (Flow-GRPO's
+    fast configs: 0.8); its own :meth:`log_prob`."""
+
+    def __init__(self, a: float = 0.8):
+        if not 0 < a <= 1:
+            raise ValueError(f"the noise level a must be in (0, 1], got {a}")
+        self.a = a
+        self.stochastic = True
+
+    def transition(self, family, predict, x: Tensor, u: Tensor, v: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        _require_flow(family, "CPS")
+        pred = predict(x, u)
+        x = x.float()
+        sigma, sigma_next = per_group(u.float(), x), per_group(v.float(), x)
+        std = sigma_next * math.sin(self.a * math.pi / 2)
+        x0, eps = x - sigma * pred.float(), x + (1 - sigma) * pred.float()
+        mean = x0 * (1 - sigma_next) + eps * (sigma_next**2 - std**2).clamp(min=0).sqrt()
+        return pred, mean, std
+
+    @staticmethod
+    def log_prob(x: Tensor, mean: Tensor, std: Tensor, reduction: str = "mean") -> Tensor:
+        """``[B, K]``: ``−(x − mean)²`` reduced over each latent's elements, the official CPS form."""
+        if reduction not in REDUCTIONS:
+            raise ValueError(f"reduction must be one of {', '.join(REDUCTIONS)}, got {reduction!r}")
+        per_element = -((x.float() - mean) ** 2)
+        dims = tuple(range(2, x.ndim))
+        return per_element.mean(dims) if reduction == "mean" else per_element.sum(dims)
+
+
+__all__ = ["CPS", "FlowSDE"]
