@@ -202,8 +202,8 @@ class TrainConfig:
     """Share of groups trained with the empty prompt instead of theirs (the whole group, for the
     inversion and the loss alike; drawn per group from its own seed). ``None``: the objective's
     official value (``Objective.prompt_dropout``: InPO and SmPO 0.2, as their ``train.py``;
-    the others 0). A cache holds no empty prompt's embedding, so ``data.cache: auto`` trains
-    uncached when it is above 0."""
+    the others 0). A cached run loads the text encoders at start to embed the empty prompt once,
+    then lets them go."""
     output_dir: str = "outputs"
     seed: int = field(default=0, metadata=SEED)
     max_steps: int = field(default=1000, metadata=AT_LEAST_1)

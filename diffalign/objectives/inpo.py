@@ -43,7 +43,7 @@ Audit against the official code (JaydenLyh/InPO@a9cfc4d ``train.py``), each diff
 - **Empty prompts (matched, ``prompt_dropout`` 0.2).** ``--proportion_empty_prompts`` 0.2 (L353–356,
   used L683 and in ``encode_prompt_sdxl``): the pair's caption becomes "" for the inversion and the
   loss alike; here each group's draw comes from its own seed (the official one from Python's
-  ``random``). A cache holds no empty prompt's embedding: a run with it trains uncached.
+  ``random``). A cached run embeds "" once at start.
 - **Noise kick (matched).** ``0.1·√DDIMScheduler._get_variance(g + 100, g)·n`` after each step
   (L1008–1011); here n comes from the group's generator, officially from ``torch.randn_like``.
 - **One t per batch (stated).** The official code takes ``timesteps[0]`` for the inversion depth

@@ -50,7 +50,7 @@ Audit against the official code (JaydenLyh/SmPO@8922d54 ``train.py``), each diff
   ``renoise_at: end`` is the fixed-point form (re-estimates at the point's own time, averaged alone).
 - **Empty prompts (matched, ``prompt_dropout`` 0.2).** ``--proportion_empty_prompts`` 0.2 (L354,
   used L681 and in ``encode_prompt_sdxl`` L395) for the inversion and the loss alike; drawn here
-  per group from its own seed. A cache holds no empty prompt's embedding: a run with it trains uncached.
+  per group from its own seed. A cached run embeds "" once at start.
 - **Pair order (stated; the same loss).** The official preprocessing reorders each pair so that w
   is the higher-PickScore image (human ties dropped). Here the dataset's order stays and a negative
   ``2p − 1`` flips the pair: swapping w ↔ l flips the sign of ``margin_dpo`` and turns p into

@@ -63,6 +63,8 @@ class PreferenceStep:
             ``None`` for a step without settings.
         prompt_dropout: the share of groups conditioned on the empty prompt instead of theirs
             (:func:`diffalign.step_settings.prompt_dropout`), each group's draw from its own seed.
+        empty_prompt: the empty prompt's conditioning ``[1, 1, ...]`` for cached batches (whose
+            text encoders are not loaded); uncached batches encode "" themselves.
     """
 
     name: ClassVar[str]
@@ -70,10 +72,11 @@ class PreferenceStep:
     """:meth:`state_dict` is the same on every process (it follows the synchronised weights), so a
     checkpoint holds it once; a step whose state differs per process sets ``False``."""
 
-    def __init__(self, family, objective, reference, group_size: int, settings=None, *, prompt_dropout: float = 0.0):
+    def __init__(self, family, objective, reference, group_size: int, settings=None, *, prompt_dropout: float = 0.0,
+                 empty_prompt=None):
         self.family, self.objective, self.reference, self.group_size = family, objective, reference, group_size
         self.config = settings
-        self.prompt_dropout = prompt_dropout
+        self.prompt_dropout, self.empty_prompt = prompt_dropout, empty_prompt
 
     def __call__(self, model, batch: dict, generator: list[torch.Generator]) -> PreferenceTerms:
         """Terms of one batch; ``model`` is the (possibly wrapped) policy denoiser."""
@@ -146,12 +149,33 @@ class PreferenceStep:
         texts = [image_texts(prompt, captions, self.group_size, self.objective.needs_captions)
                  for prompt, captions in zip(batch["prompts"], batch["captions"])]
         if self.prompt_dropout > 0:
-            if "latent_mean" in batch:
-                raise ValueError("prompt_dropout needs the text encoders for the empty prompt; a cached batch has "
-                                 "no embedding of it: set data.cache: false (auto does) or prompt_dropout: 0")
             drop = self.dropped_prompts(generator, len(texts))
+            if "latent_mean" in batch:  # cached: the stored embeddings, the empty prompt's in place
+                latents, cond = self.family.inputs(batch, texts, generator=generator)
+                return latents, self._with_empty_prompt(cond, drop)
             texts = [[""] * len(group) if gone else group for group, gone in zip(texts, drop)]
         return self.family.inputs(batch, texts, generator=generator)
+
+    def _with_empty_prompt(self, cond, drop: list[bool]):
+        """``cond [B, K, ...]`` with the text of the groups ``drop`` replaced by the empty prompt's
+        (its SDXL time ids, which describe the image, stay)."""
+        from dataclasses import replace
+
+        if self.empty_prompt is None:
+            raise ValueError("prompt_dropout on cached batches needs the empty prompt's embedding "
+                             "(empty_prompt=, which the trainer encodes at start)")
+        mask = torch.tensor(drop, device=cond.prompt_embeds.device)
+
+        def swap(mine, empty):
+            if mine is None:
+                return None
+            if empty is None or empty.shape[2:] != mine.shape[2:]:
+                raise ValueError(f"the cache's text embeddings are shaped {tuple(mine.shape[2:])}, the empty prompt's "
+                                 f"{None if empty is None else tuple(empty.shape[2:])}: rebuild the cache for this model")
+            return torch.where(mask.view(-1, *([1] * (mine.ndim - 1))), empty.to(mine)[0, 0].expand_as(mine), mine)
+
+        return replace(cond, prompt_embeds=swap(cond.prompt_embeds, self.empty_prompt.prompt_embeds),
+                       pooled=swap(cond.pooled, self.empty_prompt.pooled))
 
     def dropped_prompts(self, generator, groups: int) -> list[bool]:
         """Which of ``groups`` groups train with the empty prompt: each drawn with probability

@@ -264,12 +264,8 @@ def _cache_cannot_serve(config: TrainConfig, caption_mismatch: bool, objective, 
         return "the latent cache holds centre-cropped, unflipped latents (data.center_crop: true, data.random_flip: false)"
     if caption_mismatch:
         return f"a captioned dataset's cache holds its captions' embeddings, and {objective.name} conditions on the prompt"
-    from diffalign.step_settings import prompt_dropout
     from diffalign.steps import STEPS
 
-    if prompt_dropout(config, objective) > 0:
-        return (f"prompt_dropout: {prompt_dropout(config, objective)} trains some groups on the empty prompt, "
-                "whose embedding a cache does not hold")
     return STEPS[objective.step].cache_problem(objective, settings)
 
 

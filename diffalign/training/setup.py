@@ -91,12 +91,14 @@ def load_model(config: TrainConfig, start, accelerator):
     lora, objective = config.lora is not None, start.objective
     weight_dtype = torch_dtype(accelerator.mixed_precision)
     need_encoders = not start.cache.cached or bool(config.validation.prompts)
+    dropout = prompt_dropout(config, objective)
     options = config.model.family_options()
     options["family"] = start.family
     # LoRA: frozen base weights in the training dtype; full fine-tuning keeps fp32 masters.
     options["dtype"] = weight_dtype if lora else torch.float32
     family = load(config.model.path, device=accelerator.device, load_vae=need_encoders,
-                  load_text_encoders=need_encoders, **options)
+                  load_text_encoders=need_encoders or dropout > 0, **options)
+    empty_prompt = _empty_prompt(family, keep_encoders=need_encoders) if start.cache.cached and dropout > 0 else None
     denoiser = family.denoiser
     if lora:
         from accelerate.utils import set_seed
@@ -115,7 +117,7 @@ def load_model(config: TrainConfig, start, accelerator):
     denoiser.train()
     reference = Reference(denoiser, lora, dtype=weight_dtype) if objective.needs_reference else None
     step = STEPS[objective.step](family, objective, reference, start.data.group_size, start.settings,
-                                 prompt_dropout=prompt_dropout(config, objective))
+                                 prompt_dropout=dropout, empty_prompt=empty_prompt)
     if config.lean_layers:
         lean_layers(denoiser)
     if config.gradient_checkpointing:
@@ -127,6 +129,20 @@ def load_model(config: TrainConfig, start, accelerator):
         # the same module object; LoRA on/off for the reference is one more guarded graph.
         denoiser.compile()
     return family, reference, step
+
+
+def _empty_prompt(family, keep_encoders: bool):
+    """The empty prompt's conditioning ``[1, 1, ...]`` for a cached run's prompt dropout; the text
+    encoders, loaded for it alone, are let go afterwards."""
+    import gc
+
+    with torch.no_grad():
+        empty = family.encode_prompts([""], group_size=1)
+    if not keep_encoders:
+        for name in family.text_components:
+            setattr(family.pipe, name, None)
+        gc.collect()
+    return empty
 
 
 def compiler_options(config: TrainConfig):

@@ -40,12 +40,26 @@ def test_dropped_groups_are_conditioned_on_the_empty_prompt(setting):
     assert not torch.allclose(kept.prompt_embeds, empty.prompt_embeds)
 
 
-def test_a_cached_batch_cannot_drop_prompts(setting):
+def test_a_cached_batch_takes_the_empty_prompts_embedding(setting):
+    """Cached batches carry embeddings, not texts: the dropped groups' become the empty prompt's
+    given at construction, the others stay; without it the step says what is missing."""
     family, reference, batch = setting
-    cached = {**batch, "latent_mean": torch.zeros(1)}
-    step = DenoisingStep(family, DiffusionDPO(), reference, 2, prompt_dropout=0.2)
-    with pytest.raises(ValueError, match="data.cache: false"):
-        step.inputs(cached, group_generators(0, 0, batch["indices"]))
+    b = len(batch["prompts"])
+    stored = family.encode_prompts(batch["prompts"], group_size=2)
+    latent = family.encode_posterior(batch["pixels"].flatten(0, 1))
+    cached = {**batch, "latent_mean": latent[0].unflatten(0, (b, 2)), "latent_std": latent[1].unflatten(0, (b, 2)),
+              "prompt_embeds": stored.prompt_embeds}
+    empty = family.encode_prompts([""], group_size=1)
+    step = DenoisingStep(family, DiffusionDPO(), reference, 2, prompt_dropout=0.5, empty_prompt=empty)
+    gens = group_generators(0, 0, batch["indices"])
+    drop = step.dropped_prompts(group_generators(0, 0, batch["indices"]), b)
+    assert sorted(drop) == [False, True]  # this batch has a dropped and a kept group
+    cond = step.inputs(cached, gens)[1]
+    for group, gone in enumerate(drop):
+        expected = empty.prompt_embeds[0] if gone else stored.prompt_embeds[group]
+        torch.testing.assert_close(cond.prompt_embeds[group], expected.expand_as(cond.prompt_embeds[group]))
+    with pytest.raises(ValueError, match="empty prompt"):
+        DenoisingStep(family, DiffusionDPO(), reference, 2, prompt_dropout=0.999).inputs(cached, gens)
 
 
 @pytest.mark.parametrize("objective, configured, expected", [

@@ -61,6 +61,20 @@ def test_the_first_run_builds_the_cache_and_the_next_reuses_it(tiny_path, tmp_pa
     assert uncached == pytest.approx(cached, rel=1e-4)
 
 
+def test_prompt_dropout_trains_from_the_cache_as_without_it(tiny_path, tmp_path, capsys):
+    """A cached run embeds the empty prompt once at start and drops the same groups' prompts as an
+    uncached run (each group's draw from its own seed): the same losses, and not those of a run
+    that keeps every prompt."""
+    data = write_groups(tmp_path / "prefs", k=2, captions=False)
+    assert _train(tiny_path, data, tmp_path / "cached", "prompt_dropout=0.5") == 0
+    assert "latent cache: building" in capsys.readouterr().out
+    assert _train(tiny_path, data, tmp_path / "uncached", "prompt_dropout=0.5", "data.cache=false") == 0
+    assert _train(tiny_path, data, tmp_path / "kept", "data.cache=false") == 0
+    cached, uncached = _losses(tmp_path / "cached"), _losses(tmp_path / "uncached")
+    assert uncached == pytest.approx(cached, rel=1e-4)
+    assert _losses(tmp_path / "kept") != pytest.approx(uncached, rel=1e-4)
+
+
 def test_an_unfinished_cache_is_continued_not_restarted(tiny_path, tmp_path, capsys, encoded_shards):
     data = write_groups(tmp_path / "prefs", k=2, rows=4, captions=False)
     from diffalign.families import load
@@ -79,10 +93,9 @@ def test_an_unfinished_cache_is_continued_not_restarted(tiny_path, tmp_path, cap
 @pytest.mark.parametrize("overrides, why", [
     (["data.random_flip=true"], "centre-cropped, unflipped"),
     ([], "conditions on the prompt"),  # a captioned dataset, an objective that uses the prompt
-    (["prompt_dropout=0.2"], "empty prompt"),
 ])
 def test_runs_a_cache_cannot_serve_train_uncached_and_say_why(overrides, why, tiny_path, tmp_path, capsys):
-    data = write_groups(tmp_path / "prefs", k=2, captions=why == "conditions on the prompt")
+    data = write_groups(tmp_path / "prefs", k=2, captions=not overrides)
     assert _train(tiny_path, data, tmp_path / "run", *overrides) == 0
     out = capsys.readouterr().out
     assert "latent cache: off" in out and why in out
