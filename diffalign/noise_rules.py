@@ -42,10 +42,15 @@ from diffalign.families.noise import per_group
 from diffalign.solver import REDUCTIONS
 
 
-def _require_flow(family, rule: str) -> None:
+def _flow_step(family, rule: str, predict, x: Tensor, u: Tensor, v: Tensor) -> tuple[Tensor, ...]:
+    """What both rules start from: the prediction at ``(x, u)`` and, in fp32, ``x`` and the levels
+    ``σ, σ'`` shaped to broadcast on it; a family that is not a flow is refused."""
     if getattr(family, "prediction_type", None) != "flow":
         raise ValueError(f"{rule} is written for rectified-flow families (SD3, Wan); the {family.name} family "
                          "predicts ε or v: sample it with diffalign.solver.DDIM(eta), as SPO does")
+    pred = predict(x, u)
+    x = x.float()
+    return pred, pred.float(), x, per_group(u.float(), x), per_group(v.float(), x)
 
 
 class FlowSDE:
@@ -58,14 +63,11 @@ class FlowSDE:
         self.stochastic = True
 
     def transition(self, family, predict, x: Tensor, u: Tensor, v: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        _require_flow(family, "FlowSDE")
-        pred = predict(x, u)
-        x = x.float()
-        sigma, sigma_next = per_group(u.float(), x), per_group(v.float(), x)
+        pred, velocity, x, sigma, sigma_next = _flow_step(family, "FlowSDE", predict, x, u, v)
         delta = sigma_next - sigma
         # At σ = 1 the official code divides by 1 − sigmas[1], the grid's second level: σ' of this first step.
         g = self.a * (sigma / (1 - torch.where(sigma >= 1, sigma_next, sigma))).sqrt()
-        mean = x * (1 + g**2 * delta / (2 * sigma)) + pred.float() * (1 + g**2 * (1 - sigma) / (2 * sigma)) * delta
+        mean = x * (1 + g**2 * delta / (2 * sigma)) + velocity * (1 + g**2 * (1 - sigma) / (2 * sigma)) * delta
         return pred, mean, g * (-delta).clamp(min=0).sqrt()
 
 
@@ -80,12 +82,9 @@ class CPS:
         self.stochastic = True
 
     def transition(self, family, predict, x: Tensor, u: Tensor, v: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        _require_flow(family, "CPS")
-        pred = predict(x, u)
-        x = x.float()
-        sigma, sigma_next = per_group(u.float(), x), per_group(v.float(), x)
+        pred, velocity, x, sigma, sigma_next = _flow_step(family, "CPS", predict, x, u, v)
         std = sigma_next * math.sin(self.a * math.pi / 2)
-        x0, eps = x - sigma * pred.float(), x + (1 - sigma) * pred.float()
+        x0, eps = x - sigma * velocity, x + (1 - sigma) * velocity
         mean = x0 * (1 - sigma_next) + eps * (sigma_next**2 - std**2).clamp(min=0).sqrt()
         return pred, mean, std
 
