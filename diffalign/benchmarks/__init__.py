@@ -6,6 +6,8 @@
 - :mod:`~diffalign.benchmarks.generate`: images/s of dataset and evaluation generation vs a
   one-prompt-at-a-time pipeline loop.
 - :mod:`~diffalign.benchmarks.score`: images/s per reward model.
+- :mod:`~diffalign.benchmarks.logprob_spread`: how far a recomputed step log-probability strays
+  from the sampler's in bf16 (the ratio online RL clips), per tiny family and noise rule.
 - :mod:`~diffalign.benchmarks.measure`: timing, peak memory and the JSON/Markdown report they share.
 
 The runnable entry points are ``benchmarks/*.py`` at the top of the repository (docs/architecture.md, §3).
