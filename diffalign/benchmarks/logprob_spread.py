@@ -16,9 +16,10 @@ from pathlib import Path
 
 import torch
 
-RULES = {"sd15": ("ddim",), "sd21": ("ddim",), "sdxl": ("ddim",), "sd3": ("flow_sde", "cps"), "wan": ("flow_sde", "cps")}
-"""The rules each tiny family samples with for RL: η-DDIM (η = 1) for ε/v UNets, Flow-GRPO's SDE
-and CPS for the flows."""
+def rules_for(family) -> tuple[str, ...]:
+    """The rules a family samples with for RL: Flow-GRPO's SDE and CPS for a flow, η-DDIM (η = 1)
+    for ε/v UNets."""
+    return ("flow_sde", "cps") if family.prediction_type == "flow" else ("ddim",)
 
 
 def _rule(name: str):
@@ -56,7 +57,7 @@ def measure(kinds: list[str], steps: int, dtypes: list[str]) -> list[dict]:
     with tempfile.TemporaryDirectory() as folder:
         for kind in kinds:
             family = load(save_tiny_pipeline(kind, Path(folder) / kind))
-            for rule in RULES[kind]:
+            for rule in rules_for(family):
                 for name in dtypes:
                     rows.append({"family": kind, "rule": rule, "recomputed_in": name,
                                  **spread(family, rule, steps, getattr(torch, name))})
@@ -65,7 +66,10 @@ def measure(kinds: list[str], steps: int, dtypes: list[str]) -> list[dict]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--families", nargs="+", default=list(RULES), choices=list(RULES))
+    from diffalign.testing import TINY_FAMILIES
+
+    parser.add_argument("--families", nargs="+", default=list(TINY_FAMILIES), choices=list(TINY_FAMILIES),
+                        help="tiny pipelines (diffalign.testing; default: all)")
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--dtypes", nargs="+", default=["float32", "bfloat16"], choices=["float32", "bfloat16", "float16"])
     args = parser.parse_args(argv)
@@ -77,4 +81,4 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-__all__ = ["RULES", "main", "measure", "spread"]
+__all__ = ["main", "measure", "rules_for", "spread"]
