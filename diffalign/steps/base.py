@@ -182,9 +182,10 @@ class PreferenceStep:
         ``prompt_dropout`` from a generator seeded by its own group generator's seed, so the draw
         leaves that generator's stream (noise, time, VAE sample) as it is and does not depend on
         the batch the group landed in."""
-        gens = generator if isinstance(generator, (list, tuple)) else [generator] * groups
-        seeds = [(g.initial_seed() if g is not None else 0) + i * (not isinstance(generator, (list, tuple)))
-                 for i, g in enumerate(gens)]
+        if isinstance(generator, (list, tuple)):  # the trainer's: one generator per group
+            seeds = [g.initial_seed() for g in generator]
+        else:  # one generator (or none) for the batch: its seed, offset by the group's place
+            seeds = [(generator.initial_seed() if generator is not None else 0) + i for i in range(groups)]
         return [bool(torch.rand(1, generator=torch.Generator().manual_seed((seed * 7_919 + 104_729) % (2**63)))
                      < self.prompt_dropout) for seed in seeds]
 

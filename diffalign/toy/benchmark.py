@@ -36,10 +36,10 @@ from tqdm.auto import tqdm
 
 from diffalign.config import to_dict
 from diffalign.data.dataset import PreferenceDataset
-from diffalign.evaluation.stats import paired_gain, win_rate
 from diffalign.toy.pretrain import PretrainConfig, base_model
 from diffalign.toy.reward import ToyRewardScorer, follows_prompt, toy_reward
 from diffalign.toy.samples import build_preference_data, generate, grid, sampling_pipe
+from diffalign.toy.summary import objective_summary, sample_summary, step_costs, watch
 
 TOY_REWARD_SPREAD = 0.374
 """SmPO's ``score_scale`` on the toy: max − min of the toy reward over the earlier protocol's 64
@@ -206,13 +206,6 @@ def align(objective: str, base: Path, data: Path, out: Path, config: BenchmarkCo
     return trainer, (time.perf_counter() - began - sampling_seconds) / steps
 
 
-def _summary(rewards: torch.Tensor, base_rewards: torch.Tensor, follows: torch.Tensor) -> dict:
-    gain = paired_gain(rewards, base_rewards)
-    wins = win_rate(rewards, base_rewards)
-    return {"reward": float(rewards.mean()), "gain": gain.as_dict(), "gain_excludes_zero": gain.excludes_zero(),
-            "win_rate": wins.as_dict(), "prompt_following": float(follows.float().mean())}
-
-
 def choose_lr(sweep: dict[float, list], base_following: float, tolerance: float = 0.05) -> float:
     """The learning rate whose curve ends highest, among those whose curve-seed prompt following
     ends within ``tolerance`` of the base's (all of them if none does). ``sweep``: lr → curve points."""
@@ -276,9 +269,9 @@ def run_benchmark(out: str | Path, config: BenchmarkConfig = BenchmarkConfig(), 
     def evaluate(trainer, run: dict) -> torch.Tensor:
         images = generate(sampling_pipe(trainer.family.pipe), eval_prompts, eval_seeds, config.inference_steps,
                           config.guidance_scale)
-        run.update(_summary(toy_reward(images, eval_prompts), base_rewards, follows_prompt(images, eval_prompts)))
+        run.update(sample_summary(toy_reward(images, eval_prompts), base_rewards, follows_prompt(images, eval_prompts)))
         run["weights"] = str(trainer.config.output_dir)
-        run.update(_watch(run))
+        run.update(watch(run))
         return images
 
     for objective in tqdm(config.objectives, desc="objectives", disable=not progress):
@@ -297,48 +290,8 @@ def run_benchmark(out: str | Path, config: BenchmarkConfig = BenchmarkConfig(), 
             trainer, run = train(objective, chosen, seed)
             evaluate(trainer, run)
             runs.append(run)
-        results["objectives"][objective] = _objective_summary(runs, sweep, results["base"]["reward"], began)
-    _step_costs(results["objectives"])
+        results["objectives"][objective] = objective_summary(runs, sweep, results["base"]["reward"], began)
+    step_costs(results["objectives"])
     results["wall_seconds"] = round(time.time() - start, 1)
     write_report(out, results, base_images, grids, eval_prompts, config.eval_seeds_per_prompt)
     return results
-
-
-def _watch(run: dict) -> dict:
-    """The reward-hacking watch on a run's curve (:class:`~diffalign.evaluation.reward_hacking.RewardHackingWatch`):
-    the step's own score (SPO's step-aware score) against the true reward of the curve seeds,
-    firing when the true reward has fallen 0.01 below its best while the score kept rising."""
-    if not run["proxy"]:
-        return {}
-    import warnings
-
-    from diffalign.evaluation.reward_hacking import RewardHackingWatch
-
-    watch = RewardHackingWatch(tolerance=0.01, proxy_name="step-aware score", true_name="toy reward of the curve seeds")
-    truth = {step: reward for step, reward, _ in run["curve"]}
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the message goes into the report instead
-        events = [e for step, score in run["proxy"] if (e := watch.update(step, score, truth[step])) is not None]
-    return {"divergence": events[0].message if events else None}
-
-
-def _objective_summary(runs: list[dict], sweep: dict, reward_before: float, began: float) -> dict:
-    """The chosen rate's runs (the first is the sweep's), their mean gain, and the first seed's
-    fields at the top level (``gain``, ``curve``, …) as a one-seed run reports them."""
-    first = runs[0]
-    gains = [r["gain"]["value"] for r in runs]
-    return {**{k: v for k, v in first.items() if k not in ("lr", "seed")}, "reward_before": reward_before,
-            "lr": first["lr"], "runs": runs, "mean_gain": sum(gains) / len(gains),
-            "every_seed_gains": all(r["gain"]["low"] > 0 for r in runs),
-            "mean_win_rate": sum(r["win_rate"]["value"] for r in runs) / len(runs),
-            "min_prompt_following": min(r["prompt_following"] for r in runs),
-            "sweep": {f"{lr:g}": {"curve": s["curve"], "seconds_per_step": s["seconds_per_step"]} for lr, s in sweep.items()},
-            "seconds_per_step": sum(r["seconds_per_step"] for r in runs) / len(runs),
-            "wall_seconds": round(time.time() - began, 1)}
-
-
-def _step_costs(objectives: dict) -> None:
-    """Each objective's training-step time as a multiple of Diffusion-DPO's in the same run."""
-    dpo = objectives.get("diffusion_dpo")
-    for summary in objectives.values():
-        summary["step_cost_vs_dpo"] = round(summary["seconds_per_step"] / dpo["seconds_per_step"], 2) if dpo else None
