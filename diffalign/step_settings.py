@@ -110,9 +110,115 @@ class DRORollout:
             raise ValueError(f"refresh_every must be an integer ≥ 1, got {self.refresh_every!r}")
 
 
+NOISE_RULES = ("auto", "flow_sde", "cps", "dance_sde", "ddim")
+TRAINED_STEPS = ("first", "random")
+
+
+@dataclass
+class OnlineRollout:
+    """The ``rollout:`` block of the online objectives (``grpo``, ``dance_grpo``): how a collection
+    is sampled and scored, and how it is cut into updates. Defaults: Flow-GRPO's SD3.5-M GenEval
+    config (``flow_grpo`` @ac4c86e, ``config/grpo.py`` L74–91, ``config/base.py`` L54, L86); DanceGRPO's
+    values come through ``dance_grpo``'s ``step_defaults``. Cost per prompt: ``images_per_prompt ×
+    steps`` guided denoiser calls without gradient, a VAE decode and a score per image; then, per
+    update pass, one guided forward with gradient per (image, trained step), and one reference forward
+    without gradient per (image, trained step) when ``objective.beta > 0``.
+
+    Attributes:
+        steps: sampler steps of a rollout (10; evaluation samples with more).
+        guidance: classifier-free guidance of the rollouts and of the recomputed log-probabilities (4.5).
+        images_per_prompt: ``K``, images sampled per prompt (the group the advantages compare; 24).
+        noise: the stochastic step: ``flow_sde`` (Flow-GRPO's SDE), ``cps`` (coefficients-preserving),
+            ``dance_sde`` (DanceGRPO's), ``ddim`` (η-DDIM, the one rule for ε/v UNets, as SPO), or
+            ``auto``: ``flow_sde`` on a flow family, ``ddim`` otherwise (:mod:`diffalign.noise_rules`).
+        noise_level: the rule's ``a`` (``flow_sde`` 0.7, ``cps`` 0.8), ``η`` (``dance_sde`` 0.3,
+            ``ddim`` 1.0); ``None``: those defaults.
+        trained: which steps train: ``first`` (the first ``⌊train_fraction·steps⌋``, Flow-GRPO:
+            9 of 10, never the last) or ``random`` (a random ``⌊train_fraction·steps⌋`` of each
+            image's steps, DanceGRPO: 60 %).
+        train_fraction: that share (0.99).
+        sde_window: steps in the SDE window (``None``: every step stochastic). Only the window's
+            steps are stochastic and trained, the rest deterministic (Flow-GRPO-Fast, MixGRPO); the
+            window starts at a step drawn per collection from ``[0, sde_window_range − sde_window]``.
+        sde_window_range: the steps the window may cover (``None``: all).
+        shared_noise: one start noise per prompt for its ``K`` images (DanceGRPO).
+        updates_per_collection: optimiser updates over one collection's (image, trained step)
+            micro-batches (Flow-GRPO: 2, so the second half is off-policy).
+        inner_epochs: passes over a collection, each in a new shuffled order (1).
+        micro_batch: images per forward; a micro-batch is ``micro_batch`` images at one trained step.
+        keep_best_worst: train only the best and the worst ``n`` of each prompt's ``K`` images
+            (DanceGRPO's video runs: 4 of 8 each); ``None``: all of them.
+        rewards: the reward models, each ``{name, weight, path, frames, batch_size}``
+            (:mod:`diffalign.rewards.online`); the advantage takes their weighted sum, or each on
+            its own with ``objective.per_reward_advantages``.
+        resolution: the side of the sampled images (``None``: ``data.resolution``).
+        frames: a video family's frames per clip (``None``: ``data.frames``).
+    """
+
+    steps: int = 10
+    guidance: float = 4.5
+    images_per_prompt: int = 24
+    noise: Literal["auto", "flow_sde", "cps", "dance_sde", "ddim"] = "auto"
+    noise_level: float | None = None
+    trained: Literal["first", "random"] = "first"
+    train_fraction: float = 0.99
+    sde_window: int | None = None
+    sde_window_range: int | None = None
+    shared_noise: bool = False
+    updates_per_collection: int = 2
+    inner_epochs: int = 1
+    micro_batch: int = 8
+    keep_best_worst: int | None = None
+    rewards: list[dict] = dataclasses.field(default_factory=lambda: [{"name": "pickscore", "weight": 1.0}])
+    resolution: int | None = None
+    frames: int | None = None
+
+    def __post_init__(self):
+        def positive(name, value):
+            if not (isinstance(value, int) and value >= 1):
+                raise ValueError(f"{name} must be an integer ≥ 1, got {value!r}")
+
+        for name in ("steps", "updates_per_collection", "inner_epochs", "micro_batch"):
+            positive(name, getattr(self, name))
+        if not (isinstance(self.images_per_prompt, int) and self.images_per_prompt >= 2):
+            raise ValueError(f"images_per_prompt must be an integer ≥ 2 (advantages compare a prompt's images), "
+                             f"got {self.images_per_prompt!r}")
+        if self.noise not in NOISE_RULES:
+            raise ValueError(f"noise must be one of {', '.join(NOISE_RULES)}, got {self.noise!r}")
+        if self.trained not in TRAINED_STEPS:
+            raise ValueError(f"trained must be one of {', '.join(TRAINED_STEPS)}, got {self.trained!r}")
+        if not 0 < self.train_fraction <= 1 or self.trained_count < 1:
+            raise ValueError(f"train_fraction must be in (0, 1] and leave at least one trained step of {self.steps}, "
+                             f"got {self.train_fraction}")
+        if self.noise_level is not None and not self.noise_level > 0:
+            raise ValueError(f"noise_level must be > 0, got {self.noise_level}")
+        if not self.guidance >= 0:
+            raise ValueError(f"guidance must be ≥ 0, got {self.guidance}")
+        if self.sde_window is not None:
+            positive("sde_window", self.sde_window)
+            reach = self.steps if self.sde_window_range is None else self.sde_window_range
+            if not self.sde_window <= reach <= self.steps:
+                raise ValueError(f"need sde_window ≤ sde_window_range ≤ steps, got {self.sde_window}, "
+                                 f"{self.sde_window_range}, {self.steps}")
+        if self.keep_best_worst is not None and not (isinstance(self.keep_best_worst, int) and
+                                                     1 <= 2 * self.keep_best_worst <= self.images_per_prompt):
+            raise ValueError(f"keep_best_worst must be an integer with 2·n ≤ images_per_prompt, "
+                             f"got {self.keep_best_worst!r}")
+        if not isinstance(self.rewards, list) or not self.rewards:
+            raise ValueError("rewards must be a non-empty list of {name, weight, ...} mappings")
+
+    @property
+    def trained_count(self) -> int:
+        """Trained steps per image: ``⌊train_fraction·steps⌋`` (the window's size with a window)."""
+        if self.sde_window is not None:
+            return self.sde_window
+        return int(self.steps * self.train_fraction)
+
+
 STEP_SETTINGS: dict[str, tuple[str, type]] = {"spo": ("rollout", SPORollout),
                                                 "diffusion_dro": ("rollout", DRORollout),
-                                                "inversion": ("inversion", InversionConfig)}
+                                                "inversion": ("inversion", InversionConfig),
+                                                "online": ("rollout", OnlineRollout)}
 """Step name → ``(config block, settings dataclass)``; a step not listed has no settings."""
 
 STEP_BLOCKS = ("rollout", "inversion")
@@ -184,7 +290,12 @@ def step_settings(config, objective):
     if objective.step not in STEP_SETTINGS:
         return None
     key, cls = STEP_SETTINGS[objective.step]
-    return cls(**{**objective.step_defaults, **(getattr(config, key) or {})})
+    settings = cls(**{**objective.step_defaults, **(getattr(config, key) or {})})
+    # A sampling step's image size left unset is the data's (the run samples at the size it trains).
+    for name, source in (("resolution", "resolution"), ("frames", "frames")):
+        if getattr(settings, name, 0) is None:
+            settings = dataclasses.replace(settings, **{name: getattr(config.data, source)})
+    return settings
 
 
 def prompt_dropout(config, objective) -> float:
@@ -194,5 +305,5 @@ def prompt_dropout(config, objective) -> float:
     return float(objective.prompt_dropout if value is None else value)
 
 
-__all__ = ["DRORollout", "LOG_PROB_REDUCTIONS", "SPORollout", "STEP_BLOCKS", "STEP_SETTINGS", "complete_step_blocks",
+__all__ = ["DRORollout", "LOG_PROB_REDUCTIONS", "NOISE_RULES", "OnlineRollout", "TRAINED_STEPS", "SPORollout", "STEP_BLOCKS", "STEP_SETTINGS", "complete_step_blocks",
            "move_step_keys", "prompt_dropout", "step_settings"]

@@ -23,6 +23,7 @@ from .base import (
 from .dcpo import DCPO, DCPOConfig
 from .diffusion_dpo import DiffusionDPO, DiffusionDPOConfig
 from .diffusion_dro import DiffusionDRO, DiffusionDROConfig
+from .grpo import GRPO, DanceGRPO, DanceGRPOConfig, GRPOConfig
 from .inpo import InPO, InPOConfig
 from .mapo import MaPO, MaPOConfig
 from .rank_dpo import RankDPO, RankDPOConfig
@@ -31,7 +32,8 @@ from .smpo import SmPO, SmPOConfig
 from .spo import SPO, SPOConfig
 
 OBJECTIVES = {"diffusion_dpo": DiffusionDPO, "mapo": MaPO, "dcpo": DCPO, "rank_dpo": RankDPO, "sft": SFT,
-              "inpo": InPO, "smpo": SmPO, "spo": SPO, "diffusion_dro": DiffusionDRO}
+              "inpo": InPO, "smpo": SmPO, "spo": SPO, "diffusion_dro": DiffusionDRO, "grpo": GRPO,
+              "dance_grpo": DanceGRPO}
 
 
 def objective_class(name: str) -> type[Objective]:
@@ -109,7 +111,7 @@ def build_objective(spec: Mapping[str, Any]) -> Objective:
 
 
 __all__ = [
-    "DCPO", "METRIC_NAMES", "MaPO", "OBJECTIVES", "SFT", "SPO", "DCPOConfig", "DiffusionDPO", "DiffusionDPOConfig",
+    "DCPO", "GRPO", "DanceGRPO", "DanceGRPOConfig", "GRPOConfig", "METRIC_NAMES", "MaPO", "OBJECTIVES", "SFT", "SPO", "DCPOConfig", "DiffusionDPO", "DiffusionDPOConfig",
     "DiffusionDRO", "DiffusionDROConfig", "SPOConfig",
     "InPO", "InPOConfig", "MaPOConfig", "Objective", "ObjectiveDataError", "ObjectiveOutput", "PreferenceTerms",
     "RankDPO", "RankDPOConfig", "SFTConfig", "SmPO", "SmPOConfig", "build_objective", "complete_spec", "describe_config",

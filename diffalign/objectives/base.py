@@ -50,6 +50,10 @@ class PreferenceTerms:
         weights: ``[B]`` weight of each group in the mean, or ``None`` (all 1). A sampling step
             that found nothing to train on gives weight 0, so the loss is 0 but has a gradient
             graph (every process must run backward).
+        old_logp: ``[B, K]`` online RL: the log-probability of each step recorded when it was
+            sampled (never recomputed), the denominator of the policy ratio.
+        advantages: ``[B, K]`` online RL: each sample's advantage.
+        kl: ``[B, K]`` online RL: the KL term of each step against the reference (no reduction).
     """
 
     policy_err: Tensor | None = None
@@ -60,6 +64,9 @@ class PreferenceTerms:
     policy_logp: Tensor | None = None
     ref_logp: Tensor | None = None
     weights: Tensor | None = None
+    old_logp: Tensor | None = None
+    advantages: Tensor | None = None
+    kl: Tensor | None = None
 
 
 def weighted_mean(values: Tensor, weights: Tensor | None) -> Tensor:

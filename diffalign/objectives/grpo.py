@@ -2,9 +2,11 @@
 
 Liu et al., 2025, https://arxiv.org/abs/2505.05470 (official code: yifan123/flow_grpo @ac4c86e,
 ``scripts/train_sd3.py``, ``flow_grpo/stat_tracking.py``). Pure tensor maths over per-sample
-rewards and per-(sample, step) log-probabilities; the step that collects them (sampling with
-the log-probabilities kept, scoring, several updates per collection) is not built yet, so this
-module is not registered as an objective: it lands with that step (issue 36).
+rewards and per-(sample, step) log-probabilities; the step that collects them (sampling with the
+log-probabilities kept, scoring, several updates per collection) is
+:class:`~diffalign.steps.online.OnlineStep`, and its settings are the ``rollout:`` block
+(:class:`~diffalign.step_settings.OnlineRollout`). :class:`GRPO` is ``grpo``; DanceGRPO is
+``dance_grpo`` (:class:`DanceGRPO`), the same loss with its own defaults.
 
 **Advantages** (:func:`group_advantages`; ``stat_tracking.py`` L11–31; without per-prompt tracking ``train_sd3.py`` L782):
 for the ``K`` samples of each prompt, ``A = (r − mean_group)/(std + 1e-4)``, with the std the
@@ -32,24 +34,29 @@ fraction ``mean(|ρ − 1| > ε)``, the ratio's mean and spread.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import ClassVar, Literal
 
 import torch
 from torch import Tensor
+
+from .base import Objective, ObjectiveOutput, PreferenceTerms, weighted_mean
 
 ADVANTAGE_STDS = ("global", "group")
 
 
 @dataclass
 class GRPOConfig:
-    """``beta``: KL strength (official 0.04 GenEval/OCR, 0.01 PickScore); ``clip_range``: ε of the
-    ratio clip (SD3 1e-4, Wan 1e-3); ``adv_clip``: advantages clipped to ±this (5);
-    ``advantage_std``: ``global`` (SD3) or ``group`` (Wan)."""
+    """``beta``: KL strength (official 0.04 GenEval/OCR, 0.01 PickScore; 0 skips the reference's
+    forward); ``clip_range``: ε of the ratio clip (SD3 1e-4, Wan 1e-3); ``adv_clip``: advantages
+    clipped to ±this (5); ``advantage_std``: ``global`` (SD3) or ``group`` (Wan);
+    ``per_reward_advantages``: with several rewards, one advantage per reward, summed (DanceGRPO's
+    VQ/MQ), instead of the advantage of their weighted sum (Flow-GRPO)."""
 
     beta: float = 0.04
     clip_range: float = 1e-4
     adv_clip: float = 5.0
     advantage_std: Literal["global", "group"] = "global"
+    per_reward_advantages: bool = False
 
     def __post_init__(self):
         if not self.beta >= 0:
@@ -74,14 +81,27 @@ def group_advantages(rewards: Tensor, std: str = "global", eps: float = 1e-4) ->
     return torch.where(zero_spread[:, None], torch.zeros_like(advantages), advantages), zero_spread
 
 
+def combined_advantages(rewards: dict[str, Tensor], weights: dict[str, float], std: str = "global",
+                        per_reward: bool = False) -> tuple[Tensor, Tensor]:
+    """``rewards``: each reward's ``[P, K]`` raw scores → ``(advantages [P, K], zero_spread [P])``:
+    the advantages of the weighted sum ``Σ w·r`` (Flow-GRPO), or with ``per_reward`` the sum of
+    each reward's own advantages times its weight (DanceGRPO's VQ/MQ); a group is zero-spread
+    when its advantages are all 0."""
+    if not per_reward:
+        total = sum(weights[name] * scores.double() for name, scores in rewards.items())
+        return group_advantages(total, std)
+    advantages = sum(weights[name] * group_advantages(scores, std)[0] for name, scores in rewards.items())
+    return advantages, advantages.eq(0).all(dim=1)
+
+
 def clipped_surrogate(logp: Tensor, old_logp: Tensor, advantages: Tensor, clip_range: float,
-                      adv_clip: float = 5.0) -> tuple[Tensor, dict[str, Tensor]]:
+                      adv_clip: float = 5.0, weights: Tensor | None = None) -> tuple[Tensor, dict[str, Tensor]]:
     """PPO's clipped surrogate over ``N`` (sample, step) terms: ``logp [N]`` (with gradient),
-    ``old_logp``, ``advantages [N]``. Returns the mean loss and the detached ``approx_kl``,
-    ``clipfrac``, ``ratio_mean``, ``ratio_std``."""
+    ``old_logp``, ``advantages [N]``, optional ``weights [N]`` (0: padding). Returns the (weighted)
+    mean loss and the detached ``approx_kl``, ``clipfrac``, ``ratio_mean``, ``ratio_std``."""
     adv = advantages.to(logp).clamp(-adv_clip, adv_clip)
     ratio = torch.exp(logp - old_logp.to(logp))
-    loss = torch.maximum(-adv * ratio, -adv * ratio.clamp(1 - clip_range, 1 + clip_range)).mean()
+    loss = weighted_mean(torch.maximum(-adv * ratio, -adv * ratio.clamp(1 - clip_range, 1 + clip_range)), weights)
     with torch.no_grad():
         metrics = {"approx_kl": 0.5 * ((logp - old_logp.to(logp)) ** 2).mean(),
                    "clipfrac": ((ratio - 1).abs() > clip_range).float().mean(),
@@ -96,4 +116,68 @@ def step_kl(policy_mean: Tensor, ref_mean: Tensor, std_dev: Tensor) -> Tensor:
     return squared / (2 * std_dev.float().reshape(-1) ** 2)
 
 
-__all__ = ["ADVANTAGE_STDS", "GRPOConfig", "clipped_surrogate", "group_advantages", "step_kl"]
+class GRPO(Objective):
+    """Flow-GRPO (module docstring). Terms, one row per (image, trained step) of a micro-batch:
+    ``policy_logp [N, 1]`` (with gradient), ``old_logp [N, 1]`` (recorded at sampling),
+    ``advantages [N, 1]``, ``kl [N, 1]`` (when β > 0), ``t [N]``, ``weights [N]`` (0: padding, so
+    every process runs the same backwards)."""
+
+    name = "grpo"
+    Config = GRPOConfig
+    min_group_size = 0  # trains on a dataset's prompts only: any K, prompt-only datasets too
+    max_group_size = None
+    per_image = "logp"
+    step = "online"
+    step_defaults: ClassVar[dict] = {}
+
+    @property
+    def needs_reference(self) -> bool:  # type: ignore[override]
+        """The reference runs only for the KL term: β = 0 loads none."""
+        return self.config.beta > 0
+
+    def advantages(self, rewards: dict[str, Tensor], weights: dict[str, float]) -> tuple[Tensor, Tensor]:
+        """:func:`combined_advantages` with this objective's std and per-reward choice."""
+        config = self.config
+        return combined_advantages(rewards, weights, config.advantage_std, config.per_reward_advantages)
+
+    def loss(self, terms: PreferenceTerms) -> ObjectiveOutput:
+        config = self.config
+        for key in ("policy_logp", "old_logp", "advantages"):
+            if getattr(terms, key) is None:
+                raise ValueError(f"{self.name} needs {key} in its terms (the online step makes them)")
+        logp = terms.policy_logp.float().flatten()
+        loss, metrics = clipped_surrogate(logp, terms.old_logp.flatten(), terms.advantages.flatten(),
+                                          config.clip_range, config.adv_clip, terms.weights)
+        if config.beta > 0:
+            if terms.kl is None:
+                raise ValueError(f"{self.name} with beta > 0 needs the KL term (kl) in its terms")
+            kl = weighted_mean(terms.kl.float().flatten(), terms.weights)
+            loss = loss + config.beta * kl
+            metrics["kl"] = kl.detach()
+        return ObjectiveOutput(loss, {"loss": loss.detach(), **metrics})
+
+
+@dataclass
+class DanceGRPOConfig(GRPOConfig):
+    """DanceGRPO's defaults (XueZeyue/DanceGRPO @15cc71d): no KL and no reference, advantages
+    normalised per group, one advantage per reward summed; the clip range of its scripts."""
+
+    beta: float = 0.0
+    advantage_std: Literal["global", "group"] = "group"
+    per_reward_advantages: bool = True
+
+
+class DanceGRPO(GRPO):
+    """DanceGRPO: "DanceGRPO: Unleashing GRPO on Visual Generation", Xue et al., 2025,
+    https://arxiv.org/abs/2505.07818. The loss is :class:`GRPO`'s clipped surrogate with β = 0;
+    what differs is the sampling, set by ``step_defaults``: its SDE step (``dance_sde``, η 0.3),
+    one start noise per prompt, a random 60 % of each image's steps trained."""
+
+    name = "dance_grpo"
+    Config = DanceGRPOConfig
+    step_defaults: ClassVar[dict] = {"noise": "dance_sde", "shared_noise": True, "trained": "random",
+                                     "train_fraction": 0.6}
+
+
+__all__ = ["ADVANTAGE_STDS", "DanceGRPO", "DanceGRPOConfig", "GRPO", "GRPOConfig", "clipped_surrogate",
+           "combined_advantages", "group_advantages", "step_kl"]

@@ -9,11 +9,12 @@ from diffalign.steps.base import PreferenceStep, group_generators
 from diffalign.steps.denoising import DenoisingStep
 from diffalign.steps.diffusion_dro import DiffusionDROStep
 from diffalign.steps.inversion import InversionStep
+from diffalign.steps.online import OnlineStep
 from diffalign.steps.rollout import RolloutStep
 from diffalign.steps.spo import SPOStep
 
 STEPS: dict[str, type[PreferenceStep]] = {"denoising": DenoisingStep, "inversion": InversionStep, "spo": SPOStep,
-                                          "diffusion_dro": DiffusionDROStep}
+                                          "diffusion_dro": DiffusionDROStep, "online": OnlineStep}
 
-__all__ = ["STEPS", "DenoisingStep", "DiffusionDROStep", "InversionStep", "PreferenceStep", "RolloutStep", "SPOStep",
+__all__ = ["STEPS", "DenoisingStep", "DiffusionDROStep", "InversionStep", "OnlineStep", "PreferenceStep", "RolloutStep", "SPOStep",
            "group_generators"]

@@ -112,6 +112,12 @@ class PreferenceStep:
         """Why this step cannot train ``objective`` on the family class ``family``; ``None``: it can."""
         return None
 
+    @classmethod
+    def settings_problem(cls, objective, settings, family) -> str | None:
+        """What is wrong with ``settings`` (the step's block, built) for ``objective`` on the family
+        class ``family``, found without loading weights; ``None``: nothing."""
+        return None
+
     def log_values(self) -> dict[str, float]:
         """Numbers the step adds to the log at each update (e.g. seconds spent rolling out)."""
         return {}

@@ -31,7 +31,7 @@ class RolloutStep(PreferenceStep):
 
     def __init__(self, family, objective, reference, group_size: int, settings=None, **options):
         super().__init__(family, objective, reference, group_size, settings, **options)
-        if reference is None:  # both sampling objectives weigh the policy against the reference
+        if reference is None and objective.needs_reference:
             raise ValueError(f"{objective.name} needs the reference model")
         self.timing = {"rollout": 0.0, "train": 0.0}
         self._metrics: dict[str, Tensor] = {}

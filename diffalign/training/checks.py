@@ -81,6 +81,9 @@ def preflight(config: TrainConfig) -> Startup:
     why = STEPS[objective.step].family_problem(objective, FAMILIES[family])
     if why:
         raise StartupError(f"{objective.name} does not support the {family} family: {why}")
+    why = STEPS[objective.step].settings_problem(objective, settings, FAMILIES[family])
+    if why:
+        raise StartupError(f"{objective.name}: {why}")
     _check_resolution(config, family)
     _check_media(config, family, data)
     _check_memory(config, data.group_size)

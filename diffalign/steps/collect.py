@@ -1,0 +1,138 @@
+"""One collection of online RL (:class:`~diffalign.steps.online.OnlineStep`): a batch's prompts ×
+``K`` images sampled by the policy with every step's latent and log-probability kept, decoded,
+scored, and turned into advantages against the rewards gathered from every process.
+
+As the official Flow-GRPO sampler does (``diffusers_patch/sd3_pipeline_with_logprob.py``;
+``scripts/train_sd3.py`` L640–790): the log-probability of each step is recorded **at sampling**,
+under the policy that sampled it, and never recomputed (the ratio's denominator); the rewards of
+every process are gathered before the advantages, so a global std sees them all; each process
+then keeps its own rows.
+
+Shapes: ``B`` prompts, ``K`` images each, ``N = B·K`` images in prompt-major order (image
+``n`` belongs to prompt ``n // K``), ``S`` sampler steps, ``T`` trained steps per image.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+from diffalign.solver import DDIM, initial_noise, sampling_grid, solve
+
+
+@dataclass
+class Collection:
+    """What one collection holds (on the family's device; the tensors are what a checkpoint keeps).
+
+    Attributes:
+        batch: the prompts' ``prompts``, ``ids``, ``indices`` and ``metas`` (B each).
+        latents: ``[S + 1, N, *latent]`` the start noise and the latent after each step.
+        times: ``[N, S + 1]`` each latent's time.
+        log_prob: ``[S, N]`` each step's log-probability under the sampling policy (0 off the window).
+        steps: ``[N, T]`` the sampler steps each image trains.
+        advantages: ``[N]`` float64.
+        kept: ``[N]`` bool, the images that train (advantage ≠ 0, and best/worst when asked).
+        seed: seeds the training order (:func:`diffalign.steps.buffer.plan_updates`).
+        done: updates of this collection already taken (a resumed run continues after them).
+        number: which collection of the run this is (the step's count when it was made).
+    """
+
+    batch: dict
+    latents: Tensor
+    times: Tensor
+    log_prob: Tensor
+    steps: Tensor
+    advantages: Tensor
+    kept: Tensor
+    seed: int
+    done: int = 0
+    number: int = 0
+    cond: object = field(default=None, repr=False)
+    uncond: object = field(default=None, repr=False)
+    plan: list = field(default=None, repr=False)
+    """The updates' micro-batches (:func:`~diffalign.steps.buffer.plan_updates`), made again from ``seed`` on resume."""
+
+    def state_dict(self) -> dict[str, Tensor]:
+        text = json.dumps({k: self.batch[k] for k in ("prompts", "ids", "indices", "metas")}).encode()
+        return {"latents": self.latents, "times": self.times, "log_prob": self.log_prob, "steps": self.steps,
+                "advantages": self.advantages, "kept": self.kept,
+                "counters": torch.tensor([self.seed, self.done, self.number], dtype=torch.long),
+                "batch": torch.frombuffer(bytearray(text), dtype=torch.uint8).clone()}
+
+    @classmethod
+    def from_state(cls, state: dict[str, Tensor], device) -> Collection:
+        seed, done, number = state["counters"].tolist()
+        batch = json.loads(bytes(state["batch"].tolist()).decode())
+        tensors = {k: state[k].to(device) for k in ("latents", "times", "log_prob", "steps", "advantages", "kept")}
+        return cls(batch=batch, seed=seed, done=done, number=number, **tensors)
+
+
+def window_start(settings, generator: torch.Generator) -> int:
+    """The first step of the SDE window: drawn in ``[0, sde_window_range − sde_window]`` (0 without a window)."""
+    if settings.sde_window is None:
+        return 0
+    reach = settings.steps if settings.sde_window_range is None else settings.sde_window_range
+    return int(torch.randint(reach - settings.sde_window + 1, (1,), generator=generator))
+
+
+def sample(step, model, batch: dict, generators, rule, start: int, cond, uncond) -> tuple[Tensor, Tensor, Tensor]:
+    """``(latents [S + 1, B, K, *latent], times [B, S + 1], log_prob [S, B, K])`` of the policy's
+    rollouts: deterministic (η = 0) before the SDE window and after it, ``rule`` inside it (every
+    step when there is no window), the log-probabilities kept where it is stochastic.
+    ``cond``/``uncond``: ``[B, K, ...]`` (``uncond`` when guiding)."""
+    settings, family = step.config, step.family
+    b, k = len(batch["prompts"]), settings.images_per_prompt
+    grid = sampling_grid(family, settings.steps, b).to(family.device)
+    frames = settings.frames if family.media == "video" else None
+    shape = (settings.resolution, settings.resolution)
+    if settings.shared_noise:  # DanceGRPO: one start noise per prompt for its K images
+        noise = initial_noise(family, b, 1, shape, generator=generators, frames=frames)
+        noise = noise.expand(b, k, *noise.shape[2:]).clone()
+    else:
+        noise = initial_noise(family, b, k, shape, generator=generators, frames=frames)
+    end = settings.steps if settings.sde_window is None else start + settings.sde_window
+    common = dict(guidance=settings.guidance, uncond=uncond, generator=generators)
+    parts, logps, x = [noise[None]], [], noise
+    for first, last, now in ((0, start, DDIM(0.0)), (start, end, rule), (end, settings.steps, DDIM(0.0))):
+        if last == first:
+            continue
+        stochastic = now is rule
+        traj = solve(family, model, x, cond, grid[:, first:last + 1], now, log_probs=stochastic, **common)
+        parts.append(traj.latents[1:])
+        logps.append(traj.log_prob if stochastic else torch.zeros(last - first, b, k, device=x.device))
+        x = traj.final
+    return torch.cat(parts), grid, torch.cat(logps)
+
+
+def score(step, latents: Tensor, batch: dict) -> dict[str, Tensor]:
+    """Each reward's ``[N]`` raw scores of the clean samples ``[N, *latent]`` (decoded in slices
+    of ``micro_batch``, as pixels in [0, 1]), each image with its prompt and metadata."""
+    k = step.config.images_per_prompt
+    pixels = torch.cat([(step.family.decode(part).float() / 2 + 0.5).clamp(0, 1)
+                        for part in latents.split(step.config.micro_batch)])
+    prompts = [p for p in batch["prompts"] for _ in range(k)]
+    metas = [m for m in (batch.get("metas") or [None] * len(batch["prompts"])) for _ in range(k)]
+    return {name: scores.float().cpu() for name, scores in step.rewards(pixels, prompts, metas).items()}
+
+
+def gather_rewards(rewards: dict[str, Tensor], k: int) -> tuple[dict[str, Tensor], slice]:
+    """Every process's ``[B, K]`` rewards stacked in process order ``[P, K]``, and the rows of this
+    process (Flow-GRPO gathers before it normalises: ``accelerator.gather``, L738)."""
+    from accelerate import PartialState
+    from accelerate.utils import gather_object
+
+    mine = {name: scores.reshape(-1, k) for name, scores in rewards.items()}
+    state = PartialState()
+    if state.num_processes == 1:
+        return mine, slice(0, next(iter(mine.values())).shape[0])
+    everyone = gather_object([mine])
+    rows = [next(iter(part.values())).shape[0] for part in everyone]
+    first = sum(rows[: state.process_index])
+    stacked = {name: torch.cat([part[name] for part in everyone]) for name in mine}
+    return stacked, slice(first, first + rows[state.process_index])
+
+
+__all__ = ["Collection", "gather_rewards", "sample", "score", "window_start"]
