@@ -45,6 +45,12 @@ the last step's ``x̂0``, not the noisy final latent: L254, L512–519). Its log
 full Gaussian's with its constants, mean over each latent's elements, in fp32 (L161–167): the
 solver's :func:`~diffalign.solver.gaussian_log_prob`, so the rule defines no ``log_prob``.
 
+**KL's std** (``kl_std``, each rule): Flow-GRPO's KL divides the step means' squared distance by
+``2·std_dev_t²`` (``scripts/train_sd3.py`` @ac4c86e L895) with the ``std_dev_t`` its step
+returns: for its SDE the coefficient ``g`` (``sd3_sde_with_logprob.py`` @ac4c86e L47), not the
+step std ``g·√(−Δ)``; for CPS the step std (``sd3_sde_with_logprob.py`` @54809b5 L71). DanceGRPO
+has no KL term; :meth:`DanceSDE.kl_std` gives the step std, what ``flux_step`` calls ``std_dev_t``.
+
 Shapes: ``x [B, K, *latent]``, ``u, v [B]``.
 """
 
@@ -91,6 +97,12 @@ class FlowSDE:
         # At σ = 1 the official code divides by 1 − sigmas[1], the grid's second level: σ' of this first step.
         return self.a * (sigma / (1 - torch.where(sigma >= 1, sigma_next, sigma))).sqrt()
 
+    def kl_std(self, std: Tensor, u: Tensor, v: Tensor) -> Tensor:
+        """The ``std_dev_t`` Flow-GRPO's KL divides by: ``g``, i.e. the step ``std`` over ``√(σ − σ')``,
+        shaped like ``std`` (module docstring). Computed from the levels, so a zero-length step
+        (``std = 0``) still gets its ``g``."""
+        return self._coefficient(per_group(u.float(), std), per_group(v.float(), std))
+
 
 class CPS:
     """Coefficients-preserving sampling (module docstring) with noise level ``a`` (Flow-GRPO's
@@ -108,6 +120,11 @@ class CPS:
         x0, eps = x - sigma * velocity, x + (1 - sigma) * velocity
         mean = x0 * (1 - sigma_next) + eps * (sigma_next**2 - std**2).clamp(min=0).sqrt()
         return pred, mean, std
+
+    @staticmethod
+    def kl_std(std: Tensor, u: Tensor, v: Tensor) -> Tensor:
+        """The ``std_dev_t`` Flow-GRPO's KL divides by: for CPS the step ``std`` itself."""
+        return std
 
     @staticmethod
     def log_prob(x: Tensor, mean: Tensor, std: Tensor, reduction: str = "mean") -> Tensor:
@@ -137,6 +154,12 @@ class DanceSDE:
         score = -(x - x0 * (1 - sigma)) / sigma**2
         mean = x + delta * velocity + (-0.5 * self.eta**2 * score) * delta
         return pred, mean, self.eta * (-delta).clamp(min=0).sqrt()
+
+    @staticmethod
+    def kl_std(std: Tensor, u: Tensor, v: Tensor) -> Tensor:
+        """DanceGRPO has no KL term; were one added as Flow-GRPO's, its ``std_dev_t`` (``flux_step``
+        L148) is the step ``std`` itself."""
+        return std
 
 
 __all__ = ["CPS", "DanceSDE", "FlowSDE"]

@@ -1,5 +1,5 @@
 """Online RL's noise rules (diffalign.noise_rules): Flow-GRPO's SDE step, CPS and DanceGRPO's SDE
-step written out by hand at given levels, and the ratio a policy gradient starts from:
+step written out by hand at given levels, the std each one's KL divides by, and the ratio a policy gradient starts from:
 before any update, the log-probability recomputed under the policy equals the one kept while
 sampling, on every tiny family (fp32)."""
 
@@ -89,6 +89,23 @@ def test_dance_sde_log_prob_is_the_full_gaussian_averaged_over_elements():
     x_next = mean + std * torch.tensor([1.0, -1.0])
     assert gaussian_log_prob(x_next, mean, std).flatten().tolist() == pytest.approx([0.243180], abs=1e-6)
     assert not hasattr(DanceSDE(), "log_prob")  # the solver's Gaussian is the official one
+
+
+def test_kl_std_by_hand():
+    """Flow-GRPO's KL divides by its step's std_dev_t: for its SDE g = 0.7·√(0.6/0.4) = 0.857321 at
+    σ = 0.6 → 0.2 (its step std 0.542218 over √0.4) and 0.7·√(1/0.2) = 1.565248 from σ = 1 → 0.8
+    (the stand-in level); for CPS the step std 0.2·sin(0.2π) = 0.117557; DanceGRPO has no KL, and
+    its std_dev_t is the step std 0.3·√0.4 = 0.189737."""
+    u, v = torch.tensor([0.6]), torch.tensor([0.2])
+    expected = {FlowSDE(0.7): 0.857321, CPS(0.4): 0.117557, DanceSDE(0.3): 0.189737}
+    for rule, value in expected.items():
+        std = _step(rule, 0.6, 0.2, 1.0, 0.5)[2]
+        assert rule.kl_std(std, u, v).flatten().tolist() == pytest.approx([value], abs=1e-6), type(rule).__name__
+    flow_sde = FlowSDE(0.7)
+    first = _step(flow_sde, 1.0, 0.8, 0.0, 0.0)[2]
+    assert flow_sde.kl_std(first, torch.tensor([1.0]), torch.tensor([0.8])).flatten().tolist() == pytest.approx(
+        [1.565248], abs=1e-6)
+    assert flow_sde.kl_std(first, torch.tensor([1.0]), torch.tensor([0.8])).shape == first.shape
 
 
 def test_the_flow_rules_refuse_an_epsilon_family(tiny_path):
