@@ -134,8 +134,9 @@ class OnlineRollout:
         noise_level: the rule's ``a`` (``flow_sde`` 0.7, ``cps`` 0.8), ``η`` (``dance_sde`` 0.3,
             ``ddim`` 1.0); ``None``: those defaults.
         trained: which steps train: ``first`` (the first ``⌊train_fraction·steps⌋``, Flow-GRPO:
-            9 of 10, never the last) or ``random`` (a random ``⌊train_fraction·steps⌋`` of each
-            image's steps, DanceGRPO: 60 %).
+            9 of 10, never the last; ``scripts/train_sd3.py`` L345, L864) or ``random`` (a random
+            ``⌊train_fraction·(steps − 1)⌋`` of each image's steps but the last, drawn per image,
+            DanceGRPO: 60 %, 9 of 15 on FLUX; ``fastvideo/train_grpo_flux.py`` L512–570).
         train_fraction: that share (0.99).
         sde_window: steps in the SDE window (``None``: every step stochastic). Only the window's
             steps are stochastic and trained, the rest deterministic (Flow-GRPO-Fast, MixGRPO); the
@@ -212,6 +213,8 @@ class OnlineRollout:
         """Trained steps per image: ``⌊train_fraction·steps⌋`` (the window's size with a window)."""
         if self.sde_window is not None:
             return self.sde_window
+        if self.trained == "random":  # DanceGRPO draws from every step but the last
+            return int((self.steps - 1) * self.train_fraction)
         return int(self.steps * self.train_fraction)
 
 

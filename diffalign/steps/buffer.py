@@ -40,15 +40,15 @@ def trained_steps(images: int, steps: int, count: int, how: str, generator: torc
     """``[N, T]`` the sampler steps each image trains, rising.
 
     ``how``: ``first`` trains steps ``first … first + T − 1`` of every image (Flow-GRPO: the first
-    ``⌊0.99·S⌋``; an SDE window: its steps); ``random`` a random ``T`` of the ``steps`` for each
-    image (DanceGRPO).
+    ``⌊0.99·S⌋``; an SDE window: its steps); ``random`` a random ``T`` of the ``steps`` steps from
+    ``first`` on, for each image (DanceGRPO: of all but the last).
     """
     if how == "first":
         return torch.arange(first, first + count)[None].expand(images, -1).clone()
     if how != "random":
         raise ValueError(f"trained steps are 'first' or 'random', got {how!r}")
     order = torch.stack([torch.randperm(steps, generator=generator)[:count] for _ in range(images)])
-    return order.sort(dim=1).values
+    return order.sort(dim=1).values + first
 
 
 def plan_updates(kept: Tensor, positions: int, micro_batch: int, updates: int, inner_epochs: int,

@@ -71,12 +71,16 @@ class OnlineStep(RolloutStep):
         problems = check_reward_specs(settings.rewards)
         return "; ".join(f"rollout.rewards: {p}" for p in problems) or None
 
-    def __init__(self, family, objective, reference, group_size: int, settings=None, **options):
+    def __init__(self, family, objective, reference, group_size: int, settings=None, *, rewards=None, **options):
+        """``rewards``: an :class:`~diffalign.rewards.online.OnlineRewards` (or anything with its
+        ``weights`` and ``__call__``) instead of loading ``settings.rewards``."""
         super().__init__(family, objective, reference, group_size, settings or OnlineRollout(), **options)
-        from diffalign.rewards.online import load_online_rewards
-
         self.rule = make_rule(self.config.noise, self.config.noise_level, family)
-        self.rewards = load_online_rewards(self.config.rewards, family.device, media=family.media)
+        if rewards is None:
+            from diffalign.rewards.online import load_online_rewards
+
+            rewards = load_online_rewards(self.config.rewards, family.device, media=family.media)
+        self.rewards = rewards
         self.collection: Collection | None = None
         self.collections = 0
         self._resumed: Collection | None = None
@@ -147,9 +151,8 @@ class OnlineStep(RolloutStep):
         if settings.keep_best_worst is not None:
             total = sum(self.rewards.weights[n] * r.double() for n, r in everyone.items())
             kept &= keep_best_worst(total[mine], settings.keep_best_worst)
-        steps = trained_steps(b * k, settings.steps if settings.sde_window is None else settings.sde_window,
-                              settings.trained_count, settings.trained, order, first=0)
-        steps = steps + start
+        span = settings.sde_window or settings.steps - 1  # the steps a random choice draws from
+        steps = trained_steps(b * k, span, settings.trained_count, settings.trained, order, first=start)
         self._log_collection(everyone, zero_spread)
         collection = Collection(
             batch={"prompts": list(batch["prompts"]), "ids": list(batch["ids"]), "indices": list(batch["indices"]),

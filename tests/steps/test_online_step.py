@@ -1,0 +1,147 @@
+"""Online RL's step (diffalign.steps.online): ratio 1 before any update on every tiny family, the
+plan a collection becomes, the zero-spread filter, the SDE window, shared noise, and a collection
+carried through a checkpoint. The rewards are a stub (the mean brightness of each image)."""
+
+import pytest
+import torch
+
+from diffalign.families import load
+from diffalign.families.reference import Reference
+from diffalign.objectives import build_objective
+from diffalign.step_settings import OnlineRollout
+from diffalign.steps import group_generators
+from diffalign.steps.online import OnlineStep
+
+PROMPTS = ["a red cat", "a blue dog"]
+
+
+class Brightness:
+    """A reward: each image's mean pixel (videos too), or a constant."""
+
+    def __init__(self, constant=None):
+        self.weights, self.labels, self.constant, self.calls = {"brightness": 1.0}, ["brightness"], constant, 0
+
+    def __call__(self, images, prompts, metadata=None):
+        self.calls += 1
+        assert len(prompts) == len(images) and len(metadata) == len(images)
+        scores = images.flatten(1).mean(1)
+        return {"brightness": torch.full_like(scores, self.constant) if self.constant is not None else scores}
+
+
+def make_step(family, objective=None, rewards=None, **settings):
+    objective = build_objective(objective or {"name": "grpo", "beta": 0.01, "clip_range": 1e-3})
+    settings = {"steps": 4, "guidance": 4.0, "images_per_prompt": 4, "micro_batch": 3, "resolution": 32,
+                "frames": 5 if family.media == "video" else None, "rewards": [{"name": "stub"}], **settings}
+    reference = Reference(family.denoiser, lora=False) if objective.needs_reference else None
+    return OnlineStep(family, objective, reference, 0, OnlineRollout(**settings), rewards=rewards or Brightness())
+
+
+def batch():
+    return {"prompts": list(PROMPTS), "ids": ["a", "b"], "indices": [0, 1], "metas": [None, None]}
+
+
+def run_all(step, family, updates=None):
+    """Every micro-batch's terms of one collection, as the update loop would call them."""
+    out = []
+    generators = group_generators(0, 0, [0, 1])
+    forward = lambda item: out.append(step(family.denoiser, item, generators))  # noqa: E731
+    for update in (updates or step.updates([batch()], forward, 1)):
+        for micro in update:
+            micro.forward()
+    return out
+
+
+@pytest.mark.parametrize("kind, noise", [("sd15", "ddim"), ("sdxl", "ddim"), ("sd3", "flow_sde"), ("sd3", "cps"),
+                                         ("wan", "flow_sde")])
+def test_the_ratio_is_one_and_the_kl_zero_before_any_update(kind, noise, tiny_path):
+    """flow_grpo #131/#211, DanceGRPO #70: recomputed under the policy that sampled, each trained
+    step's log-probability equals the one recorded at sampling (1e-6), guided as it sampled."""
+    family = load(tiny_path(kind))
+    step = make_step(family, noise=noise)
+    terms = run_all(step, family)
+    ratios = torch.cat([torch.exp(t.policy_logp - t.old_logp).flatten() for t in terms])
+    torch.testing.assert_close(ratios, torch.ones_like(ratios), rtol=0, atol=1e-6)
+    assert torch.cat([t.kl.flatten() for t in terms]).abs().max() < 1e-10  # the reference is the same weights
+    assert all(t.policy_logp.requires_grad for t in terms)
+
+
+def test_a_collection_becomes_its_updates(tiny_path):
+    """B = 2 prompts × K = 4 = 8 images in micro-batches of 3: ⌈8/3⌉ = 3 image micro-batches × 3
+    trained steps (⌊0.99·4⌋) = 9, split into 2 updates of 5 and 4; one collection (one rollout,
+    one scoring) serves them all, and each (image, step) trains once."""
+    family = load(tiny_path("sd15"))
+    rewards = Brightness()
+    step = make_step(family, rewards=rewards)
+    seen = []
+    generators = group_generators(0, 0, [0, 1])
+    updates = list(step.updates([batch()], lambda item: seen.append(item["online"]) or step(family.denoiser, item,
+                                                                                             generators), 1))
+    assert [len(u) for u in updates] == [5, 4]
+    for update in updates:
+        for micro in update:
+            micro.forward()
+    assert rewards.calls == 1 and seen == [(1, 0, i) for i in range(5)] + [(1, 1, i) for i in range(4)]
+    plan = step.collection.plan
+    pairs = sorted((int(i), m.position) for u in plan for m in u for i in m.images if m.weight)
+    assert pairs == sorted((i, p) for i in range(8) for p in range(3))
+    assert step.collection.steps.tolist() == [[0, 1, 2]] * 8  # the last step never trains
+
+
+def test_equal_rewards_train_nothing(tiny_path):
+    family = load(tiny_path("sd15"))
+    step = make_step(family, rewards=Brightness(constant=0.5))
+    terms = run_all(step, family)
+    assert all(t.weights.eq(0).all() for t in terms)  # padding only: the same backwards, no signal
+    assert step.metrics()["online/zero_spread"].item() == 1.0
+    loss = build_objective({"name": "grpo", "beta": 0.01, "clip_range": 1e-3}).loss(terms[0]).loss
+    assert loss.item() == 0.0 and loss.requires_grad
+
+
+def test_an_sde_window_samples_and_trains_only_its_steps(tiny_path):
+    family = load(tiny_path("sd3"))
+    step = make_step(family, steps=5, sde_window=2, sde_window_range=4)
+    run_all(step, family)
+    c = step.collection
+    window = c.steps[0].tolist()
+    assert len(window) == 2 and window[1] == window[0] + 1 and window[1] <= 3
+    assert (c.steps == c.steps[:1]).all()
+    stochastic = (c.log_prob != 0).any(dim=1).nonzero().flatten().tolist()
+    assert stochastic == window  # deterministic (log-prob 0) outside the window
+
+
+def test_dance_grpo_shares_the_start_noise_and_draws_steps_per_image(tiny_path):
+    family = load(tiny_path("sd3"))
+    step = make_step(family, objective={"name": "dance_grpo"}, steps=6, **build_objective(
+        {"name": "dance_grpo"}).step_defaults)
+    assert step.reference is None
+    run_all(step, family)
+    c = step.collection
+    start = c.latents[0].reshape(2, 4, -1)
+    assert (start == start[:, :1]).all() and not torch.equal(start[0], start[1])  # one noise per prompt
+    assert c.steps.shape == (8, 3)  # ⌊0.6·(6 − 1)⌋ of the first 5 steps
+    assert c.steps.max() <= 4 and len({tuple(r) for r in c.steps.tolist()}) > 1
+
+
+def test_a_collection_survives_a_checkpoint_between_its_updates(tiny_path):
+    """The state after the first of two updates, loaded into a new step, yields only the second
+    update, with the terms an uninterrupted step gives (no new rollout)."""
+    family = load(tiny_path("sd15"))
+    whole = make_step(family)
+    expected = run_all(whole, family)
+    first = make_step(family)
+    updates = first.updates([batch()], lambda item: first(family.denoiser, item, group_generators(0, 0, [0, 1])), 1)
+    for micro in next(updates):
+        micro.forward()
+    first.on_update(1)
+    state = {k: v.clone() for k, v in first.state_dict().items()}
+    rewards = Brightness()
+    resumed = make_step(family, rewards=rewards)
+    resumed.load_state_dict(state)
+    out = []
+    for update in resumed.updates([], lambda item: out.append(resumed(family.denoiser, item, None)), 1):
+        for micro in update:
+            micro.forward()
+    assert rewards.calls == 0 and len(out) == 4
+    for got, want in zip(out, expected[5:]):
+        torch.testing.assert_close(got.policy_logp, want.policy_logp, rtol=0, atol=1e-6)
+        torch.testing.assert_close(got.advantages, want.advantages)
