@@ -9,6 +9,7 @@ import torch
 
 from diffalign.evaluation.geneval_reward import GenEvalReward, GenEvalRewardError, partial_score
 from diffalign.evaluation.geneval_rules import Detection, keep_confident
+from diffalign.rewards.online import load_online_rewards
 
 
 def boxes(label, *lefts, score=0.95, top=0.0):
@@ -26,6 +27,11 @@ class FixedDetector:
 
     def detect(self, image):
         return list(self.detections)
+
+
+def one_dog_one_cat():
+    """A factory for the loader's ``detector: module:factory`` option: a dog at x = 0, a cat at x = 40."""
+    return FixedDetector(boxes("dog", 0.0) + boxes("cat", 40.0))
 
 
 class Always:
@@ -93,3 +99,12 @@ def test_the_reward_scores_tensors_against_each_images_record():
         reward.score(images, ["", "", ""], None)
     with pytest.raises(GenEvalRewardError, match=r"metadata\[1\] is not a GenEval record"):
         reward.score(images[:2], ["", ""], [TWO, {"prompt": "a dog"}])
+
+
+def test_the_online_loader_builds_geneval_from_its_options():
+    specs = [{"name": "geneval", "weight": 2.0, "batch_size": 2,
+              "options": {"detector": "test_geneval_reward:one_dog_one_cat", "colors": "mean-rgb"}}]
+    rewards = load_online_rewards(specs, "cpu")
+    scores = rewards(torch.rand(3, 3, 64, 64), ["a", "b", "c"], [TWO, THREE_DOGS, CAT_RIGHT_OF_DOG])
+    torch.testing.assert_close(scores["geneval"], torch.tensor([1.0, 1 / 3, 1.0]))
+    torch.testing.assert_close(rewards.total(scores), torch.tensor([2.0, 2 / 3, 2.0]))
