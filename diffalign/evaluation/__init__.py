@@ -5,6 +5,8 @@
   :mod:`~diffalign.evaluation.geneval_prompts` (its prompt generator and metadata),
   :mod:`~diffalign.evaluation.geneval_rules` (its rule engine and summary) and
   :mod:`~diffalign.evaluation.geneval_models` (the pluggable detector and colour classifiers);
+- :mod:`~diffalign.evaluation.geneval_reward`: GenEval as an online-RL reward (Flow-GRPO's
+  partial score; the ``geneval`` member of :mod:`diffalign.rewards.online`);
 - :mod:`~diffalign.evaluation.generate`: resumable generation in GenEval's folder layout;
 - :mod:`~diffalign.evaluation.compare`: reward scores, win-rate and pick probability, base vs candidate;
 - :mod:`~diffalign.evaluation.report`: the self-contained ``report.html``;

@@ -51,4 +51,14 @@ class ToyRewardScorer(torch.nn.Module):
         return 100 * toy_reward(pixels.float(), list(prompts))
 
 
-__all__ = ["BACKGROUND", "ToyRewardScorer", "colour_coverage", "follows_prompt", "toy_reward"]
+class ToyReward(torch.nn.Module):
+    """The toy reward as an online-RL reward plugin (``rewards: [{name: "diffalign.toy.reward:ToyReward"}]``):
+    ``score(images [N, 3, H, W] in [0, 1], prompts) -> [N]`` is :func:`toy_reward`."""
+
+    label = "toy_reward"
+
+    def score(self, images: torch.Tensor, prompts) -> torch.Tensor:
+        return toy_reward(images.float(), list(prompts))
+
+
+__all__ = ["BACKGROUND", "ToyReward", "ToyRewardScorer", "colour_coverage", "follows_prompt", "toy_reward"]
