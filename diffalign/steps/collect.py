@@ -115,7 +115,8 @@ def score(step, latents: Tensor, batch: dict) -> dict[str, Tensor]:
                         for part in latents.split(step.config.micro_batch)])
     prompts = [p for p in batch["prompts"] for _ in range(k)]
     metas = [m for m in (batch.get("metas") or [None] * len(batch["prompts"])) for _ in range(k)]
-    return {name: scores.float().cpu() for name, scores in step.rewards(pixels, prompts, metas).items()}
+    layout = "NCFHW" if step.family.media == "video" else None  # the VAE decodes clips channels-first
+    return {name: scores.float().cpu() for name, scores in step.rewards(pixels, prompts, metas, layout=layout).items()}
 
 
 def gather_rewards(rewards: dict[str, Tensor], k: int) -> tuple[dict[str, Tensor], slice]:

@@ -68,7 +68,7 @@ class OnlineStep(RolloutStep):
                     "use rollout.noise: ddim (or auto)")
         from diffalign.rewards.online import check_reward_specs
 
-        problems = check_reward_specs(settings.rewards)
+        problems = check_reward_specs(settings.rewards, media=family.media)
         return "; ".join(f"rollout.rewards: {p}" for p in problems) or None
 
     def __init__(self, family, objective, reference, group_size: int, settings=None, *, rewards=None, **options):
@@ -81,6 +81,7 @@ class OnlineStep(RolloutStep):
 
             rewards = load_online_rewards(self.config.rewards, family.device, media=family.media)
         self.rewards = rewards
+        self.weights = dict(zip(rewards.labels, rewards.weights))  # label → weight, as the advantages take them
         self.collection: Collection | None = None
         self.collections = 0
         self._resumed: Collection | None = None
@@ -146,10 +147,10 @@ class OnlineStep(RolloutStep):
         self.keep_images(latents[-1].flatten(0, 1))
         rewards = score(self, latents[-1].flatten(0, 1), batch)
         everyone, mine = gather_rewards(rewards, k)
-        advantages, zero_spread = self.objective.advantages(everyone, self.rewards.weights)
+        advantages, zero_spread = self.objective.advantages(everyone, self.weights)
         kept = advantages[mine] != 0
         if settings.keep_best_worst is not None:
-            total = sum(self.rewards.weights[n] * r.double() for n, r in everyone.items())
+            total = sum(self.weights[n] * r.double() for n, r in everyone.items())
             kept &= keep_best_worst(total[mine], settings.keep_best_worst)
         span = settings.sde_window or settings.steps - 1  # the steps a random choice draws from
         steps = trained_steps(b * k, span, settings.trained_count, settings.trained, order, first=start)
@@ -183,7 +184,7 @@ class OnlineStep(RolloutStep):
         return cond, uncond
 
     def _log_collection(self, rewards: dict[str, Tensor], zero_spread: Tensor) -> None:
-        total = sum(self.rewards.weights[n] * r.double() for n, r in rewards.items())
+        total = sum(self.weights[n] * r.double() for n, r in rewards.items())
         metrics = {"online/reward_mean": total.mean(), "online/reward_std": total.std(unbiased=False),
                    "online/zero_spread": zero_spread.double().mean()}
         metrics.update({f"online/reward_{name}": scores.double().mean() for name, scores in rewards.items()})

@@ -19,9 +19,9 @@ class Brightness:
     """A reward: each image's mean pixel (videos too), or a constant."""
 
     def __init__(self, constant=None):
-        self.weights, self.labels, self.constant, self.calls = {"brightness": 1.0}, ["brightness"], constant, 0
+        self.weights, self.labels, self.constant, self.calls = [1.0], ["brightness"], constant, 0
 
-    def __call__(self, images, prompts, metadata=None):
+    def __call__(self, images, prompts, metadata=None, layout=None):
         self.calls += 1
         assert len(prompts) == len(images) and len(metadata) == len(images)
         scores = images.flatten(1).mean(1)
