@@ -70,11 +70,22 @@ DEFAULT_OBJECTIVES = {
             "rollout": {"steps": 10, "branch_from": 2, "candidates": 3, "guidance": 4.0, "max_pairs_per_prompt": 2}},
     # Experts: the best image of each toy group (K = 1); a 10-step rollout; the paper's margin.
     "diffusion_dro": {"objective": {"name": "diffusion_dro"}, "rollout": {"steps": 10}},
+    # Online RL with the toy reward as its reward model, on the toy pairs' prompts (their images
+    # unused): the sampler the toy samples with (guidance 4, 10 steps of η-DDIM, the UNet's SDE),
+    # 8 images per prompt, Flow-GRPO's 9 trained steps and 2 updates per collection; 150 updates.
+    "grpo": {"objective": {"name": "grpo", "beta": 0.01, "clip_range": 1e-4},
+             "rollout": {"steps": 10, "guidance": 4.0, "images_per_prompt": 8, "micro_batch": 16,
+                         "rewards": [{"name": "diffalign.toy.reward:ToyReward"}]}, "max_steps": 150},
+    # DanceGRPO's choices that apply to a UNet: shared start noise, a random 60 % of the steps,
+    # per-group advantages, no KL; its SDE is a flow step, so η-DDIM as for grpo.
+    "dance_grpo": {"objective": {"name": "dance_grpo"},
+                   "rollout": {"steps": 10, "guidance": 4.0, "images_per_prompt": 8, "micro_batch": 16, "noise": "ddim",
+                               "rewards": [{"name": "diffalign.toy.reward:ToyReward"}]}, "max_steps": 150},
 }
 ALL_OBJECTIVES = tuple(DEFAULT_OBJECTIVES)
 
 TOY_LR = {"diffusion_dpo": 1e-3, "mapo": 1e-3, "dcpo": 3e-4, "rank_dpo": 1e-3, "sft": 1e-3, "inpo": 1e-3,
-          "smpo": 3e-4, "spo": 1e-4, "diffusion_dro": 1e-3}
+          "smpo": 3e-4, "spo": 1e-4, "diffusion_dro": 1e-3, "grpo": 1e-3, "dance_grpo": 1e-3}
 """Each objective's toy learning rate: the protocol's choice of {1e-4, 3e-4, 1e-3} on the curve
 seeds (``benchmarks/results/toy.md``, 2026-12-07). SPO with the toy reward as its scorer chose 3e-4."""
 
@@ -170,14 +181,16 @@ def align(objective: str, base: Path, data: Path, out: Path, config: BenchmarkCo
     from diffalign.training import Trainer
 
     name = "spo" if objective == ORACLE else objective
-    steps = config.steps_for(len(PreferenceDataset.open(data)))
+    settings = copy.deepcopy(config.objective_settings[name])
+    # The online objectives count updates of their own (a collection makes several), not passes over pairs.
+    steps = settings.pop("max_steps", None) or config.steps_for(len(PreferenceDataset.open(data)))
     train_config = TrainConfig(
         # Uncached: the reward curve samples from the trained pipeline, which needs its text encoders.
         model=ModelConfig(path=str(base)), data=DataConfig(path=str(data), resolution=32, cache=False),
         optim=OptimConfig(lr=lr, lr_scheduler="constant_with_warmup", warmup_steps=round(config.warmup_fraction * steps),
                           weight_decay=0.0),
         lora=LoRAConfig(rank=config.lora_rank, alpha=float(config.lora_rank)),
-        **copy.deepcopy(config.objective_settings[name]), output_dir=str(out), seed=seed,
+        **settings, output_dir=str(out), seed=seed,
         # Each benchmark run trains every objective again, into the same folders.
         max_steps=steps, batch_size=config.batch_size, checkpoint_every=0, overwrite=True,
         logging=LoggingConfig(report_to="none", every=config.curve_every, progress_bar=progress),
