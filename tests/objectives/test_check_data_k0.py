@@ -60,3 +60,29 @@ def test_a_registered_online_objective_is_named_in_the_message(monkeypatch):
     monkeypatch.setitem(OBJECTIVES, "online_dummy", _Online)
     with pytest.raises(ObjectiveDataError, match=r"\(K = 0\): train an online objective \(online_dummy\) on it, or "):
         OBJECTIVES["mapo"].check_data(group_size=0, has_captions=False, has_ranks=False)
+
+
+def test_train_and_check_config_refuse_a_prompt_dataset_before_any_model_loads(tmp_path, capsys, monkeypatch):
+    from pathlib import Path
+
+    import diffalign.families
+    from diffalign.cli import main
+    from diffalign.testing import write_prompt_dataset
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a model was looked at before the data check")
+
+    monkeypatch.setattr(diffalign.families, "load", refuse)
+    monkeypatch.setattr(diffalign.families, "detect_family", refuse)
+    config = Path(__file__).resolve().parents[2] / "training" / "configs" / "tiny" / "diffusion_dpo.yaml"
+    data = write_prompt_dataset(tmp_path / "prompts", ["a red cat", "a blue dog"])
+    (tmp_path / "model").mkdir()
+    common = [f"model.path={tmp_path / 'model'}", f"data.path={data}", f"output_dir={tmp_path / 'run'}"]
+    for command in (["check-config", str(config)], ["train", "--config", str(config)]):
+        capsys.readouterr()
+        assert main([*command, *common]) == 1
+        err = capsys.readouterr().err
+        assert err.startswith("error: diffusion_dpo needs K = 2 images per prompt; the dataset holds prompts only "
+                              "(K = 0): train an online objective"), err
+        assert "Traceback" not in err
+    assert not (tmp_path / "run").exists()
