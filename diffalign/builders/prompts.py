@@ -198,8 +198,8 @@ def build_prompts(source: str | Path, out: str | Path, *, column: str | None = N
     digest = hashlib.sha256(json.dumps([[r["id"], r["prompt"], r["meta"]] for r in rows]).encode()).hexdigest()[:16]
     manifests = {}
     for name in SPLITS:  # eval first, train last: a finished train means a finished build
-        options = dict(source=where, column=column, dedup=dedup, eval_fraction=eval_fraction, rows=len(rows),
-                       rows_digest=digest, split=name, shard_size=shard_size)
+        options = {"source": where, "column": column, "dedup": dedup, "eval_fraction": eval_fraction,
+                   "rows": len(rows), "rows_digest": digest, "split": name, "shard_size": shard_size}
         manifests[name] = _write_split(out / name, parts[name], options, {"split": name, "prompts": summary},
                                        shard_size, overwrite, inputs)
     return manifests
@@ -211,7 +211,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="a prompt file (.txt, .json, .jsonl, .csv, .tsv, .parquet), a preference dataset folder "
                         "(its distinct prompts), or 'geneval' (GenEval's 553 prompts, their metadata in meta)")
     parser.add_argument("--out", required=True, help="folder for OUT/train and OUT/eval (resumes an interrupted build)")
-    parser.add_argument("--column", default=None,
+    parser.add_argument("--column", "--prompt-column", dest="column", default=None,
                         help="the prompt column of a file's records or table (default: prompt, text or caption)")
     parser.add_argument("--eval-fraction", type=number(0, 1), default=0.1,
                         help="share of prompts held out in OUT/eval, chosen by a hash of each row id, in [0, 1) "

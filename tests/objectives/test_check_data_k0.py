@@ -21,15 +21,15 @@ def test_every_existing_objective_refuses_prompts_only(name):
 
 
 @pytest.mark.parametrize("name, message", [
-    ("diffusion_dpo", "diffusion_dpo needs K = 2 images per prompt; the dataset holds prompts only (K = 0): "
-                      f"{ONLINE_FREE}, or build scored images for its prompts with `diffalign build synthetic DATASET "
-                      "--out OUT --generator MODEL --reward REWARD --pairs best-worst`"),
-    ("rank_dpo", "rank_dpo needs K ≥ 3 images per prompt; the dataset holds prompts only (K = 0): "
-                 f"{ONLINE_FREE}, or build scored images for its prompts with `diffalign build synthetic DATASET "
-                 "--out OUT --generator MODEL --reward REWARD`"),
-    ("diffusion_dro", "diffusion_dro needs one image per prompt (K = 1); the dataset holds prompts only (K = 0): "
-                      f"{ONLINE_FREE}, or generate images for its prompts (`diffalign build synthetic DATASET --out OUT "
-                      "...`) and take the best of each (`diffalign build experts --from OUT --out EXPERTS`)"),
+    ("diffusion_dpo", ("diffusion_dpo needs K = 2 images per prompt; the dataset holds prompts only (K = 0): "
+                       f"{ONLINE_FREE}, or build scored images for its prompts with `diffalign build synthetic DATASET "
+                       "--out OUT --generator MODEL --reward REWARD --pairs best-worst`")),
+    ("rank_dpo", ("rank_dpo needs K ≥ 3 images per prompt; the dataset holds prompts only (K = 0): "
+                  f"{ONLINE_FREE}, or build scored images for its prompts with `diffalign build synthetic DATASET "
+                  "--out OUT --generator MODEL --reward REWARD`")),
+    ("diffusion_dro", ("diffusion_dro needs one image per prompt (K = 1); the dataset holds prompts only (K = 0): "
+                       f"{ONLINE_FREE}, or generate images for its prompts (`diffalign build synthetic DATASET --out OUT "
+                       "...`) and take the best of each (`diffalign build experts --from OUT --out EXPERTS`)")),
 ])
 def test_the_whole_message(name, message):
     with pytest.raises(ObjectiveDataError) as caught:

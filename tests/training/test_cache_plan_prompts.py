@@ -13,7 +13,7 @@ from diffalign.testing import write_prompt_dataset
 from diffalign.training.checks import StartupError, plan_cache
 
 CONFIG = Path(__file__).resolve().parents[2] / "training" / "configs" / "tiny" / "diffusion_dpo.yaml"
-FAMILY = sorted(FAMILIES)[0]  # any: the plan for prompts does not depend on the family
+FAMILY = min(FAMILIES)  # any: the plan for prompts does not depend on the family
 
 
 def _plan(tmp_path, mode):

@@ -10,7 +10,12 @@ import pyarrow.parquet as pq
 import pytest
 
 from diffalign.builders import prompts as prompts_builder
-from diffalign.builders.prompts import build_prompts, eval_share, prompt_row_id, split_of
+from diffalign.builders.prompts import (
+    build_prompts,
+    eval_share,
+    prompt_row_id,
+    split_of,
+)
 from diffalign.cli import main
 from diffalign.data import GroupDataset, PreferenceDataset, SchemaError, collate_groups
 from diffalign.data.writer import BuildError, ShardWriter
