@@ -80,7 +80,7 @@ def _add_module_commands(sub) -> None:
 
 
 def _add_build(sub) -> None:
-    from diffalign.builders import dual_captions, experts, filtering, pick_a_pic, synthetic, video_pairs
+    from diffalign.builders import dual_captions, experts, filtering, pick_a_pic, prompts, synthetic, video_pairs
 
     build = sub.add_parser("build", help="build a preference dataset")
     builders = build.add_subparsers(dest="builder", required=True, metavar="BUILDER")
@@ -91,6 +91,7 @@ def _add_build(sub) -> None:
         ("dual-captions", dual_captions, "a caption per image for DCPO: captioning, perturbation or hybrid"),
         ("filter", filtering, "keep the top fraction of pairs by reward margin, prompt quality and diversity"),
         ("experts", experts, "one expert image per row (K = 1, Diffusion-DRO): each row's best, or the top N by score"),
+        ("prompts", prompts, "prompt-only train/eval datasets (K = 0) for online RL: a prompt file, a dataset or GenEval"),
     ):
         parser = builders.add_parser(name, help=help_text, description=module.__doc__.split("\n\n")[0])
         module.add_arguments(parser)

@@ -10,7 +10,8 @@ test goes through the same ``from_pretrained`` path as it would for SDXL or SD3-
 
 The tests use these through fixtures in ``tests/conftest.py``; the CPU demo reuses them.
 ``write_random_pairs`` writes a preference dataset of random-noise pairs (the training
-benchmark's data, and any test that needs images with content to crop and flip).
+benchmark's data, and any test that needs images with content to crop and flip);
+``write_prompt_dataset`` a prompt-only dataset (``K = 0``, online RL's data).
 Tiny reward models (CLIP, open_clip, BLIP) are built by :mod:`diffalign.rewards.tiny`, beside
 the reward code whose layouts they mirror.
 
@@ -152,6 +153,34 @@ def write_random_video_pairs(folder: Path, pairs: int, resolution: int, frames: 
         writer.advance(i + 1)
     writer.finish({"group_size": 2, "media": "video"})
     return folder
+
+
+def write_prompt_dataset(folder: str | os.PathLike, prompts: list[str], metas: list[dict] | None = None) -> Path:
+    """A prompt-only dataset (``K = 0``: ``"kind": "prompts"``, ``"group_size": 0``) of ``prompts``, in
+    order, with ids ``p0``, ``p1``, ..., for tests and tiny online-RL configs.
+
+    Args:
+        folder: the dataset folder (replaced if this helper wrote it before).
+        prompts: one row each.
+        metas: one dict per prompt, stored as the row's ``meta`` JSON (``None``: no meta).
+
+    Returns:
+        ``folder``, readable with :meth:`~diffalign.data.dataset.PreferenceDataset.open`.
+    """
+    import json
+
+    from diffalign.data.writer import ShardWriter
+
+    if metas is not None and len(metas) != len(prompts):
+        raise ValueError(f"write_prompt_dataset: {len(metas)} metas for {len(prompts)} prompts; give one per prompt")
+    writer = ShardWriter(folder, builder="test-prompts", options={"prompts": len(prompts)}, shard_size=256,
+                         overwrite=True, prompts_only=True)
+    for i, prompt in enumerate(prompts):
+        writer.add({"id": f"p{i}", "prompt": prompt, "images": [], "scores": None, "ranks": None, "captions": None,
+                    "source": "testing", "meta": None if metas is None else json.dumps(metas[i])})
+        writer.advance(i + 1)
+    writer.finish()
+    return Path(folder)
 
 
 def write_handmade_dataset(folder: Path, rows: list[dict], group_size: int = 2) -> Path:

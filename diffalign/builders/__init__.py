@@ -8,6 +8,8 @@ from raw sources, from generators scored by reward models, or from another prefe
   samples scored by :mod:`.scoring`; :mod:`.ranked_pairs`: pair datasets from ranked ones.
 - :mod:`.dual_captions`: per-image captions (DCPO); :mod:`.filtering`: noisy-pair filtering (FiFA);
   :mod:`.experts`: expert images, one per row (K = 1, Diffusion-DRO).
+- :mod:`.prompts`: prompt-only train/eval datasets (K = 0) for online RL, from prompt files, GenEval's
+  generator or a dataset's prompts.
 
 Builders read and write through :mod:`diffalign.data` (format, writer, source readers) and score
 with :mod:`diffalign.rewards`; neither of those imports this package.

@@ -10,7 +10,15 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from diffalign.data.schema import DATA_DIR, FORMAT, MANIFEST, SchemaError, check_schema, resolve_image_path
+from diffalign.data.schema import (
+    DATA_DIR,
+    FORMAT,
+    MANIFEST,
+    SchemaError,
+    check_schema,
+    is_prompt_dataset,
+    resolve_image_path,
+)
 
 
 class PreferenceDataset:
@@ -22,7 +30,10 @@ class PreferenceDataset:
     Attributes:
         root: the dataset folder.
         manifest: ``manifest.json`` as a dict.
-        group_size: ``K``, the number of images per group (the same for every row).
+        group_size: ``K``, the number of images per group (the same for every row); 0 for a
+            prompt-only dataset.
+        prompts_only: a prompt-only dataset (the manifest's ``"kind": "prompts"``): rows without
+            images, for online RL.
     """
 
     def __init__(self, root: Path, manifest: dict, shards: list[Path], sizes: list[int]):
@@ -32,6 +43,7 @@ class PreferenceDataset:
         self._starts = [0]
         for size in sizes:
             self._starts.append(self._starts[-1] + size)
+        self.prompts_only: bool = is_prompt_dataset(manifest)
         self.group_size: int = manifest.get("group_size", 2)
         self.media: str = manifest.get("media", "image")
         """``"image"`` or ``"video"`` (the manifest's ``media``): what the ``images`` column holds."""
@@ -51,6 +63,10 @@ class PreferenceDataset:
         manifest = json.loads(manifest_path.read_text())
         if manifest.get("format") != FORMAT:
             raise SchemaError(f"{manifest_path}: format {manifest.get('format')!r}, expected {FORMAT!r}")
+        try:
+            is_prompt_dataset(manifest)
+        except SchemaError as err:
+            raise SchemaError(f"{manifest_path}: {err}") from None
         shards = [root / s["file"] for s in manifest["shards"]] or sorted((root / DATA_DIR).glob("*.parquet"))
         sizes = []
         for shard in shards:

@@ -10,6 +10,9 @@ A video dataset (``media: video`` in its manifest) gives ``pixels [K, 3, F, R, R
 frames taken every ``frame_stride`` from each clip's start (:mod:`diffalign.data.videos`), resized
 and centre-cropped; a group's clips share the flip.
 
+A prompt-only dataset (``K = 0``, online RL) gives items without pixels or cache: the prompt, its id
+and its ``meta``; the step samples the images itself.
+
 An unreadable image (or video), or an image path that leads outside the dataset folder (never opened),
 makes its item ``None``; :func:`collate_groups` leaves it out and counts it in
 ``batch["skipped"]``. Under ``strict=True`` it raises instead.
@@ -25,7 +28,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from diffalign.data.dataset import PreferenceDataset
 from diffalign.data.images import IMAGE_ERRORS, decode, prepare
-from diffalign.data.schema import SchemaError, UnsafeImagePathError
+from diffalign.data.schema import SchemaError, UnsafeImagePathError, parse_meta
 from diffalign.errors import DiffalignError
 
 
@@ -49,8 +52,10 @@ class GroupDataset(Dataset):
 
     Items are dicts with ``id``, ``prompt``, ``captions`` (K strings or ``None``: which text
     conditions which image is :func:`~diffalign.data.schema.image_texts`'s decision), ``scores``/``ranks``
-    (``[K]`` or ``None``), ``original_size``/``crop_top_left`` (``[K, 2]``), and either
-    ``pixels [K, 3, R, R]`` in [-1, 1] or the cache's tensors.
+    (``[K]`` or ``None``), ``meta`` (the row's JSON object as a dict, or ``None``),
+    ``original_size``/``crop_top_left`` (``[K, 2]``), and either ``pixels [K, 3, R, R]`` in [-1, 1]
+    or the cache's tensors. A prompt-only dataset's items (``K = 0``) stop before the sizes: no
+    pixels, no cache.
     """
 
     def __init__(self, data, resolution: int = 512, center_crop: bool = True, random_flip: bool = False,
@@ -71,6 +76,9 @@ class GroupDataset(Dataset):
         self.seed = seed
         self.epoch = 0
         self.cache = cache
+        if cache is not None and self.data.prompts_only:
+            raise ValueError(f"{self.data.root} holds prompts only (K = 0): there are no latents to cache; "
+                             "train it uncached (data.cache: false or auto)")
         if cache is not None:
             cache.check_compatible(resolution=resolution, rows=len(self.data), frames=frames, frame_stride=frame_stride)
             if random_flip or not center_crop:
@@ -95,7 +103,10 @@ class GroupDataset(Dataset):
             "captions": row["captions"],
             "scores": None if row["scores"] is None else torch.tensor(row["scores"], dtype=torch.float32),
             "ranks": None if row["ranks"] is None else torch.tensor(row["ranks"], dtype=torch.long),
+            "meta": parse_meta(row["meta"], row["id"]),
         }
+        if self.data.prompts_only:  # online RL samples the images: nothing to decode or read from a cache
+            return item
         if self.cache is not None:
             cached = self.cache.get(index)
             if cached is None:  # the cache builder could not read this group's images either
@@ -160,7 +171,8 @@ def collate_groups(items: list[dict | None]) -> dict:
 
     Returns:
         ``indices`` (dataset rows), ``ids``, ``prompts`` (B), ``captions`` (B lists of K, or ``None`` per
-        row without captions), ``skipped`` (int), and the
+        row without captions), ``metas`` (B: each row's ``meta`` as a dict, or ``None``; e.g. the
+        GenEval metadata a reward reads), ``skipped`` (int), and the
         stacked tensors: ``pixels [B, K, 3, R, R]`` or the cached ``latent_mean``/``latent_std``
         ``[B, K, C, h, w]`` and text tensors, ``original_size``/``crop_top_left [B, K, 2]``,
         ``scores``/``ranks [B, K]`` (``None`` when any item lacks them).
@@ -171,6 +183,7 @@ def collate_groups(items: list[dict | None]) -> dict:
         "ids": [item["id"] for item in kept],
         "prompts": [item["prompt"] for item in kept],
         "captions": [item["captions"] for item in kept],
+        "metas": [item["meta"] for item in kept],
         "skipped": len(items) - len(kept),
     }
     if not kept:

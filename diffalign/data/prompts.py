@@ -7,6 +7,7 @@ A prompt set is one of
   object holding such a list under ``"prompts"`` (or ``column``);
 - a JSON-lines file (``.jsonl``): one string or one record per line;
 - a CSV or TSV file (``.csv``, ``.tsv``): the column ``column``;
+- a Parquet file (``.parquet``): the column ``column`` (only that column is read);
 - anything else: a hub dataset id (or a local dataset folder) read with ``datasets``; the
   column ``column`` of split ``split``.
 
@@ -25,7 +26,7 @@ from typing import Sequence
 from diffalign.errors import DiffalignError
 
 PROMPT_COLUMNS = ("prompt", "text", "caption")
-KINDS = ("auto", "txt", "json", "jsonl", "csv", "tsv", "hub")
+KINDS = ("auto", "txt", "json", "jsonl", "csv", "tsv", "parquet", "hub")
 
 
 class PromptSourceError(DiffalignError, ValueError):
@@ -34,7 +35,7 @@ class PromptSourceError(DiffalignError, ValueError):
 
 def _kind_of(source: str) -> str:
     suffix = Path(source).suffix.lower().lstrip(".")
-    if suffix in ("txt", "json", "jsonl", "csv", "tsv"):
+    if suffix in ("txt", "json", "jsonl", "csv", "tsv", "parquet"):
         return suffix
     return "hub"
 
@@ -62,8 +63,8 @@ def read_prompts(source: str | Path, column: str | None = None, kind: str = "aut
     """The prompts of ``source`` in order.
 
     Args:
-        source: a ``.txt``/``.json``/``.jsonl``/``.csv``/``.tsv`` file, or a hub dataset id or
-            local dataset folder.
+        source: a ``.txt``/``.json``/``.jsonl``/``.csv``/``.tsv``/``.parquet`` file, or a hub
+            dataset id or local dataset folder.
         column: the prompt field of records / CSV rows / dataset rows (default: the first of
             :data:`PROMPT_COLUMNS` present).
         kind: one of :data:`KINDS`; ``auto`` goes by the file suffix.
@@ -102,6 +103,8 @@ def read_prompts(source: str | Path, column: str | None = None, kind: str = "aut
         with open(path, newline="", encoding="utf-8") as handle:
             reader = csv.DictReader(handle, delimiter="\t" if kind == "tsv" else ",")
             raw = [_pick(row, column, f"{source}:{number}") for number, row in enumerate(reader, start=2)]
+    elif kind == "parquet":
+        raw = _parquet_prompts(path, column)
     else:
         raw = _hub_prompts(source, column, split, limit if not dedup else None)
     prompts = _clean(raw, dedup)
@@ -110,6 +113,26 @@ def read_prompts(source: str | Path, column: str | None = None, kind: str = "aut
     if not prompts:
         raise PromptSourceError(f"{source}: holds no prompts")
     return prompts
+
+
+def _parquet_prompts(path: Path, column: str | None) -> list[str]:
+    """One column of a Parquet file, read alone (a table of images stays on disk): ``column``, or
+    the first of :data:`PROMPT_COLUMNS` present (names compare case-insensitively)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        names = pq.ParquetFile(path).schema_arrow.names
+    except (pa.ArrowInvalid, OSError) as err:
+        raise PromptSourceError(f"{path}: not a readable Parquet file ({err})") from None
+    by_lower = {name.lower(): name for name in names}
+    wanted = [column] if column else list(PROMPT_COLUMNS)
+    found = next((name if name in names else by_lower.get(name.lower()) for name in wanted
+                  if name in names or name.lower() in by_lower), None)
+    if found is None:
+        raise PromptSourceError(f"{path}: no column {' / '.join(wanted)}; found {names}. Pass column=")
+    values = pq.read_table(path, columns=[found]).column(found).to_pylist()
+    return [_pick({found: value}, found, f"{path} row {number}") for number, value in enumerate(values)]
 
 
 def _clean(raw: Sequence[str], dedup: bool) -> list[str]:

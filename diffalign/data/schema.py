@@ -24,6 +24,12 @@ One row is one group: a prompt and ``K ≥ 1`` images ordered best first. ``K �
 pairs or ranked groups; ``K = 1`` is an *expert* dataset, one image per row (Diffusion-DRO's data,
 ``diffalign build experts``), which the pair builders (filter, pairs) refuse.
 
+A *prompt-only* dataset (``"kind": "prompts"`` and ``"group_size": 0`` in the manifest; ``diffalign
+build prompts``) keeps the same columns with ``K = 0``: every row's ``images`` is empty and its
+per-image columns null. It feeds online RL, which samples its own images from the prompts; ``meta``
+may carry what a reward reads per prompt (GenEval's metadata). Only such a dataset may hold a row
+without images: a preference builder that writes one is refused (:func:`check_row`).
+
 | column     | type                              | meaning                                        |
 |------------|-----------------------------------|------------------------------------------------|
 | id         | string                            | stable row key, unique in the dataset          |
@@ -33,11 +39,12 @@ pairs or ranked groups; ``K = 1`` is an *expert* dataset, one image per row (Dif
 | ranks      | list<int32> or null               | 0 = best; equal ranks mark a tie               |
 | captions   | list<string> or null              | one caption per image (DCPO); null = prompt    |
 | source     | string                            | which builder / source the row came from       |
-| meta       | string (JSON) or null             | anything else (user id, generator names, ...)  |
+| meta       | string (JSON object) or null      | anything else (user id, generator names, ...)  |
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path, PurePosixPath, PureWindowsPath
 
 import pyarrow as pa
@@ -48,6 +55,9 @@ FORMAT = "diffalign-preference"
 FORMAT_VERSION = 1
 DATA_DIR = "data"
 MANIFEST = "manifest.json"
+
+PROMPTS_KIND = "prompts"
+"""The manifest's ``kind`` of a prompt-only dataset (``K = 0``); a preference dataset has no ``kind``."""
 
 REQUIRED = ("id", "prompt", "images", "source")
 OPTIONAL = ("scores", "ranks", "captions", "meta")
@@ -170,13 +180,33 @@ def image_texts(prompt: str, captions: list[str] | None, k: int, per_image: bool
     return list(captions)
 
 
-def check_row(row: dict) -> None:
-    """Check one row before it is written: K ≥ 1 images and per-image columns of length K."""
+def is_prompt_dataset(manifest: dict) -> bool:
+    """Whether a manifest is a prompt-only dataset's (``kind: prompts``, ``K = 0``).
+
+    Raises:
+        SchemaError: the manifest says one without the other (``kind`` and ``group_size`` disagree).
+    """
+    prompts, empty = manifest.get("kind") == PROMPTS_KIND, manifest.get("group_size") == 0
+    if prompts != empty:
+        raise SchemaError(f"a manifest with kind {manifest.get('kind')!r} and group_size {manifest.get('group_size')!r}: "
+                          f"a prompt-only dataset has both kind {PROMPTS_KIND!r} and group_size 0, any other neither; "
+                          "rebuild it with `diffalign build prompts`")
+    return prompts
+
+
+def check_row(row: dict, prompts_only: bool = False) -> None:
+    """Check one row before it is written: K ≥ 1 images and per-image columns of length K, or
+    under ``prompts_only`` (a prompt-only dataset) no images and no per-image columns."""
     k = len(row.get("images") or [])
-    if k < 1:
-        raise SchemaError(f"row {row.get('id')!r}: a row needs at least 1 image, got none")
+    if prompts_only and k:
+        raise SchemaError(f"row {row.get('id')!r}: a prompt-only dataset holds no images, got {k}")
+    if not prompts_only and k < 1:
+        raise SchemaError(f"row {row.get('id')!r}: a row needs at least 1 image, got none (only a prompt-only "
+                          "dataset, `diffalign build prompts`, holds rows without images)")
     for name in PER_IMAGE:
         value = row.get(name)
+        if value is not None and prompts_only:
+            raise SchemaError(f"row {row.get('id')!r}: a prompt-only dataset has no {name!r} (no images); leave it null")
         if value is not None and len(value) != k:
             raise SchemaError(f"row {row.get('id')!r}: {name!r} has {len(value)} entries for {k} images")
     for name in REQUIRED:
@@ -187,11 +217,38 @@ def check_row(row: dict) -> None:
             check_image_path(image["path"])
 
 
+def parse_meta(text: str | None, row_id: str) -> dict | None:
+    """A row's ``meta``: the JSON object it holds as a dict, or ``None`` for a null.
+
+    Raises:
+        SchemaError: the text is not JSON or not an object; names the row.
+    """
+    if text is None:
+        return None
+    try:
+        value = json.loads(text)
+    except ValueError as err:
+        raise SchemaError(f"row {row_id!r}: meta is not JSON ({err}); the format's meta column holds a JSON object "
+                          "or null: rewrite that row's meta with json.dumps") from None
+    if not isinstance(value, dict):
+        raise SchemaError(f"row {row_id!r}: meta holds a JSON {type(value).__name__}, not an object; the format's meta "
+                          "column holds a JSON object or null: wrap the value, e.g. {\"value\": ...}")
+    return value
+
+
 def dataset_card(manifest: dict) -> str:
     """README.md for a dataset folder: a ``configs`` header so ``load_dataset(folder)`` reads
     only ``data/``, then a human summary of the manifest."""
     counts = manifest.get("counts", {})
     media = manifest.get("media", "image")  # a video dataset's `images` column holds videos
+    prompts = manifest.get("kind") == PROMPTS_KIND
+    title = "Prompt-only dataset" if prompts else "Preference dataset"
+    if prompts:
+        rows_are = "Rows are prompts only, with no images (K = 0): prompt-only data for online RL, which samples its own."
+    elif manifest.get("group_size") == 1:
+        rows_are = f"Rows are expert {media}s, one per row with its prompt (K = 1)."
+    else:
+        rows_are = f"Rows are groups of {media}s, best first."
     lines = [
         "---",
         "configs:",
@@ -200,11 +257,9 @@ def dataset_card(manifest: dict) -> str:
         "  - split: train",
         f"    path: {DATA_DIR}/*.parquet",
         "---",
-        f"# Preference dataset ({manifest.get('builder', 'unknown builder')})",
+        f"# {title} ({manifest.get('builder', 'unknown builder')})",
         "",
-        f"Format `{FORMAT}` v{FORMAT_VERSION}, written by diffalign. " + (
-            f"Rows are expert {media}s, one per row with its prompt (K = 1)." if manifest.get("group_size") == 1
-            else f"Rows are groups of {media}s, best first."),
+        f"Format `{FORMAT}` v{FORMAT_VERSION}, written by diffalign. {rows_are}",
         "",
         f"- rows: {manifest.get('rows', 0)}",
     ]

@@ -35,6 +35,7 @@ from diffalign.data.schema import (
     FORMAT,
     FORMAT_VERSION,
     MANIFEST,
+    PROMPTS_KIND,
     arrow_schema,
     check_row,
     dataset_card,
@@ -89,11 +90,15 @@ class ShardWriter:
         outputs: names the builder writes in ``root`` beside the dataset (a report, nested
             datasets), recorded so that ``overwrite`` removes them too.
         option: how the command names ``root`` in messages (``--out``, ``--into``).
+        prompts_only: a prompt-only dataset: rows without images (``K = 0``), and the manifest says
+            ``"kind": "prompts"``, ``"group_size": 0``; any other writer refuses a row without images.
     """
 
     def __init__(self, root: str | Path, *, builder: str, options: dict, shard_size: int = 1000, overwrite: bool = False,
-                 inputs: dict | None = None, outputs: tuple[str, ...] = (), option: str = "--out"):
+                 inputs: dict | None = None, outputs: tuple[str, ...] = (), option: str = "--out",
+                 prompts_only: bool = False):
         self.root = Path(root)
+        self.prompts_only = prompts_only
         self.data = self.root / DATA_DIR
         self.builder = builder
         self.options = json.loads(json.dumps(options))  # what a JSON round trip gives, for comparison
@@ -153,7 +158,7 @@ class ShardWriter:
 
     def add(self, row: dict) -> None:
         """Queue one group row (checked against the schema)."""
-        check_row(row)
+        check_row(row, prompts_only=self.prompts_only)
         self.buffer.append(row)
         self.counts["kept"] += 1
 
@@ -217,6 +222,8 @@ class ShardWriter:
             "options": self.options, **self._declared(), "rows": sum(s["rows"] for s in self.shards),
             "shards": self.shards, "counts": self.counts, **(extra or {}),
         }
+        if self.prompts_only:  # set here, not by each builder: what makes K = 0 rows readable
+            manifest.update(kind=PROMPTS_KIND, group_size=0)
         atomic_write_bytes(self.root / CARD, dataset_card(manifest).encode())
         atomic_write_json(self.root / MANIFEST, manifest)
         (self.root / PROGRESS).unlink(missing_ok=True)

@@ -137,17 +137,16 @@ class Objective:
         """Fail with a message naming the mismatch between this objective and a dataset.
 
         Args:
-            group_size: the dataset's ``K``.
+            group_size: the dataset's ``K`` (0: a prompt-only dataset, which only an online
+                objective, ``min_group_size = 0``, accepts: it samples its own images).
             has_captions: every row has per-image captions.
             has_ranks: every row has ranks or scores.
             has_scores: every row has reward scores.
         """
+        if group_size == 0 and cls.min_group_size > 0:
+            raise ObjectiveDataError(cls._prompts_only_message())
         if group_size < cls.min_group_size or (cls.max_group_size is not None and group_size > cls.max_group_size):
-            wanted = (f"K = {cls.min_group_size}" if cls.min_group_size == cls.max_group_size
-                      else f"K ≥ {cls.min_group_size}" if cls.max_group_size is None
-                      else f"{cls.min_group_size} ≤ K ≤ {cls.max_group_size}")
-            needs = ("one image per prompt (K = 1)" if cls.max_group_size == 1
-                     else f"{wanted} images per prompt")
+            needs = cls._needs()
             kind = ("one image per prompt (K = 1, an expert dataset)" if group_size == 1
                     else "pairs" if group_size == 2 else f"groups of K = {group_size}")
             if cls.max_group_size == 1:  # an objective of expert images, given groups
@@ -170,6 +169,36 @@ class Objective:
                 f"{cls.name} needs a reward score per image (the dataset's 'scores' column is empty); add them with "
                 "`diffalign score --images DATASET --reward pickscore --into OUT` (see `diffalign score --help`)"
             )
+
+
+    @classmethod
+    def _needs(cls) -> str:
+        """The images per prompt this objective needs, in words (``K = 2 images per prompt``)."""
+        if cls.max_group_size == 1:
+            return "one image per prompt (K = 1)"
+        wanted = (f"K = {cls.min_group_size}" if cls.min_group_size == cls.max_group_size
+                  else f"K ≥ {cls.min_group_size}" if cls.max_group_size is None
+                  else f"{cls.min_group_size} ≤ K ≤ {cls.max_group_size}")
+        return f"{wanted} images per prompt"
+
+    @classmethod
+    def _prompts_only_message(cls) -> str:
+        """Why a prompt-only dataset (``K = 0``) cannot train this objective, and the two ways out:
+        an online objective (those registered with ``min_group_size = 0``), or images built for
+        the prompts."""
+        from . import OBJECTIVES  # lazily: the registry imports this module
+
+        online = sorted(name for name, other in OBJECTIVES.items() if other.min_group_size == 0)
+        train = (f"train an online objective ({', '.join(online)}) on it" if online
+                 else "train an online objective on it (one that samples its own images; none is registered yet)")
+        if cls.max_group_size == 1:
+            build = ("or generate images for its prompts (`diffalign build synthetic DATASET --out OUT ...`) and take "
+                     "the best of each (`diffalign build experts --from OUT --out EXPERTS`)")
+        else:
+            pairs = " --pairs best-worst" if cls.max_group_size == 2 else ""
+            build = ("or build scored images for its prompts with `diffalign build synthetic DATASET --out OUT "
+                     f"--generator MODEL --reward REWARD{pairs}`")
+        return f"{cls.name} needs {cls._needs()}; the dataset holds prompts only (K = 0): {train}, {build}"
 
 
 def pair_metrics(policy_err: Tensor, ref_err: Tensor | None, margin: Tensor, loss: Tensor) -> dict[str, Tensor]:

@@ -176,6 +176,8 @@ def _check_media(config: TrainConfig, family: str, data: PreferenceDataset) -> N
     from diffalign.families import FAMILIES
 
     wanted = FAMILIES[family].media
+    if data.prompts_only:  # no media of its own: the run samples images or videos, whatever the family makes
+        return
     if data.media != wanted:
         raise StartupError(f"data.path: {data.root} holds {data.media}s, and the {family} family trains on {wanted}s; "
                            f"point data.path at a {wanted} dataset or model.path at a {data.media} model")
@@ -204,7 +206,8 @@ def plan_cache(config: TrainConfig, family: str, data: PreferenceDataset, captio
 
     A cache holds centre-cropped, unflipped latents, and a captioned dataset's cache holds the
     captions' embeddings; it cannot serve random crops or flips, an objective conditioned on the
-    prompt of a captioned dataset, or an inversion that needs the text encoders for guidance.
+    prompt of a captioned dataset, an inversion that needs the text encoders for guidance, or a
+    prompt-only dataset (no images to encode: online RL samples its own).
     A cache built for another model or an older version of the dataset is an error under
     ``auto`` too: it is the user's data, so it is never deleted or overwritten here.
     """
@@ -222,7 +225,7 @@ def plan_cache(config: TrainConfig, family: str, data: PreferenceDataset, captio
     folder = cache_dir(config.data.path, family, config.data.resolution, config.data.frames, config.data.frame_stride)
     if mode is False:
         return CachePlan("off", folder, "data.cache is false")
-    why_not = _cache_cannot_serve(config, caption_mismatch, objective, settings)
+    why_not = _cache_cannot_serve(config, data, caption_mismatch, objective, settings)
     if mode is True:
         if (folder / META).exists():  # a cache of another model is named before what it could not serve
             _matching_cache(config, family, data)
@@ -261,8 +264,11 @@ def _matching_cache(config: TrainConfig, family: str, data: PreferenceDataset):
     return cache
 
 
-def _cache_cannot_serve(config: TrainConfig, caption_mismatch: bool, objective, settings) -> str | None:
+def _cache_cannot_serve(config: TrainConfig, data: PreferenceDataset, caption_mismatch: bool, objective,
+                        settings) -> str | None:
     """Why no latent cache can serve this run (``None``: one can)."""
+    if data.prompts_only:  # first: no other setting could make a cache of no images useful
+        return "the dataset holds prompts only (K = 0): it has no images to cache"
     if not config.data.center_crop or config.data.random_flip:
         return "the latent cache holds centre-cropped, unflipped latents (data.center_crop: true, data.random_flip: false)"
     if caption_mismatch:

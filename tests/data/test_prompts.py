@@ -22,6 +22,7 @@ def _write_all(folder):
         writer = csv.writer(handle)
         writer.writerow(["id", "text", "category"])
         writer.writerows([i, p, "x"] for i, p in enumerate(PROMPTS))
+    pq.write_table(pa.table({"image": [b"\x89PNG"] * 4, "Text": PROMPTS}), folder / "p.parquet")
     hub = folder / "hub"
     hub.mkdir()
     pq.write_table(pa.table({"category": ["x"] * 4, "my_prompt": PROMPTS}), hub / "train-00000.parquet")
@@ -29,7 +30,8 @@ def _write_all(folder):
 
 
 @pytest.mark.parametrize("name, column", [("p.txt", None), ("list.json", None), ("records.json", None),
-                                          ("p.jsonl", None), ("p.csv", None), ("p.csv", "text"), ("hub", "my_prompt")])
+                                          ("p.jsonl", None), ("p.csv", None), ("p.csv", "text"), ("p.parquet", None),
+                                          ("p.parquet", "Text"), ("hub", "my_prompt")])
 def test_every_format_reads_the_same_prompts(tmp_path, name, column):
     folder = _write_all(tmp_path)
     assert read_prompts(folder / name, column=column) == PROMPTS
@@ -51,3 +53,16 @@ def test_errors_name_the_problem(tmp_path):
         read_prompts(folder / "bad.jsonl")
     with pytest.raises(PromptSourceError, match="could not open dataset"):
         read_prompts(folder / "no-such-dataset-folder")
+
+
+def test_parquet_reads_one_column_and_names_the_others(tmp_path):
+    path = tmp_path / "prompts.parquet"
+    pq.write_table(pa.table({"caption": ["  a cat ", "", "a dog"], "n": [1, 2, 3]}), path)
+    assert read_prompts(path) == ["a cat", "a dog"]  # stripped, blank skipped, as every format
+    with pytest.raises(PromptSourceError, match=r"no column title; found \['caption', 'n'\]"):
+        read_prompts(path, column="title")
+    with pytest.raises(PromptSourceError, match="column 'n' holds int, not text"):
+        read_prompts(path, column="n")
+    (tmp_path / "broken.parquet").write_bytes(b"not parquet")
+    with pytest.raises(PromptSourceError, match="not a readable Parquet file"):
+        read_prompts(tmp_path / "broken.parquet")
