@@ -189,8 +189,7 @@ class Objective:
         from . import OBJECTIVES  # lazily: the registry imports this module
 
         online = sorted(name for name, other in OBJECTIVES.items() if other.min_group_size == 0)
-        train = (f"train an online objective ({', '.join(online)}) on it" if online
-                 else "train an online objective on it (one that samples its own images; none is registered yet)")
+        train = f"train an online objective on it ({', '.join(online) or 'none is registered'})"
         if cls.max_group_size == 1:
             build = ("or generate images for its prompts (`diffalign build synthetic DATASET --out OUT ...`) and take "
                      "the best of each (`diffalign build experts --from OUT --out EXPERTS`)")

@@ -7,10 +7,15 @@ import pytest
 
 from diffalign.objectives import OBJECTIVES, Objective, ObjectiveDataError
 
-ONLINE_FREE = "train an online objective on it (one that samples its own images; none is registered yet)"
+ONLINE_FREE = "train an online objective on it (dance_grpo, grpo)"
+OFFLINE = sorted(name for name, cls in OBJECTIVES.items() if cls.min_group_size > 0)
 
 
-@pytest.mark.parametrize("name", sorted(OBJECTIVES))
+def test_the_online_objectives_are_the_ones_that_take_prompts_only():
+    assert sorted(set(OBJECTIVES) - set(OFFLINE)) == ["dance_grpo", "grpo"]
+
+
+@pytest.mark.parametrize("name", OFFLINE)
 def test_every_existing_objective_refuses_prompts_only(name):
     with pytest.raises(ObjectiveDataError) as caught:
         OBJECTIVES[name].check_data(group_size=0, has_captions=True, has_ranks=True, has_scores=True)
@@ -58,7 +63,8 @@ def test_an_online_objective_accepts_any_dataset():
 
 def test_a_registered_online_objective_is_named_in_the_message(monkeypatch):
     monkeypatch.setitem(OBJECTIVES, "online_dummy", _Online)
-    with pytest.raises(ObjectiveDataError, match=r"\(K = 0\): train an online objective \(online_dummy\) on it, or "):
+    with pytest.raises(ObjectiveDataError, match=r"\(K = 0\): train an online objective on it \(dance_grpo, grpo, "
+                                                 r"online_dummy\), or "):
         OBJECTIVES["mapo"].check_data(group_size=0, has_captions=False, has_ranks=False)
 
 
