@@ -183,7 +183,8 @@ def align(objective: str, base: Path, data: Path, out: Path, config: BenchmarkCo
     name = "spo" if objective == ORACLE else objective
     settings = copy.deepcopy(config.objective_settings[name])
     # The online objectives count updates of their own (a collection makes several), not passes over pairs.
-    steps = settings.pop("max_steps", None) or config.steps_for(len(PreferenceDataset.open(data)))
+    own = settings.pop("max_steps", None)
+    steps = config.train_steps or own or config.steps_for(len(PreferenceDataset.open(data)))
     train_config = TrainConfig(
         # Uncached: the reward curve samples from the trained pipeline, which needs its text encoders.
         model=ModelConfig(path=str(base)), data=DataConfig(path=str(data), resolution=32, cache=False),
