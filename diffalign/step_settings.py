@@ -152,7 +152,9 @@ class OnlineRollout:
         rewards: the reward models, each ``{name, weight, path, frames, batch_size}``
             (:mod:`diffalign.rewards.online`); the advantage takes their weighted sum, or each on
             its own with ``objective.per_reward_advantages``.
-        resolution: the side of the sampled images (``None``: ``data.resolution``).
+        resolution: the height of the sampled images, and their width unless ``width`` is set
+            (``None``: ``data.resolution``).
+        width: the width of the sampled images when it is not ``resolution`` (Flow-GRPO's Wan: 240×416).
         frames: a video family's frames per clip (``None``: ``data.frames``).
     """
 
@@ -172,6 +174,7 @@ class OnlineRollout:
     keep_best_worst: int | None = None
     rewards: list[dict] = dataclasses.field(default_factory=lambda: [{"name": "pickscore", "weight": 1.0}])
     resolution: int | None = None
+    width: int | None = None
     frames: int | None = None
 
     def __post_init__(self):
@@ -205,8 +208,21 @@ class OnlineRollout:
                                                      1 <= 2 * self.keep_best_worst <= self.images_per_prompt):
             raise ValueError(f"keep_best_worst must be an integer with 2·n ≤ images_per_prompt, "
                              f"got {self.keep_best_worst!r}")
+        smallest = -(-self.images_per_prompt // self.micro_batch) * self.trained_count * self.inner_epochs
+        if self.updates_per_collection > smallest:  # a collection of one prompt must still fill every update
+            raise ValueError(f"updates_per_collection {self.updates_per_collection} exceeds the micro-batches of a "
+                             f"one-prompt collection ({smallest}: ⌈images_per_prompt/micro_batch⌉ × trained steps × "
+                             "inner_epochs); lower it, or micro_batch")
+        for name in ("resolution", "width", "frames"):
+            if getattr(self, name) is not None:
+                positive(name, getattr(self, name))
         if not isinstance(self.rewards, list) or not self.rewards:
             raise ValueError("rewards must be a non-empty list of {name, weight, ...} mappings")
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """``(H, W)`` in pixels of the sampled images."""
+        return self.resolution, self.width or self.resolution
 
     @property
     def trained_count(self) -> int:

@@ -87,7 +87,7 @@ def sample(step, model, batch: dict, generators, rule, start: int, cond, uncond)
     b, k = len(batch["prompts"]), settings.images_per_prompt
     grid = sampling_grid(family, settings.steps, b).to(family.device)
     frames = settings.frames if family.media == "video" else None
-    shape = (settings.resolution, settings.resolution)
+    shape = settings.size
     if settings.shared_noise:  # DanceGRPO: one start noise per prompt for its K images
         noise = initial_noise(family, b, 1, shape, generator=generators, frames=frames)
         noise = noise.expand(b, k, *noise.shape[2:]).clone()

@@ -66,6 +66,8 @@ class OnlineStep(RolloutStep):
         if settings.noise in ("flow_sde", "cps", "dance_sde") and not flow:
             return (f"rollout.noise: {settings.noise} is a rectified-flow step, and this family predicts ε or v: "
                     "use rollout.noise: ddim (or auto)")
+        if family.media == "video" and settings.frames is None:
+            return "a video family's rollouts need a clip length: set data.frames (or rollout.frames)"
         from diffalign.rewards.online import check_reward_specs
 
         problems = check_reward_specs(settings.rewards, media=family.media)
@@ -174,7 +176,7 @@ class OnlineStep(RolloutStep):
 
     def _conditioning(self, prompts: list[str], k: int):
         """``(cond, uncond)`` ``[B, K, ...]`` at the rollout size (``uncond`` when guiding)."""
-        size = (self.config.resolution, self.config.resolution)
+        size = self.config.size
         b = len(prompts)
         info = {key: torch.tensor(size, dtype=torch.float32).expand(b, k, 2) for key in ("original_size", "target_size")}
         with torch.no_grad():

@@ -63,6 +63,8 @@ def test_first_line_is_an_existing_command_that_makes_the_data(path):
         assert config["data"]["path"].startswith(f"{args.out}/") and config["model"]["path"].startswith(f"./{args.out}/")
     elif args.command == "score":  # scores written into a copy of a dataset (SmPO's labels)
         assert args.into == Path(config["data"]["path"])
+    elif getattr(args, "builder", None) == "prompts":  # prompt-only train/eval splits (online RL)
+        assert config["data"]["path"] == f"{args.out}/train"
     else:
         assert args.out == config["data"]["path"]
 

@@ -1,0 +1,69 @@
+"""The online RL configs (grpo, dance_grpo): each shipped config for a real model trains 3 updates on
+its family's tiny pipeline with only its sizes shrunk, and `check-config` refuses a bad online
+block exactly as `train` does, before any model loads."""
+
+from pathlib import Path
+
+import pytest
+
+from diffalign.cli import main
+from diffalign.testing import TINY_FRAMES, write_prompt_dataset
+
+ROOT = Path(__file__).resolve().parents[2] / "training" / "configs"
+ONLINE = sorted(p for p in ROOT.rglob("*.yaml") if p.stem in ("grpo", "dance_grpo") and p.parent.name != "tiny")
+TINY_GRPO = ROOT / "tiny" / "grpo.yaml"
+TOY_REWARD = '[{name: "diffalign.toy.reward:ToyReward"}]'
+
+
+@pytest.fixture(scope="module")
+def prompts(tmp_path_factory):
+    return write_prompt_dataset(tmp_path_factory.mktemp("prompts") / "prompts",
+                                ["a red circle", "a blue square", "a green triangle"])
+
+
+def test_every_real_family_has_both_online_configs():
+    assert {(p.parent.name, p.stem) for p in ONLINE} == {(f, o) for f in ("sd15", "sdxl", "sd3", "wan")
+                                                         for o in ("grpo", "dance_grpo")}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("path", ONLINE, ids=lambda p: f"{p.parent.name}/{p.stem}")
+def test_each_online_config_trains_three_updates_on_its_tiny_family(path, tiny_path, prompts, tmp_path, capsys):
+    """As shipped but for the sizes (tiny pipeline, 32 px, 3 steps, 2 images per prompt), the
+    toy reward (no reward weights offline), fp32 on the CPU."""
+    kind = path.parent.name
+    overrides = [f"model.path={tiny_path(kind)}", f"data.path={prompts}", "data.resolution=32",
+                 "rollout.steps=3", "rollout.images_per_prompt=2", "rollout.micro_batch=1",
+                 "rollout.updates_per_collection=1", f"rollout.rewards={TOY_REWARD}", "mixed_precision=no",
+                 "gradient_checkpointing=false", "batch_size=1", "max_steps=3", "checkpoint_every=0", "resume=null",
+                 "lora.rank=4", "validation.every=0", "logging.report_to=none", f"output_dir={tmp_path / 'run'}"]
+    if kind == "wan":
+        overrides += [f"data.frames={TINY_FRAMES}", "rollout.width=32"]
+    assert main(["train", "--config", str(path), *overrides]) == 0, capsys.readouterr().err
+    assert "trained 3 steps" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["rollout.noise=flow_sde"], "rollout.noise: flow_sde is a rectified-flow step, and this family predicts ε or v"),
+    (["rollout.images_per_prompt=1"], "images_per_prompt must be an integer ≥ 2"),
+    (["rollout.rewards=[{name: pickscor}]"], "pickscor"),
+    (["rollout.rewards=[]"], "rewards must be a non-empty list"),
+    (["objective.clip_range=2"], "clip_range must be in (0, 1)"),
+    (["objective.advantage_std=batch"], "advantage_std"),
+    (["rollout.train_fraction=0.1"], "leave at least one trained step of 4"),
+    (["rollout.sde_window=3", "rollout.sde_window_range=2"], "need sde_window ≤ sde_window_range ≤ steps"),
+    (["rollout.updates_per_collection=100"], "updates_per_collection 100 exceeds the micro-batches of a one-prompt "
+                                              "collection (3: ⌈images_per_prompt/micro_batch⌉ × trained steps"),
+])
+def test_check_config_refuses_a_bad_online_block(overrides, message, tiny_path, prompts, tmp_path, capsys,
+                                                 monkeypatch):
+    import diffalign.families
+
+    common = [f"model.path={tiny_path('sd15')}", f"data.path={prompts}", f"output_dir={tmp_path / 'run'}"]
+    monkeypatch.setattr(diffalign.families, "load", lambda *a, **k: pytest.fail("a model loaded before the checks"))
+    capsys.readouterr()
+    checked, check_err = main(["check-config", str(TINY_GRPO), *common, *overrides]), capsys.readouterr().err
+    trained, train_err = main(["train", "--config", str(TINY_GRPO), *common, *overrides]), capsys.readouterr().err
+    assert checked == trained == 1 and check_err == train_err
+    assert message in check_err and check_err.startswith("error: ") and "Traceback" not in check_err
+    assert not (tmp_path / "run").exists()
