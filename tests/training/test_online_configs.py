@@ -18,7 +18,17 @@ TOY_REWARD = '[{name: "diffalign.toy.reward:ToyReward"}]'
 @pytest.fixture(scope="module")
 def prompts(tmp_path_factory):
     return write_prompt_dataset(tmp_path_factory.mktemp("prompts") / "prompts",
-                                ["a red circle", "a blue square", "a green triangle"])
+                                ["a red circle", "a blue square", "a green circle"])
+
+
+@pytest.fixture(scope="module")
+def tiny_pickscore(tmp_path_factory):
+    """A video run's reward: the tiny PickScore, averaged over the clip's frames."""
+    from diffalign.rewards.tiny import save_tiny_reward
+
+    path, options = save_tiny_reward("pickscore", tmp_path_factory.mktemp("pickscore"))
+    assert not options
+    return path
 
 
 def test_every_real_family_has_both_online_configs():
@@ -26,19 +36,20 @@ def test_every_real_family_has_both_online_configs():
                                                          for o in ("grpo", "dance_grpo")}
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("path", ONLINE, ids=lambda p: f"{p.parent.name}/{p.stem}")
-def test_each_online_config_trains_three_updates_on_its_tiny_family(path, tiny_path, prompts, tmp_path, capsys):
+def test_each_online_config_trains_three_updates_on_its_tiny_family(path, tiny_path, prompts, tiny_pickscore, tmp_path,
+                                                                     capsys):
     """As shipped but for the sizes (tiny pipeline, 32 px, 3 steps, 2 images per prompt), the
-    toy reward (no reward weights offline), fp32 on the CPU."""
+    toy reward (a video: the tiny PickScore over its frames; no reward weights offline), fp32 on the CPU."""
     kind = path.parent.name
     overrides = [f"model.path={tiny_path(kind)}", f"data.path={prompts}", "data.resolution=32",
                  "rollout.steps=3", "rollout.images_per_prompt=2", "rollout.micro_batch=1",
-                 "rollout.updates_per_collection=1", f"rollout.rewards={TOY_REWARD}", "mixed_precision=no",
+                 "rollout.updates_per_collection=1", f"rollout.rewards={TOY_REWARD}", "mixed_precision='no'",
                  "gradient_checkpointing=false", "batch_size=1", "max_steps=3", "checkpoint_every=0", "resume=null",
                  "lora.rank=4", "validation.every=0", "logging.report_to=none", f"output_dir={tmp_path / 'run'}"]
     if kind == "wan":
-        overrides += [f"data.frames={TINY_FRAMES}", "rollout.width=32"]
+        overrides += [f"data.frames={TINY_FRAMES}", "rollout.width=32",
+                      f"rollout.rewards=[{{name: pickscore, path: {tiny_pickscore}, frames: all}}]"]
     assert main(["train", "--config", str(path), *overrides]) == 0, capsys.readouterr().err
     assert "trained 3 steps" in capsys.readouterr().out
 
