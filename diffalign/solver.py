@@ -95,11 +95,13 @@ def sampling_grid(family, steps: int, batch: int) -> Tensor:
     return family.sampling_times(steps).float()[None].expand(batch, -1).clone()
 
 
-def guided(family, model, x: Tensor, t: Tensor, cond, uncond=None, guidance: float = 1.0) -> Tensor:
+def guided(family, model, x: Tensor, t: Tensor, cond, uncond=None, guidance: float = 1.0,
+           detach_uncond: bool = False) -> Tensor:
     """The model's prediction at ``x`` (``[B, K, *latent]``), with classifier-free guidance
     ``pred_u + w·(pred_c − pred_u)`` when ``guidance != 1`` (``uncond`` shaped like ``cond``; both
     predictions in one forward, as the pipelines do). In float32; differentiable unless called
-    under ``no_grad``."""
+    under ``no_grad``; ``detach_uncond`` lets the gradient through the conditional half only
+    (Flow-GRPO's SD3 training, ``scripts/train_sd3.py`` L189–190)."""
     if guidance == 1:
         return family.predict(model, x, t, cond).float()
     if uncond is None:
@@ -107,6 +109,8 @@ def guided(family, model, x: Tensor, t: Tensor, cond, uncond=None, guidance: flo
     k = x.shape[1]
     both = family.predict(model, torch.cat([x, x], dim=1), t, cond.join(uncond)).float()
     pred, pred_uncond = both[:, :k], both[:, k:]
+    if detach_uncond:
+        pred_uncond = pred_uncond.detach()
     return pred_uncond + guidance * (pred - pred_uncond)
 
 

@@ -152,6 +152,9 @@ class OnlineRollout:
         rewards: the reward models, each ``{name, weight, path, frames, batch_size}``
             (:mod:`diffalign.rewards.online`); the advantage takes their weighted sum, or each on
             its own with ``objective.per_reward_advantages``.
+        detach_uncond: with guidance, the recomputed log-probability's gradient flows through the
+            conditional prediction only (Flow-GRPO on SD3, ``train_sd3.py`` L190); ``false``: through
+            both halves (Flow-GRPO's Wan and DanceGRPO's Wan scripts).
         resolution: the height of the sampled images, and their width unless ``width`` is set
             (``None``: ``data.resolution``).
         width: the width of the sampled images when it is not ``resolution`` (Flow-GRPO's Wan: 240×416).
@@ -172,6 +175,7 @@ class OnlineRollout:
     inner_epochs: int = 1
     micro_batch: int = 8
     keep_best_worst: int | None = None
+    detach_uncond: bool = True
     rewards: list[dict] = dataclasses.field(default_factory=lambda: [{"name": "pickscore", "weight": 1.0}])
     resolution: int | None = None
     width: int | None = None

@@ -176,7 +176,7 @@ class DanceGRPO(GRPO):
     name = "dance_grpo"
     Config = DanceGRPOConfig
     step_defaults: ClassVar[dict] = {"noise": "dance_sde", "shared_noise": True, "trained": "random",
-                                     "train_fraction": 0.6}
+                                     "train_fraction": 0.6, "detach_uncond": False}
 
 
 __all__ = ["ADVANTAGE_STDS", "DanceGRPO", "DanceGRPOConfig", "GRPO", "GRPOConfig", "clipped_surrogate",

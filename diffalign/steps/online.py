@@ -207,7 +207,8 @@ class OnlineStep(RolloutStep):
         u, v = collection.times[images, step], collection.times[images, step + 1]
 
         def transition(with_model):
-            predict = lambda x_, t_: guided(self.family, with_model, x_, t_, cond, uncond, self.config.guidance)  # noqa: E731
+            predict = lambda x_, t_: guided(self.family, with_model, x_, t_, cond, uncond, self.config.guidance,  # noqa: E731
+                                            detach_uncond=self.config.detach_uncond)
             return self.rule.transition(self.family, predict, x, u, v)
 
         _, mean, std = transition(model)

@@ -100,7 +100,7 @@ def test_dance_grpo_defaults_are_its_papers():
     built = build_objective({"name": "dance_grpo"})
     assert (built.config.beta, built.config.advantage_std, built.config.per_reward_advantages) == (0.0, "group", True)
     assert built.step_defaults == {"noise": "dance_sde", "shared_noise": True, "trained": "random",
-                                   "train_fraction": 0.6}
+                                   "train_fraction": 0.6, "detach_uncond": False}
     assert build_objective({"name": "grpo", "beta": 0.0}).needs_reference is False
 
 

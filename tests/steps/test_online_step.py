@@ -145,3 +145,29 @@ def test_a_collection_survives_a_checkpoint_between_its_updates(tiny_path):
     for got, want in zip(out, expected[5:]):
         torch.testing.assert_close(got.policy_logp, want.policy_logp, rtol=0, atol=1e-6)
         torch.testing.assert_close(got.advantages, want.advantages)
+
+
+def test_detach_uncond_lets_the_gradient_through_the_conditional_half_only():
+    """Flow-GRPO's SD3 training (train_sd3.py L190): guided = u + w·(c − u) with u detached, so
+    ∂/∂p of a prediction p·x·e (e = 3 conditional, 2 unconditional; x = 1, w = 4) is w·3 = 12;
+    through both halves it is 2 + 4·(3 − 2) = 6."""
+    from diffalign.solver import guided
+
+    class Cond:
+        def __init__(self, e):
+            self.e = e
+
+        def join(self, other):
+            return Cond(torch.cat([self.e, other.e], dim=1))
+
+    class Family:
+        @staticmethod
+        def predict(model, x, t, cond):
+            return model * x * cond.e
+
+    for detach, expected in ((True, 12.0), (False, 6.0)):
+        p = torch.tensor(1.0, requires_grad=True)
+        out = guided(Family, p, torch.ones(1, 1), None, Cond(torch.full((1, 1), 3.0)), Cond(torch.full((1, 1), 2.0)),
+                     guidance=4.0, detach_uncond=detach)
+        out.sum().backward()
+        assert p.grad.item() == expected
