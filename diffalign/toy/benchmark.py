@@ -73,8 +73,10 @@ DEFAULT_OBJECTIVES = {
     # Online RL with the toy reward as its reward model, on the toy pairs' prompts (their images
     # unused): the sampler the toy samples with (guidance 4, 10 steps of η-DDIM, the UNet's SDE),
     # 8 images per prompt, Flow-GRPO's 9 trained steps and 2 updates per collection; 150 updates.
+    # The gradient goes through both halves of guidance (as its Wan configs; SD3's detaches the
+    # unconditional half): the protocol's runs of 2026-12-07 were made so.
     "grpo": {"objective": {"name": "grpo", "beta": 0.01, "clip_range": 1e-4},
-             "rollout": {"steps": 10, "guidance": 4.0, "images_per_prompt": 8, "micro_batch": 16,
+             "rollout": {"steps": 10, "guidance": 4.0, "images_per_prompt": 8, "micro_batch": 16, "detach_uncond": False,
                          "rewards": [{"name": "diffalign.toy.reward:ToyReward"}]}, "max_steps": 150},
     # DanceGRPO's choices that apply to a UNet: shared start noise, a random 60 % of the steps,
     # per-group advantages, no KL; its SDE is a flow step, so η-DDIM as for grpo.
