@@ -28,7 +28,41 @@ is the Gaussian KL of the step × Δ), for CPS its step std. Added as ``β·mean
 GenEval/OCR, 0.01 PickScore; 0 in the fast configs).
 
 Logged per update, as officially: ``approx_kl = ½·mean((log p_θ − log p_old)²)``, the clip
-fraction ``mean(|ρ − 1| > ε)``, the ratio's mean and spread.
+fraction ``mean(|ρ − 1| > ε)``, the ratio's mean and spread; the step adds the collection's
+reward mean and std (of the weighted sum, and each reward's mean) and the share of zero-spread
+prompts (``online/...``).
+
+Audit against the official code (Flow-GRPO @ac4c86e, ``scripts/train_sd3.py``; DanceGRPO @15cc71d,
+``fastvideo/train_grpo_flux.py`` F, ``train_grpo_hunyuan.py`` H, ``train_grpo_wan_2_1.py`` W):
+
+- Sampler: Flow-GRPO's SDE (``sd3_sde_with_logprob.py`` L47–68), CPS, DanceGRPO's ``flux_step``
+  (F L131–170) as noise rules (:mod:`diffalign.noise_rules`); log-probabilities recorded at
+  sampling in fp32, the ratio 1 before any update on every tiny family (tests). Matched.
+- Trained steps: the first ⌊0.99·S⌋ (L345, L864); DanceGRPO a fresh random ``int((S−1)·0.6)`` of
+  the first S − 1 steps per image (F L512–570). Matched (``rollout.trained``).
+- Advantages: above; DanceGRPO normalises per group with torch's unbiased std and eps 1e-8
+  (F L532–548). Deviation: ``dance_grpo`` uses the population std and 1e-4 (with K = 12 the
+  advantages are √(12/11) = 1.04× DanceGRPO's).
+- Zero-advantage images: officially dropped, then some put back so the count divides the
+  batches (L797–817); here they are dropped, and a process left with fewer images than
+  micro-batches trains a weight-0 stand-in (:mod:`diffalign.steps.buffer`): each process runs the
+  same backwards either way; the official micro-batch sizes differ slightly.
+- Updates: micro-batches of images at one trained step, in sample-batch then step order, split in
+  2 updates per collection (accumulation ``batches/2 × steps``, L360). Matched; DanceGRPO steps
+  every ``gradient_accumulation_steps`` rollouts (F L609–613): ``updates_per_collection`` sets it.
+- Guidance while training: recomputed, the unconditional half detached on SD3 (L189–190),
+  both halves trained on Wan and by DanceGRPO (W L238–248). Matched (``rollout.detach_uncond``).
+- Shared start noise: DanceGRPO draws one noise for all of a rank's rollouts (F L333–338, so two
+  prompts on one rank share it); here one per prompt (``rollout.shared_noise``). Stated.
+- Reward input: Flow-GRPO scores the decoded final latent; DanceGRPO the last step's x̂0 (F L254).
+  Here the final latent for both (with DanceGRPO's SDE the last step onto σ = 0 keeps noise
+  η·√σ₁, so its images carry that noise). Stated.
+- Best/worst of K (H L394–409): advantages over all K first, then the best and worst n kept.
+  Matched (``rollout.keep_best_worst``). VQ/MQ: one clipped surrogate per reward, summed with its
+  weight (H L450–477); here the per-reward advantages are summed first and one surrogate taken —
+  equal while the ratio is unclipped, different under the clip. Stated.
+- Not built: EMA of the weights (Flow-GRPO's 0.9 every 8 updates, L445), asynchronous reward
+  servers, per-prompt statistics tracking across epochs (``per_prompt_stat_tracking``).
 """
 
 from __future__ import annotations
