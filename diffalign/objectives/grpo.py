@@ -62,7 +62,8 @@ Audit against the official code (Flow-GRPO @ac4c86e, ``scripts/train_sd3.py``; D
   weight (H L450–477); here the per-reward advantages are summed first and one surrogate taken —
   equal while the ratio is unclipped, different under the clip. Stated.
 - Not built: EMA of the weights (Flow-GRPO's 0.9 every 8 updates, L445), asynchronous reward
-  servers, per-prompt statistics tracking across epochs (``per_prompt_stat_tracking``).
+  servers, and the pooling of a prompt drawn twice in one collection (the official tracker,
+  ``stat_tracking.py`` L11–31, groups rewards by prompt text; here each draw is its own group).
 """
 
 from __future__ import annotations
