@@ -34,6 +34,8 @@ class RolloutStep(PreferenceStep):
         if reference is None and objective.needs_reference:
             raise ValueError(f"{objective.name} needs the reference model")
         self.timing = {"rollout": 0.0, "train": 0.0}
+        self.totals = {"rollout": 0.0, "train": 0.0}
+        """Seconds of each part over the whole run (``timing`` is reset at every log)."""
         self._metrics: dict[str, Tensor] = {}
         self._last_latents: Tensor | None = None
 
@@ -47,7 +49,9 @@ class RolloutStep(PreferenceStep):
         finally:
             if torch.cuda.is_available():
                 torch.cuda.synchronize()
-            self.timing[part] += time.perf_counter() - start
+            seconds = time.perf_counter() - start
+            self.timing[part] += seconds
+            self.totals[part] += seconds
 
     @classmethod
     def cache_problem(cls, objective, settings) -> str | None:

@@ -39,7 +39,7 @@ from diffalign.data.dataset import PreferenceDataset
 from diffalign.toy.pretrain import PretrainConfig, base_model
 from diffalign.toy.reward import ToyRewardScorer, follows_prompt, toy_reward
 from diffalign.toy.samples import build_preference_data, generate, grid, sampling_pipe
-from diffalign.toy.summary import objective_summary, sample_summary, step_costs, watch
+from diffalign.toy.summary import equal_time, objective_summary, sample_summary, step_costs, watch
 
 TOY_REWARD_SPREAD = 0.374
 """SmPO's ``score_scale`` on the toy: max − min of the toy reward over the earlier protocol's 64
@@ -173,6 +173,8 @@ class Curve:
     sample: object
     points: list = field(default_factory=list)
     proxy: list = field(default_factory=list)
+    parts: dict = field(default_factory=dict)
+    """A sampling step's seconds per update spent rolling out and training (``rollout_…``, ``train_…``)."""
 
 
 def align(objective: str, base: Path, data: Path, out: Path, config: BenchmarkConfig, curve: Curve, lr: float,
@@ -219,7 +221,11 @@ def align(objective: str, base: Path, data: Path, out: Path, config: BenchmarkCo
     began = time.perf_counter()
     trainer.run(on_step=on_step)
     # Training alone: the curve samples taken between steps are not the objective's cost.
-    return trainer, (time.perf_counter() - began - sampling_seconds) / steps
+    seconds = (time.perf_counter() - began - sampling_seconds) / steps
+    totals = getattr(trainer.step, "totals", None)  # a sampling step's rollout and training seconds
+    if totals is not None:
+        curve.parts = {f"{part}_seconds_per_step": round(value / steps, 4) for part, value in totals.items()}
+    return trainer, seconds
 
 
 def choose_lr(sweep: dict[float, list], base_following: float, tolerance: float = 0.05) -> float:
@@ -280,7 +286,7 @@ def run_benchmark(out: str | Path, config: BenchmarkConfig = BenchmarkConfig(), 
         trainer, seconds = align(objective, base, folder, out / "runs" / objective / f"lr{lr:g}-seed{seed}", config,
                                  curve, lr, seed, progress)
         return trainer, {"lr": lr, "seed": seed, "curve": curve.points, "proxy": curve.proxy,
-                         "seconds_per_step": round(seconds, 4)}
+                         "seconds_per_step": round(seconds, 4), **curve.parts}
 
     def evaluate(trainer, run: dict) -> torch.Tensor:
         images = generate(sampling_pipe(trainer.family.pipe), eval_prompts, eval_seeds, config.inference_steps,
@@ -308,6 +314,7 @@ def run_benchmark(out: str | Path, config: BenchmarkConfig = BenchmarkConfig(), 
             runs.append(run)
         results["objectives"][objective] = objective_summary(runs, sweep, results["base"]["reward"], began)
     step_costs(results["objectives"])
+    equal_time(results["objectives"])
     results["wall_seconds"] = round(time.time() - start, 1)
     write_report(out, results, base_images, grids, eval_prompts, config.eval_seeds_per_prompt)
     return results

@@ -55,6 +55,30 @@ def sweep_table(results: dict) -> str:
             "chosen in bold.\n\n" + "\n".join(lines) + "\n")
 
 
+def cost_table(results: dict) -> str:
+    """The sampling objectives' costs beside Diffusion-DPO's (same run): seconds per update, split
+    into rolling out and training where the step reports it, the step cost × DPO's, and the curve
+    seeds' reward at the end and after Diffusion-DPO's whole training time. Empty without DPO."""
+    rows = {n: r for n, r in results["objectives"].items() if "at_dpo_time" in r}
+    if "diffusion_dpo" not in rows:
+        return ""
+    lines = ["| objective | updates | s/update | rollout s | training s | step × DPO | curve reward at the end "
+             "| at DPO's time (updates) |", "|" + "---|" * 8]
+    for name, r in rows.items():
+        at = r["at_dpo_time"]
+        part = {k: f"{r[k]:.2f}" if k in r else "–" for k in ("rollout_seconds_per_step", "train_seconds_per_step")}
+        lines.append(f"| {name} | {r['curve'][-1][0]} | {r['seconds_per_step']:.2f} | {part['rollout_seconds_per_step']}"
+                     f" | {part['train_seconds_per_step']} | {_times(r.get('step_cost_vs_dpo'))} | {r['curve'][-1][1]:.4f}"
+                     f" | {at['curve_reward']:.4f} ({at['updates']}) |")
+    return (f"
+Cost, training seed 0 (seconds per update, mean over the chosen rate's seeds; Diffusion-DPO's "
+            f"whole run: {rows['diffusion_dpo']['at_dpo_time']['seconds']:.0f} s):
+
+" + "
+".join(lines) + "
+")
+
+
 def _times(ratio) -> str:
     return "–" if ratio is None else f"{ratio:.2f}×"
 
@@ -111,8 +135,8 @@ def write_report(out: Path, results: dict, base_images, grids: dict, prompts: li
         f"{results['pretrain']['seconds']:.0f} s); "
         f"whole run {results['wall_seconds']:.0f} s. Gains are paired over the same prompts and seeds.\n\n"
     )
-    (out / "report.md").write_text(intro + markdown_table(results) + sweep_table(results) + step_aware_line(results)
-                                   + divergence_lines(results))
+    (out / "report.md").write_text(intro + markdown_table(results) + sweep_table(results) + cost_table(results)
+                                   + step_aware_line(results) + divergence_lines(results))
 
 
 def divergence_lines(results: dict) -> str:

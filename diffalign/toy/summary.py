@@ -50,6 +50,8 @@ def objective_summary(runs: list[dict], sweep: dict, reward_before: float, began
             "min_prompt_following": min(r["prompt_following"] for r in runs),
             "sweep": {f"{lr:g}": {"curve": s["curve"], "seconds_per_step": s["seconds_per_step"]} for lr, s in sweep.items()},
             "seconds_per_step": sum(r["seconds_per_step"] for r in runs) / len(runs),
+            **{part: sum(r[part] for r in runs) / len(runs) for part in ("rollout_seconds_per_step",
+                                                                           "train_seconds_per_step") if part in first},
             "wall_seconds": round(time.time() - began, 1)}
 
 
@@ -60,4 +62,18 @@ def step_costs(objectives: dict) -> None:
         summary["step_cost_vs_dpo"] = round(summary["seconds_per_step"] / dpo["seconds_per_step"], 2) if dpo else None
 
 
-__all__ = ["objective_summary", "sample_summary", "step_costs", "watch"]
+def equal_time(objectives: dict) -> None:
+    """For each objective, the curve seeds' reward after as much training time as Diffusion-DPO's
+    whole run (its updates × its seconds per update, in the same run): the last curve point whose
+    updates × the objective's seconds per update fit in that time (``None`` without DPO)."""
+    dpo = objectives.get("diffusion_dpo")
+    if dpo is None:
+        return
+    budget = dpo["curve"][-1][0] * dpo["seconds_per_step"]
+    for summary in objectives.values():
+        fits = [p for p in summary["curve"] if p[0] * summary["seconds_per_step"] <= budget * (1 + 1e-9)]
+        step, reward, _ = fits[-1]
+        summary["at_dpo_time"] = {"seconds": round(budget, 1), "updates": step, "curve_reward": reward}
+
+
+__all__ = ["equal_time", "objective_summary", "sample_summary", "step_costs", "watch"]

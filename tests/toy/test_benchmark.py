@@ -66,7 +66,7 @@ def test_reduced_benchmark_writes_every_field(tmp_path):
     # One objective per kind of data and step: pairs, ranked groups, captions, inverted latents with
     # scores, rollouts with a step-aware model, experts.
     config = BenchmarkConfig(
-        objectives=("diffusion_dpo", "rank_dpo", "dcpo", "smpo", "spo", "diffusion_dro"),
+        objectives=("diffusion_dpo", "rank_dpo", "dcpo", "smpo", "spo", "diffusion_dro", "grpo"),
         pretrain=TINY, samples_per_prompt=4, group_size=4, inference_steps=2, train_steps=2, batch_size=2,
         eval_seeds_per_prompt=1, curve_every=1, curve_seeds_per_prompt=1, step_aware_steps=2,
     )
@@ -85,7 +85,11 @@ def test_reduced_benchmark_writes_every_field(tmp_path):
         width, height = Image.open(tmp_path / "run" / f"grid_{name}.png").size
         assert width >= 8 * 128 and height >= 2 * 128  # eight prompts, before and after, each at 128 px or more
     assert 0 <= saved["base"]["prompt_following"] <= 1
+    online = saved["objectives"]["grpo"]
+    assert online["rollout_seconds_per_step"] > 0 and online["train_seconds_per_step"] > 0
+    assert online["at_dpo_time"]["updates"] in (0, 1, 2)
     table = (tmp_path / "run" / "report.md").read_text()
+    assert "| grpo | 2 |" in table  # the cost table: updates, seconds, rollout and training seconds
     assert all(f"| {name} |" in table for name in config.objectives)
     assert (tmp_path / "run" / "reward_curve.png").stat().st_size > 1000
     # The preference data: pairs with captions for DCPO, ranked groups of 4 with scores.
@@ -102,6 +106,19 @@ def test_reduced_benchmark_writes_every_field(tmp_path):
     assert 0 <= accuracy["mean"] <= 1
     experts = PreferenceDataset.open(tmp_path / "run" / "data" / "experts")
     assert experts.group_size == 1 and len(experts) == 8
+
+
+def test_reward_at_diffusion_dpos_wall_time():
+    """DPO: 128 updates × 0.5 s = 64 s. An objective at 2 s per update fits 32 updates in that time:
+    its curve point at 32 (not 64), whatever its end."""
+    from diffalign.toy.summary import equal_time
+
+    objectives = {"diffusion_dpo": {"curve": [(0, 0.2, 1.0), (128, 0.25, 1.0)], "seconds_per_step": 0.5},
+                  "grpo": {"curve": [(0, 0.2, 1.0), (32, 0.21, 1.0), (64, 0.23, 1.0), (150, 0.26, 1.0)],
+                           "seconds_per_step": 2.0}}
+    equal_time(objectives)
+    assert objectives["grpo"]["at_dpo_time"] == {"seconds": 64.0, "updates": 32, "curve_reward": 0.21}
+    assert objectives["diffusion_dpo"]["at_dpo_time"]["updates"] == 128
 
 
 def test_the_rate_is_chosen_on_the_curve_among_those_that_keep_prompt_following():
