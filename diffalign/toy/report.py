@@ -70,13 +70,8 @@ def cost_table(results: dict) -> str:
         lines.append(f"| {name} | {r['curve'][-1][0]} | {r['seconds_per_step']:.2f} | {part['rollout_seconds_per_step']}"
                      f" | {part['train_seconds_per_step']} | {_times(r.get('step_cost_vs_dpo'))} | {r['curve'][-1][1]:.4f}"
                      f" | {at['curve_reward']:.4f} ({at['updates']}) |")
-    return (f"
-Cost, training seed 0 (seconds per update, mean over the chosen rate's seeds; Diffusion-DPO's "
-            f"whole run: {rows['diffusion_dpo']['at_dpo_time']['seconds']:.0f} s):
-
-" + "
-".join(lines) + "
-")
+    return ("\nCost, training seed 0 (seconds per update; the curve seeds' reward; Diffusion-DPO's whole run: "
+            f"{rows['diffusion_dpo']['at_dpo_time']['seconds']:.0f} s):\n\n" + "\n".join(lines) + "\n")
 
 
 def _times(ratio) -> str:
