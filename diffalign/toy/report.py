@@ -62,16 +62,23 @@ def cost_table(results: dict) -> str:
     rows = {n: r for n, r in results["objectives"].items() if "at_dpo_time" in r}
     if "diffusion_dpo" not in rows:
         return ""
-    lines = ["| objective | updates | s/update | rollout s | training s | step × DPO | curve reward at the end "
-             "| at DPO's time (updates) |", "|" + "---|" * 8]
+    lines = ["| objective | updates | s/update | rollout s | forwards s | backward and optimiser s | step × DPO "
+             "| curve reward at the end | at DPO's time (updates) |", "|" + "---|" * 9]
     for name, r in rows.items():
-        at = r["at_dpo_time"]
-        part = {k: f"{r[k]:.2f}" if k in r else "–" for k in ("rollout_seconds_per_step", "train_seconds_per_step")}
-        lines.append(f"| {name} | {r['curve'][-1][0]} | {r['seconds_per_step']:.2f} | {part['rollout_seconds_per_step']}"
-                     f" | {part['train_seconds_per_step']} | {_times(r.get('step_cost_vs_dpo'))} | {r['curve'][-1][1]:.4f}"
+        at, total = r["at_dpo_time"], r["seconds_per_step"]
+        rollout, forwards = r.get("rollout_seconds_per_step"), r.get("train_seconds_per_step")
+        rest = "–" if rollout is None else f"{total - rollout - forwards:.2f}"
+        lines.append(f"| {name} | {r['curve'][-1][0]} | {total:.2f} | {_seconds(rollout)} | {_seconds(forwards)} | {rest}"
+                     f" | {_times(r.get('step_cost_vs_dpo'))} | {r['curve'][-1][1]:.4f}"
                      f" | {at['curve_reward']:.4f} ({at['updates']}) |")
-    return ("\nCost, training seed 0 (seconds per update; the curve seeds' reward; Diffusion-DPO's whole run: "
-            f"{rows['diffusion_dpo']['at_dpo_time']['seconds']:.0f} s):\n\n" + "\n".join(lines) + "\n")
+    return ("\nCost (seconds per update, mean over the chosen rate's seeds: collecting, i.e. sampling, decoding and "
+            "scoring; the terms' forwards; the rest of the update) and the curve seeds' reward at the end and after "
+            f"Diffusion-DPO's whole training time ({rows['diffusion_dpo']['at_dpo_time']['seconds']:.0f} s; the curve "
+            "is sampled every few updates, so the last point within that time):\n\n" + "\n".join(lines) + "\n")
+
+
+def _seconds(value) -> str:
+    return "–" if value is None else f"{value:.2f}"
 
 
 def _times(ratio) -> str:
