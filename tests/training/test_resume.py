@@ -41,10 +41,25 @@ def _losses(out):
     return [json.loads(line)["train/loss"] for line in (Path(out) / "metrics.jsonl").read_text().splitlines()]
 
 
+CARRIES_STATE = ("diffusion_dro", "grpo", "dance_grpo")
+"""Diffusion-DRO's snapshot; the online objectives' collection (per process)."""
+
+
+@pytest.fixture(scope="module")
+def toy_prompts(tmp_path_factory):
+    """The online objectives' data: toy prompts (their reward, the toy reward, reads the colour)."""
+    from diffalign.testing import write_prompt_dataset
+
+    return write_prompt_dataset(tmp_path_factory.mktemp("prompts") / "prompts",
+                                ["a red circle", "a blue square", "a green circle", "a yellow square"])
+
+
 @pytest.mark.parametrize("objective", sorted(OBJECTIVES))
 def test_a_run_killed_at_any_phase_resumes_to_the_uninterrupted_run(objective, tiny_path, pair_data, ranked_data,
-                                                                    expert_data, step_aware_model, tmp_path):
-    data = {"rank_dpo": ranked_data, "diffusion_dro": expert_data, "sft": expert_data}.get(objective, pair_data)
+                                                                    expert_data, step_aware_model, toy_prompts,
+                                                                    tmp_path):
+    data = {"rank_dpo": ranked_data, "diffusion_dro": expert_data, "sft": expert_data, "grpo": toy_prompts,
+            "dance_grpo": toy_prompts}.get(objective, pair_data)
     straight = tmp_path / "straight"
     assert main(_args(objective, tiny_path, data, straight, step_aware_model)) == 0
     want_weights = load_file(str(straight / "lora" / "pytorch_lora_weights.safetensors"))
@@ -62,11 +77,13 @@ def test_a_run_killed_at_any_phase_resumes_to_the_uninterrupted_run(objective, t
         assert weights.keys() == want_weights.keys()
         assert all(torch.equal(weights[k], want_weights[k]) for k in weights), (objective, phase)
         assert _losses(killed) == want_losses, (objective, phase)
-        # The step state at the last checkpoint too (Diffusion-DRO's snapshot; the others keep none).
-        for name in (checkpoint.STEP_STATE,):
+        # The step state at the last checkpoint too (Diffusion-DRO's snapshot, the online objectives'
+        # collection on this one process; the others keep none).
+        for name in (checkpoint.STEP_STATE, checkpoint.STEP_STATE_OF.format(0)):
             a = checkpoint.path_for(straight / "checkpoints", STEPS) / name
             b = checkpoint.path_for(killed / "checkpoints", STEPS) / name
-            assert a.exists() == b.exists() == (objective == "diffusion_dro")
+            shared = OBJECTIVES[objective].step != "online"
+            assert a.exists() == b.exists() == (objective in CARRIES_STATE and shared == (name == checkpoint.STEP_STATE))
             if a.exists():
                 sa, sb = load_file(str(a)), load_file(str(b))
                 assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
