@@ -26,8 +26,8 @@ from torch import Tensor
 
 from diffalign.families.reference import Snapshot
 from diffalign.objectives.base import PreferenceTerms
+from diffalign.rollout_settings import DRORollout
 from diffalign.solver import DDIM, sampling_grid, solve
-from diffalign.step_settings import DRORollout
 from diffalign.steps.rollout import RolloutStep
 
 

@@ -31,11 +31,17 @@ from torch import Tensor
 
 from diffalign.objectives.base import PreferenceTerms
 from diffalign.objectives.grpo import step_kl
+from diffalign.rollout_settings import OnlineRollout
 from diffalign.solver import DDIM, guided, rule_log_prob
-from diffalign.step_settings import OnlineRollout
 from diffalign.steps.base import MicroBatch
 from diffalign.steps.buffer import keep_best_worst, plan_updates, trained_steps
-from diffalign.steps.collect import Collection, gather_rewards, sample, score, window_start
+from diffalign.steps.collect import (
+    Collection,
+    gather_rewards,
+    sample,
+    score,
+    window_start,
+)
 from diffalign.steps.rollout import RolloutStep
 
 DEFAULT_LEVELS = {"flow_sde": 0.7, "cps": 0.8, "dance_sde": 0.3, "ddim": 1.0}

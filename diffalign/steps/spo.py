@@ -31,6 +31,7 @@ import torch
 from torch import Tensor
 
 from diffalign.objectives.base import PreferenceTerms
+from diffalign.rollout_settings import SPORollout
 from diffalign.solver import (
     DDIM,
     guided,
@@ -39,7 +40,6 @@ from diffalign.solver import (
     step_log_prob,
     take_step,
 )
-from diffalign.step_settings import SPORollout
 from diffalign.steps.rollout import RolloutStep
 
 
