@@ -204,6 +204,13 @@ class TrainConfig:
     official value (``Objective.prompt_dropout``: InPO and SmPO 0.2, as their ``train.py``;
     the others 0). A cached run loads the text encoders at start to embed the empty prompt once,
     then lets them go."""
+    reference_pass: bool | Literal["auto"] = "auto"
+    """``auto``: where the objective's reference term does not depend on the policy (Diffusion-DPO,
+    DCPO, RankDPO), compute the reference's errors once before training, in a pass over the run's
+    batches (one reference forward per group and epoch, without gradient), keep them beside the
+    latent cache for later runs on the same data and seed, and train without the reference forward
+    (:mod:`diffalign.training.reference_pass`); the same losses. ``true``: the same, and an error
+    where it cannot apply; ``false``: the reference runs in every step."""
     output_dir: str = "outputs"
     seed: int = field(default=0, metadata=SEED)
     max_steps: int = field(default=1000, metadata=AT_LEAST_1)

@@ -195,10 +195,12 @@ class PreferenceStep:
         return [bool(torch.rand(1, generator=torch.Generator().manual_seed((seed * 7_919 + 104_729) % (2**63)))
                      < self.prompt_dropout) for seed in seeds]
 
-    def errors(self, model, batch: dict, latents: Tensor, cond, noise: Tensor, t: Tensor) -> PreferenceTerms:
-        """Policy and (when the objective needs it) reference errors at ``add_noise(latents, noise, t)``."""
-        family, ref_err = self.family, None
-        if self.reference is not None:
+    def errors(self, model, batch: dict, latents: Tensor, cond, noise: Tensor, t: Tensor,
+               ref_err: Tensor | None = None) -> PreferenceTerms:
+        """Policy and (when the objective needs it) reference errors at ``add_noise(latents, noise, t)``;
+        ``ref_err`` given (computed once before training) is used instead of running the reference."""
+        family = self.family
+        if ref_err is None and self.reference is not None:
             # The reference runs first: its no-grad activations are freed before the policy's
             # graph is built, so peak memory is the larger of the two, not their sum.
             with self.reference.active() as reference:

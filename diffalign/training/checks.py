@@ -84,6 +84,11 @@ def preflight(config: TrainConfig) -> Startup:
     why = STEPS[objective.step].settings_problem(objective, settings, FAMILIES[family])
     if why:
         raise StartupError(f"{objective.name}: {why}")
+    if config.reference_pass is True:
+        from diffalign.training.reference_pass import problem
+
+        if (why := problem(config, objective)) is not None:
+            raise StartupError(f"reference_pass: true, but {why}; use reference_pass: auto (or false)")
     _check_resolution(config, family)
     _check_media(config, family, data)
     _check_memory(config, data.group_size)

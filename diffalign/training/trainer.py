@@ -80,6 +80,9 @@ class Trainer:
             from diffalign.training import checkpoint
 
             checkpoint.save_only_trainable(self.accelerator, self.model)
+        from diffalign.training import reference_pass
+
+        self.step.reference_table = reference_pass.prepare(self)
         settings = UpdateSettings(config.max_steps, config.optim.max_grad_norm, config.max_nonfinite_steps,
                                   config.checkpoint_every, config.keep_checkpoints)
         self.loop = UpdateLoop(self.accelerator, self.model, self.optimizer, self.scheduler, self.out / "checkpoints",
