@@ -45,9 +45,18 @@ class Reference:
                 self.module.to(dtype)
         self._policy = denoiser
 
+    def release(self) -> None:
+        """Let a full fine-tuning run's frozen copy go (its errors are stored: the reference pass);
+        under LoRA there is no copy to free."""
+        if not self.lora:
+            self.module = None
+
     @contextmanager
     def active(self):
         """Yield the module to call as the reference, under ``no_grad``."""
+        if self.module is None:
+            raise RuntimeError("the reference's frozen copy was released (the run reads its errors from the "
+                               "reference pass); nothing may run the reference after that")
         with torch.no_grad():
             if not self.lora:
                 yield self.module.train(self._policy.training)

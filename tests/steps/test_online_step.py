@@ -51,11 +51,14 @@ def run_all(step, family, updates=None):
     return out
 
 
-@pytest.mark.parametrize("kind, noise", [("sd15", "ddim"), ("sdxl", "ddim"), ("sd3", "flow_sde"), ("sd3", "cps"),
-                                         ("wan", "flow_sde")])
+@pytest.mark.parametrize("kind, noise", [("sd15", "ddim"), pytest.param("sdxl", "ddim", marks=pytest.mark.slow),
+                                         ("sd3", "flow_sde"), pytest.param("sd3", "cps", marks=pytest.mark.slow),
+                                         pytest.param("wan", "flow_sde", marks=pytest.mark.slow)])
 def test_the_ratio_is_one_and_the_kl_zero_before_any_update(kind, noise, tiny_path):
     """flow_grpo #131/#211, DanceGRPO #70: recomputed under the policy that sampled, each trained
-    step's log-probability equals the one recorded at sampling (1e-6), guided as it sampled."""
+    step's log-probability equals the one recorded at sampling (1e-6), guided as it sampled.
+    SDXL, CPS and Wan with ``-m slow``; every family and rule runs in the default suite at the
+    solver's level (``tests/test_noise_rules.py``)."""
     family = load(tiny_path(kind))
     step = make_step(family, noise=noise)
     terms = run_all(step, family)

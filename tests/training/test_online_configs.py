@@ -36,7 +36,14 @@ def test_every_real_family_has_both_online_configs():
                                                          for o in ("grpo", "dance_grpo")}
 
 
-@pytest.mark.parametrize("path", ONLINE, ids=lambda p: f"{p.parent.name}/{p.stem}")
+DEFAULT_SUITE = {("sd3", "grpo"), ("sd15", "dance_grpo")}
+"""Two of the eight in the default suite (a flow and a UNet family, each objective once); the
+others with ``-m slow`` (the suite's time budget)."""
+
+
+@pytest.mark.parametrize("path", [p if (p.parent.name, p.stem) in DEFAULT_SUITE else
+                                  pytest.param(p, marks=pytest.mark.slow) for p in ONLINE],
+                         ids=lambda p: f"{p.parent.name}/{p.stem}")
 def test_each_online_config_trains_three_updates_on_its_tiny_family(path, tiny_path, prompts, tiny_pickscore, tmp_path,
                                                                      capsys):
     """As shipped but for the sizes (tiny pipeline, 32 px, 3 steps, 2 images per prompt), the

@@ -107,3 +107,25 @@ def test_where_it_does_not_apply_it_says_why():
     assert "spo step" in reference_pass.problem(config, build_objective({"name": "spo"}))
     off = TrainConfig(model=ModelConfig(path="m"), data=DataConfig(path="d"), reference_pass=False)
     assert reference_pass.problem(off, build_objective({"name": "diffusion_dpo"})) == "reference_pass is false"
+
+
+def test_full_fine_tuning_lets_the_frozen_copy_go(tiny_path, plain_pair_data, tmp_path):
+    """With the errors stored, the frozen copy of the denoiser (as large as the model) is freed
+    before training: the tiny SD1.5 UNet's parameters, no longer held twice."""
+    import gc
+    import shutil
+
+    from diffalign.config import load_config
+    from diffalign.training import Trainer
+
+    data = tmp_path / "data"
+    shutil.copytree(plain_pair_data, data)
+    config = load_config(CONFIG, [f"model.path={tiny_path('sd15')}", f"data.path={data}", f"output_dir={tmp_path / 'run'}",
+                                  "lora=null", "max_steps=1", "data.cache=false", "logging.progress_bar=false"])
+    trainer = Trainer(config)
+    assert trainer.step.reference_table is not None and trainer.reference.module is None
+    with pytest.raises(RuntimeError, match="released"):
+        with trainer.reference.active():
+            pass
+    assert trainer.run().steps == 1
+    gc.collect()

@@ -54,7 +54,8 @@ def toy_prompts(tmp_path_factory):
                                 ["a red circle", "a blue square", "a green circle", "a yellow square"])
 
 
-@pytest.mark.parametrize("objective", sorted(OBJECTIVES))
+@pytest.mark.parametrize("objective", [pytest.param(o, marks=pytest.mark.slow) if OBJECTIVES[o].step == "online" else o
+                                       for o in sorted(OBJECTIVES)])  # online: the default suite has its SIGTERM test
 def test_a_run_killed_at_any_phase_resumes_to_the_uninterrupted_run(objective, tiny_path, pair_data, ranked_data,
                                                                     expert_data, step_aware_model, toy_prompts,
                                                                     tmp_path):
