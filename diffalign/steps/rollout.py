@@ -59,7 +59,8 @@ class RolloutStep(PreferenceStep):
                 "loaded anyway")
 
     def log_values(self) -> dict[str, float]:
-        """Seconds of rollout and of training since the last call (``time/rollout_s``, ``time/train_s``)."""
+        """Seconds of rollout and of training since the last call (``time/rollout_s``, ``time/train_s``);
+        the trainer adds them up between its log lines."""
         seconds, self.timing = self.timing, {"rollout": 0.0, "train": 0.0}
         return {"time/rollout_s": seconds["rollout"], "time/train_s": seconds["train"]}
 

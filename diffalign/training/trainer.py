@@ -93,6 +93,7 @@ class Trainer:
         self.loop = UpdateLoop(self.accelerator, self.model, self.optimizer, self.scheduler, self.out / "checkpoints",
                                settings, self._clipped_parameters, carried=self.step)
         self.epoch = 0
+        self._since_log: dict[str, float] = {}
 
     @property
     def state(self) -> dict:
@@ -196,8 +197,12 @@ class Trainer:
     def _after_update(self, update: int) -> None:
         self.bar.update(1)
         self.step.on_update(update)
-        extra = self.step.log_values()
+        # The step's own values (seconds rolling out and training) add up until the next log line,
+        # so a line logged every N updates holds N updates' seconds, not the last one's.
+        for key, value in self.step.log_values().items():
+            self._since_log[key] = self._since_log.get(key, 0.0) + value
         if update % self.config.logging.every == 0 or update == self.config.max_steps:
+            extra, self._since_log = self._since_log, {}
             logged = self.log.flush(update, {**self._counters(), **extra})
             if "train/loss" in logged:
                 self.bar.set_postfix(loss=f"{logged['train/loss']:.4g}",
@@ -214,7 +219,8 @@ class Trainer:
 
     def _before_stop(self, update: int) -> None:
         if self.log.count:  # the updates since the last log line
-            self.log.flush(update, self._counters())
+            extra, self._since_log = self._since_log, {}
+            self.log.flush(update, {**self._counters(), **extra})
 
     def _save_previews(self, update: int) -> None:
         """The step's preview images as a grid, ``validation/rollouts-step-N.png``."""

@@ -99,3 +99,12 @@ def test_two_processes_give_the_losses_and_weights_of_one(tiny_path, toy_prompts
         # Adam divides each step by its gradient's root second moment: elements whose gradient is near 0 turn
         # rounding differences of the gradient (two all-reduced halves vs one sum) into ~1e-5 of weight.
         torch.testing.assert_close(b[key], a[key], rtol=1e-3, atol=5e-5)
+
+
+def test_a_log_line_holds_the_seconds_of_every_update_since_the_last(tiny_path, toy_prompts, tmp_path):
+    """Logged every 2 updates with 2 updates per collection: each line's update is the second of
+    its collection, which rolls out nothing; the line still shows the collection's rollout time."""
+    assert main(_args(tiny_path, toy_prompts, tmp_path / "run", "max_steps=4", "logging.every=2")) == 0
+    rows = _log(tmp_path / "run")
+    assert [r["step"] for r in rows] == [2, 4]
+    assert all(r["time/rollout_s"] > 0 and r["time/train_s"] > 0 for r in rows)
