@@ -206,11 +206,12 @@ class TrainConfig:
     then lets them go."""
     reference_pass: bool | Literal["auto"] = "auto"
     """``auto``: where the objective's reference term does not depend on the policy (Diffusion-DPO,
-    DCPO, RankDPO), compute the reference's errors once before training, in a pass over the run's
+    DCPO, RankDPO) and the latent cache serves the run, compute the reference's errors once before training, in a pass over the run's
     batches (one reference forward per group and epoch, without gradient), keep them beside the
     latent cache for later runs on the same data and seed, and train without the reference forward
-    (:mod:`diffalign.training.reference_pass`); the same losses. ``true``: the same, and an error
-    where it cannot apply; ``false``: the reference runs in every step."""
+    (:mod:`diffalign.training.reference_pass`); the same losses. ``true``: the same, uncached runs too (their pass
+    encodes every batch's images and prompts once more), and an error where it cannot apply;
+    ``false``: the reference runs in every step."""
     output_dir: str = "outputs"
     seed: int = field(default=0, metadata=SEED)
     max_steps: int = field(default=1000, metadata=AT_LEAST_1)

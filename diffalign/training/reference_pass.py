@@ -10,7 +10,9 @@ kernels): the stored errors are the ones the on-the-fly path computes, bit for b
 Training looks each group's errors up by its generator's seed.
 
 Where it applies: objectives whose reference term does not depend on the policy and whose step
-forward-noises (Diffusion-DPO, DCPO, RankDPO: :func:`problem` says why not for the others).
+forward-noises (Diffusion-DPO, DCPO, RankDPO: :func:`problem` says why not for the others), under
+``auto`` when the latent cache serves the run (uncached, the pass would run the VAE and the text
+encoders over every batch a second time; ``reference_pass: true`` passes anyway).
 
 Where it is kept: ``DATA/cache/reference/<key digest>/`` beside the latent cache (or, when the data
 folder cannot be written, in the run's folder), one file per epoch and process, written whole
@@ -35,8 +37,10 @@ from tqdm.auto import tqdm
 from diffalign.steps import group_generators
 
 
-def problem(config, objective) -> str | None:
-    """Why the reference pass cannot serve this run (``None``: it can)."""
+def problem(config, objective, cached: bool = True) -> str | None:
+    """Why the reference pass does not serve this run (``None``: it does). ``cached``: the latent
+    cache serves the run; without it the pass would run the VAE and text encoders a second time
+    over every batch, so ``auto`` leaves it off there (``true`` passes anyway)."""
     if config.reference_pass is False:
         return "reference_pass is false"
     if not objective.needs_reference:
@@ -44,6 +48,9 @@ def problem(config, objective) -> str | None:
     if objective.step != "denoising":
         return (f"{objective.name}'s reference term is made on the policy's own samples or inversions "
                 f"(its {objective.step} step), which change as it trains")
+    if config.reference_pass == "auto" and not cached:
+        return ("the run is uncached, and the pass would encode every batch's images and prompts a second "
+                "time; set reference_pass: true to pass anyway")
     return None
 
 
@@ -109,7 +116,7 @@ def epochs_needed(max_updates: int, batches_per_update: int, batches_per_epoch: 
 def prepare(trainer) -> ReferenceTable | None:
     """The run's table: loaded where the pass is written, the missing epochs computed first."""
     config, accelerator = trainer.config, trainer.accelerator
-    why = problem(config, trainer.objective)
+    why = problem(config, trainer.objective, cached=trainer.cache_plan.cached)
     if why is not None:
         return None
     key = run_key(config, trainer.objective, accelerator.num_processes)

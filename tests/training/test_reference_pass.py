@@ -51,12 +51,13 @@ def count_reference(monkeypatch):
 def test_the_stored_reference_gives_the_losses_of_the_on_the_fly_one(kind, mode, tiny_path, plain_pair_data,
                                                                       tmp_path, count_reference):
     """3 updates of Diffusion-DPO, uncached, batches of 2 over 4 rows: 2 epochs of 2 batches."""
-    extra = ["data.cache=false", "batch_size=2"] + (["lora=null", "optim.lr=1e-5"] if mode == "full" else [])
+    extra = ["data.cache=false", "batch_size=2", "reference_pass=true"] + (
+        ["lora=null", "optim.lr=1e-5"] if mode == "full" else [])
     data = tmp_path / "data"
     import shutil
 
     shutil.copytree(plain_pair_data, data)
-    assert main(_args(tiny_path, kind, data, tmp_path / "on-the-fly", "reference_pass=false", *extra)) == 0
+    assert main(_args(tiny_path, kind, data, tmp_path / "on-the-fly", *extra, "reference_pass=false")) == 0
     on_the_fly = len(count_reference)
     assert on_the_fly == 3  # one reference forward per micro-batch
     count_reference.clear()
@@ -76,7 +77,7 @@ def test_a_sweep_and_a_resume_read_the_pass_and_another_seed_makes_its_own(tiny_
 
     data = tmp_path / "data"
     shutil.copytree(plain_pair_data, data)
-    extra = ["data.cache=false", "batch_size=2"]
+    extra = ["data.cache=false", "batch_size=2", "reference_pass=true"]
     assert main(_args(tiny_path, "sd15", data, tmp_path / "a", *extra)) == 0
     assert "reference pass: 2 of 2 epoch(s) to compute" in capsys.readouterr().out
     count_reference.clear()
@@ -102,6 +103,7 @@ def test_where_it_does_not_apply_it_says_why():
 
     config = TrainConfig(model=ModelConfig(path="m"), data=DataConfig(path="d"))
     assert reference_pass.problem(config, build_objective({"name": "diffusion_dpo"})) is None
+    assert "uncached" in reference_pass.problem(config, build_objective({"name": "diffusion_dpo"}), cached=False)
     assert "no reference model" in reference_pass.problem(config, build_objective({"name": "mapo"}))
     assert "inversion step" in reference_pass.problem(config, build_objective({"name": "inpo"}))
     assert "spo step" in reference_pass.problem(config, build_objective({"name": "spo"}))
@@ -121,7 +123,8 @@ def test_full_fine_tuning_lets_the_frozen_copy_go(tiny_path, plain_pair_data, tm
     data = tmp_path / "data"
     shutil.copytree(plain_pair_data, data)
     config = load_config(CONFIG, [f"model.path={tiny_path('sd15')}", f"data.path={data}", f"output_dir={tmp_path / 'run'}",
-                                  "lora=null", "max_steps=1", "data.cache=false", "logging.progress_bar=false"])
+                                  "lora=null", "max_steps=1", "data.cache=false", "reference_pass=true",
+                                  "logging.progress_bar=false"])
     trainer = Trainer(config)
     assert trainer.step.reference_table is not None and trainer.reference.module is None
     with pytest.raises(RuntimeError, match="released"):
