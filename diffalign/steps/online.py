@@ -157,12 +157,12 @@ class OnlineStep(RolloutStep):
         everyone, mine = gather_rewards(rewards, k)
         advantages, zero_spread = self.objective.advantages(everyone, self.weights)
         kept = advantages[mine] != 0
+        total = sum(self.weights[n] * r.double() for n, r in everyone.items())  # [P, K], Flow-GRPO's weighted sum
         if settings.keep_best_worst is not None:
-            total = sum(self.weights[n] * r.double() for n, r in everyone.items())
             kept &= keep_best_worst(total[mine], settings.keep_best_worst)
         span = settings.sde_window or settings.steps - 1  # the steps a random choice draws from
         steps = trained_steps(b * k, span, settings.trained_count, settings.trained, order, first=start)
-        self._log_collection(everyone, zero_spread)
+        self._log_collection(everyone, total, zero_spread)
         collection = Collection(
             batch={"prompts": list(batch["prompts"]), "ids": list(batch["ids"]), "indices": list(batch["indices"]),
                    "metas": batch.get("metas")},
@@ -191,8 +191,7 @@ class OnlineStep(RolloutStep):
                 [""] * b, group_size=k, image_info=info)
         return cond, uncond
 
-    def _log_collection(self, rewards: dict[str, Tensor], zero_spread: Tensor) -> None:
-        total = sum(self.weights[n] * r.double() for n, r in rewards.items())
+    def _log_collection(self, rewards: dict[str, Tensor], total: Tensor, zero_spread: Tensor) -> None:
         metrics = {"online/reward_mean": total.mean(), "online/reward_std": total.std(unbiased=False),
                    "online/zero_spread": zero_spread.double().mean()}
         metrics.update({f"online/reward_{name}": scores.double().mean() for name, scores in rewards.items()})
