@@ -1,5 +1,6 @@
 """``python benchmarks/peer_table.py --peer-script PATH``: the README's tables against diffusers'
-DPO SDXL script (:mod:`.peer`), made by :mod:`.train_step` on the tiny and the mini SDXL."""
+DPO SDXL script (:mod:`.peer`), made by :mod:`.train_step` on the tiny and the mini SDXL, and the
+end-to-end table (:mod:`.end_to_end`: whole runs and a sweep, launch to exit) on the mini one."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from diffalign.benchmarks.end_to_end import end_to_end_table
 from diffalign.benchmarks.peer import PEER_SCRIPT
 from diffalign.benchmarks.train_step import main as train_step_main
 
@@ -31,8 +33,12 @@ def table_main(argv: list[str] | None = None) -> int:
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--end-to-end-sizes", nargs="*", choices=sorted(PEER_TABLES), default=["mini"],
+                   help="sizes that also get the end-to-end table (none: leave it out)")
+    p.add_argument("--end-to-end-pairs", type=int, default=16, help="pairs of the end-to-end runs' epoch")
     p.add_argument("--out", default="benchmarks/results")
     args = p.parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
     sections = []
     for size in args.sizes:
         title, size_args = PEER_TABLES[size]
@@ -42,6 +48,10 @@ def table_main(argv: list[str] | None = None) -> int:
                          "--out", args.out, "--name", name])
         table = (Path(args.out) / f"{name}.md").read_text().split("\n\n", 1)[1]
         sections.append(f"**{title[0].upper()}{title[1:]}**\n\n{table}")
-    command = shlex.join(["python", "benchmarks/peer_table.py", *(sys.argv[1:] if argv is None else argv)])
+        if size in args.end_to_end_sizes:
+            sections.append(end_to_end_table([*size_args, "--peer-script", args.peer_script, "--rounds", str(args.rounds),
+                                              "--pairs", str(args.end_to_end_pairs)],
+                                             args.out, f"end_to_end-peer-{size}", argv))
+    command = shlex.join(["python", "benchmarks/peer_table.py", *argv])
     (Path(args.out) / "train_step-peer.md").write_text(f"Command: `{command}`\n\n" + "\n".join(sections))
     return 0

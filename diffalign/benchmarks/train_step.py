@@ -114,7 +114,7 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-def _defaults(args) -> None:
+def apply_defaults(args) -> None:
     from diffalign.benchmarks.real_size import DEFAULT_RESOLUTION, MINI_RESOLUTION, gpu_peak_tflops
 
     args.peer_skipped = None
@@ -150,7 +150,7 @@ def prepare_model(args, work: Path) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    _defaults(args)
+    apply_defaults(args)
     try:
         check_counts(steps=args.steps, rounds=args.rounds, batch_size=args.batch_size)
     except BenchmarkError as err:

@@ -14,6 +14,8 @@ Set-ups (``--setups``):
 - ``diffalign-uncached``: the same with ``data.cache: false`` (VAE and text encoders every step);
 - ``diffalign+ckpt``: the same with gradient checkpointing;
 - ``diffalign+nolean``: the same with ``lean_layers: false`` (PyTorch's and diffusers' own layers);
+- ``diffalign-uncached+noshare``: uncached, the policy computing again what its LoRA-disabled
+  reference computed alike (``Reference.share_prefix`` off: :mod:`diffalign.families.shared_prefix`);
 - ``diffalign+regional``: the same with ``compile: regional`` (the repeated blocks compiled);
 - ``diffalign+compile``: the same with ``torch.compile`` of the whole model;
 - ``diffalign+ckpt+compile``: both switches;
@@ -33,7 +35,8 @@ from pathlib import Path
 
 from diffalign.benchmarks.measure import PeakMemory, StepTimer, mib, release_memory
 
-SETUPS = ("peer", "naive", "diffalign", "diffalign-uncached", "diffalign+nolean", "diffalign-uncached+nolean",
+SETUPS = ("peer", "naive", "diffalign", "diffalign-uncached", "diffalign-uncached+noshare",
+          "diffalign+nolean", "diffalign-uncached+nolean",
           "diffalign+regional", "diffalign-uncached+regional",
           "diffalign+ckpt", "diffalign+compile", "diffalign+ckpt+compile", "diffalign+compile+budget")
 # The tensor-memory pass: the first step allocates the optimiser's state, the second is a steady one.
@@ -89,7 +92,13 @@ def diffalign_config(args, model: str, data: Path, out: Path, setup: str, steps:
     """The :class:`~diffalign.config.TrainConfig` of a diffalign set-up (``steps``: default warm-up + timed)."""
     from diffalign.config import TrainConfig, from_dict
 
-    raw = {
+    raw = diffalign_raw_config(args, model, data, out, setup, steps)
+    return from_dict(TrainConfig, raw, source=f"benchmark set-up {setup}")
+
+
+def diffalign_raw_config(args, model: str, data: Path, out: Path, setup: str, steps: int | None = None) -> dict:
+    """The config of a diffalign set-up as the YAML mapping a user writes."""
+    return {
         "model": {"path": model, "use_t5": args.use_t5, "attention": args.attention},
         "data": {"path": str(data), "resolution": args.resolution, "cache": False if setup.startswith("diffalign-uncached") else "auto",
                  "workers": args.workers},
@@ -107,15 +116,17 @@ def diffalign_config(args, model: str, data: Path, out: Path, setup: str, steps:
         "output_dir": str(out),
         "logging": {"report_to": "none", "progress_bar": False},
     }
-    return from_dict(TrainConfig, raw, source=f"benchmark set-up {setup}")
 
 
 def run_diffalign(args, model: str, data: Path, setup: str, first_round: bool = True) -> dict:
     """Time the real trainer (its own loop, data loader and logging) through its ``on_step`` hook."""
     from diffalign.training import Trainer
 
+    from diffalign.families.reference import Reference
+
     timer = StepTimer(args.device, warmup=args.warmup)
     forget_compiled(setup)
+    Reference.share_prefix = "+noshare" not in setup  # a class switch: set for every set-up, so none inherits it
     with tempfile.TemporaryDirectory() as out, PeakMemory(args.device) as mem:
         trainer = Trainer(diffalign_config(args, model, data, Path(out), setup))
         timer.tick()

@@ -16,9 +16,11 @@ so it always was. (Dropout, the other mode switch, is 0 in every family's denois
 from __future__ import annotations
 
 import copy
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 
 import torch
+
+from diffalign.families.shared_prefix import SharedPrefix
 
 
 class Reference:
@@ -30,8 +32,13 @@ class Reference:
         dtype: full fine-tuning only: dtype of the frozen copy (e.g. bf16 to halve its memory).
     """
 
+    share_prefix = True
+    """Under LoRA, :meth:`paired` lets the policy reuse what the reference computed alike
+    (:mod:`~diffalign.families.shared_prefix`); ``False`` only to measure or test without it."""
+
     def __init__(self, denoiser: torch.nn.Module, lora: bool, dtype: torch.dtype | None = None):
         self.lora = lora
+        self._prefix, self._paired = None, False
         if lora:
             from peft.tuners.tuners_utils import BaseTunerLayer
 
@@ -39,6 +46,7 @@ class Reference:
             # The adapter layers, found once: diffusers' disable/enable_adapters walk every
             # submodule on each call, which the profile showed at ~5 % of a step on SDXL shapes.
             self._adapters = [m for m in denoiser.modules() if isinstance(m, BaseTunerLayer)]
+            self._prefix = SharedPrefix(denoiser) if self.share_prefix else None
         else:
             self.module = _frozen_copy(denoiser)
             if dtype is not None:
@@ -52,6 +60,21 @@ class Reference:
             self.module = None
 
     @contextmanager
+    def paired(self):
+        """Around one reference forward (through :meth:`active`) followed by the policy's forward
+        on the same inputs: under LoRA the policy then skips what the reference computed alike
+        (:class:`~diffalign.families.shared_prefix.SharedPrefix`); otherwise nothing changes."""
+        if self._prefix is None:
+            yield
+            return
+        with self._prefix.pair():
+            self._paired = True
+            try:
+                yield
+            finally:
+                self._paired = False
+
+    @contextmanager
     def active(self):
         """Yield the module to call as the reference, under ``no_grad``."""
         if self.module is None:
@@ -63,7 +86,8 @@ class Reference:
                 return
             self._switch(False)
             try:
-                yield self.module
+                with self._prefix.reference() if self._paired else nullcontext():
+                    yield self.module
             finally:
                 self._switch(True)
 
@@ -119,6 +143,21 @@ class Snapshot:
                 saved.copy_(live.detach())
         else:
             self.module.load_state_dict(self.denoiser.state_dict())
+
+    @contextmanager
+    def paired(self):
+        """Around one reference forward (through :meth:`active`) followed by the policy's forward
+        on the same inputs: under LoRA the policy then skips what the reference computed alike
+        (:class:`~diffalign.families.shared_prefix.SharedPrefix`); otherwise nothing changes."""
+        if self._prefix is None:
+            yield
+            return
+        with self._prefix.pair():
+            self._paired = True
+            try:
+                yield
+            finally:
+                self._paired = False
 
     @contextmanager
     def active(self):

@@ -202,10 +202,14 @@ class PreferenceStep:
         family = self.family
         if ref_err is None and self.reference is not None:
             # The reference runs first: its no-grad activations are freed before the policy's
-            # graph is built, so peak memory is the larger of the two, not their sum.
-            with self.reference.active() as reference:
-                ref_err = family.denoising_error(reference, latents, cond, noise, t)
-        policy_err = family.denoising_error(model, latents, cond, noise, t)
+            # graph is built, so peak memory is the larger of the two, not their sum; and the
+            # policy reuses what the two compute alike (Reference.paired).
+            with self.reference.paired():
+                with self.reference.active() as reference:
+                    ref_err = family.denoising_error(reference, latents, cond, noise, t)
+                policy_err = family.denoising_error(model, latents, cond, noise, t)
+        else:
+            policy_err = family.denoising_error(model, latents, cond, noise, t)
         device = policy_err.device
         return PreferenceTerms(
             policy_err=policy_err, ref_err=ref_err, t=t,

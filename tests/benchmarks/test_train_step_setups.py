@@ -18,11 +18,11 @@ from diffalign.benchmarks.train_step_setups import compiles
     ],
 )
 def test_setup_names_turn_on_their_switches(setup, ckpt, compiled, budget, tmp_path):
-    from diffalign.benchmarks.train_step import _defaults, parser
+    from diffalign.benchmarks.train_step import apply_defaults, parser
     from diffalign.benchmarks.train_step_setups import diffalign_config
 
     args = parser().parse_args(["--memory-budget", "0.6", "--device", "cpu"])
-    _defaults(args)
+    apply_defaults(args)
     for folder in ("model", "data"):
         (tmp_path / folder).mkdir()
     config = diffalign_config(args, str(tmp_path / "model"), tmp_path / "data", tmp_path / "out", setup)
