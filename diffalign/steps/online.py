@@ -26,6 +26,8 @@ two updates of a collection resumes inside it (per process: ``shared_state = Fal
 
 from __future__ import annotations
 
+from contextlib import nullcontext
+
 import torch
 from torch import Tensor
 
@@ -216,12 +218,16 @@ class OnlineStep(RolloutStep):
                                             detach_uncond=self.config.detach_uncond)
             return self.rule.transition(self.family, predict, x, u, v)
 
-        _, mean, std = transition(model)
+        kl = ref_mean = None
+        uses_reference = self.objective.config.beta > 0
+        # The reference first, on the same inputs: the policy then reuses its shared calls.
+        with self.reference.paired() if uses_reference else nullcontext():
+            if uses_reference:
+                with torch.no_grad(), self.reference.active() as reference:
+                    ref_mean = transition(reference)[1]
+            _, mean, std = transition(model)
         logp = rule_log_prob(self.rule, x_next, mean, std)
-        kl = None
-        if self.objective.config.beta > 0:
-            with torch.no_grad(), self.reference.active() as reference:
-                ref_mean = transition(reference)[1]
+        if ref_mean is not None:
             kl_std = self.rule.kl_std(std, u, v) if hasattr(self.rule, "kl_std") else std
             kl = step_kl(mean, ref_mean, kl_std.reshape(len(images), -1)[:, 0])[:, None]
         weights = torch.full((len(images),), micro.weight, device=logp.device)

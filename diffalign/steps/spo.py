@@ -162,9 +162,10 @@ class SPOStep(RolloutStep):
         cond_n = cond.groups(group)
         uncond_n = None if uncond is None else uncond.groups(group)
         winners_losers = torch.cat([x_w, x_l], dim=1)  # [N, 2, ...]
-        with self.reference.active() as reference:
-            ref_logp = self._step_log_prob(reference, x_t, winners_losers, u, v, cond_n, uncond_n)
-        policy_logp = self._step_log_prob(model, x_t, winners_losers, u, v, cond_n, uncond_n)
+        with self.reference.paired():  # the same inputs: the policy reuses the reference's shared calls
+            with self.reference.active() as reference:
+                ref_logp = self._step_log_prob(reference, x_t, winners_losers, u, v, cond_n, uncond_n)
+            policy_logp = self._step_log_prob(model, x_t, winners_losers, u, v, cond_n, uncond_n)
         return PreferenceTerms(policy_logp=policy_logp, ref_logp=ref_logp, t=u, weights=weights)
 
     def _step_log_prob(self, model, x_t, x_next, u, v, cond, uncond) -> Tensor:

@@ -44,3 +44,26 @@ def test_training_with_the_shared_prefix_equals_computing_it_twice(kind, tiny_pa
     (loss_a, weights_a), (loss_b, weights_b) = runs[False], runs[True]
     assert loss_a == loss_b
     assert weights_a.keys() == weights_b.keys() and all(torch.equal(weights_a[k], weights_b[k]) for k in weights_a)
+
+
+@pytest.mark.slow
+def test_grpo_with_a_kl_term_shares_the_prefix_and_changes_nothing(tiny_path, tmp_path, monkeypatch):
+    """The online step's reference (β > 0, the KL term) runs before the policy on the same step."""
+    from diffalign.testing import write_prompt_dataset
+
+    data = write_prompt_dataset(tmp_path / "prompts", ["a red circle", "a blue square", "a green circle", "a cat"])
+    config = CONFIG.parent / "grpo.yaml"
+    reused = []
+    pair = SharedPrefix.pair
+    monkeypatch.setattr(SharedPrefix, "pair", lambda self: reused.append(self.calls_reused) or pair(self))
+    runs = {}
+    for share in (False, True):
+        monkeypatch.setattr(Reference, "share_prefix", share)
+        out = tmp_path / f"share-{share}"
+        assert main(["train", "--config", str(config), f"model.path={tiny_path('sd15')}", f"data.path={data}",
+                     f"output_dir={out}", "logging.progress_bar=false", "max_steps=2", "objective.beta=0.01"]) == 0
+        runs[share] = ([json.loads(line)["train/loss"] for line in (out / "metrics.jsonl").read_text().splitlines()],
+                       load_file(str(out / "lora/pytorch_lora_weights.safetensors")))
+    assert reused and reused[-1] > 0
+    assert runs[False][0] == runs[True][0]
+    assert all(torch.equal(runs[False][1][k], runs[True][1][k]) for k in runs[False][1])
