@@ -225,10 +225,14 @@ class TrainConfig:
     feed-forwards remake ``gelu(gate)`` in backward (:mod:`diffalign.training.lean_layers`): the
     same gradients (the norms' to rounding), less activation memory, a little more backward work.
     ``False``: PyTorch's and diffusers' own layers."""
-    compile: bool | Literal["regional"] = False
+    compile: bool | Literal["regional", "auto"] = "auto"
     """``torch.compile`` the denoiser (the first steps are slow while it compiles): ``true`` the
     whole model, ``regional`` only its repeated blocks (diffusers' ``compile_repeated_blocks``:
-    the transformer blocks), which compiles each distinct block once instead of the whole graph."""
+    the transformer blocks), which compiles each distinct block once instead of the whole graph.
+    ``auto``: ``regional`` where it pays for its compile within the run (a denoiser with repeated
+    blocks, a compiler for the device, and ``max_steps`` at least
+    :data:`~diffalign.training.setup.COMPILE_PAYS_AFTER`), else no compiling; the start-up says
+    which and why (README, "Memory and speed switches", has the measurement)."""
     compile_memory_budget: float | None = field(default=None, metadata=bounds(0, 1, low_open=True))
     """With ``compile``: the fraction (0–1] of the activations the compiler may keep for backward;
     it recomputes the cheapest of the rest (PyTorch's memory-budget activation checkpointing).

@@ -16,6 +16,8 @@ Set-ups (``--setups``):
 - ``diffalign+nolean``: the same with ``lean_layers: false`` (PyTorch's and diffusers' own layers);
 - ``diffalign-uncached+noshare``: uncached, the policy computing again what its LoRA-disabled
   reference computed alike (``Reference.share_prefix`` off: :mod:`diffalign.families.shared_prefix`);
+- ``diffalign+nopass``: the default with ``reference_pass: false`` (the reference's forward in every
+  step; under full fine-tuning its frozen copy stays loaded);
 - ``diffalign+regional``: the same with ``compile: regional`` (the repeated blocks compiled);
 - ``diffalign+compile``: the same with ``torch.compile`` of the whole model;
 - ``diffalign+ckpt+compile``: both switches;
@@ -35,7 +37,7 @@ from pathlib import Path
 
 from diffalign.benchmarks.measure import PeakMemory, StepTimer, mib, release_memory
 
-SETUPS = ("peer", "naive", "diffalign", "diffalign-uncached", "diffalign-uncached+noshare",
+SETUPS = ("peer", "naive", "diffalign", "diffalign-uncached", "diffalign-uncached+noshare", "diffalign+nopass",
           "diffalign+nolean", "diffalign-uncached+nolean",
           "diffalign+regional", "diffalign-uncached+regional",
           "diffalign+ckpt", "diffalign+compile", "diffalign+ckpt+compile", "diffalign+compile+budget")
@@ -112,6 +114,7 @@ def diffalign_raw_config(args, model: str, data: Path, out: Path, setup: str, st
         "lean_layers": "+nolean" not in setup,
         "compile": "regional" if "+regional" in setup else "+compile" in setup,
         "compile_memory_budget": args.memory_budget if setup.endswith("+budget") else None,
+        "reference_pass": False if "+nopass" in setup else "auto",
         "checkpoint_every": 0,
         "output_dir": str(out),
         "logging": {"report_to": "none", "progress_bar": False},

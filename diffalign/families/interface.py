@@ -127,6 +127,9 @@ class FamilyInterface(Protocol):
     def num_train_timesteps(self) -> int:
         """``N``, the scheduler's training timesteps."""
 
+    def repeated_block_modules(self) -> list:
+        """The denoiser's repeated blocks (what ``compile: regional`` compiles; empty: none)."""
+
     def compile_repeated_blocks(self) -> None:
         """``compile: regional``: ``torch.compile`` each repeated denoiser block in place."""
 

@@ -104,8 +104,9 @@ def preflight(config: TrainConfig) -> Startup:
         raise StartupError("optim.optimizer: adamw_8bit needs bitsandbytes: pip install 'diffalign[bnb]'")
     if config.logging.report_to == "wandb" and importlib.util.find_spec("wandb") is None:
         raise StartupError("logging.report_to: wandb needs wandb: pip install 'diffalign[wandb]'")
-    if config.compile_memory_budget is not None and not config.compile:
-        raise StartupError(f"compile_memory_budget: {config.compile_memory_budget} needs compile: true")
+    if config.compile_memory_budget is not None and config.compile is False:
+        raise StartupError(f"compile_memory_budget: {config.compile_memory_budget} needs compile: true "
+                           "(or regional, or auto)")
     inputs = {"model.path": config.model.path, "data.path": config.data.path}
     for block in ("objective", "rollout", "inversion"):
         inputs.update({f"{block}.{k}": v for k, v in (getattr(config, block) or {}).items()

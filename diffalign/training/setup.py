@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+from pathlib import Path
 
 import torch
 
@@ -122,13 +123,61 @@ def load_model(config: TrainConfig, start, accelerator):
         lean_layers(denoiser)
     if config.gradient_checkpointing:
         denoiser.enable_gradient_checkpointing()
-    if config.compile == "regional":
+    mode, why = compile_mode(config, family, accelerator.device)
+    if config.compile == "auto":
+        accelerator.print(f"compile: {'regional' if mode else 'off'} ({why})")
+    if mode:
+        keep_compile_cache()
+    if mode == "regional":
         family.compile_repeated_blocks()
-    elif config.compile:
+    elif mode:
         # In place (nn.Module.compile), so the reference, accelerate and saving keep seeing
         # the same module object; LoRA on/off for the reference is one more guarded graph.
         denoiser.compile()
     return family, reference, step
+
+
+COMPILE_PAYS_AFTER = 400
+"""``compile: auto`` compiles a run of at least this many optimiser steps: twice the break-even of
+the measured first compile against the per-step saving (README, "Memory and speed switches")."""
+
+
+def compile_mode(config: TrainConfig, family, device) -> tuple[bool | str, str]:
+    """What ``config.compile`` means for this run: ``False``, ``"regional"`` or ``True``, and why
+    (``auto`` only: :data:`COMPILE_PAYS_AFTER`, the denoiser's repeated blocks, the device's compiler)."""
+    if config.compile != "auto":
+        return config.compile, f"compile: {config.compile}"
+    if config.max_steps < COMPILE_PAYS_AFTER:
+        return False, (f"max_steps {config.max_steps} < {COMPILE_PAYS_AFTER}, the steps a first compile needs to pay "
+                       "for itself; compile: regional compiles anyway")
+    if not family.repeated_block_modules():
+        return False, f"the {family.name} denoiser names no repeated blocks"
+    if (missing := _missing_compiler(device)) is not None:
+        return False, missing
+    return "regional", f"max_steps {config.max_steps} ≥ {COMPILE_PAYS_AFTER}, the repeated blocks compile once"
+
+
+def _missing_compiler(device) -> str | None:
+    """Why inductor cannot compile for ``device`` here (``None``: it can): Triton on CUDA, a C++
+    compiler on the CPU."""
+    import importlib.util
+    import shutil
+
+    if device.type == "cuda":
+        return None if importlib.util.find_spec("triton") else "Triton is not installed (inductor's CUDA backend)"
+    if device.type == "cpu":
+        compiler = os.environ.get("CXX", "c++")
+        return None if shutil.which(compiler) else f"no C++ compiler ({compiler}) for inductor's CPU backend"
+    return f"inductor is not set up for {device.type} here"
+
+
+def keep_compile_cache() -> None:
+    """Keep inductor's compiled kernels between runs: unless ``TORCHINDUCTOR_CACHE_DIR`` is set,
+    under ``$XDG_CACHE_HOME/diffalign/inductor`` (``~/.cache``) instead of inductor's ``/tmp``
+    folder, which cluster jobs and reboots clear; a later run then compiles from a warm cache."""
+    if "TORCHINDUCTOR_CACHE_DIR" not in os.environ:
+        root = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(root / "diffalign" / "inductor")
 
 
 def _empty_prompt(family, keep_encoders: bool):

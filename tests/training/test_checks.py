@@ -39,7 +39,7 @@ def _both(capsys, *args) -> tuple[tuple[int, str], tuple[int, str]]:
         (["optim.lr=-1e-4"], "optim.lr: expected a value ≥ 0, got -0.0001"),
         (["optim.betas=[0.9,1.0]"], "optim.betas: expected a value in [0, 1), got 1.0"),
         (["data.resolution=33"], "data.resolution: 33 is not a multiple of 2"),
-        (["compile_memory_budget=0.5"], "compile_memory_budget: 0.5 needs compile: true"),
+        (["compile=false", "compile_memory_budget=0.5"], "compile_memory_budget: 0.5 needs compile: true"),
         (["compile=true", "compile_memory_budget=0"], "a value in (0, 1]"),
         (["resume=latest", "overwrite=true"], "resume and overwrite contradict each other"),
         # sizes with an upper bound, and checked against the memory a batch takes

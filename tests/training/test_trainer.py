@@ -231,7 +231,7 @@ def test_startup_checks_fail_before_any_model_loads(objective, dataset, message,
 @pytest.mark.parametrize(
     "overrides, message",
     [
-        (["compile_memory_budget=0.5"], "compile_memory_budget: 0.5 needs compile: true"),
+        (["compile=false", "compile_memory_budget=0.5"], "compile_memory_budget: 0.5 needs compile: true"),
         (["compile=true", "compile_memory_budget=0"], "a value in (0, 1]"),
         (["compile=true", "compile_memory_budget=1.5"], "a value in (0, 1]"),
     ],
