@@ -256,7 +256,7 @@ def plan_cache(config: TrainConfig, family: str, data: PreferenceDataset, object
             raise StartupError(f"data.cache: auto would build a latent cache, but {err}; or train uncached with "
                                "data.cache=false") from None
         return CachePlan("build", folder, f"no finished latent cache for this model and resolution yet; "
-                                          f"its latents take {need / 2**30:.2f} GiB, plus the prompt embeddings")
+                                          f"its latents take {need / 2**30:.2f} GiB, plus the prompt (and caption) embeddings")
     return CachePlan("use", folder, "a finished latent cache for this model and resolution",
                      _matching_cache(config, family, data))
 
