@@ -5,8 +5,10 @@ serves a finished one to training. Their public names are importable from here t
 
 The cache keeps the posterior's mean and std rather than one sample, so cached training draws
 a fresh latent each step exactly as uncached training does (and the same generator gives the
-same latents either way). Captions are de-duplicated per shard: a Pick-a-Pic pair stores its
-prompt's embedding once.
+same latents either way). It holds the embedding of each row's prompt and, for a captioned
+dataset, of each image's caption, so one cache serves objectives conditioned on either (the
+family picks what its step asks for). Texts are de-duplicated per shard: a Pick-a-Pic pair stores
+its prompt's embedding once, a captioned pair its prompt's and its two captions'.
 
 Shards are written atomically and skipped when present, so a killed run continues; shards are
 split across processes under ``accelerate launch``.
@@ -33,8 +35,10 @@ from diffalign.data.cache_layout import (  # noqa: F401  (re-exported: training 
     FINGERPRINTED,
     META,
     CacheMismatchError,
+    build_command,
     cache_bytes,
     cache_dir,
+    check_version,
     is_complete,
     model_fingerprint,
 )
@@ -45,46 +49,82 @@ from diffalign.data.schema import image_texts
 from diffalign.data.writer import atomic_write_json
 
 
-def _encode_shard(family, groups: GroupDataset, rows: range, batch_size: int, dtype: torch.dtype) -> tuple[dict, dict]:
-    """Encode rows of the dataset; returns (tensors, metadata) of one shard."""
+def _encode_shard(family, groups: GroupDataset, rows: range, batch_size: int, dtype: torch.dtype,
+                  captions: bool) -> tuple[dict, dict]:
+    """Encode rows of the dataset; returns (tensors, metadata) of one shard.
+
+    Args:
+        captions: the dataset has captions (some row's ``captions`` is not null): the shard also
+            stores ``caption_index [n, K]``, each image's caption (the prompt for a row without).
+
+    Returns:
+        Tensors ``valid [n]``, ``latent_mean``/``latent_std [n, K, C, h, w]``,
+        ``original_size``/``crop_top_left [n, K, 2]``, ``text_embeds [U, L, D]`` (+ ``text_pooled
+        [U, P]``) of the shard's distinct texts, ``prompt_index [n]`` (+ ``caption_index [n, K]``)
+        into them; metadata ``ids``, the rows' ids (JSON).
+    """
     items = [groups[i] for i in rows]
     valid = torch.tensor([item is not None for item in items])
     k = groups.data.group_size
-    # A row's own captions when it has them (a cache of a captioned dataset serves DCPO), else its prompt.
-    texts = [None if item is None else image_texts(item["prompt"], item["captions"], k, item["captions"] is not None)
-             for item in items]
-    unique = list(dict.fromkeys(c for row in texts if row is not None for c in row))
-    caption_index = torch.zeros(len(rows), k, dtype=torch.long)
-    means, stds = [], []
-    for j, row in enumerate(texts):
-        if row is not None:
-            caption_index[j] = torch.tensor([unique.index(c) for c in row])
     present = [item for item in items if item is not None]
+    unique, prompt_index, caption_index = _text_indices(items, k)
+    means, stds = [], []
     for start in range(0, len(present), batch_size):
         chunk = present[start:start + batch_size]
         mean, std = family.encode_posterior(torch.stack([item["pixels"] for item in chunk]))
         means.append(mean.float().cpu())
         stds.append(std.float().cpu())
-    embeds, pooled = [], []
-    for start in range(0, len(unique), batch_size):
-        cond = family.encode_prompts(unique[start:start + batch_size])
-        embeds.append(cond.prompt_embeds[:, 0].float().cpu())
-        if cond.pooled is not None:
-            pooled.append(cond.pooled[:, 0].float().cpu())
+    embeds, pooled = _encode_texts(family, unique, batch_size)
     tensors = {
         "valid": valid.to(torch.uint8),
-        "caption_index": caption_index,
+        "prompt_index": prompt_index,
         "latent_mean": _scatter(means, valid),
         "latent_std": _scatter(stds, valid),
         "original_size": _scatter([torch.stack([i["original_size"] for i in present])] if present else [], valid, torch.long),
         "crop_top_left": _scatter([torch.stack([i["crop_top_left"] for i in present])] if present else [], valid, torch.long),
-        "prompt_embeds": torch.cat(embeds) if embeds else torch.zeros(0),
+        "text_embeds": embeds,
     }
-    if pooled:
-        tensors["pooled"] = torch.cat(pooled)
+    if captions:
+        tensors["caption_index"] = caption_index
+    if pooled is not None:
+        tensors["text_pooled"] = pooled
     tensors = {name: t.to(dtype) if t.is_floating_point() else t for name, t in tensors.items()}
     ids = [groups.data[i]["id"] for i in rows]
     return {n: t.contiguous() for n, t in tensors.items()}, {"ids": json.dumps(ids)}
+
+
+def _text_indices(items: list[dict | None], k: int) -> tuple[list[str], torch.Tensor, torch.Tensor]:
+    """The distinct texts of a shard's ``n`` loader items (``None``: unreadable) and where each row's
+    are among them.
+
+    Returns:
+        ``(unique [U], prompt_index [n], caption_index [n, K])``: each row's prompt, each image's
+        caption (the prompt for a row without captions); an unreadable row points at text 0, which
+        the reader never looks up (it returns ``None`` for that row).
+    """
+    per_image = [None if item is None else
+                 image_texts(item["prompt"], item["captions"], k, item["captions"] is not None) for item in items]
+    # Each row's prompt, then its images' texts: an uncaptioned row's are its prompt again and add
+    # nothing; a captioned row adds its distinct captions.
+    unique = list(dict.fromkeys(t for item, row in zip(items, per_image) if item is not None
+                                for t in (item["prompt"], *row)))
+    position = {text: i for i, text in enumerate(unique)}
+    prompt_index = torch.tensor([0 if item is None else position[item["prompt"]] for item in items], dtype=torch.long)
+    caption_index = torch.tensor([[0] * k if row is None else [position[t] for t in row] for row in per_image],
+                                 dtype=torch.long).view(len(items), k)
+    return unique, prompt_index, caption_index
+
+
+def _encode_texts(family, texts: list[str], batch_size: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``texts`` through the family's text encoders, ``batch_size`` at a time: ``(embeds [U, L, D],
+    pooled [U, P] or None)`` in fp32 on the CPU (``embeds`` empty, ``[0]``, for no texts)."""
+    embeds, pooled = [], []
+    for start in range(0, len(texts), batch_size):
+        cond = family.encode_prompts(texts[start:start + batch_size])
+        embeds.append(cond.prompt_embeds[:, 0].float().cpu())
+        if cond.pooled is not None:
+            pooled.append(cond.pooled[:, 0].float().cpu())
+    return (torch.cat(embeds) if embeds else torch.zeros(0)), (torch.cat(pooled) if pooled else None)
 
 
 def _scatter(parts: list[torch.Tensor], valid: torch.Tensor, dtype=None) -> torch.Tensor:
@@ -100,7 +140,8 @@ def _scatter(parts: list[torch.Tensor], valid: torch.Tensor, dtype=None) -> torc
 def build_cache(data_root: str | Path, family, *, resolution: int, batch_size: int = 8, shard_size: int | None = None,
                 dtype: str | None = None, progress: bool = True, frames: int | None = None,
                 frame_stride: int = 1) -> Path:
-    """Encode a dataset's images and captions once with ``family``'s VAE and text encoders.
+    """Encode a dataset's images, prompts and captions once with ``family``'s VAE and text encoders
+    (:mod:`.cache_layout` lists what a shard holds).
 
     Resumable (finished shards are kept) and split across ``accelerate`` processes by shard. On
     SIGTERM or SIGINT every process finishes the shard it is writing and the build stops with
@@ -138,6 +179,9 @@ def build_cache(data_root: str | Path, family, *, resolution: int, batch_size: i
         "resolution": resolution, "dtype": dtype, "rows": len(data), "group_size": data.group_size,
         "shard_size": shard_size, "shards": math.ceil(len(data) / shard_size),
         "frames": frames, "frame_stride": frame_stride if frames is not None else None,
+        # Whether the shards hold caption_index: decided once for the dataset, so every shard
+        # (and every process's) agrees and the reader serves the same keys for every row.
+        "captions": any(c is not None for c in data.column("captions")),
     }
     with _locked(out, state):
         return _build(out, meta, data, family, state, resolution, batch_size, progress, frames, frame_stride)
@@ -192,6 +236,8 @@ def _build(out: Path, meta: dict, data, family, state, resolution, batch_size, p
     # Every process checks (so none is left waiting on one that raised); only the main one writes.
     if (out / META).exists():
         found = json.loads((out / META).read_text())
+        # An older layout is named as such (with the command), not as a list of differing fields.
+        check_version(out, found, build_command(out.parent.parent, meta["model"], resolution, frames, frame_stride))
         differs = {k: (found.get(k), v) for k, v in meta.items() if found.get(k) != v}
         if differs:
             raise CacheMismatchError(f"{out} holds a cache built differently (found, wanted): {differs}; delete it to rebuild")
@@ -211,7 +257,8 @@ def _build(out: Path, meta: dict, data, family, state, resolution, batch_size, p
             rows = range(shard * shard_size, min((shard + 1) * shard_size, len(data)))
             path = out / f"shard-{shard:05d}.safetensors"
             if shard < meta["shards"] and not path.exists():
-                tensors, metadata = _encode_shard(family, groups, rows, batch_size, torch_dtype(dtype))
+                tensors, metadata = _encode_shard(family, groups, rows, batch_size, torch_dtype(dtype),
+                                                  meta["captions"])
                 tmp = out / f".{path.name}.tmp"
                 save_file(tensors, str(tmp), metadata=metadata)
                 os.replace(tmp, path)

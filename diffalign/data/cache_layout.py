@@ -7,10 +7,19 @@ Layout, beside the dataset's ``data/``::
       cache.json              family, model, revision, fingerprint, resolution, dtype, shards
       shard-00000.safetensors rows [0, S): latent_mean/latent_std [n, K, C, h, w],
                               original_size/crop_top_left [n, K, 2], valid [n],
-                              caption_index [n, K] into prompt_embeds [U, L, D] (+ pooled [U, P])
+                              text_embeds [U, L, D] (+ text_pooled [U, P]): the shard's U
+                              distinct texts, each row's prompt and captions, encoded once;
+                              prompt_index [n] into them: each row's prompt;
+                              caption_index [n, K] into them: each image's caption (the
+                              prompt for a row without), only in a captioned dataset's cache
+
+A captioned dataset's cache (``"captions": true`` in ``cache.json``) thus serves both an objective
+conditioned on the prompt and one conditioned on each image's caption (DCPO); the prompts cost
+one embedding per distinct prompt of a shard, not one per image.
 
 A cache records the family, resolution and a fingerprint of the VAE and text-encoder files
-(:func:`model_fingerprint`), and refuses to serve another model.
+(:func:`model_fingerprint`), and refuses to serve another model; it records the layout's
+:data:`CACHE_VERSION`, and a cache of another version is refused with the command that rebuilds it.
 """
 
 from __future__ import annotations
@@ -22,7 +31,9 @@ from pathlib import Path
 from diffalign.errors import DiffalignError
 
 CACHE_FORMAT = "diffalign-latent-cache"
-CACHE_VERSION = 1
+CACHE_VERSION = 2
+"""The layout's version. 2: each row's prompt embedding beside its captions' (``prompt_index``);
+a version-1 cache of a captioned dataset holds only the captions', so it is rebuilt, not read."""
 META = "cache.json"
 # What the cache depends on: everything that turns images and prompts into tensors.
 FINGERPRINTED = ("vae", "text_encoder", "text_encoder_2", "text_encoder_3", "tokenizer", "tokenizer_2", "tokenizer_3")
@@ -37,6 +48,30 @@ def cache_dir(data_root: str | Path, family_name: str, resolution: int, frames: 
     """``DATA/cache/<family>-<resolution>``; a video cache adds its clip: ``-<frames>f`` (and ``s<stride>``)."""
     clip = "" if frames is None else f"-{frames}f" + (f"s{frame_stride}" if frame_stride != 1 else "")
     return Path(data_root) / "cache" / f"{family_name}-{resolution}{clip}"
+
+
+def build_command(data_root: str | Path, model_path: str, resolution: int, frames: int | None = None,
+                  frame_stride: int = 1) -> str:
+    """The ``diffalign cache`` command that builds the cache of ``data_root`` for this model and clip."""
+    clip = "" if frames is None else f" --frames {frames}" + (f" --frame-stride {frame_stride}" if frame_stride != 1 else "")
+    return f"`diffalign cache {data_root} --model {model_path} --resolution {resolution}{clip}`"
+
+
+def check_version(folder: Path, meta: dict, build: str) -> None:
+    """Refuse a cache whose ``cache.json`` (``meta``) records another layout version than this
+    diffalign's: read with today's layout, an older cache would hand out the wrong tensors (a
+    version-1 captioned cache has no prompt embeddings). ``build`` is the command that rebuilds it.
+
+    Raises:
+        CacheMismatchError: naming the folder to delete and the command to run.
+    """
+    found = meta.get("version")
+    if found != CACHE_VERSION:
+        raise CacheMismatchError(
+            f"{folder} holds a latent cache of layout version {found}, and this diffalign reads version "
+            f"{CACHE_VERSION} (which also stores each row's prompt embedding beside its captions'). "
+            f"Delete {folder} and rebuild it with {build}, or train with data.cache=false."
+        )
 
 
 def cache_bytes(model_path: str, revision: str | None, resolution: int, frames: int | None, images: int) -> int:

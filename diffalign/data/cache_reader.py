@@ -7,7 +7,14 @@ from pathlib import Path
 
 from safetensors.torch import load_file
 
-from diffalign.data.cache_layout import META, CacheMismatchError, cache_dir, model_fingerprint
+from diffalign.data.cache_layout import (
+    META,
+    CacheMismatchError,
+    build_command,
+    cache_dir,
+    check_version,
+    model_fingerprint,
+)
 
 
 class LatentCache:
@@ -33,11 +40,11 @@ class LatentCache:
         """The cache of ``data_root`` for a model named by its family, path and revision; needs no
         weights, so training checks it before any model loads."""
         folder = cache_dir(data_root, family_name, resolution, frames, frame_stride)
-        clip = "" if frames is None else f" --frames {frames}" + (f" --frame-stride {frame_stride}" if frame_stride != 1 else "")
-        build = f"`diffalign cache {data_root} --model {model_path} --resolution {resolution}{clip}`"
+        build = build_command(data_root, model_path, resolution, frames, frame_stride)
         if not (folder / META).exists():
             raise CacheMismatchError(f"no latent cache for {family_name} at {resolution}px in {folder}; build it with {build}")
         meta = json.loads((folder / META).read_text())
+        check_version(folder, meta, build)  # first: an old layout is rebuilt whether finished or not
         if not meta.get("complete"):
             raise CacheMismatchError(f"{folder} is unfinished; run {build} again to complete it")
         fingerprint = model_fingerprint(model_path, revision)
@@ -61,8 +68,16 @@ class LatentCache:
             )
 
     def get(self, index: int) -> dict | None:
-        """Cached tensors of row ``index`` (``[K, ...]`` each), or ``None`` for a row whose images
-        could not be read when the cache was built."""
+        """Cached tensors of row ``index``, or ``None`` for a row whose images could not be read
+        when the cache was built.
+
+        Returns:
+            ``latent_mean``/``latent_std [K, C, h, w]``, ``original_size``/``crop_top_left [K, 2]``,
+            the row's prompt's ``prompt_embeds [L, D]`` (+ ``prompt_pooled [P]``) and, in a
+            captioned dataset's cache, each image's caption's ``caption_embeds [K, L, D]`` (+
+            ``caption_pooled [K, P]``); the family picks the ones its step's texts name
+            (:meth:`~diffalign.families.base.ModelFamily.inputs`). ``cache_id``: the row's id.
+        """
         shard, offset = divmod(index, self.meta["shard_size"])
         if self._shard is None or self._shard[0] != shard:
             path = self.folder / f"shard-{shard:05d}.safetensors"
@@ -74,15 +89,23 @@ class LatentCache:
         _, tensors, ids = self._shard
         if not tensors["valid"][offset]:
             return None
-        index_k = tensors["caption_index"][offset]
         item = {
             "cache_id": ids[offset],
             "latent_mean": tensors["latent_mean"][offset],
             "latent_std": tensors["latent_std"][offset],
-            "prompt_embeds": tensors["prompt_embeds"][index_k],
             "original_size": tensors["original_size"][offset],
             "crop_top_left": tensors["crop_top_left"][offset],
         }
-        if "pooled" in tensors:
-            item["pooled"] = tensors["pooled"][index_k]
+        item.update(_texts(tensors, "prompt", tensors["prompt_index"][offset]))
+        if self.meta["captions"]:  # every shard of a captioned dataset's cache has caption_index
+            item.update(_texts(tensors, "caption", tensors["caption_index"][offset]))
         return item
+
+
+def _texts(tensors: dict, name: str, index) -> dict:
+    """``{name}_embeds`` (and ``{name}_pooled`` when the family has pooled embeddings) of the
+    shard's texts at ``index``: a scalar gives ``[L, D]`` (and ``[P]``), ``[K]`` indices ``[K, L, D]``."""
+    out = {f"{name}_embeds": tensors["text_embeds"][index]}
+    if "text_pooled" in tensors:
+        out[f"{name}_pooled"] = tensors["text_pooled"][index]
+    return out

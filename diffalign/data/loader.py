@@ -4,7 +4,8 @@ per-image captions.
 Without a cache each item decodes its ``K`` images and applies the resize / flip / crop of
 :mod:`diffalign.data.images`; all images of a group share the flip and the crop placement, so
 a pair stays comparable. With a :class:`~diffalign.data.cache.LatentCache` it serves the cached
-VAE posterior and prompt embeddings instead, and never decodes an image.
+VAE posterior and text embeddings instead (each row's prompt's and, from a captioned dataset's
+cache, each image's caption's), and never decodes an image.
 
 A video dataset (``media: video`` in its manifest) gives ``pixels [K, 3, F, R, R]``: ``frames``
 frames taken every ``frame_stride`` from each clip's start (:mod:`diffalign.data.videos`), resized

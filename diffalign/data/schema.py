@@ -169,8 +169,10 @@ def image_texts(prompt: str, captions: list[str] | None, k: int, per_image: bool
     """The text that conditions each of a row's ``k`` images: its own caption under ``per_image``
     (objectives that condition per image, DCPO), else the row's prompt for all of them.
 
-    The one place that decides it: the training step, the latent cache and the start-up checks
-    all ask here.
+    The one place that decides it: the training step asks here with its objective's
+    ``needs_captions``; the latent cache asks for each row's captions and stores its prompt beside
+    them, so a cached batch holds the embeddings of either answer and the family takes those of the
+    texts the step got (:func:`~diffalign.families.conditioning.stored_texts`).
     """
     if not per_image:
         return [prompt] * k

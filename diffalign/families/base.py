@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 
 from diffalign.families.builds import Builds
-from diffalign.families.conditioning import Conditioning, PromptOperations, group_prompts
+from diffalign.families.conditioning import Conditioning, PromptOperations, group_prompts, stored_texts
 from diffalign.families.latents import Generators, LatentOperations
 from diffalign.families.loading import (FamilyError, Loading, read_model_index, untileable, vae_downsampling,
                                          vae_latent_numel)
@@ -126,13 +126,14 @@ class ModelFamily(Loading, LatentOperations, PromptOperations, NoiseOperations, 
         """A training batch as what the denoiser takes: ``(latents, cond)``.
 
         Uncached batches run the VAE and text encoders; cached ones (``latent_mean`` in the batch)
-        sample from the stored posterior and reuse the stored embeddings. Both draw the posterior
-        noise the same way, so the same ``generator`` gives the same latents.
+        sample from the stored posterior and take the stored embeddings of ``texts`` (each row's
+        prompt's or its captions', :func:`~diffalign.families.conditioning.stored_texts`). Both
+        draw the posterior noise the same way, so the same ``generator`` gives the same latents.
 
         Args:
             batch: from :func:`diffalign.data.loader.collate_groups`.
-            texts: ``B`` lists of ``K`` strings, the text conditioning each image (ignored when
-                cached: the cache holds their embeddings).
+            texts: ``B`` lists of ``K`` strings, the text conditioning each image (cached: each
+                row's texts are its prompt or its captions, whose embeddings the cache holds).
 
         Returns:
             ``latents [B, K, *latent]`` and a ``Conditioning`` shaped ``[B, K, ...]``.
@@ -140,11 +141,9 @@ class ModelFamily(Loading, LatentOperations, PromptOperations, NoiseOperations, 
         if "latent_mean" in batch:
             device = self.device
             latents = self.latents_from_posterior(batch["latent_mean"].to(device), batch["latent_std"].to(device), generator)
-            pooled = batch.get("pooled")
+            embeds, pooled = stored_texts(batch, texts, device)
             size = tuple(side * self.vae_scale_factor for side in latents.shape[-2:])
-            cond = self.make_conditioning(batch["prompt_embeds"].to(device), None if pooled is None else pooled.to(device),
-                                          self.image_info(batch, size))
-            return latents, cond
+            return latents, self.make_conditioning(embeds, pooled, self.image_info(batch, size))
         latents = self.encode_images(batch["pixels"], generator)
         return latents, self.encode_prompts(texts, image_info=self.image_info(batch, tuple(batch["pixels"].shape[-2:])))
 

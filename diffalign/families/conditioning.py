@@ -81,6 +81,60 @@ def group_prompts(prompts: Sequence[str] | Sequence[Sequence[str]], group_size: 
     return nested
 
 
+def stored_texts(batch: dict, texts: list[list[str]], device) -> tuple[Tensor, Tensor | None]:
+    """The embeddings a cached batch stores for the ``texts`` a step conditions each image on.
+
+    A cached batch (:meth:`~diffalign.data.cache.LatentCache.get`, collated) holds each row's
+    prompt's embedding, ``prompt_embeds [B, L, D]`` (+ ``prompt_pooled [B, P]``), and in a
+    captioned dataset's cache each image's caption's, ``caption_embeds [B, K, L, D]`` (+
+    ``caption_pooled [B, K, P]``). A row whose texts are all its prompt takes the prompt's (the
+    objectives conditioned on the prompt), one whose texts are its captions takes the captions'
+    (DCPO): the embeddings of the very texts the uncached path encodes.
+
+    Args:
+        texts: ``B`` lists of ``K`` strings (:func:`~diffalign.data.schema.image_texts`).
+
+    Returns:
+        ``(embeds [B, K, L, D], pooled [B, K, P] or None)`` on ``device``.
+
+    Raises:
+        ValueError: a row asks for a text the cache holds no embedding of.
+    """
+    captioned = [_conditioned_on_captions(batch, b, row) for b, row in enumerate(texts)]
+    k = len(texts[0]) if texts else 0
+    embeds = _per_image(batch["prompt_embeds"], batch.get("caption_embeds"), captioned, k, device)
+    pooled = None
+    if batch.get("prompt_pooled") is not None:
+        pooled = _per_image(batch["prompt_pooled"], batch.get("caption_pooled"), captioned, k, device)
+    return embeds, pooled
+
+
+def _conditioned_on_captions(batch: dict, row: int, texts: list[str]) -> bool:
+    """Whether row ``row`` of a cached batch asks for its captions' embeddings (``False``: its
+    prompt's). A row whose captions all equal its prompt takes the prompt's: the cache encoded that
+    text once, so both are the same tensor."""
+    if all(text == batch["prompts"][row] for text in texts):
+        return False
+    captions = batch["captions"][row]
+    if batch.get("caption_embeds") is not None and captions is not None and list(texts) == list(captions):
+        return True
+    raise ValueError(f"row {batch['ids'][row]!r} is to be conditioned on {texts!r}, and the latent cache holds "
+                     "the embeddings of its prompt and captions only; train it uncached (data.cache=false)")
+
+
+def _per_image(prompt: Tensor, captions: Tensor | None, captioned: list[bool], k: int, device) -> Tensor:
+    """Each image's embedding ``[B, K, ...]`` from the rows' prompts' ``prompt [B, ...]`` and the
+    images' captions' ``captions [B, K, ...]``: row ``b`` takes its captions' where ``captioned[b]``."""
+    if captioned and all(captioned):
+        return captions.to(device)
+    # Moved before it is expanded: the K copies of a prompt are a view, not K transfers.
+    shared = prompt.to(device).unsqueeze(1).expand(-1, k, *prompt.shape[1:])
+    if not any(captioned):
+        return shared
+    mask = torch.tensor(captioned, device=device).view(-1, *[1] * (shared.ndim - 1))
+    return torch.where(mask, captions.to(device), shared)
+
+
 class PromptOperations:
     """``encode_prompts`` and ``make_conditioning``; a subclass implements ``_encode_text`` and,
     where images carry conditioning of their own (SDXL's sizes and crops), ``_with_image_info``."""

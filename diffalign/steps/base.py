@@ -156,7 +156,7 @@ class PreferenceStep:
                  for prompt, captions in zip(batch["prompts"], batch["captions"])]
         if self.prompt_dropout > 0:
             drop = self.dropped_prompts(generator, len(texts))
-            if "latent_mean" in batch:  # cached: the stored embeddings, the empty prompt's in place
+            if "latent_mean" in batch:  # cached: the stored embeddings of these texts, the empty prompt's in place
                 latents, cond = self.family.inputs(batch, texts, generator=generator)
                 return latents, self._with_empty_prompt(cond, drop)
             texts = [[""] * len(group) if gone else group for group, gone in zip(texts, drop)]

@@ -99,7 +99,7 @@ def preflight(config: TrainConfig) -> Startup:
             kohya = ", ".join(name for name, cls in FAMILIES.items() if cls.kohya_lora)
             raise StartupError(f"lora.formats: kohya is written for the UNet families ({kohya}), "
                                f"not {family}; keep lora.formats=[diffusers]")
-    cache_plan = plan_cache(config, family, data, has_captions and not objective.needs_captions, objective, settings)
+    cache_plan = plan_cache(config, family, data, objective, settings)
     if config.optim.optimizer == "adamw_8bit" and importlib.util.find_spec("bitsandbytes") is None:
         raise StartupError("optim.optimizer: adamw_8bit needs bitsandbytes: pip install 'diffalign[bnb]'")
     if config.logging.report_to == "wandb" and importlib.util.find_spec("wandb") is None:
@@ -204,18 +204,20 @@ def _check_media(config: TrainConfig, family: str, data: PreferenceDataset) -> N
         raise StartupError("data.center_crop: videos are centre-cropped; set data.center_crop=true")
 
 
-def plan_cache(config: TrainConfig, family: str, data: PreferenceDataset, caption_mismatch: bool,
-               objective, settings=None) -> CachePlan:
+def plan_cache(config: TrainConfig, family: str, data: PreferenceDataset, objective, settings=None) -> CachePlan:
     """Decide ``data.cache``: ``true`` requires a finished, matching cache; ``false`` trains
     uncached; ``auto`` uses the cache wherever one can serve the run, building it when it is
     missing or unfinished, and otherwise trains uncached and says why.
 
-    A cache holds centre-cropped, unflipped latents, and a captioned dataset's cache holds the
-    captions' embeddings; it cannot serve random crops or flips, an objective conditioned on the
-    prompt of a captioned dataset, an inversion that needs the text encoders for guidance, or a
-    prompt-only dataset (no images to encode: online RL samples its own).
-    A cache built for another model or an older version of the dataset is an error under
-    ``auto`` too: it is the user's data, so it is never deleted or overwritten here.
+    A cache holds centre-cropped, unflipped latents, each row's prompt's embedding and, for a
+    captioned dataset, each image's caption's, so it serves an objective conditioned on the prompt
+    and one conditioned on the captions (DCPO) alike. It cannot serve random crops or flips, an
+    inversion that needs the text encoders for guidance, or a prompt-only dataset (no images to
+    encode: online RL samples its own).
+    A cache built for another model, by another layout version of diffalign's cache or from an
+    older version of the dataset is an error under ``auto`` too: it is the user's data, so it is
+    never deleted or overwritten here; the error names the folder to delete and the command that
+    rebuilds it.
     """
     from diffalign.data.cache import (
         META,
@@ -231,7 +233,7 @@ def plan_cache(config: TrainConfig, family: str, data: PreferenceDataset, captio
     folder = cache_dir(config.data.path, family, config.data.resolution, config.data.frames, config.data.frame_stride)
     if mode is False:
         return CachePlan("off", folder, "data.cache is false")
-    why_not = _cache_cannot_serve(config, data, caption_mismatch, objective, settings)
+    why_not = _cache_cannot_serve(config, data, objective, settings)
     if mode is True:
         if (folder / META).exists():  # a cache of another model is named before what it could not serve
             _matching_cache(config, family, data)
@@ -241,6 +243,8 @@ def plan_cache(config: TrainConfig, family: str, data: PreferenceDataset, captio
     if why_not:
         return CachePlan("off", folder, why_not)
     if not is_complete(folder):  # mode is "auto" from here on
+        if (folder / META).exists():  # an unfinished cache of an older layout: named now, before the model loads
+            _check_version(config, folder)
         if not _writable(Path(config.data.path)):
             return CachePlan("off", folder, f"no latent cache in {folder}, and {config.data.path} is not writable")
         need = cache_bytes(config.model.path, config.model.revision, config.data.resolution, config.data.frames,
@@ -253,7 +257,7 @@ def plan_cache(config: TrainConfig, family: str, data: PreferenceDataset, captio
             raise StartupError(f"data.cache: auto would build a latent cache, but {err}; or train uncached with "
                                "data.cache=false") from None
         return CachePlan("build", folder, f"no finished latent cache for this model and resolution yet; "
-                                          f"its latents take {need / 2**30:.2f} GiB, plus the prompt embeddings")
+                                          f"its latents take {need / 2**30:.2f} GiB, plus the prompt (and caption) embeddings")
     return CachePlan("use", folder, "a finished latent cache for this model and resolution",
                      _matching_cache(config, family, data))
 
@@ -270,15 +274,25 @@ def _matching_cache(config: TrainConfig, family: str, data: PreferenceDataset):
     return cache
 
 
-def _cache_cannot_serve(config: TrainConfig, data: PreferenceDataset, caption_mismatch: bool, objective,
-                        settings) -> str | None:
+def _check_version(config: TrainConfig, folder: Path) -> None:
+    """Refuse the cache in ``folder`` when an older diffalign wrote it (its layout version differs):
+    continuing its build would mix two layouts. Raises, as :func:`_matching_cache` does, a
+    :class:`~diffalign.data.cache.CacheMismatchError` naming the folder to delete and the command."""
+    import json
+
+    from diffalign.data.cache_layout import META, build_command, check_version
+
+    build = build_command(config.data.path, config.model.path, config.data.resolution, config.data.frames,
+                          config.data.frame_stride)
+    check_version(folder, json.loads((folder / META).read_text()), build)
+
+
+def _cache_cannot_serve(config: TrainConfig, data: PreferenceDataset, objective, settings) -> str | None:
     """Why no latent cache can serve this run (``None``: one can)."""
     if data.prompts_only:  # first: no other setting could make a cache of no images useful
         return "the dataset holds prompts only (K = 0): it has no images to cache"
     if not config.data.center_crop or config.data.random_flip:
         return "the latent cache holds centre-cropped, unflipped latents (data.center_crop: true, data.random_flip: false)"
-    if caption_mismatch:
-        return f"a captioned dataset's cache holds its captions' embeddings, and {objective.name} conditions on the prompt"
     from diffalign.steps import STEPS
 
     return STEPS[objective.step].cache_problem(objective, settings)

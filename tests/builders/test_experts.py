@@ -221,7 +221,7 @@ def test_the_latent_cache_serves_a_k1_dataset(source, tmp_path, tiny_path):
     cache = LatentCache.open(tmp_path / "experts", bare, 32)
     cached = collate_groups([GroupDataset(tmp_path / "experts", resolution=32, cache=cache)[i] for i in range(3)])
     uncached = collate_groups([GroupDataset(tmp_path / "experts", resolution=32)[i] for i in range(3)])
-    assert cached["latent_mean"].shape[:2] == (3, 1) and cached["prompt_embeds"].shape[:2] == (3, 1)
+    assert cached["latent_mean"].shape[:2] == (3, 1) and cached["prompt_embeds"].ndim == 3  # one per row
 
     def latents(family, batch):
         texts = [image_texts(p, c, 1, c is not None) for p, c in zip(batch["prompts"], batch["captions"])]

@@ -13,7 +13,7 @@ from diffalign.data.schema import image_texts
 from diffalign.data.cache import CacheMismatchError, LatentCache, build_cache
 from diffalign.data.writer import ShardWriter
 from diffalign.families import load
-from diffalign.testing import save_tiny_pipeline
+from diffalign.testing import save_tiny_pipeline, write_random_pairs
 
 RES = 32
 
@@ -32,6 +32,20 @@ def prefs(tmp_path):
         writer.advance(i + 1)
     writer.finish({"group_size": 2})
     return tmp_path / "prefs"
+
+
+@pytest.fixture
+def captioned(tmp_path):
+    """Three pairs, each image with its own caption (none equal to the prompt)."""
+    writer = ShardWriter(tmp_path / "captioned", builder="test", options={}, shard_size=4)
+    for i in range(3):
+        images = [jpeg((40 * i, 100, 30), (32, 32)), jpeg((200, 20 * i, 90), (32, 32))]
+        writer.add({"id": f"c{i}", "prompt": f"a cat {i}", "images": [{"bytes": b, "path": None} for b in images],
+                    "scores": None, "ranks": [0, 1], "captions": [f"a sharp cat {i}", f"a blurry cat {i}"],
+                    "source": "test", "meta": None})
+        writer.advance(i + 1)
+    writer.finish({"group_size": 2})
+    return tmp_path / "captioned"
 
 
 def _inputs(family, batch, generator=None):
@@ -179,3 +193,73 @@ def test_a_cache_being_built_is_not_built_twice(tiny_path, prefs, tmp_path, caps
         assert sorted(p.name for p in folder.iterdir()) == [".lock"]
     monkeypatch.undo()  # the lock is free again: the build runs
     assert main(["cache", str(prefs), "--model", str(tiny_path("sd15")), "--resolution", str(RES), "--no-progress"]) == 0
+
+
+@pytest.mark.parametrize("objective", ["diffusion_dpo", "dcpo"])
+def test_a_captioned_cache_conditions_on_what_the_objective_asks_for(objective, tiny_path, captioned):
+    """One cache of a captioned dataset: an objective conditioned on the prompt gets the prompts'
+    embeddings, DCPO the captions', each equal to what the uncached step encodes (SD3: pooled
+    embeddings too), through the step's own choice of texts."""
+    from diffalign.objectives import DCPO, DiffusionDPO
+    from diffalign.steps import DenoisingStep
+
+    path = tiny_path("sd3")
+    full = load(path)
+    build_cache(captioned, full, resolution=RES, batch_size=2, shard_size=2, progress=False)
+    bare = load(path, load_vae=False, load_text_encoders=False)
+    cache = LatentCache.open(captioned, bare, RES)
+    cached = collate_groups([GroupDataset(captioned, resolution=RES, cache=cache)[i] for i in range(3)])
+    uncached = collate_groups([GroupDataset(captioned, resolution=RES)[i] for i in range(3)])
+    made = {"diffusion_dpo": DiffusionDPO, "dcpo": DCPO}[objective]()
+    _, got = DenoisingStep(bare, made, None, 2).inputs(cached, torch.Generator().manual_seed(0))
+    _, want = DenoisingStep(full, made, None, 2).inputs(uncached, torch.Generator().manual_seed(0))
+    assert got.prompt_embeds.shape == want.prompt_embeds.shape == (3, 2, 77 + 256, 32)
+    torch.testing.assert_close(got.prompt_embeds, want.prompt_embeds, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(got.pooled, want.pooled, rtol=1e-6, atol=1e-6)
+    # The texts are the objective's: the prompt (both images alike) or each image's own caption.
+    texts = [[f"a cat {i}"] * 2 if objective == "diffusion_dpo" else [f"a sharp cat {i}", f"a blurry cat {i}"]
+             for i in range(3)]
+    torch.testing.assert_close(got.prompt_embeds, full.encode_prompts(texts).prompt_embeds, rtol=1e-6, atol=1e-6)
+
+
+def test_a_captioned_shard_stores_each_prompt_once_beside_the_captions(tiny_path, captioned, prefs):
+    """The prompts cost one embedding per distinct prompt of a shard, not one per image; a
+    dataset without captions stores no caption index."""
+    family = load(tiny_path("sd15"))
+    folder = build_cache(captioned, family, resolution=RES, shard_size=2, progress=False)
+    first = load_file(folder / "shard-00000.safetensors")  # rows c0, c1: 2 prompts + 4 captions
+    assert first["text_embeds"].shape[0] == 6
+    assert first["prompt_index"].tolist() == [0, 3] and first["caption_index"].tolist() == [[1, 2], [4, 5]]
+    assert load_file(folder / "shard-00001.safetensors")["text_embeds"].shape[0] == 3  # row c2 alone
+    assert json.loads((folder / "cache.json").read_text())["captions"] is True
+    plain = write_random_pairs(prefs.parent / "plain", pairs=3, resolution=RES)  # no captions
+    folder = build_cache(plain, family, resolution=RES, shard_size=3, progress=False)
+    shard = load_file(folder / "shard-00000.safetensors")
+    assert "caption_index" not in shard and shard["prompt_index"].shape == (3,)
+    assert json.loads((folder / "cache.json").read_text())["captions"] is False
+    cache = LatentCache.open(plain, family, RES)
+    item = cache.get(0)
+    assert item["prompt_embeds"].ndim == 2 and "caption_embeds" not in item  # [L, D]: one per row
+    # A text the cache holds no embedding of is refused, not replaced by the prompt's.
+    batch = collate_groups([GroupDataset(plain, resolution=RES, cache=cache)[0]])
+    with pytest.raises(ValueError, match="holds the embeddings of its prompt and captions only"):
+        family.inputs(batch, [["a sharp cat", "a blurry cat"]])
+
+
+def test_a_cache_of_an_older_layout_is_neither_read_nor_continued(tiny_path, prefs):
+    """A version-1 cache (a captioned dataset's held only the captions' embeddings) is refused by
+    the reader and by a build, with the folder to delete and the command that rebuilds it."""
+    path = tiny_path("sd15")
+    family = load(path)
+    folder = build_cache(prefs, family, resolution=RES, shard_size=4, progress=False)
+    meta = json.loads((folder / "cache.json").read_text())
+    (folder / "cache.json").write_text(json.dumps({**meta, "version": 1}))
+    expected = (f"{folder} holds a latent cache of layout version 1, and this diffalign reads version 2 (which also "
+                f"stores each row's prompt embedding beside its captions'). Delete {folder} and rebuild it with "
+                f"`diffalign cache {prefs} --model {path} --resolution {RES}`, or train with data.cache=false.")
+    with pytest.raises(CacheMismatchError) as read:
+        LatentCache.open(prefs, family, RES)
+    assert str(read.value) == expected
+    with pytest.raises(CacheMismatchError) as built:
+        build_cache(prefs, family, resolution=RES, shard_size=4, progress=False)
+    assert str(built.value) == expected

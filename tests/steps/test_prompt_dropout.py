@@ -47,8 +47,9 @@ def test_a_cached_batch_takes_the_empty_prompts_embedding(setting):
     b = len(batch["prompts"])
     stored = family.encode_prompts(batch["prompts"], group_size=2)
     latent = family.encode_posterior(batch["pixels"].flatten(0, 1))
+    # A cache stores one embedding per row's prompt, [B, L, D] (SD1.5 has no pooled embedding).
     cached = {**batch, "latent_mean": latent[0].unflatten(0, (b, 2)), "latent_std": latent[1].unflatten(0, (b, 2)),
-              "prompt_embeds": stored.prompt_embeds}
+              "prompt_embeds": stored.prompt_embeds[:, 0]}
     empty = family.encode_prompts([""], group_size=1)
     step = DenoisingStep(family, DiffusionDPO(), reference, 2, prompt_dropout=0.5, empty_prompt=empty)
     gens = group_generators(0, 0, batch["indices"])

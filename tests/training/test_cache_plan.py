@@ -25,6 +25,12 @@ def _losses(out):
     return [json.loads(line)["train/loss"] for line in (Path(out) / "metrics.jsonl").read_text().splitlines()]
 
 
+def _metrics(out) -> dict[str, list[float]]:
+    """Each logged value of a run, by name, one per logged update."""
+    lines = [json.loads(line) for line in (Path(out) / "metrics.jsonl").read_text().splitlines()]
+    return {key: [line[key] for line in lines] for key in lines[0]}
+
+
 @pytest.fixture
 def encoded_shards(monkeypatch):
     """Count the cache shards encoded (the VAE and text-encoder work)."""
@@ -90,12 +96,51 @@ def test_an_unfinished_cache_is_continued_not_restarted(tiny_path, tmp_path, cap
     assert json.loads((folder / "cache.json").read_text())["complete"] is True
 
 
-@pytest.mark.parametrize("overrides, why", [
-    (["data.random_flip=true"], "centre-cropped, unflipped"),
-    ([], "conditions on the prompt"),  # a captioned dataset, an objective that uses the prompt
-])
-def test_runs_a_cache_cannot_serve_train_uncached_and_say_why(overrides, why, tiny_path, tmp_path, capsys):
-    data = write_groups(tmp_path / "prefs", k=2, captions=not overrides)
+def test_a_captioned_dataset_trains_from_one_cache_for_the_prompt_and_for_the_captions(tiny_path, tmp_path, capsys,
+                                                                                         encoded_shards):
+    """The cache of a captioned dataset holds the prompts' and the captions' embeddings: Diffusion-DPO
+    (conditioned on the prompt) builds it and DCPO (on the captions) reuses it, each with the errors
+    and losses of its uncached run, which encodes its texts at every step."""
+    data = write_groups(tmp_path / "prefs", k=2)  # captions "a red cat {i}, version {j}", prompts "a red cat {i}"
+    runs = {}
+    for objective, action in (("diffusion_dpo", "building"), ("dcpo", f"reading {data / 'cache' / 'sd-32'}")):
+        assert _train(tiny_path, data, tmp_path / objective, objective=objective, kind="sd15") == 0
+        assert f"latent cache: {action}" in capsys.readouterr().out
+        assert _train(tiny_path, data, tmp_path / f"{objective}-uncached", "data.cache=false", objective=objective,
+                      kind="sd15") == 0
+        runs[objective] = _metrics(tmp_path / objective), _metrics(tmp_path / f"{objective}-uncached")
+    assert len(encoded_shards) == 1  # 4 rows, one shard: built once, for both objectives
+    for objective, (cached, uncached) in runs.items():
+        for key in ("train/err_w", "train/err_l", "train/loss"):
+            assert len(cached[key]) == 2, (objective, key)
+            assert uncached[key][0] == pytest.approx(cached[key][0], rel=1e-6), (objective, key)
+            assert uncached[key] == pytest.approx(cached[key], rel=1e-4), (objective, key)
+    # The texts matter: a cache that served one objective the other's texts would show (the first
+    # loss is ln 2 for both, the policy starting at the reference; the second differs by about 4 %).
+    assert runs["diffusion_dpo"][1]["train/loss"] != pytest.approx(runs["dcpo"][1]["train/loss"], rel=1e-2)
+
+
+def test_a_cache_of_an_older_layout_is_refused_naming_the_rebuild(tiny_path, tmp_path, capsys):
+    """A version-1 cache (before the prompts' embeddings were stored beside the captions') is never
+    read, finished or not: the run stops before any model loads, naming the folder and the command."""
+    from diffalign.families import load
+
+    data = write_groups(tmp_path / "prefs", k=2)
+    folder = cache_module.build_cache(data, load(str(tiny_path("sd15"))), resolution=RES, progress=False)
+    meta = json.loads((folder / "cache.json").read_text())
+    for complete in (True, False):  # a finished cache is read; an unfinished one would be continued
+        (folder / "cache.json").write_text(json.dumps({**meta, "version": 1, "complete": complete}))
+        assert _train(tiny_path, data, tmp_path / f"run-{complete}", kind="sd15") == 1
+        err = capsys.readouterr().err
+        assert f"{folder} holds a latent cache of layout version 1, and this diffalign reads version 2" in err
+        assert f"Delete {folder} and rebuild it with `diffalign cache {data} --model {tiny_path('sd15')} " \
+               f"--resolution {RES}`, or train with data.cache=false" in err
+        assert "Traceback" not in err and not (tmp_path / f"run-{complete}" / "metrics.jsonl").exists()
+
+
+def test_runs_a_cache_cannot_serve_train_uncached_and_say_why(tiny_path, tmp_path, capsys):
+    overrides, why = ["data.random_flip=true"], "centre-cropped, unflipped"
+    data = write_groups(tmp_path / "prefs", k=2, captions=False)
     assert _train(tiny_path, data, tmp_path / "run", *overrides) == 0
     out = capsys.readouterr().out
     assert "latent cache: off" in out and why in out

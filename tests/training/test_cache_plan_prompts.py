@@ -21,7 +21,7 @@ def _plan(tmp_path, mode):
     (tmp_path / "model").mkdir(exist_ok=True)  # exists, holds no weights: nothing could load from it
     config = load_config(CONFIG, [f"model.path={tmp_path / 'model'}", f"data.path={data}", f"data.cache={mode}",
                                   f"output_dir={tmp_path / 'run'}"])
-    return plan_cache(config, FAMILY, PreferenceDataset.open(data), False, build_objective(config.objective))
+    return plan_cache(config, FAMILY, PreferenceDataset.open(data), build_objective(config.objective))
 
 
 def test_auto_trains_uncached_and_says_why(tmp_path):
