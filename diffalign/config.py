@@ -230,7 +230,7 @@ class TrainConfig:
     whole model, ``regional`` only its repeated blocks (diffusers' ``compile_repeated_blocks``:
     the transformer blocks), which compiles each distinct block once instead of the whole graph.
     ``auto``: ``regional`` where it pays for its compile within the run (a denoiser with repeated
-    blocks, a compiler for the device, and ``max_steps`` at least
+    blocks, a compiler for the device, and ``max_steps × gradient_accumulation_steps`` at least
     :data:`~diffalign.training.setup.COMPILE_PAYS_AFTER`), else no compiling; the start-up says
     which and why (README, "Memory and speed switches", has the measurement)."""
     compile_memory_budget: float | None = field(default=None, metadata=bounds(0, 1, low_open=True))

@@ -23,8 +23,9 @@ import sys
 import time
 from pathlib import Path
 
-SWEEP_BETAS = (5000.0, 2500.0, 1000.0, 500.0)
-"""β of the sweep's runs; the first is both sides' default (the peer script's ``--beta_dpo``)."""
+SWEEP_BETAS = (5000, 2500, 1000, 500)
+"""β of the sweep's runs; the first is both sides' default. Integers: the peer script's
+``--beta_dpo`` is an ``int`` argument."""
 
 
 def timed(command: list[str]) -> float:

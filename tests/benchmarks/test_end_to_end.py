@@ -37,7 +37,8 @@ def test_a_failing_command_names_its_output():
 def test_one_round_converts_trains_and_runs_the_peer(tmp_path):
     """Tiny SDXL, 4 pairs, 2 runs; the peer is a stand-in script that records its arguments."""
     peer = tmp_path / "peer.py"
-    peer.write_text("import sys, pathlib\nargv = sys.argv[1:]\n"
+    # Parses --beta_dpo as the real script does (type=int) and records what it was given.
+    peer.write_text("import sys, pathlib\nargv = sys.argv[1:]\nint(argv[argv.index('--beta_dpo') + 1])\n"
                     "out = pathlib.Path(argv[argv.index('--output_dir') + 1]); out.mkdir(parents=True)\n"
                     "(out / 'argv.txt').write_text(' '.join(argv))\n")
     table = end_to_end.end_to_end_table(["--batch-size", "2", "--pairs", "4", "--rounds", "1", "--peer-script", str(peer)],

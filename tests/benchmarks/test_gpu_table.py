@@ -45,7 +45,7 @@ def test_the_gpu_plan_is_real_size_bf16_at_rank_64_with_flops():
         assert (_value(argv, "--rounds"), _value(argv, "--warmup"), _value(argv, "--steps")) == ("3", "3", "10")
         assert ("--lora-rank" in argv) == (mode == "lora") and _value(argv, "--name") == f"gpu_table-{name}"
         assert _value(argv, "--out") == "/r" and "--peak-tflops" not in argv
-    assert _setups(plans["sdxl-lora"]) == ["peer", "naive", "diffalign", "diffalign-uncached"]
+    assert _setups(plans["sdxl-lora"]) == ["peer", "naive", "diffalign", "diffalign-uncached", "diffalign+regional"]
     assert _value(plans["sdxl-lora"], "--lora-rank") == "64" and _value(plans["sdxl-lora"], "--peer-script") == "/d/peer.py"
     for name in ("sdxl-full", "sd3-lora", "sd3-full"):
         # The peer trains SDXL with LoRA only: not asked for, nor given its script, elsewhere.

@@ -39,7 +39,7 @@ def _counting(module, counts, name):
 def test_the_frozen_roots_are_the_largest_frozen_submodules():
     net = _Net()
     assert [name for name, _ in frozen_roots(net)] == ["stem", "head", "tail", "body"]
-    net.stem.compile()  # a compiled subtree is left to the compiler
+    net.stem._compiled_call_impl = object()  # what nn.Module.compile sets: a compiled subtree is the compiler's
     assert [name for name, _ in frozen_roots(net)] == ["head", "tail", "body"]
 
 
@@ -83,3 +83,42 @@ def test_a_no_grad_pair_does_not_plan():
             net(torch.randn(1, 3))
         net(torch.randn(1, 3))
     assert prefix.plan is None
+
+
+def test_the_tiny_unet_with_lora_reuses_its_prefix_bit_for_bit(tiny_path):
+    """The tiny SD1.5 UNet, LoRA on the attention projections: from the second pair on the policy
+    reuses ``conv_in``, the time embedding and the cross-attention's base key/value projections,
+    and its output and gradients equal a forward that computes everything."""
+    from diffusers import UNet2DConditionModel
+    from peft import LoraConfig
+
+    unet = UNet2DConditionModel.from_pretrained(tiny_path("sd15"), subfolder="unet").requires_grad_(False)
+    unet.add_adapter(LoraConfig(r=4, lora_alpha=4, init_lora_weights="gaussian",
+                                target_modules=["to_q", "to_k", "to_v", "to_out.0"]))
+    for name, p in unet.named_parameters():
+        if "lora_B" in name:  # B = 0 at init would make the policy equal the reference everywhere
+            p.data.normal_(generator=torch.Generator().manual_seed(len(name)))
+    gen = torch.Generator().manual_seed(0)
+    size = unet.config.sample_size
+    x, t = torch.randn(2, 4, size, size, generator=gen), torch.tensor([10, 500])
+    text = torch.randn(2, 7, unet.config.cross_attention_dim, generator=gen)
+    lora = [p for p in unet.parameters() if p.requires_grad]
+
+    def policy():
+        out = unet(x, t, text).sample
+        grads = torch.autograd.grad(out.square().sum(), lora)
+        return out.detach(), grads
+
+    want_out, want_grads = policy()
+    prefix = SharedPrefix(unet)
+    for _ in range(2):  # the first pair plans, the second reuses
+        with prefix.pair():
+            with prefix.reference(), torch.no_grad():
+                unet.disable_adapters()
+                unet(x, t, text)
+                unet.enable_adapters()
+            out, grads = policy()
+    assert {"conv_in", "time_embedding"} <= {name for name, _ in prefix.plan}
+    assert any(name.endswith("attn2.to_k.base_layer") for name, _ in prefix.plan)
+    assert prefix.calls_reused == len(prefix.plan)
+    assert torch.equal(out, want_out) and all(torch.equal(a, b) for a, b in zip(grads, want_grads))

@@ -22,8 +22,8 @@ class _Family:
         return self.blocks
 
 
-def _config(compile="auto", max_steps=COMPILE_PAYS_AFTER):
-    return SimpleNamespace(compile=compile, max_steps=max_steps)
+def _config(compile="auto", max_steps=COMPILE_PAYS_AFTER, accumulation=1):
+    return SimpleNamespace(compile=compile, max_steps=max_steps, gradient_accumulation_steps=accumulation)
 
 
 CPU = torch.device("cpu")
@@ -32,7 +32,10 @@ CPU = torch.device("cpu")
 def test_a_long_run_with_repeated_blocks_compiles_them(monkeypatch):
     monkeypatch.setattr(setup, "_missing_compiler", lambda device: None)
     mode, why = compile_mode(_config(max_steps=COMPILE_PAYS_AFTER), _Family([torch.nn.Linear(1, 1)]), CPU)
-    assert mode == "regional" and f"≥ {COMPILE_PAYS_AFTER}" in why
+    assert mode == "regional" and f"{COMPILE_PAYS_AFTER} micro-batches pay" in why
+    # Accumulation counts: the compile saves on every micro-batch, not on every optimiser step.
+    assert compile_mode(_config(max_steps=1, accumulation=COMPILE_PAYS_AFTER), _Family([torch.nn.Linear(1, 1)]),
+                        CPU)[0] == "regional"
 
 
 @pytest.mark.parametrize("compile", [False, True, "regional"])
@@ -42,7 +45,7 @@ def test_an_explicit_choice_is_kept(compile):
 
 def test_a_short_run_does_not_compile_and_says_why():
     mode, why = compile_mode(_config(max_steps=COMPILE_PAYS_AFTER - 1), _Family([torch.nn.Linear(1, 1)]), CPU)
-    assert mode is False and f"max_steps {COMPILE_PAYS_AFTER - 1} < {COMPILE_PAYS_AFTER}" in why
+    assert mode is False and f"{COMPILE_PAYS_AFTER - 1} micro-batches" in why and "regional compiles anyway" in why
 
 
 def test_no_repeated_blocks_or_no_compiler_means_no_compile(monkeypatch):

@@ -21,6 +21,7 @@ def _args(tiny_path, kind, data, out, *extra):
             "data.cache=false", "reference_pass=false", "batch_size=2", *extra]
 
 
+@pytest.mark.slow  # the default suite checks the mechanism on the tiny UNet (tests/families/test_shared_prefix.py)
 @pytest.mark.parametrize("kind", ["sd15", pytest.param("sdxl", marks=pytest.mark.slow),
                                   pytest.param("sd3", marks=pytest.mark.slow)])
 def test_training_with_the_shared_prefix_equals_computing_it_twice(kind, tiny_path, plain_pair_data, tmp_path,
