@@ -145,21 +145,6 @@ class Snapshot:
             self.module.load_state_dict(self.denoiser.state_dict())
 
     @contextmanager
-    def paired(self):
-        """Around one reference forward (through :meth:`active`) followed by the policy's forward
-        on the same inputs: under LoRA the policy then skips what the reference computed alike
-        (:class:`~diffalign.families.shared_prefix.SharedPrefix`); otherwise nothing changes."""
-        if self._prefix is None:
-            yield
-            return
-        with self._prefix.pair():
-            self._paired = True
-            try:
-                yield
-            finally:
-                self._paired = False
-
-    @contextmanager
     def active(self):
         """Yield the module to call as the snapshot, under ``no_grad``."""
         with torch.no_grad():

@@ -10,6 +10,7 @@ import torch
 
 from diffalign.benchmarks import gpu_table
 from diffalign.benchmarks.train_step_table import add_ratios, combine_rounds
+from stand_in_peer import FAKE_PEER as STAND_IN_PEER  #  (shared with test_train_step_benchmark.py)
 
 
 def _value(argv: list[str], option: str) -> str:
@@ -131,22 +132,6 @@ def test_without_cuda_it_refuses_and_points_at_reduced(monkeypatch, tmp_path):
     assert not list(tmp_path.iterdir())
 
 
-STAND_IN_PEER = """
-import argparse, torch
-
-def parse_args(argv=None):
-    p = argparse.ArgumentParser()
-    p.add_argument("--max_train_steps", type=int)
-    return p.parse_known_args(argv)[0]
-
-def main(args):
-    w = torch.nn.Parameter(torch.ones(4))
-    opt = torch.optim.AdamW([w], lr=0.1)
-    for _ in range(args.max_train_steps):
-        (w * w).sum().backward()
-        opt.step()
-        opt.zero_grad()
-"""
 
 
 @pytest.mark.slow

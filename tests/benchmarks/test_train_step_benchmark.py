@@ -9,6 +9,7 @@ import torch
 
 from diffalign.benchmarks.measure import PeakMemory, StepTimer, TensorMemory, peak_of_running_sum
 from diffalign.benchmarks.train_step import main
+from stand_in_peer import FAKE_PEER  #  (shared with test_gpu_table.py)
 
 STEPS = 2
 ROUNDS = 2
@@ -123,27 +124,6 @@ def test_bad_model_folder_is_a_clear_error(tmp_path):
         main(["--model", str(tmp_path), "--out", str(tmp_path / "out")])
 
 
-FAKE_PEER = """
-import argparse, torch
-
-def parse_args(argv=None):
-    p = argparse.ArgumentParser()
-    p.add_argument("--max_train_steps", type=int)
-    return p.parse_known_args(argv)[0]
-
-def main(args):
-    w = torch.nn.Parameter(torch.ones(4))
-    opt = torch.optim.AdamW([w], lr=0.1)
-    held = []
-    for _ in range(args.max_train_steps):
-        held.append(torch.ones(2**20))  # 4 MiB more live at every step
-        (w * w).sum().backward()
-        opt.step()
-        opt.zero_grad()
-
-if __name__ == "__main__":
-    raise SystemExit("the benchmark imports the script; its __main__ block must not run")
-"""
 
 
 def test_the_peer_runs_in_a_child_and_is_timed_by_its_optimiser_steps(tmp_path):
