@@ -10,7 +10,7 @@ import torch
 
 from diffalign.benchmarks import gpu_table
 from diffalign.benchmarks.train_step_table import add_ratios, combine_rounds
-from stand_in_peer import FAKE_PEER as STAND_IN_PEER  #  (shared with test_train_step_benchmark.py)
+from stand_in_peer import FAKE_PEER as STAND_IN_PEER  # shared with test_train_step_benchmark.py
 
 
 def _value(argv: list[str], option: str) -> str:

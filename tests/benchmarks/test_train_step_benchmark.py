@@ -9,7 +9,7 @@ import torch
 
 from diffalign.benchmarks.measure import PeakMemory, StepTimer, TensorMemory, peak_of_running_sum
 from diffalign.benchmarks.train_step import main
-from stand_in_peer import FAKE_PEER  #  (shared with test_gpu_table.py)
+from stand_in_peer import FAKE_PEER  # shared with test_gpu_table.py
 
 STEPS = 2
 ROUNDS = 2
