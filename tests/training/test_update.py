@@ -34,6 +34,7 @@ def test_one_process(tmp_path):
     assert (results["straight"]["w1"] - halves).abs().max() > 1e-3
 
 
+@pytest.mark.slow  # 30 s of two launches; the trainer's two-process tests are slow too (test_train_multiprocess.py)
 def test_two_processes(tmp_path):
     for names in (["straight", "stopped"], ["resumed"]):  # the stopped run ends its launch's process group
         command = [shutil.which("accelerate"), "launch", "--multi_gpu", "--num_processes", "2",
