@@ -99,6 +99,7 @@ def _cli(prompts_file, generators, reward_dir, out, *extra):
             "--shard-size", "1", "--no-progress", *extra]
 
 
+@pytest.mark.slow  # 11 s; the default suite resumes a build stopped mid-call (below)
 def test_killed_build_resumes_with_the_same_rows(generators, tmp_path, diffalign_child):
     prompts = [f"a red circle number {i}" for i in range(24)]
     (tmp_path / "prompts.txt").write_text("\n".join(prompts))

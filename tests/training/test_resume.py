@@ -54,8 +54,15 @@ def toy_prompts(tmp_path_factory):
                                 ["a red circle", "a blue square", "a green circle", "a yellow square"])
 
 
-@pytest.mark.parametrize("objective", [pytest.param(o, marks=pytest.mark.slow) if OBJECTIVES[o].step == "online" else o
-                                       for o in sorted(OBJECTIVES)])  # online: the default suite has its SIGTERM test
+# Slow: the online objectives (the default suite has their SIGTERM test), and the objectives whose
+# step and state another default case already resumes (rank_dpo: Diffusion-DPO's denoising step;
+# smpo: InPO's inversion step) — suite budget.
+_SLOW_RESUME = {"rank_dpo", "smpo"}
+
+
+@pytest.mark.parametrize("objective", [pytest.param(o, marks=pytest.mark.slow)
+                                       if OBJECTIVES[o].step == "online" or o in _SLOW_RESUME else o
+                                       for o in sorted(OBJECTIVES)])
 def test_a_run_killed_at_any_phase_resumes_to_the_uninterrupted_run(objective, tiny_path, pair_data, ranked_data,
                                                                     expert_data, step_aware_model, toy_prompts,
                                                                     tmp_path):
