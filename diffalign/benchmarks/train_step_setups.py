@@ -123,9 +123,8 @@ def diffalign_raw_config(args, model: str, data: Path, out: Path, setup: str, st
 
 def run_diffalign(args, model: str, data: Path, setup: str, first_round: bool = True) -> dict:
     """Time the real trainer (its own loop, data loader and logging) through its ``on_step`` hook."""
-    from diffalign.training import Trainer
-
     from diffalign.families.reference import Reference
+    from diffalign.training import Trainer
 
     timer = StepTimer(args.device, warmup=args.warmup)
     forget_compiled(setup)
