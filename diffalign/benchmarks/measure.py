@@ -195,6 +195,12 @@ class StepTimer:
                 self.times.append(now - self._last)
         self._last = now
 
+    def resume(self) -> None:
+        """Restart the clock without ending a step: what passed since the last tick is not timed
+        (a lock-step run's wait for its turn, :mod:`.lockstep`)."""
+        synchronize(self.device)
+        self._last = time.perf_counter()
+
     @property
     def median_s(self) -> float:
         if not self.times:

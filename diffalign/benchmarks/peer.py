@@ -14,7 +14,8 @@ diffalign set-ups. The child imports the script as a module (its imports are sta
 importing diffalign is for the other set-ups), then measures ``main(parse_args(argv))``:
 
 - step times from a global optimiser step hook (``register_optimizer_step_post_hook``), so the
-  time between two optimiser steps is a whole step, data loading and logging included;
+  time between two optimiser steps is a whole step, data loading and logging included; in
+  lock-step (``--turns``, :mod:`.lockstep`) the same hook waits for the other run's step, untimed;
 - peak memory with the same :class:`~.measure.PeakMemory` (RSS on CPU, ``max_memory_allocated``
   on CUDA) or, in a second pass of two steps, :class:`~.measure.TensorMemory` (the CPU tensor peak),
   as for every other set-up.
@@ -102,16 +103,53 @@ def run_peer(args, model: str, parquet: Path, memory: str, steps: int) -> dict:
         memory: ``"peak"`` (:class:`~.measure.PeakMemory`, timed) or ``"tensor"``
             (:class:`~.measure.TensorMemory`, the profiled pass).
     """
-    with tempfile.TemporaryDirectory() as work:
-        result = Path(work) / "result.json"
-        command = [sys.executable, "-m", "diffalign.benchmarks.peer", "--script", str(args.peer_script),
-                   "--result", str(result), "--warmup", str(args.warmup), "--memory", memory, "--device", args.device,
-                   "--", *peer_arguments(args, model, parquet, Path(work) / "out", steps)]
-        done = subprocess.run(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        if done.returncode != 0 or not result.exists():
-            tail = "\n".join(done.stdout.splitlines()[-30:])
-            raise RuntimeError(f"the peer script failed (exit {done.returncode}):\n{tail}")
-        return json.loads(result.read_text())
+    return start_peer(args, model, parquet, memory, steps).result()
+
+
+class PeerRun:
+    """The peer script running in a child process (:func:`start_peer`); :meth:`result` waits for it."""
+
+    def __init__(self, command: list[str], work: tempfile.TemporaryDirectory, pass_fds: tuple[int, ...] = ()):
+        self.work = work
+        self.result_path = Path(work.name) / "result.json"
+        self.log_path = Path(work.name) / "log.txt"
+        # Its output goes to a file: a pipe nobody reads while the other side of a lock-step pair
+        # trains could fill, and the child would stop mid-step.
+        with open(self.log_path, "w") as log:
+            self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, text=True, pass_fds=pass_fds)
+
+    def stop(self) -> None:
+        """End the run early (the other side of its pair failed)."""
+        self.process.kill()
+        self.process.wait()
+        self.work.cleanup()
+
+    def result(self) -> dict:
+        try:
+            code = self.process.wait()
+            if code != 0 or not self.result_path.exists():
+                tail = "\n".join(self.log_path.read_text(errors="replace").splitlines()[-30:])
+                raise RuntimeError(f"the peer script failed (exit {code}):\n{tail}")
+            return json.loads(self.result_path.read_text())
+        finally:
+            self.work.cleanup()
+
+
+def start_peer(args, model: str, parquet: Path, memory: str, steps: int, turns: tuple[int, int] | None = None) -> PeerRun:
+    """Start the peer script in a child process (see :func:`run_peer`).
+
+    Args:
+        turns: the child's ``(read_fd, write_fd)`` of a lock-step pair (:meth:`.lockstep.Turns.pair`):
+            its steps then alternate with the other side's, and its waits are not timed.
+    """
+    work = tempfile.TemporaryDirectory()
+    command = [sys.executable, "-m", "diffalign.benchmarks.peer", "--script", str(args.peer_script),
+               "--result", str(Path(work.name) / "result.json"), "--warmup", str(args.warmup), "--memory", memory,
+               "--device", args.device]
+    if turns is not None:
+        command += ["--turns", f"{turns[0]},{turns[1]}"]
+    command += ["--", *peer_arguments(args, model, parquet, Path(work.name) / "out", steps)]
+    return PeerRun(command, work, pass_fds=turns or ())
 
 
 # ---------------------------------------------------------------------------------- the child process
@@ -129,6 +167,7 @@ def _load_script(path: str):
 def _child(argv: list[str]) -> int:
     from torch.optim.optimizer import register_optimizer_step_post_hook
 
+    from diffalign.benchmarks.lockstep import Turns, timed_step
     from diffalign.benchmarks.measure import PeakMemory, StepTimer, TensorMemory
 
     p = argparse.ArgumentParser(prog="python -m diffalign.benchmarks.peer")
@@ -137,17 +176,26 @@ def _child(argv: list[str]) -> int:
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--memory", choices=("peak", "tensor"), default="peak")
     p.add_argument("--device", default="cpu")
+    p.add_argument("--turns", default=None, help="READ_FD,WRITE_FD: take turns with another run (lock-step)")
     p.add_argument("script_args", nargs=argparse.REMAINDER)
     ours = p.parse_args(argv)
     script_args = ours.script_args[1:] if ours.script_args[:1] == ["--"] else ours.script_args
     module = _load_script(ours.script)
     script_ns = module.parse_args(script_args)
     timer = StepTimer(ours.device, warmup=ours.warmup)
-    hook = register_optimizer_step_post_hook(lambda *_: timer.tick())
+    turns = None
+    if ours.turns is not None:
+        read_fd, write_fd = map(int, ours.turns.split(","))
+        turns = Turns(read_fd, write_fd, leader=False)
+    hook = register_optimizer_step_post_hook(lambda *_: timed_step(timer, turns))
     memory = PeakMemory(ours.device) if ours.memory == "peak" else TensorMemory()
-    with memory:
-        timer.tick()  # the clock starts at loading; the warm-up steps drop what precedes them
-        module.main(script_ns)
+    try:
+        with memory:
+            timer.tick()  # the clock starts at loading; the warm-up steps drop what precedes them
+            module.main(script_ns)
+    finally:
+        if turns is not None:
+            turns.close()  # the other side stops waiting for steps that will not come
     hook.remove()
     Path(ours.result).write_text(json.dumps({"step_times_s": timer.times, "peak_bytes": memory.peak_bytes}))
     return 0

@@ -30,6 +30,8 @@ def table_main(argv: list[str] | None = None) -> int:
     p.add_argument("--peer-script", required=True, metavar="PATH", help=f"DIFFUSERS/{PEER_SCRIPT}")
     p.add_argument("--sizes", nargs="+", choices=sorted(PEER_TABLES), default=list(PEER_TABLES))
     p.add_argument("--extra-setups", nargs="*", default=[], help="more train_step set-ups, e.g. diffalign+regional")
+    p.add_argument("--lockstep", action="store_true",
+                   help="each set-up takes turns with its own run of the peer, step by step (train_step.py --lockstep)")
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--warmup", type=int, default=3)
@@ -45,7 +47,7 @@ def table_main(argv: list[str] | None = None) -> int:
         name = f"train_step-peer-{size}"
         train_step_main([*size_args, "--setups", *PEER_TABLE_SETUPS, *args.extra_setups, "--peer-script", args.peer_script,
                          "--rounds", str(args.rounds), "--steps", str(args.steps), "--warmup", str(args.warmup),
-                         "--out", args.out, "--name", name])
+                         "--out", args.out, "--name", name, *(["--lockstep"] if args.lockstep else [])])
         table = (Path(args.out) / f"{name}.md").read_text().split("\n\n", 1)[1]
         sections.append(f"**{title[0].upper()}{title[1:]}**\n\n{table}")
         if size in args.end_to_end_sizes:

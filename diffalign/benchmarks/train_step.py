@@ -10,6 +10,11 @@ first and to the naive loop second. The memory ratio is of allocated memory (CUD
 Every set-up reads the same pairs: random-noise JPEGs written in Pick-a-Pic's Parquet columns
 (what the peer script reads), converted by diffalign's ``build pick-a-pic`` for the others.
 
+A round runs every set-up once, one after the other. With ``--lockstep`` each set-up instead runs
+beside its own run of the peer, the two taking turns step by step (:mod:`.lockstep`), and its
+ratio to the peer is against that run: on a shared machine whose speed drifts between minutes,
+this keeps the drift out of the ratio.
+
 The set-ups (``--setups``: the peer script, the naive loop, the trainer with its switches) and how
 each is measured are in :mod:`.train_step_setups`; the ratios, rounds and columns of the table in
 :mod:`.train_step_table`. This module prepares the model and data, runs the rounds and writes the
@@ -41,8 +46,8 @@ from diffalign.benchmarks.measure import (BenchmarkError, check_counts, default_
                                           release_memory, warm_up_compiler, write_report)
 from diffalign.benchmarks.real_size import TINY_KIND
 from diffalign.families import BENCHMARK_FAMILY
-from diffalign.benchmarks.train_step_setups import (SETUPS, compiles, first_compile, run_diffalign, run_naive,
-                                                    run_peer_setup)
+from diffalign.benchmarks.train_step_setups import (SETUPS, compiles, first_compile, paired_peer_row, run_diffalign,
+                                                    run_naive, run_paired, run_peer_setup)
 from diffalign.benchmarks.train_step_table import add_ratios, columns, combine_rounds, one_off_costs
 
 
@@ -93,6 +98,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--peer-script", default=None, metavar="PATH",
                    help="diffusers' examples/research_projects/diffusion_dpo/train_diffusion_dpo_sdxl.py, from your "
                         "diffusers checkout, for the peer set-up (skipped without it)")
+    p.add_argument("--lockstep", action="store_true",
+                   help="run every other set-up in lock-step with its own run of the peer: their steps alternate, so a "
+                        "slow spell of a shared machine slows both, and its ratio is against that run (see lockstep.py)")
     p.add_argument("--memory-budget", type=float, default=0.95,
                    help="compile_memory_budget of the diffalign+compile+budget set-up (default 0.95)")
     p.add_argument("--mixed-precision", choices=("no", "bf16", "fp16"), default=None,
@@ -148,6 +156,30 @@ def prepare_model(args, work: Path) -> str:
     return str(save_tiny_pipeline(TINY_KIND[args.family], work / "model", with_t5=args.use_t5))
 
 
+def run_round(args, model: str, parquet: Path, data: Path, r: int) -> list[dict]:
+    """One row per set-up, in ``args.setups``' order; in lock-step each set-up takes turns with its
+    own run of the peer, and the peer's row gathers those runs."""
+    paired = args.lockstep and "peer" in args.setups
+    rows, peer_runs = {}, []
+    for setup in args.setups:
+        if setup == "peer" and paired:
+            continue
+        print(f"[train_step] round {r + 1}/{args.rounds}: {setup}{' (in lock-step with the peer)' if paired else ''} ...",
+              file=sys.stderr, flush=True)
+        if setup == "peer":
+            rows[setup] = run_peer_setup(args, model, parquet, r == 0)
+        elif paired:
+            rows[setup], peer_run = run_paired(args, model, parquet, data, setup, r == 0)
+            peer_runs.append(peer_run)
+        elif setup == "naive":
+            rows[setup] = run_naive(args, model, data, r == 0)
+        else:
+            rows[setup] = run_diffalign(args, model, data, setup, r == 0)
+    if paired:
+        rows["peer"] = paired_peer_row(args, model, parquet, peer_runs, r == 0)
+    return [rows[setup] for setup in args.setups]
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     apply_defaults(args)
@@ -155,6 +187,8 @@ def main(argv: list[str] | None = None) -> int:
         check_counts(steps=args.steps, rounds=args.rounds, batch_size=args.batch_size)
     except BenchmarkError as err:
         raise SystemExit(f"error: {err}") from err
+    if args.lockstep and args.warmup < 1:
+        raise SystemExit("error: --lockstep needs --warmup 1 or more: the two runs' first steps overlap")
     from diffalign.benchmarks.peer import peer_skipped
 
     if "peer" in args.setups and (why := peer_skipped(args)) is not None:
@@ -179,18 +213,7 @@ def main(argv: list[str] | None = None) -> int:
         for setup in compiled:
             print(f"[train_step] first compile of {setup} (minutes on a few CPU cores) ...", file=sys.stderr, flush=True)
             extra["first_compile"][setup] = first_compile(args, model, data, setup)
-        rounds = []
-        for r in range(args.rounds):
-            rows = []
-            for setup in args.setups:
-                print(f"[train_step] round {r + 1}/{args.rounds}: {setup} ...", file=sys.stderr, flush=True)
-                if setup == "peer":
-                    rows.append(run_peer_setup(args, model, parquet, r == 0))
-                elif setup == "naive":
-                    rows.append(run_naive(args, model, data, r == 0))
-                else:
-                    rows.append(run_diffalign(args, model, data, setup, r == 0))
-            rounds.append(add_ratios(rows))
+        rounds = [add_ratios(run_round(args, model, parquet, data, r)) for r in range(args.rounds)]
     rows = combine_rounds(rounds, args)
     table = markdown_table(rows, [c for c in columns(args.device) if any(r.get(c[0]) is not None for r in rows)])
     table += "\n" + one_off_costs(extra)

@@ -35,6 +35,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from diffalign.benchmarks.lockstep import timed_step
 from diffalign.benchmarks.measure import PeakMemory, StepTimer, mib, release_memory
 
 SETUPS = ("peer", "naive", "diffalign", "diffalign-uncached", "diffalign-uncached+noshare", "diffalign+nopass",
@@ -58,6 +59,46 @@ def run_peer_setup(args, model: str, parquet: Path, first_round: bool = True) ->
     return _result("peer", args, timer, timed["peak_bytes"], PeakMemory(args.device).kind, None, tensors)
 
 
+def run_paired(args, model: str, parquet: Path, data: Path, setup: str, first_round: bool = True) -> tuple[dict, dict]:
+    """Run a set-up in lock-step with its own run of the peer (:mod:`.lockstep`): their steps
+    alternate, so a slow spell of the machine slows both. Returns ``(row, peer_row)``; the row's
+    ``paired_peer_pairs_per_s`` is that peer run's, the one its ratio to the peer is taken against."""
+    from diffalign.benchmarks.lockstep import Turns
+    from diffalign.benchmarks.peer import start_peer
+
+    turns, other_side = Turns.pair()
+    peer = start_peer(args, model, parquet, "peak", args.warmup + args.steps, turns=other_side)
+    turns.close_other_side()
+    try:
+        if setup == "naive":
+            row = run_naive(args, model, data, first_round, turns=turns)
+        else:
+            row = run_diffalign(args, model, data, setup, first_round, turns=turns)
+    except BaseException:
+        peer.stop()
+        raise
+    finally:
+        turns.close()
+    timed = peer.result()
+    timer = StepTimer(args.device, warmup=args.warmup, times=timed["step_times_s"])
+    peer_row = _result("peer", args, timer, timed["peak_bytes"], PeakMemory(args.device).kind, None, None)
+    row["paired_peer_pairs_per_s"] = peer_row["pairs_per_s"]
+    return row, peer_row
+
+
+def paired_peer_row(args, model: str, parquet: Path, runs: list[dict], first_round: bool) -> dict:
+    """The peer's row of a lock-step round: every step of its paired ``runs``, the smallest of
+    their peaks (the same script each time), and in the first round the tensor-memory pass."""
+    from diffalign.benchmarks.peer import run_peer
+
+    timer = StepTimer(args.device, warmup=0, times=[t for run in runs for t in run["step_times_s"]])
+    peak = min(run["peak_mib"] for run in runs) * 2**20
+    tensors = None
+    if first_round and args.tensor_memory and not args.device.startswith("cuda"):
+        tensors = run_peer(args, model, parquet, "tensor", MEMORY_PASS_STEPS)["peak_bytes"]
+    return _result("peer", args, timer, peak, PeakMemory(args.device).kind, None, tensors)
+
+
 def make_naive(args, model: str, data: Path):
     from diffalign.benchmarks.naive import NaiveDPO
 
@@ -66,16 +107,19 @@ def make_naive(args, model: str, data: Path):
                     mixed_precision=args.mixed_precision, device=args.device, workers=args.workers)
 
 
-def run_naive(args, model: str, data: Path, first_round: bool = True) -> dict:
+def run_naive(args, model: str, data: Path, first_round: bool = True, turns=None) -> dict:
     """Time the naive loop; peak memory covers loading it and its steps. FLOPs and the tensor
-    memory pass (deterministic) are measured in the first round only."""
+    memory pass (deterministic) are measured in the first round only. ``turns``: lock-step
+    (:func:`run_paired`)."""
     timer = StepTimer(args.device, warmup=args.warmup)
     with PeakMemory(args.device) as mem:
         naive = make_naive(args, model, data)
         timer.tick()
         for _ in range(args.warmup + args.steps):
             naive.step()
-            timer.tick()
+            timed_step(timer, turns)
+        if turns is not None:
+            turns.close()
         flops = _count_flops(lambda: naive.compute_loss(naive._next_batch()).backward()) if args.flops and first_round else None
         naive.optimizer.zero_grad(set_to_none=True)
         naive = None  # freed before the memory pass builds its own
@@ -121,8 +165,9 @@ def diffalign_raw_config(args, model: str, data: Path, out: Path, setup: str, st
     }
 
 
-def run_diffalign(args, model: str, data: Path, setup: str, first_round: bool = True) -> dict:
-    """Time the real trainer (its own loop, data loader and logging) through its ``on_step`` hook."""
+def run_diffalign(args, model: str, data: Path, setup: str, first_round: bool = True, turns=None) -> dict:
+    """Time the real trainer (its own loop, data loader and logging) through its ``on_step`` hook.
+    ``turns``: lock-step (:func:`run_paired`)."""
     from diffalign.families.reference import Reference
     from diffalign.training import Trainer
 
@@ -132,7 +177,9 @@ def run_diffalign(args, model: str, data: Path, setup: str, first_round: bool = 
     with tempfile.TemporaryDirectory() as out, PeakMemory(args.device) as mem:
         trainer = Trainer(diffalign_config(args, model, data, Path(out), setup))
         timer.tick()
-        trainer.run(on_step=lambda step, _: timer.tick())
+        trainer.run(on_step=lambda step, _: timed_step(timer, turns))
+        if turns is not None:
+            turns.close()
         flops = (_count_flops(lambda: trainer.compute_loss(next(iter(trainer.loader))).loss.backward())
                  if args.flops and first_round else None)
         trainer.accelerator.free_memory()

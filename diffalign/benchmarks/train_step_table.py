@@ -12,14 +12,15 @@ BASELINES = ("peer", "naive")
 
 def add_ratios(rows: list[dict]) -> list[dict]:
     """Each row's ratios to each baseline present (:data:`BASELINES`): ``speedup_<base>``
-    (pairs/s ÷ the baseline's), ``memory_ratio_<base>`` (peak ÷ the baseline's) and, on CPU,
+    (pairs/s ÷ the baseline's, or ÷ ``paired_<base>_pairs_per_s``, the run it took turns with), ``memory_ratio_<base>`` (peak ÷ the baseline's) and, on CPU,
     ``tensor_memory_ratio_<base>``."""
     for base in BASELINES:
         ref = next((r for r in rows if r["setup"] == base), None)
         if ref is None:
             continue
         for row in rows:
-            row[f"speedup_{base}"] = row["pairs_per_s"] / ref["pairs_per_s"]
+            # In lock-step a row's own run of the peer is its baseline (train_step_setups.run_paired).
+            row[f"speedup_{base}"] = row["pairs_per_s"] / row.get(f"paired_{base}_pairs_per_s", ref["pairs_per_s"])
             row[f"memory_ratio_{base}"] = row["peak_mib"] / ref["peak_mib"] if ref["peak_mib"] > 0 else None
             if row.get("tensor_peak_mib") is not None and ref.get("tensor_peak_mib"):
                 row[f"tensor_memory_ratio_{base}"] = row["tensor_peak_mib"] / ref["tensor_peak_mib"]

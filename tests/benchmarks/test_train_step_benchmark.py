@@ -126,22 +126,21 @@ def test_bad_model_folder_is_a_clear_error(tmp_path):
 
 
 
-def test_the_peer_runs_in_a_child_and_is_timed_by_its_optimiser_steps(tmp_path):
-    """A stand-in script with the peer's ``parse_args``/``main`` shape: every optimiser step is
-    timed (warm-up dropped) and the memory it adds is measured in the child (the RSS pass; the
-    tensor pass wraps the same call in :class:`TensorMemory`, tested below)."""
-    from types import SimpleNamespace
-
-    from diffalign.benchmarks.peer import run_peer
-
+def test_in_lock_step_each_setup_is_judged_against_its_own_peer_run(tmp_path):
+    """``--lockstep``: the trainer takes turns with a (stand-in) peer run; the peer's row gathers
+    that run's steps and the set-up's ratio is against it."""
     script = tmp_path / "train_diffusion_dpo_sdxl.py"
     script.write_text(FAKE_PEER)
-    args = SimpleNamespace(peer_script=script, warmup=2, device="cpu", mode="lora", resolution=32, batch_size=1,
-                           lora_rank=4, lr=1e-5, mixed_precision="no", workers=None)
-    result = run_peer(args, "model", tmp_path / "pairs", "peak", steps=6)
-    assert len(result["step_times_s"]) == 4  # 6 steps, 2 of them warm-up
-    assert all(t > 0 for t in result["step_times_s"])
-    assert result["peak_bytes"] >= 6 * 4 * 2**20  # six 4-MiB tensors held at the end
+    argv = ["--family", "sdxl", "--steps", "2", "--rounds", "1", "--warmup", "1", "--batch-size", "1", "--resolution", "32",
+            "--setups", "peer", "diffalign", "--peer-script", str(script), "--lockstep", "--no-tensor-memory",
+            "--device", "cpu", "--out", str(tmp_path / "out"), "--name", "t"]
+    assert main(argv) == 0
+    peer, diffalign = json.loads((tmp_path / "out" / "t.json").read_text())["rows"]
+    assert peer["setup"] == "peer" and len(peer["step_times_s"]) == 2 and len(diffalign["step_times_s"]) == 2
+    assert peer["pairs_per_s"] == pytest.approx(diffalign["paired_peer_pairs_per_s"])
+    assert diffalign["speedup_peer"] == pytest.approx(diffalign["pairs_per_s"] / peer["pairs_per_s"])
+    with pytest.raises(SystemExit, match="--lockstep needs --warmup 1"):
+        main([*argv, "--warmup", "0"])
 
 
 @pytest.mark.slow

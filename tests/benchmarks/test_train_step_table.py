@@ -21,6 +21,14 @@ def test_each_round_is_judged_against_its_own_baseline_run():
     assert diffalign["step_times_s"] == [1.0, 1.0] and diffalign["rounds"] == 2 and "speedup_peer" not in diffalign
 
 
+def test_in_lock_step_a_row_is_judged_against_the_peer_run_it_took_turns_with():
+    peer, paired = _row("peer", 2.0, 100.0), _row("diffalign-uncached", 1.0, 50.0)
+    paired["paired_peer_pairs_per_s"] = 2 / 3.0  # its own peer run was slower than the peer row's median
+    other = _row("diffalign", 1.0, 50.0)
+    add_ratios([peer, paired, other])
+    assert paired["speedup_peer"] == pytest.approx(3.0) and other["speedup_peer"] == pytest.approx(2.0)
+
+
 def test_one_off_costs_are_listed_under_the_table():
     text = one_off_costs({"cache_build_s": 1.25, "compiler_startup_mib": 70.4,
                           "first_compile": {"diffalign+compile": {"seconds": 95.2, "peak_mib": 191.04}}})
