@@ -20,15 +20,21 @@ def _train(turns, name, steps, step_s, log, lock):
     turns.close()
 
 
-def test_after_the_first_step_the_two_runs_alternate_and_never_overlap():
+def _pair(leader_steps: int, follower_steps: int, step_s: float) -> list[tuple]:
+    """Leader here, follower in a thread; returns ``(name, step, start, end)`` of every step."""
     leader, (read_fd, write_fd) = Turns.pair()
     follower = Turns(read_fd, write_fd, leader=False)
     log, lock = [], threading.Lock()
-    other = threading.Thread(target=_train, args=(follower, "F", 5, 0.02, log, lock))
+    other = threading.Thread(target=_train, args=(follower, "F", follower_steps, step_s, log, lock))
     other.start()
-    _train(leader, "L", 5, 0.02, log, lock)
+    _train(leader, "L", leader_steps, step_s, log, lock)
     other.join(timeout=10)
     assert not other.is_alive()
+    return log
+
+
+def test_after_the_first_step_the_two_runs_alternate_and_never_overlap():
+    log = _pair(5, 5, 0.02)
     later = sorted((e for e in log if e[1] > 1), key=lambda e: e[2])
     assert [(name, k) for name, k, *_ in later] == [("L", 2), ("F", 2), ("L", 3), ("F", 3), ("L", 4), ("F", 4),
                                                     ("L", 5), ("F", 5)]
@@ -36,14 +42,7 @@ def test_after_the_first_step_the_two_runs_alternate_and_never_overlap():
 
 
 def test_a_run_that_ends_first_leaves_the_other_running_alone():
-    leader, (read_fd, write_fd) = Turns.pair()
-    follower = Turns(read_fd, write_fd, leader=False)
-    log, lock = [], threading.Lock()
-    other = threading.Thread(target=_train, args=(follower, "F", 6, 0.001, log, lock))
-    other.start()
-    _train(leader, "L", 2, 0.001, log, lock)
-    other.join(timeout=10)
-    assert not other.is_alive() and sum(1 for e in log if e[0] == "F") == 6
+    assert sum(1 for e in _pair(2, 6, 0.001) if e[0] == "F") == 6
 
 
 def test_the_peer_child_takes_turns_and_its_waits_are_not_timed(tmp_path):
