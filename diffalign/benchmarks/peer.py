@@ -107,12 +107,14 @@ def run_peer(args, model: str, parquet: Path, memory: str, steps: int) -> dict:
 
 
 class PeerRun:
-    """The peer script running in a child process (:func:`start_peer`); :meth:`result` waits for it."""
+    """The peer script running in a child process (:func:`start_peer`); :meth:`result` waits for it.
+    ``command`` is the child's, less ``--result``, which points into ``work``."""
 
     def __init__(self, command: list[str], work: tempfile.TemporaryDirectory, pass_fds: tuple[int, ...] = ()):
         self.work = work
         self.result_path = Path(work.name) / "result.json"
         self.log_path = Path(work.name) / "log.txt"
+        command = command[:3] + ["--result", str(self.result_path)] + command[3:]
         # Its output goes to a file: a pipe nobody reads while the other side of a lock-step pair
         # trains could fill, and the child would stop mid-step.
         with open(self.log_path, "w") as log:
@@ -144,8 +146,7 @@ def start_peer(args, model: str, parquet: Path, memory: str, steps: int, turns: 
     """
     work = tempfile.TemporaryDirectory()
     command = [sys.executable, "-m", "diffalign.benchmarks.peer", "--script", str(args.peer_script),
-               "--result", str(Path(work.name) / "result.json"), "--warmup", str(args.warmup), "--memory", memory,
-               "--device", args.device]
+               "--warmup", str(args.warmup), "--memory", memory, "--device", args.device]
     if turns is not None:
         command += ["--turns", f"{turns[0]},{turns[1]}"]
     command += ["--", *peer_arguments(args, model, parquet, Path(work.name) / "out", steps)]
