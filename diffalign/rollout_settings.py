@@ -103,8 +103,11 @@ TRAINED_STEPS = ("first", "random")
 
 @dataclass
 class OnlineRollout:
-    """The ``rollout:`` block of the online objectives (``grpo``, ``dance_grpo``): how a collection
-    is sampled and scored, and how it is cut into updates. Defaults: Flow-GRPO's SD3.5-M GenEval
+    """The ``rollout:`` block of the online objectives (``grpo``, ``dance_grpo``, ``diffusion_nft``):
+    how a collection is sampled and scored, and how it is cut into updates. ``diffusion_nft`` samples
+    deterministically with its old weights and trains each image at a random ``⌊train_fraction·steps⌋``
+    of the sampler's times, so ``noise``, ``noise_level``, ``trained``, ``sde_window`` and
+    ``keep_best_worst`` do not apply to it (:class:`~diffalign.steps.nft.NFTStep` refuses them). Defaults: Flow-GRPO's SD3.5-M GenEval
     config (``flow_grpo`` @ac4c86e, ``config/grpo.py`` L74–91, ``config/base.py`` L54, L86); DanceGRPO's
     values come through ``dance_grpo``'s ``step_defaults``. Cost per prompt: ``images_per_prompt ×
     steps`` guided denoiser calls without gradient, a VAE decode and a score per image; then, per

@@ -32,7 +32,8 @@ from diffalign.typed_config import build_checked, to_dict
 STEP_SETTINGS: dict[str, tuple[str, type]] = {"spo": ("rollout", SPORollout),
                                                 "diffusion_dro": ("rollout", DRORollout),
                                                 "inversion": ("inversion", InversionConfig),
-                                                "online": ("rollout", OnlineRollout)}
+                                                "online": ("rollout", OnlineRollout),
+                                                "nft": ("rollout", OnlineRollout)}
 """Step name → ``(config block, settings dataclass)``; a step not listed has no settings."""
 
 STEP_BLOCKS = ("rollout", "inversion")

@@ -97,7 +97,8 @@ class Reference:
 
 
 class Snapshot:
-    """A frozen copy of the policy as of its last :meth:`refresh`: Diffusion-DRO's rollout model.
+    """A frozen copy of the policy as of its last :meth:`refresh` (Diffusion-DRO's rollout model),
+    or moved toward it softly (DiffusionNFT's old weights, :meth:`pairs`).
 
     Under LoRA only the trainable (adapter) tensors are copied, and :meth:`active` swaps them into
     the policy for the rollout and back afterwards: no second copy of the base weights. Under full
@@ -144,6 +145,13 @@ class Snapshot:
         else:
             self.module.load_state_dict(self.denoiser.state_dict())
 
+    def pairs(self) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """``(snapshot tensors, the policy's tensors)`` in the same order, for an update of the
+        snapshot in place (under LoRA the adapters', else every parameter)."""
+        if self.lora:
+            return self._saved, self._live
+        return [p.data for p in self.module.parameters()], [p.detach() for p in self.denoiser.parameters()]
+
     @contextmanager
     def active(self):
         """Yield the module to call as the snapshot, under ``no_grad``."""
@@ -159,6 +167,13 @@ class Snapshot:
             finally:
                 for now, live in zip(current, self._live):
                     live.copy_(now)
+
+
+def has_adapters(denoiser: torch.nn.Module) -> bool:
+    """Whether ``denoiser`` carries LoRA adapters (peft's tuner layers)."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    return any(isinstance(m, BaseTunerLayer) for m in denoiser.modules())
 
 
 def _frozen_copy(denoiser: torch.nn.Module) -> torch.nn.Module:

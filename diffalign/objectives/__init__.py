@@ -23,6 +23,7 @@ from .base import (
 from .dcpo import DCPO, DCPOConfig
 from .diffusion_dpo import DiffusionDPO, DiffusionDPOConfig
 from .diffusion_dro import DiffusionDRO, DiffusionDROConfig
+from .diffusion_nft import DiffusionNFT, DiffusionNFTConfig
 from .grpo import GRPO, DanceGRPO, DanceGRPOConfig, GRPOConfig
 from .inpo import InPO, InPOConfig
 from .mapo import MaPO, MaPOConfig
@@ -33,7 +34,7 @@ from .spo import SPO, SPOConfig
 
 OBJECTIVES = {"diffusion_dpo": DiffusionDPO, "mapo": MaPO, "dcpo": DCPO, "rank_dpo": RankDPO, "sft": SFT,
               "inpo": InPO, "smpo": SmPO, "spo": SPO, "diffusion_dro": DiffusionDRO, "grpo": GRPO,
-              "dance_grpo": DanceGRPO}
+              "dance_grpo": DanceGRPO, "diffusion_nft": DiffusionNFT}
 
 
 def objective_class(name: str) -> type[Objective]:
@@ -112,7 +113,7 @@ def build_objective(spec: Mapping[str, Any]) -> Objective:
 
 __all__ = [
     "DCPO", "GRPO", "DanceGRPO", "DanceGRPOConfig", "GRPOConfig", "METRIC_NAMES", "MaPO", "OBJECTIVES", "SFT", "SPO", "DCPOConfig", "DiffusionDPO", "DiffusionDPOConfig",
-    "DiffusionDRO", "DiffusionDROConfig", "SPOConfig",
+    "DiffusionDRO", "DiffusionDROConfig", "DiffusionNFT", "DiffusionNFTConfig", "SPOConfig",
     "InPO", "InPOConfig", "MaPOConfig", "Objective", "ObjectiveDataError", "ObjectiveOutput", "PreferenceTerms",
     "RankDPO", "RankDPOConfig", "SFTConfig", "SmPO", "SmPOConfig", "build_objective", "complete_spec", "describe_config",
     "objective_class", "objective_config_dataclass", "pair_metrics", "prepare_terms", "require_reference",

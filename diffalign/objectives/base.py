@@ -54,6 +54,9 @@ class PreferenceTerms:
             sampled (never recomputed), the denominator of the policy ratio.
         advantages: ``[B, K]`` online RL: each sample's advantage.
         kl: ``[B, K]`` online RL: the KL term of each step against the reference (no reduction).
+        policy_x0, old_x0: ``[N, *latent]`` DiffusionNFT: the clean sample each model predicts at a
+            re-noised sample (the policy's with gradient; the old weights' without).
+        x0: ``[N, *latent]`` DiffusionNFT: the clean samples the rollouts ended at.
     """
 
     policy_err: Tensor | None = None
@@ -67,6 +70,9 @@ class PreferenceTerms:
     old_logp: Tensor | None = None
     advantages: Tensor | None = None
     kl: Tensor | None = None
+    policy_x0: Tensor | None = None
+    old_x0: Tensor | None = None
+    x0: Tensor | None = None
 
 
 def weighted_mean(values: Tensor, weights: Tensor | None) -> Tensor:
@@ -98,11 +104,13 @@ class Objective:
         needs_ranks: needs ranks or scores in the data (RankDPO).
         needs_scores: needs reward scores in the data (SmPO).
         per_image: what its terms carry per image: ``"err"`` (``policy_err``/``ref_err``,
-            denoising errors: lower is better) or ``"logp"`` (``policy_logp``/``ref_logp``, a
-            sampler step's log-probabilities: higher is likelier; SPO).
+            denoising errors: lower is better), ``"logp"`` (``policy_logp``/``ref_logp``, a
+            sampler step's log-probabilities: higher is likelier; SPO, the GRPO family) or
+            ``"x0"`` (``policy_x0``/``old_x0``, predicted clean samples; DiffusionNFT).
         step: the preference step that makes its terms (:data:`diffalign.steps.STEPS`):
             ``"denoising"`` (forward-noised latents), ``"inversion"`` (inverted latents), or a
-            sampling step (``"spo"``, ``"diffusion_dro"``: terms made from the policy's rollouts).
+            sampling step (``"spo"``, ``"diffusion_dro"``: terms made from the policy's rollouts;
+            ``"online"``, ``"nft"``: collect, then several updates).
         step_defaults: this objective's defaults for its step's settings block (``inversion:``
             or ``rollout:`` beside ``objective:``) where they differ from the step's own.
         prompt_dropout: the share of groups its official code trains with the empty prompt

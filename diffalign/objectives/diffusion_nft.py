@@ -1,9 +1,10 @@
-"""DiffusionNFT's maths: "DiffusionNFT: Online Diffusion Reinforcement with Forward Process".
+"""DiffusionNFT: "DiffusionNFT: Online Diffusion Reinforcement with Forward Process".
 
 Zheng et al., 2025, https://arxiv.org/abs/2509.16117 (official code: NVlabs/DiffusionNFT @24af555,
-``scripts/train_nft_sd3.py``, ``config/nft.py``, ``config/base.py``). Pure tensor maths; the step
-that samples with the *old* weights, scores, and trains on the forward process is not built yet
-(issue 38), so nothing registers this objective.
+``scripts/train_nft_sd3.py``, ``config/nft.py``, ``config/base.py``; line numbers below are that
+file's). Pure tensor maths; the step that samples with the *old* weights, scores, and trains on
+the forward process is :class:`~diffalign.steps.nft.NFTStep` (``step = "nft"``), its settings the
+``rollout:`` block (:class:`~diffalign.rollout_settings.OnlineRollout`).
 
 DiffusionNFT needs no likelihood of the sampler: it trains on clean samples ``x0`` re-noised with a
 fresh ``t`` and noise, as offline denoising does, and turns each sample's reward into a
@@ -51,12 +52,15 @@ decay 1e-4, each sample trained at ⌊0.99·10⌋ = 9 of its sampling times in s
 
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import ClassVar, Literal
 
 import torch
 from torch import Tensor
 
-from .base import weighted_mean
+from .base import Objective, ObjectiveOutput, PreferenceTerms, weighted_mean
+from .grpo import ADVANTAGE_STDS, combined_advantages
 
 ADV_MODES = ("all", "positive_only", "negative_only", "one_only", "binary")
 DECAY_TYPES = (0, 1, 2)
@@ -135,3 +139,81 @@ def nft_loss(policy_x0: Tensor, old_x0: Tensor, x0: Tensor, r: Tensor, beta: flo
 def prediction_kl(policy_pred: Tensor, ref_pred: Tensor) -> Tensor:
     """``[N]``: ``mean (p_θ − p_ref)²`` per sample, in the family's prediction space (L966–968)."""
     return ((policy_pred - ref_pred.detach()) ** 2).mean(dim=tuple(range(1, policy_pred.ndim)))
+
+
+@dataclass
+class DiffusionNFTConfig:
+    """``beta``: β, how far the implicit policies lie from the old weights (1.0; 0.1 for OCR and
+    multi-reward); ``kl_beta``: the KL to the reference (``train.beta``, 1e-4; 0 loads no
+    reference); ``adv_clip``: ``A`` (``adv_clip_max``, 5); ``adv_mode``: :data:`ADV_MODES` (``all``);
+    ``decay_type``: the old weights' schedule (:func:`old_decay`; 1, 2 for OCR);
+    ``advantage_std``: ``global`` (``sample.global_std``, the official default) or ``group``;
+    ``per_reward_advantages``: as :class:`~diffalign.objectives.grpo.GRPOConfig`'s (the official
+    code takes the advantage of the rewards' weighted sum)."""
+
+    beta: float = 1.0
+    kl_beta: float = 1e-4
+    adv_clip: float = 5.0
+    adv_mode: Literal["all", "positive_only", "negative_only", "one_only", "binary"] = "all"
+    decay_type: int = 1
+    advantage_std: Literal["global", "group"] = "global"
+    per_reward_advantages: bool = False
+
+    def __post_init__(self):
+        if not self.beta > 0:
+            raise ValueError(f"beta must be > 0 (the loss divides by it), got {self.beta}")
+        if not self.kl_beta >= 0:
+            raise ValueError(f"kl_beta must be ≥ 0, got {self.kl_beta}")
+        if not self.adv_clip > 0:
+            raise ValueError(f"adv_clip must be > 0, got {self.adv_clip}")
+        if self.adv_mode not in ADV_MODES:
+            raise ValueError(f"adv_mode must be one of {', '.join(ADV_MODES)}, got {self.adv_mode!r}")
+        if self.decay_type not in DECAY_TYPES:
+            raise ValueError(f"decay_type must be one of {DECAY_TYPES}, got {self.decay_type!r}")
+        if self.advantage_std not in ADVANTAGE_STDS:
+            raise ValueError(f"advantage_std must be one of {', '.join(ADVANTAGE_STDS)}, got {self.advantage_std!r}")
+
+
+class DiffusionNFT(Objective):
+    """DiffusionNFT (module docstring). Terms, one row per (image, trained time) of a micro-batch:
+    ``policy_x0``, ``old_x0``, ``x0`` ``[N, *latent]``, ``advantages [N, 1]``, ``kl [N, 1]``
+    (when ``kl_beta > 0``), ``weights [N]`` (0: padding)."""
+
+    name = "diffusion_nft"
+    Config = DiffusionNFTConfig
+    min_group_size = 0  # samples its own images: any dataset's prompts, prompt-only ones too
+    max_group_size = None
+    per_image = "x0"
+    step = "nft"
+    step_defaults: ClassVar[dict] = {"guidance": 1.0}  # CFG-free sampling (config/nft.py L62)
+
+    @property
+    def needs_reference(self) -> bool:  # type: ignore[override]
+        """The reference runs only for the KL term: ``kl_beta = 0`` loads none."""
+        return self.config.kl_beta > 0
+
+    def advantages(self, rewards: dict[str, Tensor], weights: dict[str, float]) -> tuple[Tensor, Tensor]:
+        """Flow-GRPO's (:func:`~diffalign.objectives.grpo.combined_advantages`), as the official
+        code computes them (L750–786)."""
+        config = self.config
+        return combined_advantages(rewards, weights, config.advantage_std, config.per_reward_advantages)
+
+    def loss(self, terms: PreferenceTerms) -> ObjectiveOutput:
+        config = self.config
+        for key in ("policy_x0", "old_x0", "x0", "advantages"):
+            if getattr(terms, key) is None:
+                raise ValueError(f"{self.name} needs {key} in its terms (the nft step makes them)")
+        r = optimality_probability(terms.advantages.flatten(), config.adv_clip, config.adv_mode)
+        loss, metrics = nft_loss(terms.policy_x0, terms.old_x0, terms.x0, r, config.beta, config.adv_clip,
+                                 terms.weights)
+        if config.kl_beta > 0:
+            if terms.kl is None:
+                raise ValueError(f"{self.name} with kl_beta > 0 needs the KL term (kl) in its terms")
+            kl = weighted_mean(terms.kl.double().flatten(), terms.weights)
+            loss = loss + config.kl_beta * kl
+            metrics["kl"] = kl.detach()
+        return ObjectiveOutput(loss, {"loss": loss.detach(), **metrics})
+
+
+__all__ = ["ADV_MODES", "DECAY_TYPES", "DiffusionNFT", "DiffusionNFTConfig", "nft_loss", "old_decay",
+           "optimality_probability", "prediction_kl", "soft_update_"]

@@ -28,10 +28,13 @@ class Collection:
     """What one collection holds (on the family's device; the tensors are what a checkpoint keeps).
 
     Attributes:
-        batch: the prompts' ``prompts``, ``ids``, ``indices`` and ``metas`` (B each).
-        latents: ``[S + 1, N, *latent]`` the start noise and the latent after each step.
+        batch: the prompts' ``prompts``, ``ids``, ``indices`` and ``metas`` (B each; the nft step
+            adds each prompt's generator seed, ``seeds``).
+        latents: ``[S + 1, N, *latent]`` the start noise and the latent after each step (the nft
+            step keeps the last only, ``[1, N, *latent]``).
         times: ``[N, S + 1]`` each latent's time.
-        log_prob: ``[S, N]`` each step's log-probability under the sampling policy (0 off the window).
+        log_prob: ``[S, N]`` each step's log-probability under the sampling policy (0 off the window;
+            the nft step keeps none, ``[0, N]``).
         steps: ``[N, T]`` the sampler steps each image trains.
         advantages: ``[N]`` float64.
         kept: ``[N]`` bool, the images that train (advantage ≠ 0, and best/worst when asked).
@@ -56,7 +59,7 @@ class Collection:
     """The updates' micro-batches (:func:`~diffalign.steps.buffer.plan_updates`), made again from ``seed`` on resume."""
 
     def state_dict(self) -> dict[str, Tensor]:
-        text = json.dumps({k: self.batch[k] for k in ("prompts", "ids", "indices", "metas")}).encode()
+        text = json.dumps(self.batch).encode()
         return {"latents": self.latents, "times": self.times, "log_prob": self.log_prob, "steps": self.steps,
                 "advantages": self.advantages, "kept": self.kept,
                 "counters": torch.tensor([self.seed, self.done, self.number], dtype=torch.long),
@@ -86,13 +89,7 @@ def sample(step, model, batch: dict, generators, rule, start: int, cond, uncond)
     settings, family = step.config, step.family
     b, k = len(batch["prompts"]), settings.images_per_prompt
     grid = sampling_grid(family, settings.steps, b).to(family.device)
-    frames = settings.frames if family.media == "video" else None
-    shape = settings.size
-    if settings.shared_noise:  # DanceGRPO: one start noise per prompt for its K images
-        noise = initial_noise(family, b, 1, shape, generator=generators, frames=frames)
-        noise = noise.expand(b, k, *noise.shape[2:]).clone()
-    else:
-        noise = initial_noise(family, b, k, shape, generator=generators, frames=frames)
+    noise = start_noise(step, b, generators)
     end = settings.steps if settings.sde_window is None else start + settings.sde_window
     common = dict(guidance=settings.guidance, uncond=uncond, generator=generators)
     parts, logps, x = [noise[None]], [], noise
@@ -105,6 +102,18 @@ def sample(step, model, batch: dict, generators, rule, start: int, cond, uncond)
         logps.append(traj.log_prob if stochastic else torch.zeros(last - first, b, k, device=x.device))
         x = traj.final
     return torch.cat(parts), grid, torch.cat(logps)
+
+
+def start_noise(step, prompts: int, generators) -> Tensor:
+    """``[B, K, *latent]`` the rollouts' start noise, drawn from each prompt's generator (one draw
+    for a prompt's ``K`` images with ``rollout.shared_noise``, DanceGRPO's)."""
+    settings, family = step.config, step.family
+    k = settings.images_per_prompt
+    frames = settings.frames if family.media == "video" else None
+    if settings.shared_noise:
+        noise = initial_noise(family, prompts, 1, settings.size, generator=generators, frames=frames)
+        return noise.expand(prompts, k, *noise.shape[2:]).clone()
+    return initial_noise(family, prompts, k, settings.size, generator=generators, frames=frames)
 
 
 def score(step, latents: Tensor, batch: dict) -> dict[str, Tensor]:
@@ -136,4 +145,4 @@ def gather_rewards(rewards: dict[str, Tensor], k: int) -> tuple[dict[str, Tensor
     return stacked, slice(first, first + rows[state.process_index])
 
 
-__all__ = ["Collection", "gather_rewards", "sample", "score", "window_start"]
+__all__ = ["Collection", "gather_rewards", "sample", "score", "start_noise", "window_start"]

@@ -83,11 +83,18 @@ DEFAULT_OBJECTIVES = {
     "dance_grpo": {"objective": {"name": "dance_grpo"},
                    "rollout": {"steps": 10, "guidance": 4.0, "images_per_prompt": 8, "micro_batch": 16, "noise": "ddim",
                                "rewards": [{"name": "diffalign.toy.reward:ToyReward"}]}, "max_steps": 150},
+    # DiffusionNFT as officially: its old weights sample 10 deterministic steps without guidance (the
+    # evaluation still samples at guidance 4), each image trained at 9 of the 10 times; the collection
+    # and updates as grpo's (8 images per prompt, 2 updates per collection) for an equal update count.
+    "diffusion_nft": {"objective": {"name": "diffusion_nft"},
+                      "rollout": {"steps": 10, "guidance": 1.0, "images_per_prompt": 8, "micro_batch": 16,
+                                  "rewards": [{"name": "diffalign.toy.reward:ToyReward"}]}, "max_steps": 150},
 }
 ALL_OBJECTIVES = tuple(DEFAULT_OBJECTIVES)
 
 TOY_LR = {"diffusion_dpo": 1e-3, "mapo": 1e-3, "dcpo": 3e-4, "rank_dpo": 1e-3, "sft": 1e-3, "inpo": 1e-3,
-          "smpo": 3e-4, "spo": 1e-4, "diffusion_dro": 1e-3, "grpo": 1e-3, "dance_grpo": 1e-3}
+          "smpo": 3e-4, "spo": 1e-4, "diffusion_dro": 1e-3, "grpo": 1e-3, "dance_grpo": 1e-3,
+          "diffusion_nft": 1e-3}
 """Each objective's toy learning rate: the protocol's choice of {1e-4, 3e-4, 1e-3} on the curve
 seeds (``benchmarks/results/toy.md``, 2026-12-07). SPO with the toy reward as its scorer chose 3e-4."""
 

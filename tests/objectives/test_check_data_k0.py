@@ -7,12 +7,12 @@ import pytest
 
 from diffalign.objectives import OBJECTIVES, Objective, ObjectiveDataError
 
-ONLINE_FREE = "train an online objective on it (dance_grpo, grpo)"
+ONLINE_FREE = "train an online objective on it (dance_grpo, diffusion_nft, grpo)"
 OFFLINE = sorted(name for name, cls in OBJECTIVES.items() if cls.min_group_size > 0)
 
 
 def test_the_online_objectives_are_the_ones_that_take_prompts_only():
-    assert sorted(set(OBJECTIVES) - set(OFFLINE)) == ["dance_grpo", "grpo"]
+    assert sorted(set(OBJECTIVES) - set(OFFLINE)) == ["dance_grpo", "diffusion_nft", "grpo"]
 
 
 @pytest.mark.parametrize("name", OFFLINE)
@@ -63,7 +63,7 @@ def test_an_online_objective_accepts_any_dataset():
 
 def test_a_registered_online_objective_is_named_in_the_message(monkeypatch):
     monkeypatch.setitem(OBJECTIVES, "online_dummy", _Online)
-    with pytest.raises(ObjectiveDataError, match=r"\(K = 0\): train an online objective on it \(dance_grpo, grpo, "
+    with pytest.raises(ObjectiveDataError, match=r"\(K = 0\): train an online objective on it \(dance_grpo, diffusion_nft, grpo, "
                                                  r"online_dummy\), or "):
         OBJECTIVES["mapo"].check_data(group_size=0, has_captions=False, has_ranks=False)
 

@@ -39,10 +39,11 @@ def _terms(cls, policy, ref, **others) -> PreferenceTerms:
     return PreferenceTerms(**{f"policy_{cls.per_image}": policy, f"ref_{cls.per_image}": ref}, **others)
 
 
-ITEMS = sorted((name, cls) for name, cls in OBJECTIVES.items() if cls.step != "online")
+ITEMS = sorted((name, cls) for name, cls in OBJECTIVES.items() if cls.min_group_size > 0)
 """The offline objectives, whose terms are per-image errors or step log-probabilities of pairs and
-groups; the online ones (``grpo``, ``dance_grpo``: advantages and recorded log-probabilities) keep
-their own contract in ``test_grpo.py``."""
+groups; the online ones (``min_group_size = 0``: ``grpo``, ``dance_grpo`` with advantages and recorded
+log-probabilities, ``diffusion_nft`` with predicted clean samples) keep their own contracts in
+``test_grpo.py`` and ``test_diffusion_nft.py``."""
 
 
 @pytest.fixture(params=ITEMS, ids=[name for name, _ in ITEMS])
@@ -58,10 +59,12 @@ def test_registry_is_consistent(entry):
     assert type(built) is cls and built.config == cls.Config()
 
 
-def test_registry_holds_the_eleven_objectives():
+def test_registry_holds_the_twelve_objectives():
     assert set(OBJECTIVES) == {"diffusion_dpo", "mapo", "dcpo", "rank_dpo", "sft", "inpo", "smpo", "spo",
-                               "diffusion_dro", "grpo", "dance_grpo"}
+                               "diffusion_dro", "grpo", "dance_grpo", "diffusion_nft"}
     assert {name for name, cls in OBJECTIVES.items() if cls.step == "online"} == {"grpo", "dance_grpo"}
+    assert {name for name, cls in OBJECTIVES.items() if cls.min_group_size == 0} == {"grpo", "dance_grpo",
+                                                                                      "diffusion_nft"}
 
 
 def test_finite_scalar_loss_and_detached_metrics(entry):

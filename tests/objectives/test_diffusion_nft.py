@@ -148,3 +148,74 @@ def test_the_kl_is_the_mean_squared_difference_of_the_predictions_and_beta_must_
     policy, old, x0 = _case()
     with pytest.raises(ValueError, match="beta must be > 0"):
         nft_loss(policy, old, x0, torch.tensor([1.0]), 0.0)
+
+
+# ----------------------------------------------------------------------------- the registered objective
+def _terms(advantage, kl=None, weights=None):
+    """One sample of two latent values: x0 = 0, the policy's x̂0 (1, 3), the old weights' (1, 1)."""
+    from diffalign.objectives import PreferenceTerms
+
+    return PreferenceTerms(policy_x0=torch.tensor([[1.0, 3.0]], requires_grad=True), old_x0=torch.tensor([[1.0, 1.0]]),
+                           x0=torch.zeros(1, 2), advantages=torch.tensor([[advantage]]), kl=kl, weights=weights)
+
+
+@pytest.mark.parametrize("advantage, expected", [(5.0, 50 / 3), (-5.0, 10.0), (0.0, 40 / 3), (99.0, 50 / 3)])
+def test_the_objective_maps_the_advantage_and_adds_nothing_without_kl(advantage, expected):
+    """β = ½: x̂0₊ = ½(1, 3) + ½(1, 1) = (1, 2), w₊ = 1.5, L₊ = (1 + 4)/2/1.5 = 5/3; x̂0₋ = 1.5(1, 1) −
+    ½(1, 3) = (1, 0), w₋ = ½, L₋ = ½/½ = 1. loss = A·(r·L₊ + (1 − r)·L₋)/β with A = 5: r = 1 (an
+    advantage of +5, or clipped from 99) gives 50/3, r = 0 gives 10, r = ½ gives 40/3."""
+    from diffalign.objectives import build_objective
+
+    objective = build_objective({"name": "diffusion_nft", "beta": 0.5, "kl_beta": 0.0})
+    assert not objective.needs_reference
+    out = objective.loss(_terms(advantage))
+    assert out.loss.item() == pytest.approx(expected, rel=1e-12)
+    assert "kl" not in out.metrics and out.metrics["r_mean"].item() == pytest.approx(min(max(advantage / 10 + 0.5, 0), 1))
+
+
+def test_the_kl_is_added_with_its_weight_and_is_required():
+    from diffalign.objectives import build_objective
+
+    objective = build_objective({"name": "diffusion_nft", "beta": 0.5, "kl_beta": 0.1})
+    assert objective.needs_reference
+    out = objective.loss(_terms(5.0, kl=torch.tensor([[0.2]], dtype=torch.float64)))
+    assert out.loss.item() == pytest.approx(50 / 3 + 0.1 * 0.2, rel=1e-12)
+    assert out.metrics["kl"].item() == pytest.approx(0.2)
+    with pytest.raises(ValueError, match="needs the KL term"):
+        objective.loss(_terms(5.0))
+
+
+def test_a_step_on_the_objective_moves_the_policy_toward_x0_for_a_good_sample():
+    """At θ = old (as each collection starts), x̂0 = (1, 1) and x0 = 0: a gradient step lowers the
+    policy x̂0's error for r = 1 and raises it for r = 0."""
+    from dataclasses import replace
+
+    from diffalign.objectives import build_objective
+
+    objective = build_objective({"name": "diffusion_nft", "kl_beta": 0.0})
+    for advantage, sign in ((5.0, -1), (-5.0, 1)):
+        terms = replace(_terms(advantage), policy_x0=torch.tensor([[1.0, 1.0]], requires_grad=True))
+        objective.loss(terms).loss.backward()
+        before = terms.policy_x0.detach().pow(2).sum()
+        after = (terms.policy_x0.detach() - 1e-3 * terms.policy_x0.grad).pow(2).sum()
+        assert (after - before).sign().item() == sign
+
+
+@pytest.mark.parametrize("key, value, message", [("beta", 0.0, "beta must be > 0"),
+                                                 ("adv_mode", "best", "adv_mode: expected one of"),
+                                                 ("decay_type", 3, "decay_type must be one of"),
+                                                 ("kl_beta", -1.0, "kl_beta must be ≥ 0")])
+def test_a_bad_config_is_named(key, value, message):
+    from diffalign.objectives import build_objective
+
+    with pytest.raises(ValueError, match=message):
+        build_objective({"name": "diffusion_nft", key: value})
+
+
+def test_it_is_an_online_objective_on_its_own_step():
+    from diffalign.objectives import OBJECTIVES
+
+    cls = OBJECTIVES["diffusion_nft"]
+    assert cls.min_group_size == 0 and cls.max_group_size is None and cls.step == "nft" and cls.per_image == "x0"
+    cls.check_data(group_size=0, has_captions=False, has_ranks=False)  # prompts only: accepted
+    assert cls.step_defaults == {"guidance": 1.0}

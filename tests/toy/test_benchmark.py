@@ -156,7 +156,7 @@ def test_the_protocol_and_the_toy_rates_cover_every_objective():
 def test_full_benchmark_improves_the_reward(tmp_path):
     """The truth test, the protocol of benchmarks/results/toy.md (about 90 minutes on 2 cores): no
     objective lowers the reward at its chosen rate; InPO, SmPO and the online objectives (grpo,
-    dance_grpo) gain on every training seed and keep prompt following within 0.05 of the base; SPO
+    dance_grpo, diffusion_nft) gain on every training seed and keep prompt following within 0.05 of the base; SPO
     with the toy reward as its scorer gains on every seed (with its learned scorer it does not:
     benchmarks/results/toy.md says why)."""
     config = BenchmarkConfig(objectives=(*ALL_OBJECTIVES, ORACLE), **PROTOCOL)
@@ -165,10 +165,10 @@ def test_full_benchmark_improves_the_reward(tmp_path):
     for name, r in results["objectives"].items():
         if name != "spo":
             assert r["mean_gain"] > 0, f"{name}: mean gain {r['mean_gain']}"
-    for name in ("inpo", "smpo", "grpo", "dance_grpo", ORACLE):
+    for name in ("inpo", "smpo", "grpo", "dance_grpo", "diffusion_nft", ORACLE):
         r = results["objectives"][name]
         assert r["every_seed_gains"], f"{name}: {[run['gain'] for run in r['runs']]}"
-    for name in ("inpo", "smpo", "grpo", "dance_grpo"):
+    for name in ("inpo", "smpo", "grpo", "dance_grpo", "diffusion_nft"):
         assert results["objectives"][name]["min_prompt_following"] >= results["base"]["prompt_following"] - 0.05
     chosen = {name: r["lr"] for name, r in results["objectives"].items() if name != ORACLE}
     assert chosen == TOY_LR, "the toy learning rates are the protocol's choice"

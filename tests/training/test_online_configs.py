@@ -1,4 +1,4 @@
-"""The online RL configs (grpo, dance_grpo): each shipped config for a real model trains 3 updates on
+"""The online RL configs (grpo, dance_grpo, diffusion_nft): each shipped config for a real model trains 3 updates on
 its family's tiny pipeline with only its sizes shrunk, and `check-config` refuses a bad online
 block exactly as `train` does, before any model loads."""
 
@@ -10,7 +10,13 @@ from diffalign.cli import main
 from diffalign.testing import TINY_FRAMES, write_prompt_dataset
 
 ROOT = Path(__file__).resolve().parents[2] / "training" / "configs"
-ONLINE = sorted(p for p in ROOT.rglob("*.yaml") if p.stem in ("grpo", "dance_grpo") and p.parent.name != "tiny")
+ONLINE_NAMES = ("grpo", "dance_grpo", "diffusion_nft")
+ONLINE = sorted(p for p in ROOT.rglob("*.yaml") if p.stem in ONLINE_NAMES and p.parent.name != "tiny")
+
+
+def _family(path: Path) -> str:
+    """The family folder a config lives under (``sd3`` for ``sd3/multi_reward/diffusion_nft.yaml``)."""
+    return path.relative_to(ROOT).parts[0]
 TINY_GRPO = ROOT / "tiny" / "grpo.yaml"
 TOY_REWARD = '[{name: "diffalign.toy.reward:ToyReward"}]'
 
@@ -31,24 +37,25 @@ def tiny_pickscore(tmp_path_factory):
     return path
 
 
-def test_every_real_family_has_both_online_configs():
-    assert {(p.parent.name, p.stem) for p in ONLINE} == {(f, o) for f in ("sd15", "sdxl", "sd3", "wan")
-                                                         for o in ("grpo", "dance_grpo")}
+def test_every_real_family_has_each_online_config():
+    assert {(_family(p), p.stem) for p in ONLINE} == {(f, o) for f in ("sd15", "sdxl", "sd3", "wan")
+                                                      for o in ONLINE_NAMES}
+    assert (ROOT / "sd3" / "multi_reward" / "diffusion_nft.yaml") in ONLINE  # the paper's multi-reward run
 
 
-DEFAULT_SUITE = {("sd3", "grpo"), ("sd3", "dance_grpo")}
-"""Two of the eight in the default suite (each objective once; the UNet's online configs train in
+DEFAULT_SUITE = {"sd3/grpo", "sd3/dance_grpo", "sd3/diffusion_nft"}
+"""Three of the thirteen in the default suite (each objective once; the UNet's online configs train in
 ``tests/toy/test_starter.py``, the tiny ones); the others with ``-m slow`` (the suite's time budget)."""
 
 
-@pytest.mark.parametrize("path", [p if (p.parent.name, p.stem) in DEFAULT_SUITE else
+@pytest.mark.parametrize("path", [p if str(p.relative_to(ROOT).with_suffix("")) in DEFAULT_SUITE else
                                   pytest.param(p, marks=pytest.mark.slow) for p in ONLINE],
-                         ids=lambda p: f"{p.parent.name}/{p.stem}")
+                         ids=lambda p: str(p.relative_to(ROOT).with_suffix("")))
 def test_each_online_config_trains_three_updates_on_its_tiny_family(path, tiny_path, prompts, tiny_pickscore, tmp_path,
                                                                      capsys):
     """As shipped but for the sizes (tiny pipeline, 32 px, 3 steps, 2 images per prompt), the
     toy reward (a video: the tiny PickScore over its frames; no reward weights offline), fp32 on the CPU."""
-    kind = path.parent.name
+    kind = _family(path)
     overrides = [f"model.path={tiny_path(kind)}", f"data.path={prompts}", "data.resolution=32",
                  "rollout.steps=3", "rollout.images_per_prompt=2", "rollout.micro_batch=1",
                  "rollout.updates_per_collection=1", f"rollout.rewards={TOY_REWARD}", "mixed_precision='no'",

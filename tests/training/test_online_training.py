@@ -1,6 +1,7 @@
-"""Online RL through the trainer (grpo on the tiny SD1.5 and the toy reward): a SIGTERM between two
-updates of one collection resumes inside that collection to the weights of an uninterrupted run,
-and two processes give the losses and the weights of one with the same global batch."""
+"""Online RL through the trainer (grpo and diffusion_nft on the tiny SD1.5 and the toy reward): a
+SIGTERM between two updates of one collection resumes inside that collection to the weights of an
+uninterrupted run (DiffusionNFT's old weights included), and two processes give the losses and the
+weights of one with the same global batch."""
 
 import json
 import shutil
@@ -13,10 +14,12 @@ import torch
 from safetensors.torch import load_file
 
 from diffalign.cli import main
+from diffalign.steps.nft import NFTStep
 from diffalign.steps.online import OnlineStep
 from diffalign.training import Trainer
 
-CONFIG = Path(__file__).resolve().parents[2] / "training" / "configs" / "tiny" / "grpo.yaml"
+CONFIGS = Path(__file__).resolve().parents[2] / "training" / "configs" / "tiny"
+STEP_CLASSES = {"grpo": OnlineStep, "diffusion_nft": NFTStep}
 
 
 @pytest.fixture(scope="module")
@@ -27,8 +30,8 @@ def toy_prompts(tmp_path_factory):
                                 ["a red circle", "a blue square", "a green circle", "a yellow square"])
 
 
-def _args(tiny_path, data, out, *extra):
-    return ["train", "--config", str(CONFIG), f"model.path={tiny_path('sd15')}", f"data.path={data}",
+def _args(tiny_path, data, out, *extra, objective="grpo"):
+    return ["train", "--config", str(CONFIGS / f"{objective}.yaml"), f"model.path={tiny_path('sd15')}", f"data.path={data}",
             f"output_dir={out}", "logging.progress_bar=false", *extra]
 
 
@@ -40,13 +43,16 @@ def _log(out):
     return [json.loads(line) for line in (Path(out) / "metrics.jsonl").read_text().splitlines()]
 
 
-def test_a_sigterm_inside_a_collection_resumes_inside_it(tiny_path, toy_prompts, tmp_path, monkeypatch, capsys):
+@pytest.mark.parametrize("objective", sorted(STEP_CLASSES))
+def test_a_sigterm_inside_a_collection_resumes_inside_it(objective, tiny_path, toy_prompts, tmp_path, monkeypatch,
+                                                         capsys):
     """Two updates per collection, 4 updates. The signal arrives after update 2; update 3 (the
     first of the second collection) completes and is saved with that collection half used. The
     resumed run takes update 4 from the saved collection (no new rollout) and ends with the
-    weights of the straight run, to 1e-6."""
+    weights of the straight run, to 1e-6. DiffusionNFT's old weights moved after update 2 and
+    predict in update 4: resumed from anything but the saved ones, the weights would differ."""
     straight = tmp_path / "straight"
-    assert main(_args(tiny_path, toy_prompts, straight, "max_steps=4")) == 0
+    assert main(_args(tiny_path, toy_prompts, straight, "max_steps=4", objective=objective)) == 0
     original = Trainer._after_update
 
     def signalled(self, *args):
@@ -57,18 +63,19 @@ def test_a_sigterm_inside_a_collection_resumes_inside_it(tiny_path, toy_prompts,
     monkeypatch.setattr(Trainer, "_after_update", signalled)
     out = tmp_path / "stopped"
     capsys.readouterr()
-    assert main(_args(tiny_path, toy_prompts, out, "max_steps=4")) == 143
+    assert main(_args(tiny_path, toy_prompts, out, "max_steps=4", objective=objective)) == 143
     assert "update 3 of 4 is saved in" in capsys.readouterr().err
     monkeypatch.setattr(Trainer, "_after_update", original)
     rollouts = []
-    real_collect = OnlineStep.collect
+    step_class = STEP_CLASSES[objective]
+    real_collect = step_class.collect
 
     def counted(self, *args, **kwargs):
         rollouts.append(args[-1])
         return real_collect(self, *args, **kwargs)
 
-    monkeypatch.setattr(OnlineStep, "collect", counted)
-    assert main(_args(tiny_path, toy_prompts, out, "max_steps=4", "resume=latest")) == 0
+    monkeypatch.setattr(step_class, "collect", counted)
+    assert main(_args(tiny_path, toy_prompts, out, "max_steps=4", "resume=latest", objective=objective)) == 0
     assert rollouts == []  # update 4 came from the saved collection
     a, b = _lora(straight), _lora(out)
     assert a.keys() == b.keys()
@@ -78,15 +85,16 @@ def test_a_sigterm_inside_a_collection_resumes_inside_it(tiny_path, toy_prompts,
 
 
 @pytest.mark.slow
-def test_two_processes_give_the_losses_and_weights_of_one(tiny_path, toy_prompts, tmp_path):
+@pytest.mark.parametrize("objective", sorted(STEP_CLASSES))
+def test_two_processes_give_the_losses_and_weights_of_one(objective, tiny_path, toy_prompts, tmp_path):
     """Each process rolls out its own prompts with each prompt's generator, the rewards are gathered
     before the advantages (global std), and with one update per collection each update's gradient
     is the mean over the same (image, step) terms however they are split: micro-batches of 4 images,
     4 images per prompt, so one process's 2 micro-batches hold what the two processes' 1 each do."""
     common = ["max_steps=3", "rollout.updates_per_collection=1", "rollout.micro_batch=4"]
-    assert main(_args(tiny_path, toy_prompts, tmp_path / "one", *common, "batch_size=2")) == 0
+    assert main(_args(tiny_path, toy_prompts, tmp_path / "one", *common, "batch_size=2", objective=objective)) == 0
     two = [shutil.which("accelerate"), "launch", "--multi_gpu", "--num_processes", "2", "-m", "diffalign",
-           *_args(tiny_path, toy_prompts, tmp_path / "two", *common, "batch_size=1")[0:]]
+           *_args(tiny_path, toy_prompts, tmp_path / "two", *common, "batch_size=1", objective=objective)[0:]]
     run = subprocess.run(two, capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr[-3000:]
     one_log, two_log = _log(tmp_path / "one"), _log(tmp_path / "two")

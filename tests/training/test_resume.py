@@ -41,8 +41,8 @@ def _losses(out):
     return [json.loads(line)["train/loss"] for line in (Path(out) / "metrics.jsonl").read_text().splitlines()]
 
 
-CARRIES_STATE = ("diffusion_dro", "grpo", "dance_grpo")
-"""Diffusion-DRO's snapshot; the online objectives' collection (per process)."""
+CARRIES_STATE = ("diffusion_dro", "grpo", "dance_grpo", "diffusion_nft")
+"""Diffusion-DRO's snapshot; the online objectives' collection (per process; DiffusionNFT's old weights too)."""
 
 
 @pytest.fixture(scope="module")
@@ -61,13 +61,13 @@ _SLOW_RESUME = {"rank_dpo", "smpo"}
 
 
 @pytest.mark.parametrize("objective", [pytest.param(o, marks=pytest.mark.slow)
-                                       if OBJECTIVES[o].step == "online" or o in _SLOW_RESUME else o
+                                       if OBJECTIVES[o].min_group_size == 0 or o in _SLOW_RESUME else o
                                        for o in sorted(OBJECTIVES)])
 def test_a_run_killed_at_any_phase_resumes_to_the_uninterrupted_run(objective, tiny_path, pair_data, ranked_data,
                                                                     expert_data, step_aware_model, toy_prompts,
                                                                     tmp_path):
     data = {"rank_dpo": ranked_data, "diffusion_dro": expert_data, "sft": expert_data, "grpo": toy_prompts,
-            "dance_grpo": toy_prompts}.get(objective, pair_data)
+            "dance_grpo": toy_prompts, "diffusion_nft": toy_prompts}.get(objective, pair_data)
     straight = tmp_path / "straight"
     assert main(_args(objective, tiny_path, data, straight, step_aware_model)) == 0
     want_weights = load_file(str(straight / "lora" / "pytorch_lora_weights.safetensors"))
@@ -90,7 +90,7 @@ def test_a_run_killed_at_any_phase_resumes_to_the_uninterrupted_run(objective, t
         for name in (checkpoint.STEP_STATE, checkpoint.STEP_STATE_OF.format(0)):
             a = checkpoint.path_for(straight / "checkpoints", STEPS) / name
             b = checkpoint.path_for(killed / "checkpoints", STEPS) / name
-            shared = OBJECTIVES[objective].step != "online"
+            shared = OBJECTIVES[objective].min_group_size > 0
             assert a.exists() == b.exists() == (objective in CARRIES_STATE and shared == (name == checkpoint.STEP_STATE))
             if a.exists():
                 sa, sb = load_file(str(a)), load_file(str(b))

@@ -38,10 +38,10 @@ def _metrics(out):
 # Full fine-tuning's frozen reference copy is trained with the denoising objectives; the inversion
 # and SPO steps only add no-grad calls of the same two modules, so their objectives run under LoRA
 # (CI budget). Diffusion-DRO's snapshot is a third copy under full fine-tuning, so it runs both.
-# The online objectives (grpo, dance_grpo) sample their own images and log no errors: their three
+# The online objectives (grpo, dance_grpo, diffusion_nft) sample their own images and log no errors: their three
 # updates on every family are tests/training/test_online_configs.py's and test_online_training.py's.
 THREE_STEP_RUNS = [(objective, kind, mode) for objective in sorted(OBJECTIVES)
-                   if OBJECTIVES[objective].step != "online" for kind in KINDS
+                   if OBJECTIVES[objective].min_group_size > 0 for kind in KINDS
                    for mode in ("lora", "full")
                    if mode == "lora" or OBJECTIVES[objective].step in ("denoising", "diffusion_dro")]
 SAMPLING_STEPS = ("spo", "diffusion_dro")
