@@ -99,6 +99,7 @@ class DRORollout:
 
 NOISE_RULES = ("auto", "flow_sde", "cps", "dance_sde", "ddim")
 TRAINED_STEPS = ("first", "random")
+ODE_SOLVERS = ("ddim", "dpm2")
 
 
 @dataclass
@@ -133,6 +134,10 @@ class OnlineRollout:
             window starts at a step drawn per collection from ``[0, sde_window_range − sde_window]``.
         sde_window_range: the steps the window may cover (``None``: all).
         shared_noise: one start noise per prompt for its ``K`` images (DanceGRPO).
+        ode: the solver of the deterministic steps (outside the SDE window; every step of
+            ``diffusion_nft``'s sampling): ``ddim`` (DDIM with η = 0, the flow's Euler step) or
+            ``dpm2`` (DPM-Solver++(2M), :mod:`diffalign.dpm_solver`: second order at the same one
+            model call per step; MixGRPO's and DiffusionNFT's official sampler).
         updates_per_collection: optimiser updates over one collection's (image, trained step)
             micro-batches (Flow-GRPO: 2, so the second half is off-policy).
         inner_epochs: passes over a collection, each in a new shuffled order (1).
@@ -161,6 +166,7 @@ class OnlineRollout:
     sde_window: int | None = None
     sde_window_range: int | None = None
     shared_noise: bool = False
+    ode: Literal["ddim", "dpm2"] = "ddim"
     updates_per_collection: int = 2
     inner_epochs: int = 1
     micro_batch: int = 8
@@ -183,6 +189,8 @@ class OnlineRollout:
                              f"got {self.images_per_prompt!r}")
         if self.noise not in NOISE_RULES:
             raise ValueError(f"noise must be one of {', '.join(NOISE_RULES)}, got {self.noise!r}")
+        if self.ode not in ODE_SOLVERS:
+            raise ValueError(f"ode must be one of {', '.join(ODE_SOLVERS)}, got {self.ode!r}")
         if self.trained not in TRAINED_STEPS:
             raise ValueError(f"trained must be one of {', '.join(TRAINED_STEPS)}, got {self.trained!r}")
         if not 0 < self.train_fraction <= 1 or self.trained_count < 1:
@@ -228,4 +236,4 @@ class OnlineRollout:
         return int(self.steps * self.train_fraction)
 
 
-__all__ = ["DRORollout", "LOG_PROB_REDUCTIONS", "NOISE_RULES", "OnlineRollout", "SPORollout", "TRAINED_STEPS"]
+__all__ = ["DRORollout", "LOG_PROB_REDUCTIONS", "NOISE_RULES", "ODE_SOLVERS", "OnlineRollout", "SPORollout", "TRAINED_STEPS"]

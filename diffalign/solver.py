@@ -194,7 +194,9 @@ class NoiseRule(Protocol):
     call it more than once, e.g. ReNoise), ``mean`` ``[B, K, *latent]`` and ``std``
     broadcastable to it. ``stochastic`` says whether the step draws ``mean + std·z``. A rule may
     define ``log_prob(x, mean, std, reduction)`` for a step's log-probability other than the
-    Gaussian's (:func:`rule_log_prob`; :mod:`diffalign.noise_rules` has online RL's rules).
+    Gaussian's (:func:`rule_log_prob`; :mod:`diffalign.noise_rules` has online RL's rules), and
+    ``start()``, which :func:`solve` calls as a walk begins (a multistep rule forgets its history:
+    :mod:`diffalign.dpm_solver`).
     """
 
     stochastic: bool
@@ -259,6 +261,8 @@ def solve(
 
     # Asked once per solve, so a grid without ended groups costs no device sync per step.
     uneven = bool((grid[:, 1:steps + 1] == grid[:, :steps]).any())
+    if hasattr(rule, "start"):
+        rule.start()
     with contextlib.nullcontext() if grad else torch.no_grad():
         for i in range(steps):
             u, v = grid[:, i].to(x.device), grid[:, i + 1].to(x.device)

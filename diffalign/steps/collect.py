@@ -83,7 +83,7 @@ def window_start(settings, generator: torch.Generator) -> int:
 
 def sample(step, model, batch: dict, generators, rule, start: int, cond, uncond) -> tuple[Tensor, Tensor, Tensor]:
     """``(latents [S + 1, B, K, *latent], times [B, S + 1], log_prob [S, B, K])`` of the policy's
-    rollouts: deterministic (η = 0) before the SDE window and after it, ``rule`` inside it (every
+    rollouts: deterministic (``rollout.ode``) before the SDE window and after it, ``rule`` inside it (every
     step when there is no window), the log-probabilities kept where it is stochastic.
     ``cond``/``uncond``: ``[B, K, ...]`` (``uncond`` when guiding)."""
     settings, family = step.config, step.family
@@ -93,7 +93,8 @@ def sample(step, model, batch: dict, generators, rule, start: int, cond, uncond)
     end = settings.steps if settings.sde_window is None else start + settings.sde_window
     common = dict(guidance=settings.guidance, uncond=uncond, generator=generators)
     parts, logps, x = [noise[None]], [], noise
-    for first, last, now in ((0, start, DDIM(0.0)), (start, end, rule), (end, settings.steps, DDIM(0.0))):
+    for first, last, now in ((0, start, ode_rule(settings.ode)), (start, end, rule),
+                             (end, settings.steps, ode_rule(settings.ode))):
         if last == first:
             continue
         stochastic = now is rule
@@ -102,6 +103,13 @@ def sample(step, model, batch: dict, generators, rule, start: int, cond, uncond)
         logps.append(traj.log_prob if stochastic else torch.zeros(last - first, b, k, device=x.device))
         x = traj.final
     return torch.cat(parts), grid, torch.cat(logps)
+
+
+def ode_rule(name: str):
+    """The deterministic rule ``rollout.ode`` names: ``ddim`` (η = 0) or ``dpm2`` (DPM-Solver++(2M))."""
+    from diffalign.dpm_solver import DPMSolver2M
+
+    return {"ddim": lambda: DDIM(0.0), "dpm2": DPMSolver2M}[name]()
 
 
 def start_noise(step, prompts: int, generators) -> Tensor:
@@ -145,4 +153,4 @@ def gather_rewards(rewards: dict[str, Tensor], k: int) -> tuple[dict[str, Tensor
     return stacked, slice(first, first + rows[state.process_index])
 
 
-__all__ = ["Collection", "gather_rewards", "sample", "score", "start_noise", "window_start"]
+__all__ = ["Collection", "gather_rewards", "ode_rule", "sample", "score", "start_noise", "window_start"]

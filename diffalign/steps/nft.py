@@ -4,9 +4,9 @@ then several updates on the forward process.
 Per batch of ``B`` prompts (any dataset's prompts; its images are not used):
 
 1. **collect**: ``K`` images per prompt sampled by the *old* weights (a
-   :class:`~diffalign.families.reference.Snapshot` of the policy), deterministic (η = 0) and, by
-   default, without guidance; decoded, scored, every process's rewards gathered, advantages as
-   Flow-GRPO's (``scripts/train_nft_sd3.py`` L640–786). Only the clean samples ``x0`` are kept,
+   :class:`~diffalign.families.reference.Snapshot` of the policy), deterministic (``rollout.ode``:
+   DDIM with η = 0, or the official DPM-Solver++(2M)) and, by default, without guidance; decoded,
+   scored, every process's rewards gathered, advantages as Flow-GRPO's (``scripts/train_nft_sd3.py`` L640–786). Only the clean samples ``x0`` are kept,
    no trajectory and no log-probability: the method needs none.
 2. **plan** (:mod:`diffalign.steps.buffer`): every image trains (the official code drops none: a
    zero advantage gives ``r = ½``), in micro-batches, each at ``T = ⌊train_fraction·S⌋`` of the
@@ -22,8 +22,9 @@ Per batch of ``B`` prompts (any dataset's prompts; its images are not used):
 generator seeded by its prompt's group generator and its place in the group (not by the process
 that holds it), so two processes train the same (image, time, noise) terms as one.
 
-Deviations from the official code, each stated where it is made: the sampler is the family's
-DDIM/Euler step (the official ``dpm2`` is a second-order solver of the same ODE); the collection
+Deviations from the official code, each stated where it is made: the sampler defaults to the
+family's DDIM/Euler step (``rollout.ode: ddim``; the official ``dpm2``, DPM-Solver++(2M) of the same
+ODE, is ``rollout.ode: dpm2``, which the SD3 configs set); the collection
 is cut into ``updates_per_collection`` updates (officially ``gradient_step_per_epoch``, 1 but 2 for
 OCR) of ``micro_batch`` images at one time each; images of a prompt drawn twice in one collection
 form two groups (the official tracker pools them by text); no EMA of the weights for evaluation.
@@ -43,8 +44,8 @@ from torch import Tensor
 from diffalign.families.reference import Snapshot, has_adapters
 from diffalign.objectives.base import PreferenceTerms
 from diffalign.objectives.diffusion_nft import old_decay, prediction_kl, soft_update_
-from diffalign.solver import DDIM, sampling_grid, solve
-from diffalign.steps.collect import Collection, gather_rewards, score, start_noise
+from diffalign.solver import sampling_grid, solve
+from diffalign.steps.collect import Collection, gather_rewards, ode_rule, score, start_noise
 from diffalign.steps.online import OnlineStep
 
 _COLLECTION, _OLD = "collection.", "old."
@@ -121,7 +122,7 @@ class NFTStep(OnlineStep):
         cond, uncond = self._conditioning(batch["prompts"], k)
         grid = sampling_grid(family, settings.steps, b).to(family.device)
         with self.old.active() as old:
-            x0 = solve(family, old, start_noise(self, b, generators), cond, grid, DDIM(0.0),
+            x0 = solve(family, old, start_noise(self, b, generators), cond, grid, ode_rule(settings.ode),
                        guidance=settings.guidance, uncond=uncond, generator=generators).final.flatten(0, 1)
         self.keep_images(x0)
         everyone, mine = gather_rewards(score(self, x0, batch), k)
