@@ -83,6 +83,25 @@ def weighted_mean(values: Tensor, weights: Tensor | None) -> Tensor:
     return (values * weights).sum() / weights.sum().clamp(min=1e-12) if weights.any() else (values * weights).sum()
 
 
+def require_terms(name: str, terms: PreferenceTerms, keys: tuple[str, ...], step: str) -> None:
+    """Fail naming the first of ``keys`` that ``terms`` lacks (the ``step`` step makes them)."""
+    for key in keys:
+        if getattr(terms, key) is None:
+            raise ValueError(f"{name} needs {key} in its terms (the {step} step makes them)")
+
+
+def add_kl(name: str, loss: Tensor, metrics: dict, terms: PreferenceTerms, weight: float, key: str) -> Tensor:
+    """``loss + weight·mean(terms.kl)`` (weighted by ``terms.weights``, in ``loss``'s dtype), the KL
+    logged in ``metrics["kl"]``; ``loss`` as it is when ``weight`` (the config's ``key``) is 0."""
+    if weight <= 0:
+        return loss
+    if terms.kl is None:
+        raise ValueError(f"{name} with {key} > 0 needs the KL term (kl) in its terms")
+    kl = weighted_mean(terms.kl.to(loss.dtype).flatten(), terms.weights)
+    metrics["kl"] = kl.detach()
+    return loss + weight * kl
+
+
 @dataclass
 class ObjectiveOutput:
     """``loss``: scalar to minimise; ``metrics``: detached scalars with :data:`METRIC_NAMES`."""
@@ -266,5 +285,5 @@ def prepare_terms(name: str, terms: PreferenceTerms, min_k: int = 2, max_k: int 
     return replace(terms, **{policy_key: upcast(policy), ref_key: ref})
 
 
-__all__ = ["METRIC_NAMES", "Objective", "ObjectiveDataError", "ObjectiveOutput", "PreferenceTerms",
-           "pair_metrics", "prepare_terms", "require_reference", "weighted_mean"]
+__all__ = ["METRIC_NAMES", "Objective", "ObjectiveDataError", "ObjectiveOutput", "PreferenceTerms", "add_kl",
+           "pair_metrics", "prepare_terms", "require_reference", "require_terms", "weighted_mean"]

@@ -52,14 +52,13 @@ decay 1e-4, each sample trained at ⌊0.99·10⌋ = 9 of its sampling times in s
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import ClassVar, Literal
+from typing import ClassVar, Iterable, Literal
 
 import torch
 from torch import Tensor
 
-from .base import Objective, ObjectiveOutput, PreferenceTerms, weighted_mean
+from .base import Objective, ObjectiveOutput, PreferenceTerms, add_kl, require_terms, weighted_mean
 from .grpo import ADVANTAGE_STDS, combined_advantages
 
 ADV_MODES = ("all", "positive_only", "negative_only", "one_only", "binary")
@@ -200,18 +199,11 @@ class DiffusionNFT(Objective):
 
     def loss(self, terms: PreferenceTerms) -> ObjectiveOutput:
         config = self.config
-        for key in ("policy_x0", "old_x0", "x0", "advantages"):
-            if getattr(terms, key) is None:
-                raise ValueError(f"{self.name} needs {key} in its terms (the nft step makes them)")
+        require_terms(self.name, terms, ("policy_x0", "old_x0", "x0", "advantages"), "nft")
         r = optimality_probability(terms.advantages.flatten(), config.adv_clip, config.adv_mode)
         loss, metrics = nft_loss(terms.policy_x0, terms.old_x0, terms.x0, r, config.beta, config.adv_clip,
                                  terms.weights)
-        if config.kl_beta > 0:
-            if terms.kl is None:
-                raise ValueError(f"{self.name} with kl_beta > 0 needs the KL term (kl) in its terms")
-            kl = weighted_mean(terms.kl.double().flatten(), terms.weights)
-            loss = loss + config.kl_beta * kl
-            metrics["kl"] = kl.detach()
+        loss = add_kl(self.name, loss, metrics, terms, config.kl_beta, "kl_beta")
         return ObjectiveOutput(loss, {"loss": loss.detach(), **metrics})
 
 

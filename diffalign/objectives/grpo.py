@@ -74,7 +74,7 @@ from typing import ClassVar, Literal
 import torch
 from torch import Tensor
 
-from .base import Objective, ObjectiveOutput, PreferenceTerms, weighted_mean
+from .base import Objective, ObjectiveOutput, PreferenceTerms, add_kl, require_terms, weighted_mean
 
 ADVANTAGE_STDS = ("global", "group")
 
@@ -177,18 +177,11 @@ class GRPO(Objective):
 
     def loss(self, terms: PreferenceTerms) -> ObjectiveOutput:
         config = self.config
-        for key in ("policy_logp", "old_logp", "advantages"):
-            if getattr(terms, key) is None:
-                raise ValueError(f"{self.name} needs {key} in its terms (the online step makes them)")
+        require_terms(self.name, terms, ("policy_logp", "old_logp", "advantages"), "online")
         logp = terms.policy_logp.float().flatten()
         loss, metrics = clipped_surrogate(logp, terms.old_logp.flatten(), terms.advantages.flatten(),
                                           config.clip_range, config.adv_clip, terms.weights)
-        if config.beta > 0:
-            if terms.kl is None:
-                raise ValueError(f"{self.name} with beta > 0 needs the KL term (kl) in its terms")
-            kl = weighted_mean(terms.kl.float().flatten(), terms.weights)
-            loss = loss + config.beta * kl
-            metrics["kl"] = kl.detach()
+        loss = add_kl(self.name, loss, metrics, terms, config.beta, "beta")
         return ObjectiveOutput(loss, {"loss": loss.detach(), **metrics})
 
 
