@@ -29,8 +29,6 @@ TOY_REWARD = [{"name": "diffalign.toy.reward:ToyReward"}]
 def measure(model: str | Path, setups: dict = SETUPS, repeats: int = 3, prompts: int = 4, images: int = 8,
             resolution: int = 32, rewards: list | None = None) -> dict[str, dict]:
     """``{set-up: {"seconds": [repeats], "reward": mean reward}}`` of one collection each."""
-    import torch
-
     from diffalign.config import LoRAConfig
     from diffalign.families import load
     from diffalign.objectives import build_objective
@@ -54,8 +52,7 @@ def measure(model: str | Path, setups: dict = SETUPS, repeats: int = 3, prompts:
                                      rewards=rewards or TOY_REWARD, **extra)
             step = NFTStep(family, objective, None, 0, settings)
             began = time.perf_counter()
-            with torch.no_grad():
-                step.collect(family.denoiser, batch, group_generators(0, 0, rows), 1)
+            step.collect(family.denoiser, batch, group_generators(0, 0, rows), 1)  # no_grad inside
             seconds = time.perf_counter() - began
             if repeat:  # the first pass warms up
                 entry = results.setdefault(name, {"seconds": [], "reward": float(step.metrics()["online/reward_mean"])})

@@ -45,7 +45,7 @@ from diffalign.families.reference import Snapshot, has_adapters
 from diffalign.objectives.base import PreferenceTerms
 from diffalign.objectives.diffusion_nft import old_decay, prediction_kl, soft_update_
 from diffalign.solver import sampling_grid, solve
-from diffalign.steps.collect import Collection, gather_rewards, ode_rule, score, start_noise
+from diffalign.steps.collect import Collection, ode_rule, start_noise
 from diffalign.steps.online import OnlineStep
 
 _COLLECTION, _OLD = "collection.", "old."
@@ -124,20 +124,15 @@ class NFTStep(OnlineStep):
         with self.old.active() as old:
             x0 = solve(family, old, start_noise(self, b, generators), cond, grid, ode_rule(settings.ode),
                        guidance=settings.guidance, uncond=uncond, generator=generators).final.flatten(0, 1)
-        self.keep_images(x0)
-        everyone, mine = gather_rewards(score(self, x0, batch), k)
-        advantages, zero_spread = self.objective.advantages(everyone, self.weights)
-        total = sum(self.weights[n] * r.double() for n, r in everyone.items())
-        self._log_collection(everyone, total, zero_spread)
+        advantages, _ = self._weigh(x0, batch)
         n = b * k
         steps = torch.stack([torch.randperm(settings.steps, generator=image_generator(seeds[i // k], i % k, 0))
                              [:settings.trained_count] for i in range(n)])
         order = torch.Generator().manual_seed((sum(seeds) * 31 + number) % (2**63))
         collection = Collection(
-            batch={"prompts": list(batch["prompts"]), "ids": list(batch["ids"]), "indices": list(batch["indices"]),
-                   "metas": batch.get("metas"), "seeds": seeds},
+            batch=self._kept_batch(batch, seeds=seeds),
             latents=x0[None], times=grid.repeat_interleave(k, dim=0), log_prob=x0.new_zeros(0, n),
-            steps=steps.to(x0.device), advantages=advantages[mine].flatten().to(x0.device),
+            steps=steps.to(x0.device), advantages=advantages.flatten().to(x0.device),
             kept=torch.ones(n, dtype=torch.bool, device=x0.device),
             seed=int(torch.randint(2**62, (1,), generator=order)), number=number)
         collection.cond, collection.uncond = cond, uncond

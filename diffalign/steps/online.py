@@ -154,27 +154,38 @@ class OnlineStep(RolloutStep):
         start = window_start(settings, order)
         cond, uncond = self._conditioning(batch["prompts"], k)
         latents, grid, log_prob = sample(self, model, batch, generators, self.rule, start, cond, uncond)
-        self.keep_images(latents[-1].flatten(0, 1))
-        rewards = score(self, latents[-1].flatten(0, 1), batch)
-        everyone, mine = gather_rewards(rewards, k)
-        advantages, zero_spread = self.objective.advantages(everyone, self.weights)
-        kept = advantages[mine] != 0
-        total = sum(self.weights[n] * r.double() for n, r in everyone.items())  # [P, K], Flow-GRPO's weighted sum
+        advantages, total = self._weigh(latents[-1].flatten(0, 1), batch)
+        kept = advantages != 0
         if settings.keep_best_worst is not None:
-            kept &= keep_best_worst(total[mine], settings.keep_best_worst)
+            kept &= keep_best_worst(total, settings.keep_best_worst)
         span = settings.sde_window or settings.steps - 1  # the steps a random choice draws from
         steps = trained_steps(b * k, span, settings.trained_count, settings.trained, order, first=start)
-        self._log_collection(everyone, total, zero_spread)
         collection = Collection(
-            batch={"prompts": list(batch["prompts"]), "ids": list(batch["ids"]), "indices": list(batch["indices"]),
-                   "metas": batch.get("metas")},
+            batch=self._kept_batch(batch),
             latents=latents.flatten(1, 2), times=grid.repeat_interleave(k, dim=0), log_prob=log_prob.flatten(1, 2),
-            steps=steps.to(latents.device), advantages=advantages[mine].flatten().to(latents.device),
+            steps=steps.to(latents.device), advantages=advantages.flatten().to(latents.device),
             kept=kept.flatten().to(latents.device), seed=int(torch.randint(2**62, (1,), generator=order)),
             number=number)
         collection.cond, collection.uncond = cond, uncond
         self._plan(collection)
         return collection
+
+    def _weigh(self, x0: Tensor, batch: dict) -> tuple[Tensor, Tensor]:
+        """Score the clean samples ``x0 [N, *latent]`` (kept for the grid too), gather every
+        process's rewards, log them: ``(advantages, weighted reward sum)``, this process's ``[B, K]``
+        each (the sum is Flow-GRPO's weighted sum of the rewards)."""
+        self.keep_images(x0)
+        everyone, mine = gather_rewards(score(self, x0, batch), self.config.images_per_prompt)
+        advantages, zero_spread = self.objective.advantages(everyone, self.weights)
+        total = sum(self.weights[n] * r.double() for n, r in everyone.items())  # [P, K]
+        self._log_collection(everyone, total, zero_spread)
+        return advantages[mine], total[mine]
+
+    @staticmethod
+    def _kept_batch(batch: dict, **extra) -> dict:
+        """What a collection keeps of its batch (and its checkpoint writes): prompts, ids, indices, metas."""
+        return {"prompts": list(batch["prompts"]), "ids": list(batch["ids"]), "indices": list(batch["indices"]),
+                "metas": batch.get("metas"), **extra}
 
     def _plan(self, collection: Collection) -> None:
         settings = self.config

@@ -177,7 +177,7 @@ def test_a_collection_and_the_old_weights_survive_a_checkpoint(lora_family):
     ({"trained": "random"}, "rollout.trained does not apply"),
     ({"keep_best_worst": 1}, "rollout.keep_best_worst does not apply"),
 ])
-def test_settings_that_do_not_apply_are_refused(settings, message, tiny_path):
+def test_settings_that_do_not_apply_are_refused(settings, message):
     from diffalign.families import FAMILIES
 
     objective = build_objective({"name": "diffusion_nft"})
