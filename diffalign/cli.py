@@ -130,7 +130,9 @@ def _add_demo(sub) -> None:
     )
     demo.add_argument("--out", default="outputs/demo", help="folder for the report and images (default: outputs/demo)")
     demo.add_argument("--objective", action="append", dest="objectives", default=None,
-                      help="objective to run (repeatable; default: diffusion_dpo)")
+                      help="objective to run, or a variant (spo_oracle, grpo_fast, mixgrpo); repeatable; default: "
+                      "diffusion_dpo. With diffusion_dpo and another, the report compares them at equal updates "
+                      "and at Diffusion-DPO's wall-clock budget")
     demo.add_argument("--steps", type=COUNT, default=None, help="training steps per objective (default: the benchmark's)")
     demo.add_argument("--no-progress", action="store_true", help="no progress bars")
     demo.set_defaults(run=_demo)

@@ -131,8 +131,16 @@ class OnlineRollout:
         train_fraction: that share (0.99).
         sde_window: steps in the SDE window (``None``: every step stochastic). Only the window's
             steps are stochastic and trained, the rest deterministic (Flow-GRPO-Fast, MixGRPO); the
-            window starts at a step drawn per collection from ``[0, sde_window_range − sde_window]``.
+            window starts at a step drawn per collection from ``[0, sde_window_range − sde_window]``
+            (Flow-GRPO-Fast), or where ``sde_window_shift_every`` puts it.
         sde_window_range: the steps the window may cover (``None``: all).
+        sde_window_shift_every: ``None``: the window's start is drawn per collection (Flow-GRPO-Fast);
+            ``n``: MixGRPO's progressive window, which starts at step 0 and moves ``sde_window_stride``
+            steps later every ``n`` collections, so training goes from the noisy steps to the clean
+            ones, and stays at the end of the range (MixGRPO ``fastvideo/utils/grpo_states.py``
+            ``update_iteration``, 25 iterations a shift on 25 steps).
+        sde_window_stride: steps the progressive window moves per shift (MixGRPO's
+            ``prog_overlap_step``, 1).
         shared_noise: one start noise per prompt for its ``K`` images (DanceGRPO).
         ode: the solver of the deterministic steps (outside the SDE window; every step of
             ``diffusion_nft``'s sampling): ``ddim`` (DDIM with η = 0, the flow's Euler step) or
@@ -165,6 +173,8 @@ class OnlineRollout:
     train_fraction: float = 0.99
     sde_window: int | None = None
     sde_window_range: int | None = None
+    sde_window_shift_every: int | None = None
+    sde_window_stride: int = 1
     shared_noise: bool = False
     ode: Literal["ddim", "dpm2"] = "ddim"
     updates_per_collection: int = 2
@@ -206,6 +216,11 @@ class OnlineRollout:
             if not self.sde_window <= reach <= self.steps:
                 raise ValueError(f"need sde_window ≤ sde_window_range ≤ steps, got {self.sde_window}, "
                                  f"{self.sde_window_range}, {self.steps}")
+        if self.sde_window_shift_every is not None:
+            if self.sde_window is None:
+                raise ValueError("sde_window_shift_every moves the SDE window: set rollout.sde_window too")
+            positive("sde_window_shift_every", self.sde_window_shift_every)
+        positive("sde_window_stride", self.sde_window_stride)
         if self.keep_best_worst is not None and not (isinstance(self.keep_best_worst, int) and
                                                      1 <= 2 * self.keep_best_worst <= self.images_per_prompt):
             raise ValueError(f"keep_best_worst must be an integer with 2·n ≤ images_per_prompt, "

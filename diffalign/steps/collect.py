@@ -73,12 +73,20 @@ class Collection:
         return cls(batch=batch, seed=seed, done=done, number=number, **tensors)
 
 
-def window_start(settings, generator: torch.Generator) -> int:
-    """The first step of the SDE window: drawn in ``[0, sde_window_range − sde_window]`` (0 without a window)."""
+def window_start(settings, generator: torch.Generator, number: int) -> int:
+    """The first step of the SDE window of the run's ``number``-th collection (from 1): drawn in
+    ``[0, sde_window_range − sde_window]`` (Flow-GRPO-Fast), or MixGRPO's progressive start
+    ``min(stride · ⌊(number − 1) / shift_every⌋, sde_window_range − sde_window)``; 0 without a window.
+
+    Deviation from MixGRPO: at the end of the range its window shrinks and then empties (training
+    is complete); here it stays whole at the last ``sde_window`` steps of the range, so every
+    collection trains the same number of steps (and a run longer than the sweep keeps training)."""
     if settings.sde_window is None:
         return 0
-    reach = settings.steps if settings.sde_window_range is None else settings.sde_window_range
-    return int(torch.randint(reach - settings.sde_window + 1, (1,), generator=generator))
+    last = (settings.steps if settings.sde_window_range is None else settings.sde_window_range) - settings.sde_window
+    if settings.sde_window_shift_every is not None:
+        return min(settings.sde_window_stride * ((number - 1) // settings.sde_window_shift_every), last)
+    return int(torch.randint(last + 1, (1,), generator=generator))
 
 
 def sample(step, model, batch: dict, generators, rule, start: int, cond, uncond) -> tuple[Tensor, Tensor, Tensor]:
@@ -133,7 +141,9 @@ def score(step, latents: Tensor, batch: dict) -> dict[str, Tensor]:
     prompts = [p for p in batch["prompts"] for _ in range(k)]
     metas = [m for m in (batch.get("metas") or [None] * len(batch["prompts"])) for _ in range(k)]
     layout = "NCFHW" if step.family.media == "video" else None  # the VAE decodes clips channels-first
-    return {name: scores.float().cpu() for name, scores in step.rewards(pixels, prompts, metas, layout=layout).items()}
+    with step.timed("scoring"):
+        scores = step.rewards(pixels, prompts, metas, layout=layout)
+    return {name: value.float().cpu() for name, value in scores.items()}
 
 
 def gather_rewards(rewards: dict[str, Tensor], k: int) -> tuple[dict[str, Tensor], slice]:

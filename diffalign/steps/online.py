@@ -151,7 +151,7 @@ class OnlineStep(RolloutStep):
         b = len(batch["prompts"])
         seeds = generators if isinstance(generators, (list, tuple)) else [generators]
         order = torch.Generator().manual_seed((sum(g.initial_seed() for g in seeds) * 31 + number) % (2**63))
-        start = window_start(settings, order)
+        start = window_start(settings, order, number)
         cond, uncond = self._conditioning(batch["prompts"], k)
         latents, grid, log_prob = sample(self, model, batch, generators, self.rule, start, cond, uncond)
         advantages, total = self._weigh(latents[-1].flatten(0, 1), batch)

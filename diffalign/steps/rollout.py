@@ -22,6 +22,10 @@ from torch import Tensor
 
 from diffalign.steps.base import PreferenceStep
 
+PARTS = ("rollout", "scoring", "train")
+"""What a sampling step's seconds are split into: sampling (and decoding), the rewards' scoring
+(the online steps'), and the terms' forwards; the backward and the optimiser are the rest."""
+
 GRID_IMAGES = 8
 """Images of the last rollout kept for the grid the trainer saves."""
 
@@ -33,25 +37,30 @@ class RolloutStep(PreferenceStep):
         super().__init__(family, objective, reference, group_size, settings, **options)
         if reference is None and objective.needs_reference:
             raise ValueError(f"{objective.name} needs the reference model")
-        self.timing = {"rollout": 0.0, "train": 0.0}
-        self.totals = {"rollout": 0.0, "train": 0.0}
+        self.timing = dict.fromkeys(PARTS, 0.0)
+        self.totals = dict.fromkeys(PARTS, 0.0)
         """Seconds of each part over the whole run (``timing`` is reset at every log)."""
+        self._open: list[str] = []  # the parts being timed, innermost last
         self._metrics: dict[str, Tensor] = {}
         self._last_latents: Tensor | None = None
 
     @contextmanager
     def timed(self, part: str):
         """Add the wall time of the block to ``timing[part]`` (after the device's queue drains,
-        so GPU work is counted where it was queued)."""
+        so GPU work is counted where it was queued). A block timed inside another counts for its
+        own part only: scoring inside a collection is not also rollout time."""
         start = time.perf_counter()
+        self._open.append(part)
         try:
             yield
         finally:
             if torch.cuda.is_available():
                 torch.cuda.synchronize()
             seconds = time.perf_counter() - start
-            self.timing[part] += seconds
-            self.totals[part] += seconds
+            self._open.pop()
+            for name, add in ((part, seconds), *(((self._open[-1], -seconds),) if self._open else ())):
+                self.timing[name] += add
+                self.totals[name] += add
 
     @classmethod
     def cache_problem(cls, objective, settings) -> str | None:
@@ -59,10 +68,10 @@ class RolloutStep(PreferenceStep):
                 "loaded anyway")
 
     def log_values(self) -> dict[str, float]:
-        """Seconds of rollout and of training since the last call (``time/rollout_s``, ``time/train_s``);
-        the trainer adds them up between its log lines."""
-        seconds, self.timing = self.timing, {"rollout": 0.0, "train": 0.0}
-        return {"time/rollout_s": seconds["rollout"], "time/train_s": seconds["train"]}
+        """Seconds of each part since the last call (``time/rollout_s``, ``time/scoring_s``,
+        ``time/train_s``); the trainer adds them up between its log lines."""
+        seconds, self.timing = self.timing, dict.fromkeys(PARTS, 0.0)
+        return {f"time/{part}_s": value for part, value in seconds.items()}
 
     def metrics(self) -> dict[str, Tensor]:
         return dict(self._metrics)
@@ -117,4 +126,4 @@ class RolloutStep(PreferenceStep):
         return (pixels.float() / 2 + 0.5).clamp(0, 1).cpu()
 
 
-__all__ = ["GRID_IMAGES", "RolloutStep"]
+__all__ = ["GRID_IMAGES", "PARTS", "RolloutStep"]

@@ -39,7 +39,7 @@ from diffalign.data.dataset import PreferenceDataset
 from diffalign.toy.pretrain import PretrainConfig, base_model
 from diffalign.toy.reward import ToyRewardScorer, follows_prompt, toy_reward
 from diffalign.toy.samples import build_preference_data, generate, grid, sampling_pipe
-from diffalign.toy.summary import equal_time, objective_summary, sample_summary, step_costs, watch
+from diffalign.toy.summary import equal_time, objective_summary, runs_summary, sample_summary, step_costs, watch
 
 TOY_REWARD_SPREAD = 0.374
 """SmPO's ``score_scale`` on the toy: max − min of the toy reward over the earlier protocol's 64
@@ -102,6 +102,47 @@ ORACLE = "spo_oracle"
 """SPO with the toy reward itself as its step-aware scorer (:class:`~diffalign.toy.reward.ToyRewardScorer`):
 a run of SPO that tells its method from its learned scorer. Asked for by name in ``objectives``."""
 
+VARIANTS = {
+    ORACLE: ("spo", {}),
+    # Flow-GRPO-Fast: the SDE window, 2 steps drawn per collection among the first 5 of 10 (its fast
+    # configs: 2 or 3 steps in the first 5 or 6); every other step deterministic and untrained.
+    "grpo_fast": ("grpo", {"rollout": {"sde_window": 2, "sde_window_range": 5}}),
+    # MixGRPO: the window slides from the noisy steps to the clean ones (its 4 of 25 steps, moved one
+    # step every 25 iterations, never over the last 2 steps; here 2 of 10 in the first 8, moved every
+    # 10 collections so the 75 collections of 150 updates sweep the range once), DPM-Solver++(2M)
+    # outside it (MixGRPO-Flash's higher-order ODE).
+    "mixgrpo": ("grpo", {"rollout": {"sde_window": 2, "sde_window_range": 8, "sde_window_shift_every": 10,
+                                     "ode": "dpm2"}}),
+}
+"""Named runs of an objective with other settings (``run: (objective, settings merged over its
+:data:`DEFAULT_OBJECTIVES` entry)``), asked for by name in ``objectives``; each trains at its
+objective's toy learning rate. The fast online variants keep grpo's collection and update count."""
+
+FAST_VARIANTS = ("grpo_fast", "mixgrpo")
+
+
+def objective_of(run: str) -> str:
+    """The objective a run trains (a variant's, or the run's own name)."""
+    return VARIANTS[run][0] if run in VARIANTS else run
+
+
+def run_settings(config: BenchmarkConfig, run: str) -> dict:
+    """The run's training settings: its objective's, with a variant's merged over them block by block."""
+    settings = copy.deepcopy(config.objective_settings[objective_of(run)])
+    for block, values in VARIANTS.get(run, (None, {}))[1].items():
+        settings[block] = {**settings.get(block, {}), **values}
+    return settings
+
+
+def check_runs(runs) -> None:
+    """Refuse a name that is neither an objective nor a variant, naming the choices."""
+    from diffalign.typed_config import ConfigError
+
+    unknown = [r for r in runs if r not in DEFAULT_OBJECTIVES and r not in VARIANTS]
+    if unknown:
+        raise ConfigError(f"unknown objective {', '.join(map(repr, unknown))}: choose from "
+                         f"{', '.join((*DEFAULT_OBJECTIVES, *VARIANTS))}")
+
 PROTOCOL = {"lr_sweep": (1e-4, 3e-4, 1e-3), "train_seeds": 3}
 """The settings that turn a run into the ranking protocol (``examples/toy_alignment.py``)."""
 
@@ -143,6 +184,10 @@ class BenchmarkConfig:
     seed: int = 0
     objective_settings: dict = field(default_factory=lambda: copy.deepcopy(DEFAULT_OBJECTIVES))
     """Per objective, the training config's ``objective:`` block and its step's block (``rollout:``)."""
+    equal_time: bool = True
+    """With Diffusion-DPO in the run, train every other objective again per seed for as many updates
+    as fit in Diffusion-DPO's training time (at its own measured seconds per update) and evaluate
+    those runs too: the comparison at an equal wall-clock budget."""
 
     def steps_for(self, groups: int) -> int:
         return self.train_steps or max(1, math.ceil(self.epochs * groups / self.batch_size))
@@ -191,8 +236,7 @@ def align(objective: str, base: Path, data: Path, out: Path, config: BenchmarkCo
     from diffalign.config import DataConfig, LoggingConfig, LoRAConfig, ModelConfig, OptimConfig, TrainConfig
     from diffalign.training import Trainer
 
-    name = "spo" if objective == ORACLE else objective
-    settings = copy.deepcopy(config.objective_settings[name])
+    settings = run_settings(config, objective)
     # The online objectives count updates of their own (a collection makes several), not passes over pairs.
     own = settings.pop("max_steps", None)
     steps = config.train_steps or own or config.steps_for(len(PreferenceDataset.open(data)))
@@ -282,15 +326,19 @@ def run_benchmark(out: str | Path, config: BenchmarkConfig = BenchmarkConfig(), 
         "objectives": {},
     }
     grids, config = {}, replace(config, objective_settings=copy.deepcopy(config.objective_settings))
-    if "spo" in config.objectives or ORACLE in config.objectives:
+    check_runs(config.objectives)
+    if any(objective_of(run) == "spo" for run in config.objectives):
         step_aware = train_step_aware_model(base, data["step_aware_pairs"], out / "step_aware", config, progress)
         results["step_aware"] = step_aware
         config.objective_settings["spo"]["rollout"]["preference_model"] = step_aware["model"]
 
-    def train(objective: str, lr: float, seed: int):
-        folder = data["ranked" if objective == "rank_dpo" else "experts" if objective == "diffusion_dro" else "pairs"]
+    def train(objective: str, lr: float, seed: int, updates: int | None = None):
+        kind = objective_of(objective)
+        folder = data["ranked" if kind == "rank_dpo" else "experts" if kind == "diffusion_dro" else "pairs"]
         curve = Curve(sample_curve, points=[(0, *base_curve)])
-        trainer, seconds = align(objective, base, folder, out / "runs" / objective / f"lr{lr:g}-seed{seed}", config,
+        name = f"lr{lr:g}-seed{seed}" + ("" if updates is None else f"-{updates}-updates")
+        trainer, seconds = align(objective, base, folder, out / "runs" / objective / name,
+                                 config if updates is None else replace(config, train_steps=updates),
                                  curve, lr, seed, progress)
         return trainer, {"lr": lr, "seed": seed, "curve": curve.points, "proxy": curve.proxy,
                          "seconds_per_step": round(seconds, 4), **curve.parts}
@@ -303,9 +351,11 @@ def run_benchmark(out: str | Path, config: BenchmarkConfig = BenchmarkConfig(), 
         run.update(watch(run))
         return images
 
-    for objective in tqdm(config.objectives, desc="objectives", disable=not progress):
+    # Diffusion-DPO first: its training time is the budget of the equal-time runs.
+    for objective in tqdm(sorted(config.objectives, key=lambda o: o != "diffusion_dpo"), desc="objectives",
+                          disable=not progress):
         began = time.time()
-        lrs = config.lr_sweep or (config.lr or TOY_LR["spo" if objective == ORACLE else objective],)
+        lrs = config.lr_sweep or (config.lr or TOY_LR[objective_of(objective)],)
         sweep, trainers = {}, {}
         for lr in lrs:
             trainers[lr], sweep[lr] = train(objective, lr, config.seed)
@@ -320,6 +370,17 @@ def run_benchmark(out: str | Path, config: BenchmarkConfig = BenchmarkConfig(), 
             evaluate(trainer, run)
             runs.append(run)
         results["objectives"][objective] = objective_summary(runs, sweep, results["base"]["reward"], began)
+        dpo = results["objectives"].get("diffusion_dpo")
+        if config.equal_time and dpo is not None and objective != "diffusion_dpo":
+            budget = dpo["curve"][-1][0] * dpo["seconds_per_step"]
+            short = []
+            for run in runs:  # as many updates as this objective's seconds per update fit in DPO's time
+                updates = max(1, int(budget // run["seconds_per_step"]))
+                trainer, short_run = train(objective, chosen, run["seed"], updates)
+                evaluate(trainer, short_run)
+                short.append({**short_run, "updates": updates})
+            results["objectives"][objective]["equal_time"] = {"budget_seconds": round(budget, 1),
+                                                              **runs_summary(short)}
     step_costs(results["objectives"])
     equal_time(results["objectives"])
     results["wall_seconds"] = round(time.time() - start, 1)

@@ -57,24 +57,48 @@ def sweep_table(results: dict) -> str:
 
 def cost_table(results: dict) -> str:
     """The sampling objectives' costs beside Diffusion-DPO's (same run): seconds per update, split
-    into rolling out and training where the step reports it, the step cost × DPO's, and the curve
-    seeds' reward at the end and after Diffusion-DPO's whole training time. Empty without DPO."""
+    into sampling, scoring and the terms' forwards where the step reports it, the step cost × DPO's,
+    and the curve seeds' reward at the end and after Diffusion-DPO's whole training time. Empty without DPO."""
     rows = {n: r for n, r in results["objectives"].items() if "at_dpo_time" in r}
     if "diffusion_dpo" not in rows:
         return ""
-    lines = ["| objective | updates | s/update | rollout s | forwards s | backward and optimiser s | step × DPO "
-             "| curve reward at the end | at DPO's time (updates) |", "|" + "---|" * 9]
+    lines = ["| objective | updates | s/update | rollout s | scoring s | forwards s | backward and optimiser s "
+             "| step × DPO | curve reward at the end | at DPO's time (updates) |", "|" + "---|" * 10]
     for name, r in rows.items():
         at, total = r["at_dpo_time"], r["seconds_per_step"]
-        rollout, forwards = r.get("rollout_seconds_per_step"), r.get("train_seconds_per_step")
-        rest = "–" if rollout is None else f"{total - rollout - forwards:.2f}"
-        lines.append(f"| {name} | {r['curve'][-1][0]} | {total:.2f} | {_seconds(rollout)} | {_seconds(forwards)} | {rest}"
-                     f" | {_times(r.get('step_cost_vs_dpo'))} | {r['curve'][-1][1]:.4f}"
+        rollout, scoring, forwards = (r.get(f"{part}_seconds_per_step") for part in ("rollout", "scoring", "train"))
+        rest = "–" if rollout is None else f"{total - rollout - (scoring or 0) - forwards:.2f}"
+        lines.append(f"| {name} | {r['curve'][-1][0]} | {total:.2f} | {_seconds(rollout)} | {_seconds(scoring)}"
+                     f" | {_seconds(forwards)} | {rest} | {_times(r.get('step_cost_vs_dpo'))} | {r['curve'][-1][1]:.4f}"
                      f" | {at['curve_reward']:.4f} ({at['updates']}) |")
-    return ("\nCost (seconds per update, mean over the chosen rate's seeds: collecting, i.e. sampling, decoding and "
+    return ("\nCost (seconds per update, mean over the chosen rate's seeds: sampling and decoding; the rewards' "
             "scoring; the terms' forwards; the rest of the update) and the curve seeds' reward at the end and after "
             f"Diffusion-DPO's whole training time ({rows['diffusion_dpo']['at_dpo_time']['seconds']:.0f} s; the curve "
             "is sampled every few updates, so the last point within that time):\n\n" + "\n".join(lines) + "\n")
+
+
+def equal_time_table(results: dict) -> str:
+    """Each objective trained for as many updates as fit in Diffusion-DPO's training time, on the
+    held-out evaluation seeds: the gain per seed with its interval, the mean, win-rate and prompt
+    following; Diffusion-DPO's row is its own runs. Empty without those runs."""
+    rows = {n: r["equal_time"] for n, r in results["objectives"].items() if "equal_time" in r}
+    dpo = results["objectives"].get("diffusion_dpo")
+    if not rows or dpo is None:
+        return ""
+    rows = {"diffusion_dpo": {**dpo, "runs": [{**run, "updates": dpo["curve"][-1][0]} for run in dpo["runs"]]},
+            **rows}
+    lines = ["| objective | updates | gain [95% CI], each training seed | mean gain | win-rate vs base "
+             "| prompt following |", "|" + "---|" * 6]
+    for name, r in rows.items():
+        updates = sorted({run["updates"] for run in r["runs"]})
+        gains = "; ".join(f"{g['value']:+.4f} [{g['low']:+.4f}, {g['high']:+.4f}]" for g in (run["gain"] for run in r["runs"]))
+        lines.append(f"| {name} | {'–'.join(map(str, (updates[0], updates[-1]) if len(updates) > 1 else updates))}"
+                     f" | {gains} | {r['mean_gain']:+.4f} | {r['mean_win_rate']:.2f} | {r['min_prompt_following']:.2f} |")
+    budget = next(iter(r for n, r in rows.items() if n != "diffusion_dpo"))["budget_seconds"]
+    return ("\nAt Diffusion-DPO's wall-clock budget (its training time, "
+            f"{budget:.0f} s): each objective trained again per seed for as many updates as its own seconds per "
+            "update fit in that time (the same warm-up share), evaluated on the held-out seeds:\n\n"
+            + "\n".join(lines) + "\n")
 
 
 def _seconds(value) -> str:
@@ -138,6 +162,7 @@ def write_report(out: Path, results: dict, base_images, grids: dict, prompts: li
         f"whole run {results['wall_seconds']:.0f} s. Gains are paired over the same prompts and seeds.\n\n"
     )
     (out / "report.md").write_text(intro + markdown_table(results) + sweep_table(results) + cost_table(results)
+                                   + equal_time_table(results)
                                    + step_aware_line(results) + divergence_lines(results))
 
 

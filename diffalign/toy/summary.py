@@ -11,6 +11,10 @@ import torch
 from diffalign.evaluation.stats import paired_gain, win_rate
 
 
+SECONDS_PARTS = ("rollout_seconds_per_step", "scoring_seconds_per_step", "train_seconds_per_step")
+"""A sampling step's seconds per update by part (:data:`diffalign.steps.rollout.PARTS`), as a run records them."""
+
+
 def sample_summary(rewards: torch.Tensor, base_rewards: torch.Tensor, follows: torch.Tensor) -> dict:
     """One model's held-out samples against the base's: mean reward, paired gain and win-rate with
     their intervals, prompt following (``rewards``, ``base_rewards``, ``follows``: ``[N]``)."""
@@ -38,20 +42,24 @@ def watch(run: dict) -> dict:
     return {"divergence": events[0].message if events else None}
 
 
+def runs_summary(runs: list[dict]) -> dict:
+    """Several seeds' held-out results together: the runs, their mean gain, whether every seed's
+    interval is above 0, the mean win-rate and the lowest prompt following."""
+    return {"runs": runs, "mean_gain": sum(r["gain"]["value"] for r in runs) / len(runs),
+            "every_seed_gains": all(r["gain"]["low"] > 0 for r in runs),
+            "mean_win_rate": sum(r["win_rate"]["value"] for r in runs) / len(runs),
+            "min_prompt_following": min(r["prompt_following"] for r in runs)}
+
+
 def objective_summary(runs: list[dict], sweep: dict, reward_before: float, began: float) -> dict:
     """The chosen rate's runs (the first is the sweep's), their mean gain, and the first seed's
     fields at the top level (``gain``, ``curve``, …) as a one-seed run reports them."""
     first = runs[0]
-    gains = [r["gain"]["value"] for r in runs]
     return {**{k: v for k, v in first.items() if k not in ("lr", "seed")}, "reward_before": reward_before,
-            "lr": first["lr"], "runs": runs, "mean_gain": sum(gains) / len(gains),
-            "every_seed_gains": all(r["gain"]["low"] > 0 for r in runs),
-            "mean_win_rate": sum(r["win_rate"]["value"] for r in runs) / len(runs),
-            "min_prompt_following": min(r["prompt_following"] for r in runs),
+            "lr": first["lr"], **runs_summary(runs),
             "sweep": {f"{lr:g}": {"curve": s["curve"], "seconds_per_step": s["seconds_per_step"]} for lr, s in sweep.items()},
             "seconds_per_step": sum(r["seconds_per_step"] for r in runs) / len(runs),
-            **{part: sum(r[part] for r in runs) / len(runs) for part in ("rollout_seconds_per_step",
-                                                                           "train_seconds_per_step") if part in first},
+            **{part: sum(r[part] for r in runs) / len(runs) for part in SECONDS_PARTS if part in first},
             "wall_seconds": round(time.time() - began, 1)}
 
 
@@ -76,4 +84,4 @@ def equal_time(objectives: dict) -> None:
         summary["at_dpo_time"] = {"seconds": round(budget, 1), "updates": step, "curve_reward": reward}
 
 
-__all__ = ["equal_time", "objective_summary", "sample_summary", "step_costs", "watch"]
+__all__ = ["SECONDS_PARTS", "equal_time", "objective_summary", "runs_summary", "sample_summary", "step_costs", "watch"]

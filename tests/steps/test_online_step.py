@@ -112,6 +112,35 @@ def test_an_sde_window_samples_and_trains_only_its_steps(tiny_path):
     assert stochastic == window  # deterministic (log-prob 0) outside the window
 
 
+def test_mixgrpo_window_moves_from_the_noisy_steps_to_the_clean_ones():
+    """MixGRPO's progressive window (grpo_states.py ``update_iteration``): the first collection
+    starts at 0, the start moves ``stride`` steps every ``shift_every`` collections and stays at
+    the end of the range; hand-written for 10 steps, a window of 2 in the first 8, a shift every
+    3 collections of stride 2 (so the 4th collection starts at 2, the 10th would be 6, held at 6)."""
+    from diffalign.steps.collect import window_start
+
+    settings = OnlineRollout(steps=10, sde_window=2, sde_window_range=8, sde_window_shift_every=3,
+                             sde_window_stride=2)
+    never = torch.Generator()  # a progressive start draws nothing
+    starts = [window_start(settings, never, number) for number in range(1, 14)]
+    assert starts == [0, 0, 0, 2, 2, 2, 4, 4, 4, 6, 6, 6, 6]
+    assert never.get_state().equal(torch.Generator().get_state())
+    drawn = OnlineRollout(steps=10, sde_window=2, sde_window_range=8)  # Flow-GRPO-Fast: a draw per collection
+    assert {window_start(drawn, torch.Generator().manual_seed(s), 1) for s in range(60)} == set(range(7))
+
+
+def test_a_progressive_window_trains_where_it_has_moved_to(tiny_path):
+    """Through the step: the run's 3rd collection (a shift every collection, stride 1) samples
+    stochastically and trains on steps 2 and 3 only."""
+    family = load(tiny_path("sd3"))
+    step = make_step(family, steps=5, sde_window=2, sde_window_shift_every=1)
+    step.collections = 2  # two collections already made: this batch is the 3rd
+    run_all(step, family)
+    c = step.collection
+    assert c.number == 3 and (c.steps == torch.tensor([2, 3])).all()
+    assert (c.log_prob != 0).any(dim=1).nonzero().flatten().tolist() == [2, 3]
+
+
 def test_dance_grpo_shares_the_start_noise_and_draws_steps_per_image(tiny_path):
     family = load(tiny_path("sd3"))
     step = make_step(family, objective={"name": "dance_grpo"}, steps=6, **build_objective(

@@ -124,3 +124,19 @@ def test_dro_rollout_state_is_the_snapshots_and_lags_after_an_update(setting):
         assert step.preview_images().shape == (2, 3, 32, 32)
     finally:
         denoiser.delete_adapters("dro-test")
+
+
+def test_a_part_timed_inside_another_counts_for_itself_only(setting, monkeypatch):
+    """Scoring inside a collection's rollout: 0.2 s of scoring inside a 0.5 s rollout block logs
+    0.3 s of rollout and 0.2 s of scoring (a clock that moves only when told)."""
+    step, _ = _spo_step(setting, monkeypatch, threshold=0.0)
+    now = [0.0]
+    monkeypatch.setattr("diffalign.steps.rollout.time.perf_counter", lambda: now[0])
+    with step.timed("rollout"):
+        now[0] += 0.1
+        with step.timed("scoring"):
+            now[0] += 0.2
+        now[0] += 0.2
+    timing = step.log_values()
+    assert timing["time/rollout_s"] == pytest.approx(0.3) and timing["time/scoring_s"] == pytest.approx(0.2)
+    assert step.totals["rollout"] == pytest.approx(0.3) and timing["time/train_s"] == 0

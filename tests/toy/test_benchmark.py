@@ -68,7 +68,7 @@ def test_reduced_benchmark_writes_every_field(tmp_path):
     config = BenchmarkConfig(
         objectives=("diffusion_dpo", "rank_dpo", "dcpo", "smpo", "spo", "diffusion_dro"),
         pretrain=TINY, samples_per_prompt=4, group_size=4, inference_steps=2, train_steps=2, batch_size=2,
-        eval_seeds_per_prompt=1, curve_every=1, curve_seeds_per_prompt=1, step_aware_steps=2,
+        eval_seeds_per_prompt=1, curve_every=1, curve_seeds_per_prompt=1, step_aware_steps=2, equal_time=False,
     )
     results = run_benchmark(tmp_path / "run", config, cache=tmp_path / "cache", progress=False)
     saved = json.loads((tmp_path / "run" / "results.json").read_text())
@@ -121,6 +121,47 @@ def test_reward_at_diffusion_dpos_wall_time():
     assert objectives["diffusion_dpo"]["at_dpo_time"]["updates"] == 128
 
 
+def test_a_variant_is_its_objective_with_its_settings_merged_block_by_block():
+    from diffalign.toy.benchmark import VARIANTS, check_runs, objective_of, run_settings
+
+    mix = run_settings(BenchmarkConfig(), "mixgrpo")
+    grpo = DEFAULT_OBJECTIVES["grpo"]
+    assert mix["objective"] == grpo["objective"] and mix["max_steps"] == 150
+    assert mix["rollout"] == {**grpo["rollout"], "sde_window": 2, "sde_window_range": 8, "sde_window_shift_every": 10,
+                              "ode": "dpm2"}
+    assert run_settings(BenchmarkConfig(), "grpo") == grpo and objective_of("spo_oracle") == "spo"
+    assert set(VARIANTS) >= {ORACLE, "grpo_fast", "mixgrpo"}
+    with pytest.raises(ValueError, match="unknown objective 'grpo_slow': choose from .*mixgrpo"):
+        check_runs(("grpo", "grpo_slow"))
+
+
+def test_equal_time_runs_train_for_diffusion_dpos_time_and_are_reported(tmp_path):
+    """Asked for after it, Diffusion-DPO still runs first; the fast variant then trains once more per
+    seed for ⌊DPO's training seconds / its own seconds per update⌋ updates (at least 1), evaluated
+    on the held-out seeds, and the report's equal-time table has both rows."""
+    config = BenchmarkConfig(
+        objectives=("grpo_fast", "diffusion_dpo"), pretrain=TINY, samples_per_prompt=4, group_size=4,
+        inference_steps=2, train_steps=2, batch_size=2, eval_seeds_per_prompt=1, curve_every=1,
+        curve_seeds_per_prompt=1, train_seeds=2)
+    results = run_benchmark(tmp_path / "run", config, cache=tmp_path / "cache", progress=False)
+    assert list(results["objectives"]) == ["diffusion_dpo", "grpo_fast"]
+    dpo, fast = results["objectives"]["diffusion_dpo"], results["objectives"]["grpo_fast"]
+    budget = 2 * dpo["seconds_per_step"]
+    assert "equal_time" not in dpo and fast["equal_time"]["budget_seconds"] == pytest.approx(budget, abs=0.051)
+    short = fast["equal_time"]["runs"]
+    assert [run["seed"] for run in short] == [0, 1]
+    for run, full in zip(short, fast["runs"]):
+        assert run["updates"] == max(1, int(budget // full["seconds_per_step"]))
+        assert run["curve"][-1][0] == run["updates"] and set(run["gain"]) == {"value", "low", "high"}
+        assert run["weights"].endswith(f"-{run['updates']}-updates")
+    assert fast["equal_time"]["mean_gain"] == pytest.approx(sum(r["gain"]["value"] for r in short) / 2)
+    assert fast["scoring_seconds_per_step"] > 0  # the online step's seconds split three ways
+    report = (tmp_path / "run" / "report.md").read_text()
+    table = report[report.index("At Diffusion-DPO's wall-clock budget"):]
+    assert "| diffusion_dpo | 2 |" in table and "| grpo_fast |" in table
+    assert "| scoring s |" in report
+
+
 def test_the_rate_is_chosen_on_the_curve_among_those_that_keep_prompt_following():
     # lr → curve points (step, reward, prompt following); base following 0.98.
     sweep = {1e-4: [(0, 0.20, 0.98), (64, 0.22, 0.97)], 3e-4: [(0, 0.20, 0.98), (64, 0.25, 0.95)],
@@ -133,7 +174,7 @@ def test_the_protocol_sweeps_then_trains_more_seeds_at_the_chosen_rate(tmp_path)
     config = BenchmarkConfig(
         objectives=("diffusion_dpo", ORACLE), pretrain=TINY, samples_per_prompt=4, group_size=4, inference_steps=2,
         train_steps=2, batch_size=2, eval_seeds_per_prompt=1, curve_every=1, curve_seeds_per_prompt=1,
-        step_aware_steps=2, lr_sweep=(1e-4, 1e-3), train_seeds=2,
+        step_aware_steps=2, lr_sweep=(1e-4, 1e-3), train_seeds=2, equal_time=False,
     )
     results = run_benchmark(tmp_path / "run", config, cache=tmp_path / "cache", progress=False)
     for name in ("diffusion_dpo", ORACLE):

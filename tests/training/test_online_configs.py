@@ -77,6 +77,7 @@ def test_each_online_config_trains_three_updates_on_its_tiny_family(path, tiny_p
     (["objective.advantage_std=batch"], "advantage_std"),
     (["rollout.train_fraction=0.1"], "leave at least one trained step of 4"),
     (["rollout.sde_window=3", "rollout.sde_window_range=2"], "need sde_window ≤ sde_window_range ≤ steps"),
+    (["rollout.sde_window_shift_every=5"], "sde_window_shift_every moves the SDE window: set rollout.sde_window too"),
     (["rollout.ode=heun"], "rollout.ode: expected one of 'ddim', 'dpm2'"),
     (["rollout.updates_per_collection=100"], "updates_per_collection 100 exceeds the micro-batches of a one-prompt "
                                               "collection (3: ⌈images_per_prompt/micro_batch⌉ × trained steps"),

@@ -115,4 +115,4 @@ def test_a_log_line_holds_the_seconds_of_every_update_since_the_last(tiny_path, 
     assert main(_args(tiny_path, toy_prompts, tmp_path / "run", "max_steps=2", "logging.every=2")) == 0
     rows = _log(tmp_path / "run")
     assert [r["step"] for r in rows] == [2]
-    assert all(r["time/rollout_s"] > 0 and r["time/train_s"] > 0 for r in rows)
+    assert all(r["time/rollout_s"] > 0 and r["time/scoring_s"] > 0 and r["time/train_s"] > 0 for r in rows)
