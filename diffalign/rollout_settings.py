@@ -146,6 +146,12 @@ class OnlineRollout:
             ``diffusion_nft``'s sampling): ``ddim`` (DDIM with η = 0, the flow's Euler step) or
             ``dpm2`` (DPM-Solver++(2M), :mod:`diffalign.dpm_solver`: second order at the same one
             model call per step; MixGRPO's and DiffusionNFT's official sampler).
+        sample_batch: prompts sampled together (``None``: the whole batch at once). With fewer than
+            the batch, each part is scored in the rewards' background thread while the next part
+            samples (Flow-GRPO's asynchronous rewards); the samples are the same either way.
+        offload_rewards: keep the reward models on the CPU except while they score, so the updates
+            have the accelerator's memory (Flow-GRPO and VeRL-Omni's reward offload); costs moving
+            their weights to the device and back once per collection.
         updates_per_collection: optimiser updates over one collection's (image, trained step)
             micro-batches (Flow-GRPO: 2, so the second half is off-policy).
         inner_epochs: passes over a collection, each in a new shuffled order (1).
@@ -177,6 +183,8 @@ class OnlineRollout:
     sde_window_stride: int = 1
     shared_noise: bool = False
     ode: Literal["ddim", "dpm2"] = "ddim"
+    sample_batch: int | None = None
+    offload_rewards: bool = False
     updates_per_collection: int = 2
     inner_epochs: int = 1
     micro_batch: int = 8
@@ -230,7 +238,7 @@ class OnlineRollout:
             raise ValueError(f"updates_per_collection {self.updates_per_collection} exceeds the micro-batches of a "
                              f"one-prompt collection ({smallest}: ⌈images_per_prompt/micro_batch⌉ × trained steps × "
                              "inner_epochs); lower it, or micro_batch")
-        for name in ("resolution", "width", "frames"):
+        for name in ("resolution", "width", "frames", "sample_batch"):
             if getattr(self, name) is not None:
                 positive(name, getattr(self, name))
         if not isinstance(self.rewards, list) or not self.rewards:

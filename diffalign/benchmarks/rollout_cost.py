@@ -19,11 +19,15 @@ SETUPS = {
     "dpm2 10, CFG-free": {"steps": 10, "guidance": 1.0, "ode": "dpm2"},
     "ddim 5, CFG-free": {"steps": 5, "guidance": 1.0, "ode": "ddim"},
     "dpm2 5, CFG-free": {"steps": 5, "guidance": 1.0, "ode": "dpm2"},
+    "ddim 10, guidance 4, a prompt at a time": {"steps": 10, "guidance": 4.0, "ode": "ddim", "sample_batch": 1},
 }
-"""Set-ups: the toy benchmark's guided sampler, DiffusionNFT's CFG-free one, and both ODE solvers
-at 10 and 5 steps."""
+"""Set-ups: the toy benchmark's guided sampler, DiffusionNFT's CFG-free one, both ODE solvers at
+10 and 5 steps, and the guided sampler one prompt at a time with each prompt scored in the rewards'
+background thread while the next samples (``rollout.sample_batch``)."""
 
 TOY_REWARD = [{"name": "diffalign.toy.reward:ToyReward"}]
+"""The toy reward through the online rewards (:class:`~diffalign.rewards.online.OnlineRewards`, whose
+background thread ``sample_batch`` uses)."""
 
 
 def measure(model: str | Path, setups: dict = SETUPS, repeats: int = 3, prompts: int = 4, images: int = 8,

@@ -258,6 +258,14 @@ class OnlineRewards:
             self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="online-rewards")
         return self._executor.submit(self, images, prompts, metadata, layout)
 
+    def to(self, device: str | torch.device) -> OnlineRewards:
+        """Move the members that are modules (the registered reward models) to ``device``; a plugin
+        that is not a module stays where it is."""
+        for member in self.members:
+            if isinstance(member, torch.nn.Module):
+                member.to(device)
+        return self
+
     def close(self) -> None:
         """Wait for submitted scoring and stop the background thread."""
         if self._executor is not None:

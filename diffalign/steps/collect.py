@@ -132,18 +132,63 @@ def start_noise(step, prompts: int, generators) -> Tensor:
     return initial_noise(family, prompts, k, settings.size, generator=generators, frames=frames)
 
 
-def score(step, latents: Tensor, batch: dict) -> dict[str, Tensor]:
-    """Each reward's ``[N]`` raw scores of the clean samples ``[N, *latent]`` (decoded in slices
-    of ``micro_batch``, as pixels in [0, 1]), each image with its prompt and metadata."""
+def sample_and_score(step, batch: dict, generators, sample_part) -> tuple[list, dict[str, Tensor]]:
+    """Sample the batch's prompts ``rollout.sample_batch`` at a time (all at once when unset) and
+    score what each part sampled; with several parts, each part's scoring runs in the rewards'
+    background thread while the next part samples (Flow-GRPO's ``executor.submit``, ``train_sd3.py``
+    L663), which hides CPU-side reward work (preprocessing, a remote scorer) behind sampling.
+
+    Each prompt draws only from its own generator, so the parts sample what one batch would. With
+    ``rollout.offload_rewards`` the reward models come onto the family's device for the scoring and
+    go back to the CPU after it, leaving the accelerator's memory to the updates.
+
+    Args:
+        generators: one per prompt (a single generator makes one part: its draws would depend on
+            how the batch is cut).
+        sample_part: ``(part_batch, part_generators, groups [B'] long) -> (output, x0 [B'·K, *latent])``.
+
+    Returns:
+        Each part's ``output`` in order, and every image's raw scores ``{name: [N] float32, CPU}``.
+    """
+    b = len(batch["prompts"])
+    per_prompt = isinstance(generators, (list, tuple))
+    size = (step.config.sample_batch or b) if per_prompt else b
+    parts = [torch.arange(first, min(first + size, b)) for first in range(0, b, size)]
+    background = len(parts) > 1 and hasattr(step.rewards, "submit")
+    offload = step.config.offload_rewards
+    outputs, pending = [], []
+    if offload:
+        step.rewards.to(step.family.device)
+    try:
+        for groups in parts:
+            rows = groups.tolist()
+            part = {key: [batch[key][i] for i in rows] for key in ("prompts", "metas") if batch.get(key) is not None}
+            output, x0 = sample_part(part, [generators[i] for i in rows] if per_prompt else generators, groups)
+            outputs.append(output)
+            pixels, prompts, metas = _score_inputs(step, x0, part)
+            layout = "NCFHW" if step.family.media == "video" else None  # the VAE decodes clips channels-first
+            if background:
+                pending.append(step.rewards.submit(pixels, prompts, metas, layout=layout))
+            else:
+                with step.timed("scoring"):
+                    pending.append(step.rewards(pixels, prompts, metas, layout=layout))
+        with step.timed("scoring"):  # only what sampling did not hide
+            results = [p.result() for p in pending] if background else pending
+    finally:
+        if offload:
+            step.rewards.to("cpu")
+    return outputs, {name: torch.cat([r[name].float().cpu() for r in results]) for name in results[0]}
+
+
+def _score_inputs(step, x0: Tensor, part: dict) -> tuple[Tensor, list[str], list]:
+    """``(pixels [N, 3, H, W] in [0, 1], N prompts, N metadata)`` of a part's clean samples
+    ``x0 [N, *latent]``, decoded in slices of ``micro_batch``, each image with its prompt's text."""
     k = step.config.images_per_prompt
-    pixels = torch.cat([(step.family.decode(part).float() / 2 + 0.5).clamp(0, 1)
-                        for part in latents.split(step.config.micro_batch)])
-    prompts = [p for p in batch["prompts"] for _ in range(k)]
-    metas = [m for m in (batch.get("metas") or [None] * len(batch["prompts"])) for _ in range(k)]
-    layout = "NCFHW" if step.family.media == "video" else None  # the VAE decodes clips channels-first
-    with step.timed("scoring"):
-        scores = step.rewards(pixels, prompts, metas, layout=layout)
-    return {name: value.float().cpu() for name, value in scores.items()}
+    pixels = torch.cat([(step.family.decode(chunk).float() / 2 + 0.5).clamp(0, 1)
+                        for chunk in x0.split(step.config.micro_batch)])
+    prompts = [p for p in part["prompts"] for _ in range(k)]
+    metas = [m for m in (part.get("metas") or [None] * len(part["prompts"])) for _ in range(k)]
+    return pixels, prompts, metas
 
 
 def gather_rewards(rewards: dict[str, Tensor], k: int) -> tuple[dict[str, Tensor], slice]:
@@ -163,4 +208,4 @@ def gather_rewards(rewards: dict[str, Tensor], k: int) -> tuple[dict[str, Tensor
     return stacked, slice(first, first + rows[state.process_index])
 
 
-__all__ = ["Collection", "gather_rewards", "ode_rule", "sample", "score", "start_noise", "window_start"]
+__all__ = ["Collection", "gather_rewards", "ode_rule", "sample", "sample_and_score", "start_noise", "window_start"]

@@ -45,7 +45,7 @@ from diffalign.families.reference import Snapshot, has_adapters
 from diffalign.objectives.base import PreferenceTerms
 from diffalign.objectives.diffusion_nft import old_decay, prediction_kl, soft_update_
 from diffalign.solver import sampling_grid, solve
-from diffalign.steps.collect import Collection, ode_rule, start_noise
+from diffalign.steps.collect import Collection, ode_rule, sample_and_score, start_noise
 from diffalign.steps.online import OnlineStep
 
 _COLLECTION, _OLD = "collection.", "old."
@@ -121,10 +121,18 @@ class NFTStep(OnlineStep):
         seeds = [g.initial_seed() for g in (generators if isinstance(generators, (list, tuple)) else [generators])]
         cond, uncond = self._conditioning(batch["prompts"], k)
         grid = sampling_grid(family, settings.steps, b).to(family.device)
-        with self.old.active() as old:
-            x0 = solve(family, old, start_noise(self, b, generators), cond, grid, ode_rule(settings.ode),
-                       guidance=settings.guidance, uncond=uncond, generator=generators).final.flatten(0, 1)
-        advantages, _ = self._weigh(x0, batch)
+
+        def sample_part(part, part_generators, groups):
+            with self.old.active() as old:
+                x0 = solve(family, old, start_noise(self, len(groups), part_generators), cond.groups(groups),
+                           grid[groups.to(grid.device)], ode_rule(settings.ode), guidance=settings.guidance,
+                           uncond=None if uncond is None else uncond.groups(groups),
+                           generator=part_generators).final.flatten(0, 1)
+            return x0, x0
+
+        outputs, scores = sample_and_score(self, batch, generators, sample_part)
+        x0 = torch.cat(outputs)
+        advantages, _ = self._weigh(x0, scores)
         n = b * k
         steps = torch.stack([torch.randperm(settings.steps, generator=image_generator(seeds[i // k], i % k, 0))
                              [:settings.trained_count] for i in range(n)])

@@ -41,10 +41,10 @@ from diffalign.steps.collect import (
     Collection,
     gather_rewards,
     sample,
-    score,
+    sample_and_score,
     window_start,
 )
-from diffalign.steps.rollout import RolloutStep
+from diffalign.steps.rollout import PARTS, RolloutStep
 
 DEFAULT_LEVELS = {"flow_sde": 0.7, "cps": 0.8, "dance_sde": 0.3, "ddim": 1.0}
 """Each rule's noise level when ``rollout.noise_level`` is unset (Flow-GRPO ``config/base.py`` L54;
@@ -67,6 +67,7 @@ class OnlineStep(RolloutStep):
 
     name = "online"
     shared_state = False  # each process carries its own collection
+    parts = PARTS
 
     @classmethod
     def settings_problem(cls, objective, settings, family) -> str | None:
@@ -89,7 +90,9 @@ class OnlineStep(RolloutStep):
         if rewards is None:
             from diffalign.rewards.online import load_online_rewards
 
-            rewards = load_online_rewards(self.config.rewards, family.device, media=family.media)
+            # Offloaded rewards wait on the CPU and come to the device only to score.
+            device = "cpu" if self.config.offload_rewards else family.device
+            rewards = load_online_rewards(self.config.rewards, device, media=family.media)
         self.rewards = rewards
         self.weights = dict(zip(rewards.labels, rewards.weights))  # label → weight, as the advantages take them
         self.collection: Collection | None = None
@@ -153,8 +156,15 @@ class OnlineStep(RolloutStep):
         order = torch.Generator().manual_seed((sum(g.initial_seed() for g in seeds) * 31 + number) % (2**63))
         start = window_start(settings, order, number)
         cond, uncond = self._conditioning(batch["prompts"], k)
-        latents, grid, log_prob = sample(self, model, batch, generators, self.rule, start, cond, uncond)
-        advantages, total = self._weigh(latents[-1].flatten(0, 1), batch)
+
+        def sample_part(part, part_generators, groups):
+            out = sample(self, model, part, part_generators, self.rule, start, cond.groups(groups),
+                         None if uncond is None else uncond.groups(groups))
+            return out, out[0][-1].flatten(0, 1)
+
+        outputs, scores = sample_and_score(self, batch, generators, sample_part)
+        latents, grid, log_prob = (torch.cat(parts, dim=dim) for parts, dim in zip(zip(*outputs), (1, 0, 1)))
+        advantages, total = self._weigh(latents[-1].flatten(0, 1), scores)
         kept = advantages != 0
         if settings.keep_best_worst is not None:
             kept &= keep_best_worst(total, settings.keep_best_worst)
@@ -170,12 +180,12 @@ class OnlineStep(RolloutStep):
         self._plan(collection)
         return collection
 
-    def _weigh(self, x0: Tensor, batch: dict) -> tuple[Tensor, Tensor]:
-        """Score the clean samples ``x0 [N, *latent]`` (kept for the grid too), gather every
-        process's rewards, log them: ``(advantages, weighted reward sum)``, this process's ``[B, K]``
-        each (the sum is Flow-GRPO's weighted sum of the rewards)."""
+    def _weigh(self, x0: Tensor, scores: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
+        """Keep the clean samples ``x0 [N, *latent]`` for the grid, gather every process's raw
+        ``scores`` (``{name: [N]}``), log them: ``(advantages, weighted reward sum)``, this process's
+        ``[B, K]`` each (the sum is Flow-GRPO's weighted sum of the rewards)."""
         self.keep_images(x0)
-        everyone, mine = gather_rewards(score(self, x0, batch), self.config.images_per_prompt)
+        everyone, mine = gather_rewards(scores, self.config.images_per_prompt)
         advantages, zero_spread = self.objective.advantages(everyone, self.weights)
         total = sum(self.weights[n] * r.double() for n, r in everyone.items())  # [P, K]
         self._log_collection(everyone, total, zero_spread)

@@ -33,12 +33,15 @@ GRID_IMAGES = 8
 class RolloutStep(PreferenceStep):
     """Base class of the steps that sample from the policy while training."""
 
+    parts: tuple[str, ...] = ("rollout", "train")
+    """The parts of :data:`PARTS` this step times (the online steps add ``scoring``)."""
+
     def __init__(self, family, objective, reference, group_size: int, settings=None, **options):
         super().__init__(family, objective, reference, group_size, settings, **options)
         if reference is None and objective.needs_reference:
             raise ValueError(f"{objective.name} needs the reference model")
-        self.timing = dict.fromkeys(PARTS, 0.0)
-        self.totals = dict.fromkeys(PARTS, 0.0)
+        self.timing = dict.fromkeys(self.parts, 0.0)
+        self.totals = dict.fromkeys(self.parts, 0.0)
         """Seconds of each part over the whole run (``timing`` is reset at every log)."""
         self._open: list[str] = []  # the parts being timed, innermost last
         self._metrics: dict[str, Tensor] = {}
@@ -68,9 +71,10 @@ class RolloutStep(PreferenceStep):
                 "loaded anyway")
 
     def log_values(self) -> dict[str, float]:
-        """Seconds of each part since the last call (``time/rollout_s``, ``time/scoring_s``,
-        ``time/train_s``); the trainer adds them up between its log lines."""
-        seconds, self.timing = self.timing, dict.fromkeys(PARTS, 0.0)
+        """Seconds of each of the step's parts since the last call (``time/rollout_s``,
+        ``time/scoring_s`` for the online steps, ``time/train_s``); the trainer adds them up between
+        its log lines."""
+        seconds, self.timing = self.timing, dict.fromkeys(self.parts, 0.0)
         return {f"time/{part}_s": value for part, value in seconds.items()}
 
     def metrics(self) -> dict[str, Tensor]:

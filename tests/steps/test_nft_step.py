@@ -183,3 +183,17 @@ def test_settings_that_do_not_apply_are_refused(settings, message):
     objective = build_objective({"name": "diffusion_nft"})
     problem = NFTStep.settings_problem(objective, OnlineRollout(**{"steps": 4, **settings}), FAMILIES["sd"])
     assert problem is not None and message in problem
+
+
+def test_sampling_in_parts_gives_the_collection_of_one_batch(tiny_path):
+    """``rollout.sample_batch: 1`` with the old weights sampling: the same clean samples (1e-5)
+    and advantages (2e-4: they divide reward differences by their spread) as one batch."""
+    family = load(tiny_path("sd3"))
+    whole, parted = make_step(family), make_step(family, sample_batch=1)
+    run_all(whole, family)
+    run_all(parted, family)
+    for name in ("latents", "steps"):
+        torch.testing.assert_close(getattr(parted.collection, name), getattr(whole.collection, name),
+                                   atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(parted.collection.advantages, whole.collection.advantages, atol=2e-4, rtol=0)
+    assert parted.rewards.calls == 2

@@ -203,3 +203,63 @@ def test_detach_uncond_lets_the_gradient_through_the_conditional_half_only():
                      guidance=4.0, detach_uncond=detach)
         out.sum().backward()
         assert p.grad.item() == expected
+
+
+class Background(Brightness):
+    """The stub with the rewards' background thread (``OnlineRewards.submit``): counts the parts it was handed."""
+
+    def __init__(self):
+        super().__init__()
+        from concurrent.futures import ThreadPoolExecutor
+
+        self.pool, self.submitted = ThreadPoolExecutor(max_workers=1), 0
+
+    def submit(self, images, prompts, metadata=None, layout=None):
+        self.submitted += 1
+        return self.pool.submit(self, images, prompts, metadata, layout)
+
+
+@pytest.mark.parametrize("rewards", [Brightness, Background])
+def test_sampling_a_prompt_at_a_time_collects_what_one_batch_does(tiny_path, rewards):
+    """``rollout.sample_batch: 1``: each prompt sampled on its own (scored in the background while
+    the next samples, where the rewards can) gives the one-batch collection: latents, log-probabilities
+    (1e-5) and advantages (2e-4, the batch size of the denoiser's calls is all that differs)."""
+    family = load(tiny_path("sd3"))
+    whole = make_step(family, steps=3)
+    run_all(whole, family)
+    parted = make_step(family, steps=3, sample_batch=1, rewards=rewards())
+    run_all(parted, family)
+    a, b = whole.collection, parted.collection
+    for name in ("latents", "log_prob", "times"):
+        torch.testing.assert_close(getattr(b, name), getattr(a, name), atol=1e-5, rtol=1e-5)
+    # An advantage divides reward differences of ~1e-2 by their spread: 1e-6 in a reward is ~1e-4 there.
+    torch.testing.assert_close(b.advantages, a.advantages, atol=2e-4, rtol=0)
+    assert parted.rewards.calls == 2 and getattr(parted.rewards, "submitted", 2) == 2  # one scoring per prompt
+    assert parted.totals["scoring"] > 0
+
+
+def test_offloaded_rewards_come_to_the_device_only_to_score(tiny_path):
+    """``rollout.offload_rewards``: a module reward is moved to the family's device before the
+    scoring and back to the CPU after it, once per collection; a plugin that is no module is left alone."""
+    from diffalign.rewards.online import OnlineRewards
+
+    moves = []
+
+    class Mean(torch.nn.Module):
+        def to(self, *args, **kwargs):
+            moves.append(str(args[0]))
+            return super().to(*args, **kwargs)
+
+        def score(self, images, prompts):
+            moves.append("score")
+            return images.flatten(1).mean(1)
+
+    class Plain:
+        def score(self, images, prompts):
+            return images.flatten(1).mean(1)
+
+    rewards = OnlineRewards([Mean(), Plain()], [1.0, 1.0], ["mean", "plain"], [64, 64])
+    family = load(tiny_path("sd15"))
+    step = make_step(family, steps=2, offload_rewards=True, rewards=rewards)
+    run_all(step, family)
+    assert moves == [str(family.device), "score", "cpu"]

@@ -129,6 +129,11 @@ def test_dro_rollout_state_is_the_snapshots_and_lags_after_an_update(setting):
 def test_a_part_timed_inside_another_counts_for_itself_only(setting, monkeypatch):
     """Scoring inside a collection's rollout: 0.2 s of scoring inside a 0.5 s rollout block logs
     0.3 s of rollout and 0.2 s of scoring (a clock that moves only when told)."""
+    from diffalign.steps.rollout import PARTS, RolloutStep
+
+    spo, _ = _spo_step(setting, monkeypatch, threshold=0.0)
+    assert "time/scoring_s" not in spo.log_values()  # SPO scores nothing: no such column
+    monkeypatch.setattr(RolloutStep, "parts", PARTS)  # a step that times all three, as the online ones
     step, _ = _spo_step(setting, monkeypatch, threshold=0.0)
     now = [0.0]
     monkeypatch.setattr("diffalign.steps.rollout.time.perf_counter", lambda: now[0])

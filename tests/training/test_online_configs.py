@@ -11,7 +11,9 @@ from diffalign.testing import TINY_FRAMES, write_prompt_dataset
 
 ROOT = Path(__file__).resolve().parents[2] / "training" / "configs"
 ONLINE_NAMES = ("grpo", "dance_grpo", "diffusion_nft")
-ONLINE = sorted(p for p in ROOT.rglob("*.yaml") if p.stem in ONLINE_NAMES and p.parent.name != "tiny")
+FAST_NAMES = ("grpo_fast", "mixgrpo")
+"""The fast variants' configs (an SDE window), SD3's only."""
+ONLINE = sorted(p for p in ROOT.rglob("*.yaml") if p.stem in ONLINE_NAMES + FAST_NAMES and p.parent.name != "tiny")
 
 
 def _family(path: Path) -> str:
@@ -39,12 +41,12 @@ def tiny_pickscore(tmp_path_factory):
 
 def test_every_real_family_has_each_online_config():
     assert {(_family(p), p.stem) for p in ONLINE} == {(f, o) for f in ("sd15", "sdxl", "sd3", "wan")
-                                                      for o in ONLINE_NAMES}
+                                                      for o in ONLINE_NAMES} | {("sd3", o) for o in FAST_NAMES}
     assert (ROOT / "sd3" / "multi_reward" / "diffusion_nft.yaml") in ONLINE  # the paper's multi-reward run
 
 
 DEFAULT_SUITE = {"sd3/grpo", "sd3/dance_grpo", "sd3/diffusion_nft"}
-"""Three of the thirteen in the default suite (each objective once; the UNet's online configs train in
+"""Three of the fifteen in the default suite (each objective once; the UNet's online configs train in
 ``tests/toy/test_starter.py``, the tiny ones); the others with ``-m slow`` (the suite's time budget)."""
 
 
@@ -61,6 +63,8 @@ def test_each_online_config_trains_three_updates_on_its_tiny_family(path, tiny_p
                  "rollout.updates_per_collection=1", f"rollout.rewards={TOY_REWARD}", "mixed_precision='no'",
                  "gradient_checkpointing=false", "batch_size=1", "max_steps=3", "checkpoint_every=0", "resume=null",
                  "lora.rank=4", "validation.every=0", "logging.report_to=none", f"output_dir={tmp_path / 'run'}"]
+    if "sde_window" in path.read_text():  # a window that fits the 3 steps
+        overrides += ["rollout.sde_window=1", "rollout.sde_window_range=null"]
     if kind == "wan":
         overrides += [f"data.frames={TINY_FRAMES}", "rollout.width=32",
                       f"rollout.rewards=[{{name: pickscore, path: {tiny_pickscore}, frames: all}}]"]
@@ -78,6 +82,7 @@ def test_each_online_config_trains_three_updates_on_its_tiny_family(path, tiny_p
     (["rollout.train_fraction=0.1"], "leave at least one trained step of 4"),
     (["rollout.sde_window=3", "rollout.sde_window_range=2"], "need sde_window ≤ sde_window_range ≤ steps"),
     (["rollout.sde_window_shift_every=5"], "sde_window_shift_every moves the SDE window: set rollout.sde_window too"),
+    (["rollout.sample_batch=0"], "sample_batch must be an integer ≥ 1"),
     (["rollout.ode=heun"], "rollout.ode: expected one of 'ddim', 'dpm2'"),
     (["rollout.updates_per_collection=100"], "updates_per_collection 100 exceeds the micro-batches of a one-prompt "
                                               "collection (3: ⌈images_per_prompt/micro_batch⌉ × trained steps"),
