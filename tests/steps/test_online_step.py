@@ -234,7 +234,9 @@ def test_sampling_a_prompt_at_a_time_collects_what_one_batch_does(tiny_path, rew
         torch.testing.assert_close(getattr(b, name), getattr(a, name), atol=1e-5, rtol=1e-5)
     # An advantage divides reward differences of ~1e-2 by their spread: 1e-6 in a reward is ~1e-4 there.
     torch.testing.assert_close(b.advantages, a.advantages, atol=2e-4, rtol=0)
-    assert parted.rewards.calls == 2 and getattr(parted.rewards, "submitted", 2) == 2  # one scoring per prompt
+    assert parted.rewards.calls == 2  # one scoring per prompt
+    if rewards is Background:  # handed to the background thread, not called in line
+        assert parted.rewards.submitted == 2
     assert parted.totals["scoring"] > 0
 
 
