@@ -82,7 +82,10 @@ class ModelConfig:
     use_t5: bool = True
     """SD3 only: ``False`` leaves the T5 encoder out."""
     max_sequence_length: int | None = field(default=None, metadata=AT_LEAST_1)
-    """T5 tokens of SD3 (``None``: 256) and Wan (``None``: 512), as their pipelines use."""
+    """T5 tokens of SD3 (``None``: 256), FLUX and Wan (``None``: 512), as their pipelines use."""
+    embedded_guidance: float = 3.5
+    """FLUX.1 [dev] only: the guidance scale its guidance-distilled transformer takes as an input
+    (the pipeline's default), in training and sampling."""
 
     def family_options(self) -> dict[str, Any]:
         """Keyword arguments for :func:`diffalign.families.load`, which drops the
@@ -93,6 +96,7 @@ class ModelConfig:
             attention=self.attention, time_sampling=self.time_sampling, logit_mean=self.logit_mean,
             logit_std=self.logit_std, mode_scale=self.mode_scale, loss_weighting=self.loss_weighting,
             snr_gamma=self.snr_gamma, use_t5=self.use_t5, max_sequence_length=self.max_sequence_length,
+            embedded_guidance=self.embedded_guidance,
         )
 
 
@@ -135,7 +139,7 @@ class LoRAConfig:
     formats: list[Literal["diffusers", "kohya"]] = field(default_factory=lambda: ["diffusers"])
     """How the final LoRA is written: ``diffusers`` (always; ``pipeline.load_lora_weights(lora/)``)
     and ``kohya`` (also ``lora/pytorch_lora_weights_kohya.safetensors``, in the keys ComfyUI and
-    AUTOMATIC1111 load; UNet families only)."""
+    AUTOMATIC1111 load; SD, SDXL and FLUX only)."""
 
 
 @dataclass

@@ -154,12 +154,12 @@ class Inversion:
         return pred, mean, std
 
 
-def landing_grid(family, t: Tensor, steps: int) -> Tensor:
+def landing_grid(family, t: Tensor, steps: int, latent_size: tuple[int, int] | None = None) -> Tensor:
     """``[B, steps + 1]`` rising times of the official landing: the family's inversion levels
     ``L_0 < … < L_S`` (:meth:`~diffalign.families.interface.FamilyInterface.inversion_levels`)
     up to the first level at or above each group's ``t [B]`` (the steps that start below ``t``),
     then that level repeated: the solver leaves a group where it is on a step of zero length."""
-    levels = family.inversion_levels(steps).float().to(t.device)
+    levels = family.inversion_levels(steps, latent_size).float().to(t.device)
     # Steps k start at L_k; the official loop takes those with L_k < t (integer timesteps there;
     # the tolerance keeps a t equal to a grid level from counting as above it).
     taken = (levels[None, :-1] < t.float()[:, None] - 1e-6).sum(1).clamp(min=1)  # [B], at least one step
@@ -175,7 +175,7 @@ def invert(family, model, latents: Tensor, cond, t: Tensor, config: InversionCon
     if config.landing == "exact":
         grid = time_grid(0.0, t.float(), config.steps, batch=t.shape[0])
     else:
-        grid = landing_grid(family, t, config.steps)
+        grid = landing_grid(family, t, config.steps, latents.shape[-2:])
     rule = Inversion(config.renoise_iters, config.eta, config.renoise_at)
     return solve(family, model, latents, cond, grid, rule, guidance=config.guidance, uncond=uncond,
                  generator=generator, callback=callback).final

@@ -89,10 +89,11 @@ class Trajectory:
         return self.latents[-1]
 
 
-def sampling_grid(family, steps: int, batch: int) -> Tensor:
+def sampling_grid(family, steps: int, batch: int, latent_size: tuple[int, int] | None = None) -> Tensor:
     """``[B, steps + 1]`` falling normalised times: the family's own sampler grid (DDIM's
-    timesteps for UNets, SD3's shifted sigmas) ending at 0."""
-    return family.sampling_times(steps).float()[None].expand(batch, -1).clone()
+    timesteps for UNets, SD3's shifted sigmas, FLUX's shifted for latents of ``latent_size``
+    ``(h, w)``) ending at 0."""
+    return family.sampling_times(steps, latent_size).float()[None].expand(batch, -1).clone()
 
 
 def guided(family, model, x: Tensor, t: Tensor, cond, uncond=None, guidance: float = 1.0,
@@ -320,7 +321,7 @@ def initial_noise(family, batch: int, group_size: int, size: int | tuple[int, in
 
     height, width = (size, size) if isinstance(size, int) else size
     f = family.vae_scale_factor
-    channels = family.denoiser.config.in_channels
+    channels = family.latent_channels
     time = () if frames is None else (family.latent_frames(frames),)
     return randn_tensor((batch, group_size, channels, *time, height // f, width // f), generator=generator,
                         device=device or family.device, dtype=torch.float32)

@@ -80,5 +80,7 @@ def _subparser(parser, names):
 def test_info(tiny_path, capsys):
     assert main(["info", str(tiny_path("sd21"))]) == 0
     assert capsys.readouterr().out.split() == ["family:", "sd", "prediction_type:", "v_prediction"]
+    assert main(["info", str(tiny_path("flux"))]) == 0
+    assert capsys.readouterr().out.split() == ["family:", "flux", "prediction_type:", "flow"]
     assert main(["info", str(tiny_path("sd21") / "unet")]) == 1
     assert "no model_index.json" in capsys.readouterr().err

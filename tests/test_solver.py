@@ -136,6 +136,27 @@ def test_eta_zero_reproduces_the_diffusers_pipeline_image(kind, tiny_path):
     assert traj.latents.shape == (steps + 1, len(prompts), 1, *noise.shape[2:])
 
 
+def test_eta_zero_reproduces_the_flux_pipeline_image(tiny_path):
+    """FLUX: the same start noise (unpacked), prompts and steps, the pipeline's embedded guidance
+    and its size-dependent shift: our deterministic sampler gives the FluxPipeline's image, at two
+    sizes (the shift differs) and an unsquare one."""
+    from diffalign.families import load
+    from diffalign.families.flux import pack
+
+    family = load(tiny_path("flux"))
+    prompts, steps = ["a red cat", "a blue dog"], 4
+    for height, width in ((32, 32), (64, 32)):
+        noise = initial_noise(family, len(prompts), 1, (height, width), generator=torch.Generator().manual_seed(3))
+        expected = family.pipe(prompt=prompts, num_inference_steps=steps, guidance_scale=family.embedded_guidance,
+                               latents=pack(noise[:, 0].clone()), height=height, width=width,
+                               output_type="pt").images
+        cond = family.encode_prompts(prompts, group_size=1)
+        grid = sampling_grid(family, steps, len(prompts), noise.shape[-2:])
+        traj = solve(family, family.denoiser, noise, cond, grid, DDIM(0.0))
+        images = (family.decode(traj.final)[:, 0] / 2 + 0.5).clamp(0, 1)
+        torch.testing.assert_close(images, expected.float(), rtol=1e-4, atol=1e-4)
+
+
 def test_no_gradient_through_the_chain_unless_asked(tiny_path):
     from diffalign.families import load
 

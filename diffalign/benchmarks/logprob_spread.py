@@ -37,7 +37,7 @@ def spread(family, rule_name: str, steps: int, dtype: torch.dtype, seed: int = 0
     frames = 5 if family.media == "video" else None
     noise = initial_noise(family, 2, 2, 32, generator=torch.Generator().manual_seed(seed), frames=frames)
     cond = family.encode_prompts(["a red cat", "a blue dog"], group_size=2)
-    grid = sampling_grid(family, steps, 2)
+    grid = sampling_grid(family, steps, 2, noise.shape[-2:])
     gens = [torch.Generator().manual_seed(seed + i) for i in range(2)]
     traj = solve(family, family.denoiser, noise, cond, grid, rule, generator=gens, log_probs=True)
     device = "cuda" if noise.is_cuda else "cpu"

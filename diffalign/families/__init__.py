@@ -1,4 +1,4 @@
-"""Model families: the only code that knows how SD1.5/2.1, SDXL, SD3 and Wan differ.
+"""Model families: the only code that knows how SD1.5/2.1, SDXL, SD3, FLUX.1 and Wan differ.
 
 ``FAMILIES`` maps the config name to its class; :func:`load` detects the family of a checkpoint
 from its ``model_index.json`` and scheduler config. What a family offers the rest of diffalign is
@@ -19,13 +19,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from diffalign.families.base import Conditioning, FamilyError, ModelFamily, read_model_index
+from diffalign.families.flow import FlowMatching
+from diffalign.families.flux import FluxFamily
 from diffalign.families.interface import FamilyInterface
 from diffalign.families.sd import SDFamily
 from diffalign.families.sd3 import SD3Family
 from diffalign.families.sdxl import SDXLFamily
 from diffalign.families.wan import WanFamily, refuse_wan22
 
-FAMILIES: dict[str, type[ModelFamily]] = {"sd": SDFamily, "sdxl": SDXLFamily, "sd3": SD3Family, "wan": WanFamily}
+FAMILIES: dict[str, type[ModelFamily]] = {"sd": SDFamily, "sdxl": SDXLFamily, "sd3": SD3Family, "flux": FluxFamily,
+                                          "wan": WanFamily}
 
 BENCHMARK_FAMILY = "sdxl"
 """The family the speed benchmarks measure unless told otherwise: the peer they are measured
@@ -57,6 +60,8 @@ def _family_from_index(index: dict) -> str | None:
         return name
     if _component_class(index, "transformer") == "SD3Transformer2DModel":
         return "sd3"
+    if _component_class(index, "transformer") == "FluxTransformer2DModel":
+        return "flux"
     if _component_class(index, "transformer") == "WanTransformer3DModel":
         return "wan"
     if _component_class(index, "unet") == "UNet2DConditionModel" and _component_class(index, "text_encoder"):
@@ -83,7 +88,7 @@ def detect_family(path: str | Path, revision: str | None = None) -> Detected:
     scheduler_class = scheduler.get("_class_name", "")
     if name == "wan":
         refuse_wan22(index, path)
-    if name in ("sd3", "wan"):
+    if issubclass(FAMILIES[name], FlowMatching):
         flow = "FlowMatch" in scheduler_class or (scheduler.get("use_flow_sigmas") and
                                                   scheduler.get("prediction_type") == "flow_prediction")
         if not flow:
@@ -115,7 +120,7 @@ def load(path: str | Path, family: str | None = None, **kwargs) -> ModelFamily:
 
 # Options that only some families take, with their defaults: a config may carry them for any
 # model, so they are dropped where they do not apply, unless the user changed them.
-_FAMILY_SPECIFIC = {"snr_gamma": 5.0, "use_t5": True, "max_sequence_length": None}
+_FAMILY_SPECIFIC = {"snr_gamma": 5.0, "use_t5": True, "max_sequence_length": None, "embedded_guidance": 3.5}
 
 
 def _drop_inapplicable(cls: type[ModelFamily], kwargs: dict) -> dict:
@@ -129,6 +134,6 @@ def _drop_inapplicable(cls: type[ModelFamily], kwargs: dict) -> dict:
 
 
 __all__ = [
-    "BENCHMARK_FAMILY", "FAMILIES", "Conditioning", "Detected", "FamilyError", "FamilyInterface", "ModelFamily",
-    "SDFamily", "SDXLFamily", "SD3Family", "WanFamily", "detect_family", "load",
+    "BENCHMARK_FAMILY", "FAMILIES", "Conditioning", "Detected", "FamilyError", "FamilyInterface", "FluxFamily",
+    "ModelFamily", "SDFamily", "SDXLFamily", "SD3Family", "WanFamily", "detect_family", "load",
 ]

@@ -44,9 +44,9 @@ class ModelFamily(Loading, LatentOperations, PromptOperations, NoiseOperations, 
     """The denoiser's repeated block classes, for regional compilation where diffusers' model
     class names none in its ``_repeated_blocks``."""
     kohya_lora: ClassVar[bool] = False
-    """Whether ``lora.formats: [kohya]`` may write this family's adapters: kohya's key names
-    (``lora_unet_<diffusers module path>``, which ComfyUI, AUTOMATIC1111 and diffusers read) are
-    settled for the UNet families only."""
+    """Whether ``lora.formats: [kohya]`` may write this family's adapters (:meth:`kohya_state_dict`):
+    kohya's key names, which ComfyUI, AUTOMATIC1111 and diffusers read, are settled for the UNet
+    families and FLUX only."""
 
     def __init__(
         self,
@@ -167,6 +167,16 @@ class ModelFamily(Loading, LatentOperations, PromptOperations, NoiseOperations, 
 
     def _predict_flat(self, model, noisy: Tensor, t: Tensor, cond: Conditioning) -> Tensor:
         raise NotImplementedError
+
+    def kohya_state_dict(self, peft_state: dict[str, Tensor], alpha: float) -> dict[str, Tensor]:
+        """The denoiser's peft adapters in kohya's keys, for a family whose :attr:`kohya_lora` is true."""
+        raise FamilyError(f"the {self.name} family has no kohya LoRA layout; keep lora.formats=[diffusers]")
+
+    def denoiser_layout(self, values: Tensor) -> Tensor:
+        """``[N, *latent]`` values in the layout the raw denoiser returns them: the same tensor for
+        every family but FLUX, whose transformer returns packed tokens. A stand-in denoiser (the
+        contract tests') answers in this layout, so it passes through the family's own unpacking."""
+        return values
 
 
 def input_dtype(model, default: torch.nn.Module) -> torch.dtype:

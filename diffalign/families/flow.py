@@ -48,7 +48,7 @@ class FlowMatching:
         sigma = t.float()
         return 1 - sigma, sigma
 
-    def sampling_times(self, steps: int) -> Tensor:
+    def sampling_times(self, steps: int, latent_size: tuple[int, int] | None = None) -> Tensor:
         # The shifted Euler sigmas (FlowMatchEulerDiscreteScheduler.set_timesteps), ending at σ = 0.
         scheduler = self._flow_scheduler()
         if scheduler.config.get("use_dynamic_shifting"):
@@ -57,10 +57,10 @@ class FlowMatching:
         scheduler.set_timesteps(steps)
         return scheduler.sigmas.float()
 
-    def inversion_levels(self, steps: int) -> Tensor:
+    def inversion_levels(self, steps: int, latent_size: tuple[int, int] | None = None) -> Tensor:
         # No official flow inversion exists (InPO and SmPO are ε-only): the sampler's own Euler
         # grid walked upwards, from σ = 0 to its noisiest level.
-        return self.sampling_times(steps).flip(0)
+        return self.sampling_times(steps, latent_size).flip(0)
 
     def split_prediction(self, pred: Tensor, noisy: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
         # x = (1 − σ)·x0 + σ·ε and v = ε − x0:  x0 = x − σ·v,  ε = x + (1 − σ)·v.

@@ -54,10 +54,11 @@ class FamilyHooks(Protocol):
     def noise_scales(self, t: Tensor) -> tuple[Tensor, Tensor]:
         """``(a_t, s_t)`` with ``x_t = a_t·x0 + s_t·ε``, each ``[N]`` float32."""
 
-    def sampling_times(self, steps: int) -> Tensor:
-        """``[steps + 1]`` falling times of the family's sampler, ending at 0."""
+    def sampling_times(self, steps: int, latent_size: tuple[int, int] | None = None) -> Tensor:
+        """``[steps + 1]`` falling times of the family's sampler, ending at 0 (for latents of
+        ``latent_size`` where the schedule depends on the size)."""
 
-    def inversion_levels(self, steps: int) -> Tensor:
+    def inversion_levels(self, steps: int, latent_size: tuple[int, int] | None = None) -> Tensor:
         """``[steps + 1]`` rising times of the official inversion grid (InPO/SmPO's ``landing: official``)."""
 
     def split_prediction(self, pred: Tensor, noisy: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:

@@ -4,7 +4,7 @@
 (trainer, steps, objectives, sampler, inversion, latent cache, start-up checks, evaluation,
 benchmarks, :mod:`diffalign.testing`), with shapes. :class:`~diffalign.families.base.ModelFamily`
 provides almost all of it from a few template hooks, listed in
-:class:`~diffalign.families.hooks.FamilyHooks`. Adding a family (FLUX, say) is:
+:class:`~diffalign.families.hooks.FamilyHooks`. Adding a family (Qwen-Image, say; FLUX is the latest example) is:
 
 1. ``families/<name>.py``: subclass ``ModelFamily`` (first ``FlowMatching`` for a rectified-flow
    model, which fills the noise hooks);
@@ -116,6 +116,10 @@ class FamilyInterface(Protocol):
         """The denoiser's device."""
 
     @property
+    def latent_channels(self) -> int:
+        """``C`` of one item's latent (FLUX: a quarter of its transformer's packed input)."""
+
+    @property
     def vae_scale_factor(self) -> int:
         """Pixels per latent along each side (``H = h · f``)."""
 
@@ -182,6 +186,13 @@ class FamilyInterface(Protocol):
     def predict(self, model, noisy: Tensor, t: Tensor, cond: Conditioning) -> Tensor:
         """``model`` on ``noisy [B, K, *latent]`` at ``t [B]`` in one forward: ``[B, K, *latent]``."""
 
+    def kohya_state_dict(self, peft_state: dict[str, Tensor], alpha: float) -> dict[str, Tensor]:
+        """The peft adapters ``{"….lora_A.weight": [r, in], "….lora_B.weight": [out, r]}`` in
+        kohya's keys (``lora_unet_….lora_down.weight``, ``….lora_up.weight``, ``….alpha``)."""
+
+    def denoiser_layout(self, values: Tensor) -> Tensor:
+        """``[N, *latent]`` in the layout the raw denoiser returns (FLUX: packed tokens; others: as given)."""
+
     def denoising_error(self, model, latents: Tensor, cond: Conditioning, noise: Tensor, t: Tensor) -> Tensor:
         """Weighted mean squared error per image, fp32 ``[B, K]``, differentiable in ``model``."""
 
@@ -191,10 +202,11 @@ class FamilyInterface(Protocol):
     def noise_scales(self, t: Tensor) -> tuple[Tensor, Tensor]:
         """``(a_t, s_t)``, each ``[N]`` float32, at times ``t [N]``."""
 
-    def sampling_times(self, steps: int) -> Tensor:
-        """``[steps + 1]`` falling times of its sampler, ending at 0."""
+    def sampling_times(self, steps: int, latent_size: tuple[int, int] | None = None) -> Tensor:
+        """``[steps + 1]`` falling times of its sampler, ending at 0, for latents ``(h, w)`` of
+        ``latent_size`` (FLUX's shift depends on it; the other families ignore it)."""
 
-    def inversion_levels(self, steps: int) -> Tensor:
+    def inversion_levels(self, steps: int, latent_size: tuple[int, int] | None = None) -> Tensor:
         """``[steps + 1]`` rising times of the official inversion grid: step ``k`` goes from level
         ``k`` (where the model is asked) to ``k + 1``; the first may lie below 0 (SD: DDIM's
         initial level, which ``noise_scales`` gives for a negative time)."""

@@ -43,6 +43,12 @@ class LatentOperations:
         """Refuse pixels the VAE cannot encode (a video family checks the frame count)."""
 
     @property
+    def latent_channels(self) -> int:
+        """``C`` of one item's latent (what the VAE makes and the noise has): the denoiser's input
+        channels (FLUX packs 2×2 patches and overrides it)."""
+        return self.denoiser.config.in_channels
+
+    @property
     def vae_scale_factor(self) -> int:
         """Pixels per latent along each side (from the VAE's config file when it is not loaded:
         the pipelines then fall back to a hard-coded 8)."""

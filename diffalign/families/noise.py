@@ -130,14 +130,15 @@ class NoiseOperations:
         """``(a_t, s_t)``, each ``[N]`` float32, with ``x_t = a_t·x0 + s_t·ε`` at normalised times ``t [N]``."""
         raise NotImplementedError
 
-    def sampling_times(self, steps: int) -> Tensor:
+    def sampling_times(self, steps: int, latent_size: tuple[int, int] | None = None) -> Tensor:
         """``[steps + 1]`` falling normalised times of the family's sampler with ``steps`` steps,
-        ending at 0 (:mod:`diffalign.solver`)."""
+        ending at 0 (:mod:`diffalign.solver`); ``latent_size`` ``(h, w)`` of the latents sampled,
+        for a family whose schedule depends on it (FLUX's dynamic shift), ignored by the others."""
         raise NotImplementedError
 
-    def inversion_levels(self, steps: int) -> Tensor:
+    def inversion_levels(self, steps: int, latent_size: tuple[int, int] | None = None) -> Tensor:
         """``[steps + 1]`` rising normalised times of the official inversion grid with ``steps``
-        steps (:func:`diffalign.inversion.landing_grid`)."""
+        steps (:func:`diffalign.inversion.landing_grid`); ``latent_size`` as for :meth:`sampling_times`."""
         raise NotImplementedError
 
     def final_scales(self) -> tuple[float, float]:

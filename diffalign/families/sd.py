@@ -95,7 +95,7 @@ class SDFamily(ModelFamily):
             abar = torch.where(index < 0, torch.full_like(abar, initial), abar)
         return abar.sqrt(), (1 - abar).sqrt()
 
-    def inversion_levels(self, steps: int) -> Tensor:
+    def inversion_levels(self, steps: int, latent_size: tuple[int, int] | None = None) -> Tensor:
         # DDIMInverseScheduler.set_timesteps(steps) as the diffusers InPO/SmPO pin (0.20) rolled
         # it: the grid's first point one spacing below its first timestep (−99 for SD1.5's
         # offset 1 at 10 steps), each step rising by N // steps to the next timestep.
@@ -106,7 +106,7 @@ class SDFamily(ModelFamily):
         first = inverse.timesteps[:1] - self.num_train_timesteps // steps
         return torch.cat([first, inverse.timesteps]).float() / (self.num_train_timesteps - 1)
 
-    def sampling_times(self, steps: int) -> Tensor:
+    def sampling_times(self, steps: int, latent_size: tuple[int, int] | None = None) -> Tensor:
         # DDIM's timesteps from the checkpoint's scheduler config (its spacing and offset), as
         # the pipeline uses them with a DDIMScheduler; each step lands on the next one, the last on t = 0.
         ddim = self._ddim()
@@ -159,6 +159,19 @@ class SDFamily(ModelFamily):
             do_classifier_free_guidance=False,
         )
         return embeds, None
+
+    # ----------------------------------------------------------------------------- LoRA files
+    def kohya_state_dict(self, peft_state: dict[str, Tensor], alpha: float) -> dict[str, Tensor]:
+        """The UNet's adapters in kohya's keys (``lora_unet_…_to_q.lora_down.weight``, ``….alpha``).
+
+        diffusers' ``convert_state_dict_to_kohya`` writes each ``alpha`` as the rank, which is right
+        only when ``lora.alpha == lora.rank``; kohya scales by ``alpha / rank``, so the alpha the
+        adapters were trained with is written instead.
+        """
+        from diffusers.utils import convert_state_dict_to_kohya
+
+        state = convert_state_dict_to_kohya({f"unet.{k}": v for k, v in peft_state.items()})
+        return {k: torch.tensor(float(alpha)) if k.endswith(".alpha") else v.contiguous() for k, v in state.items()}
 
     # ----------------------------------------------------------------------------- builds
     @classmethod

@@ -96,8 +96,8 @@ def sample(step, model, batch: dict, generators, rule, start: int, cond, uncond)
     ``cond``/``uncond``: ``[B, K, ...]`` (``uncond`` when guiding)."""
     settings, family = step.config, step.family
     b, k = len(batch["prompts"]), settings.images_per_prompt
-    grid = sampling_grid(family, settings.steps, b).to(family.device)
     noise = start_noise(step, b, generators)
+    grid = sampling_grid(family, settings.steps, b, noise.shape[-2:]).to(family.device)
     end = settings.steps if settings.sde_window is None else start + settings.sde_window
     common = dict(guidance=settings.guidance, uncond=uncond, generator=generators)
     parts, logps, x = [noise[None]], [], noise

@@ -90,7 +90,8 @@ class DiffusionDROStep(RolloutStep):
             self._refreshed = True
         config, family = self.config, self.family
         b = len(batch["prompts"])
-        grid = sampling_grid(family, config.steps, b).to(family.device)
+        latent_size = tuple(side // family.vae_scale_factor for side in self.image_size(batch))
+        grid = sampling_grid(family, config.steps, b, latent_size).to(family.device)
         if config.perturb:
             grid = perturbed_grid(grid, generator)
         gens = generator if isinstance(generator, (list, tuple)) else [generator] * b

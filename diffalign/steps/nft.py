@@ -120,7 +120,8 @@ class NFTStep(OnlineStep):
         b = len(batch["prompts"])
         seeds = [g.initial_seed() for g in (generators if isinstance(generators, (list, tuple)) else [generators])]
         cond, uncond = self._conditioning(batch["prompts"], k)
-        grid = sampling_grid(family, settings.steps, b).to(family.device)
+        latent_size = tuple(side // family.vae_scale_factor for side in settings.size)
+        grid = sampling_grid(family, settings.steps, b, latent_size).to(family.device)
 
         def sample_part(part, part_generators, groups):
             with self.old.active() as old:

@@ -91,9 +91,10 @@ class SPOStep(RolloutStep):
         config, family = self.config, self.family
         cond, uncond = self.conditioning(batch)
         b, k = len(batch["prompts"]), config.candidates
-        grid = sampling_grid(family, config.steps, b).to(family.device)
+        noise = self.start_noise(batch, generator)
+        grid = sampling_grid(family, config.steps, b, noise.shape[-2:]).to(family.device)
         rule = DDIM(config.eta)
-        chain = solve(family, model, self.start_noise(batch, generator), cond, grid, rule, guidance=config.guidance,
+        chain = solve(family, model, noise, cond, grid, rule, guidance=config.guidance,
                       uncond=uncond, generator=generator, stop_after=config.branch_from)
         x, pred = chain.final, None
         cond_k = cond.repeat_images(k)

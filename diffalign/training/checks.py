@@ -97,7 +97,7 @@ def preflight(config: TrainConfig) -> Startup:
 
         if not FAMILIES[family].kohya_lora:
             kohya = ", ".join(name for name, cls in FAMILIES.items() if cls.kohya_lora)
-            raise StartupError(f"lora.formats: kohya is written for the UNet families ({kohya}), "
+            raise StartupError(f"lora.formats: kohya is written for the families with settled kohya keys ({kohya}), "
                                f"not {family}; keep lora.formats=[diffusers]")
     cache_plan = plan_cache(config, family, data, objective, settings)
     if config.optim.optimizer == "adamw_8bit" and importlib.util.find_spec("bitsandbytes") is None:

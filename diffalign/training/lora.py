@@ -46,18 +46,5 @@ def save_lora(family, denoiser: torch.nn.Module, folder: Path, config: LoRAConfi
     if config is not None and "kohya" in config.formats:
         from safetensors.torch import save_file
 
-        save_file(kohya_state_dict(peft_state, config.alpha), str(Path(folder) / KOHYA_FILE))
+        save_file(family.kohya_state_dict(peft_state, config.alpha), str(Path(folder) / KOHYA_FILE))
     return folder
-
-
-def kohya_state_dict(peft_state: dict[str, torch.Tensor], alpha: float) -> dict[str, torch.Tensor]:
-    """A UNet's peft LoRA state dict in kohya's keys (``lora_unet_…_to_q.lora_down.weight``, ``….alpha``).
-
-    diffusers' ``convert_state_dict_to_kohya`` writes each ``alpha`` as the rank, which is right
-    only when ``lora.alpha == lora.rank``; kohya scales by ``alpha / rank``, so the alpha the
-    adapters were trained with is written instead.
-    """
-    from diffusers.utils import convert_state_dict_to_kohya
-
-    state = convert_state_dict_to_kohya({f"unet.{k}": v for k, v in peft_state.items()})
-    return {k: torch.tensor(float(alpha)) if k.endswith(".alpha") else v.contiguous() for k, v in state.items()}

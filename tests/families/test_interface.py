@@ -82,7 +82,7 @@ def test_core_operations_return_the_documented_shapes(tiny_family, tiny_path, ti
     pixels = torch.rand(B, K, 3, *clip, SIDE, SIDE, generator=torch.Generator().manual_seed(0)) * 2 - 1
     gen = torch.Generator().manual_seed(1)
     latents = family.encode_images(pixels, gen)
-    c = family.denoiser.config.in_channels
+    c = family.latent_channels
     frames = (family.latent_frames(FRAMES),) if clip else ()
     assert latents.shape == (B, K, c, *frames, SIDE // f, SIDE // f)                        # [B, K, *latent]
     mean, std = family.encode_posterior(pixels)
@@ -106,7 +106,7 @@ def test_core_operations_return_the_documented_shapes(tiny_family, tiny_path, ti
     assert family.implied_noise(latents, noisy, t).shape == latents.shape
     a, s = family.noise_scales(t)
     assert a.shape == s.shape == (B,) and family.loss_weight(t).shape == (B,)
-    times = family.sampling_times(3)
+    times = family.sampling_times(3, (SIDE // f, SIDE // f))
     assert times.shape == (4,) and times[-1] == 0 and (times[:-1] >= times[1:]).all()
     assert len(family.final_scales()) == 2
     assert SIDE % type(family).pixel_multiple(tiny_path(tiny_kind)) == 0
@@ -134,13 +134,14 @@ def test_family_facts_outside_the_package_come_from_the_registry():
     from diffalign.testing import TINY_FAMILIES
     from diffalign.typed_config import ConfigError, from_dict
 
-    assert TINY_FAMILIES == ("sd15", "sd21", "sdxl", "sd3", "wan")
+    assert TINY_FAMILIES == ("sd15", "sd21", "sdxl", "sd3", "flux", "wan")
     assert real_size.TINY_KIND == {"sd": "sd15", "sdxl": "sdxl", "sd3": "sd3"}
     assert real_size.DEFAULT_RESOLUTION == {"sd": 512, "sdxl": 1024, "sd3": 1024}
-    assert [n for n, cls in FAMILIES.items() if cls.kohya_lora] == ["sd", "sdxl"]  # lora.formats: kohya
+    assert [n for n, cls in FAMILIES.items() if cls.kohya_lora] == ["sd", "sdxl", "flux"]  # lora.formats: kohya
     assert from_dict(ModelConfig, {"path": "org/model", "family": "sdxl"}).family == "sdxl"
-    with pytest.raises(ConfigError, match="family: expected one of 'sd', 'sdxl', 'sd3', 'wan', got 'flux'"):
-        from_dict(ModelConfig, {"path": "org/model", "family": "flux"}, source="model")
+    assert from_dict(ModelConfig, {"path": "org/model", "family": "flux"}).family == "flux"
+    with pytest.raises(ConfigError, match="family: expected one of 'sd', 'sdxl', 'sd3', 'flux', 'wan', got 'qwen'"):
+        from_dict(ModelConfig, {"path": "org/model", "family": "qwen"}, source="model")
 
 
 # Files that still name families: the released step-aware reward files (sd15/sdxl), SPO's supported

@@ -10,7 +10,7 @@ from diffalign.families import FAMILIES, FamilyError, detect_family, load
 from diffalign.testing import tiny_components
 
 FAMILY_OF = {"sd15": ("sd", "epsilon"), "sd21": ("sd", "v_prediction"), "sdxl": ("sdxl", "epsilon"), "sd3": ("sd3", "flow"),
-             "wan": ("wan", "flow")}
+             "flux": ("flux", "flow"), "wan": ("wan", "flow")}
 
 
 def test_detect(tiny_kind, tiny_path):
@@ -43,8 +43,8 @@ def test_skipping_components(tiny_path):
 def test_dtype_and_forced_family(tiny_path):
     family = load(tiny_path("sd15"), family="sd", dtype=torch.bfloat16)
     assert family.denoiser.dtype == torch.bfloat16
-    with pytest.raises(FamilyError, match="unknown family 'flux'"):
-        load(tiny_path("sd15"), family="flux")
+    with pytest.raises(FamilyError, match="unknown family 'kandinsky'"):
+        load(tiny_path("sd15"), family="kandinsky")
 
 
 def test_not_a_pipeline_folder(tmp_path):
@@ -59,9 +59,9 @@ def test_component_folder_gets_a_hint(tiny_path):
 
 def test_unsupported_pipeline(tmp_path):
     (tmp_path / "model_index.json").write_text(
-        json.dumps({"_class_name": "FluxPipeline", "transformer": ["diffusers", "FluxTransformer2DModel"]})
+        json.dumps({"_class_name": "PixArtAlphaPipeline", "transformer": ["diffusers", "PixArtTransformer2DModel"]})
     )
-    with pytest.raises(FamilyError, match="FluxPipeline, which diffalign does not support.*sdxl"):
+    with pytest.raises(FamilyError, match="PixArtAlphaPipeline, which diffalign does not support.*sdxl"):
         detect_family(tmp_path)
 
 

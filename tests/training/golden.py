@@ -60,7 +60,7 @@ def trained_weights(out: Path, kind: str, mode: str, base: Path) -> dict:
 
     if mode == "lora":
         return load_file(str(out / "lora" / "pytorch_lora_weights.safetensors"))
-    name = "transformer" if kind == "sd3" else "unet"
+    name = "unet" if kind in ("sd15", "sd21", "sdxl") else "transformer"
     trained = load_file(str(next((out / "final" / name).glob("*.safetensors"))))
     start = load_file(str(next((base / name).glob("*.safetensors"))))
     return {k: trained[k] - start[k] for k in start}

@@ -111,16 +111,16 @@ def test_a_changed_loss_fails_the_golden_check():
     assert record["diffusion_dpo/sd15/full"]["losses"][0] == golden.LOG_2 == 0.6931471824645996
 
 
-@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("kind", (*KINDS, "flux"))
 def test_saved_lora_loads_in_the_pipeline(kind, tiny_path, pair_data, tmp_path):
     """The diffusers-format LoRA loads with ``load_lora_weights``; for the UNet families the kohya
     copy (ComfyUI/A1111 keys) loads too and gives the same images: the alpha (8, not the rank 4)
-    survives the conversion."""
+    survives the conversion. FLUX's kohya copy is written in BFL's fused layout."""
     from diffusers import DiffusionPipeline
 
     from diffalign.training.lora import KOHYA_FILE
 
-    kohya = kind != "sd3"
+    kohya = kind in ("sd15", "sdxl", "flux")
     extra = ["lora.formats=[diffusers,kohya]"] if kohya else []
     out = _train(tiny_path, pair_data, tmp_path / "run", "diffusion_dpo", kind, "optim.lr=5e-2", "max_steps=4",
                  "lora.rank=4", "lora.alpha=8", *extra)
@@ -130,7 +130,7 @@ def test_saved_lora_loads_in_the_pipeline(kind, tiny_path, pair_data, tmp_path):
         pipe.set_progress_bar_config(disable=True)
         if lora is not None:
             pipe.load_lora_weights(str(lora))
-            denoiser = pipe.transformer if kind == "sd3" else pipe.unet
+            denoiser = getattr(pipe, "transformer", None) or pipe.unet
             scales = {scale for m in denoiser.modules() if isinstance(getattr(m, "scaling", None), dict)
                       for scale in m.scaling.values()}
             assert scales == {2.0}, scales  # alpha / rank = 8 / 4, as trained
@@ -143,13 +143,17 @@ def test_saved_lora_loads_in_the_pipeline(kind, tiny_path, pair_data, tmp_path):
     if kohya:
         keys = load_file(str(out / "lora" / KOHYA_FILE))
         assert all(k.startswith("lora_unet_") for k in keys)
+    if kind == "flux":  # q, k, v fused (3 × 8) and to_out alone; its load is tests/families/test_flux.py's
+        assert {float(v) for k, v in keys.items() if k.endswith(".alpha")} == {24.0, 8.0}
+        assert "lora_unet_double_blocks_0_img_attn_qkv.lora_down.weight" in keys
+    elif kohya:
         assert {float(v) for k, v in keys.items() if k.endswith(".alpha")} == {8.0}
         torch.testing.assert_close(sample(out / "lora" / KOHYA_FILE), after, rtol=0, atol=1e-5)
 
 
 def test_kohya_format_is_refused_for_sd3_at_startup(tiny_path, pair_data, tmp_path, capsys):
     _train(tiny_path, pair_data, tmp_path / "run", "diffusion_dpo", "sd3", "lora.formats=[kohya]", expect=1)
-    assert "lora.formats: kohya is written for the UNet families (sd, sdxl), not sd3" in capsys.readouterr().err
+    assert "lora.formats: kohya is written for the families with settled kohya keys (sd, sdxl, flux), not sd3" in capsys.readouterr().err
 
 
 def _final_weights(out, lora: bool):
