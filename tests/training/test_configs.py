@@ -14,7 +14,7 @@ TRAIN_CONFIGS = sorted((ROOT / "configs").rglob("*.yaml"))
 
 def test_there_is_a_config_per_family_and_objective():
     names = {(p.parent.name, p.stem) for p in TRAIN_CONFIGS}
-    for family in ("sd15", "sdxl", "sd3", "tiny"):
+    for family in ("sd15", "sdxl", "sd3", "flux", "tiny"):
         for objective in OBJECTIVES:
             assert (family, objective) in names, f"training/configs/{family}/{objective}.yaml is missing"
     for video in ("wan", "video"):  # training/configs/wan/ and training/configs/tiny/video/

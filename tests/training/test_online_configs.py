@@ -38,14 +38,14 @@ def tiny_pickscore(tmp_path_factory):
 
 
 def test_every_real_family_has_each_online_config():
-    assert {(_family(p), p.stem) for p in ONLINE} == {(f, o) for f in ("sd15", "sdxl", "sd3", "wan")
+    assert {(_family(p), p.stem) for p in ONLINE} == {(f, o) for f in ("sd15", "sdxl", "sd3", "flux", "wan")
                                                       for o in ONLINE_NAMES}
     assert (ROOT / "sd3" / "multi_reward" / "diffusion_nft.yaml") in ONLINE  # the paper's multi-reward run
     assert {ROOT / "sd3" / "fast" / "grpo.yaml", ROOT / "sd3" / "mixgrpo" / "dance_grpo.yaml"} <= set(ONLINE)  # the windows
 
 
 DEFAULT_SUITE = {"sd3/grpo", "sd3/dance_grpo", "sd3/diffusion_nft"}
-"""Three of the fifteen in the default suite (each objective once; the UNet's online configs train in
+"""Three of the eighteen in the default suite (each objective once; the UNet's online configs train in
 ``tests/toy/test_starter.py``, the tiny ones); the others with ``-m slow`` (the suite's time budget)."""
 
 
