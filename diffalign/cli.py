@@ -26,8 +26,13 @@ _STOPPABLE = ("train", "cache", "build")
 def _info(args: argparse.Namespace) -> int:
     from diffalign.families import detect_family
 
+    from diffalign.families import FAMILIES
+
     found = detect_family(args.path, revision=args.revision)
     print(f"family: {found.family}\nprediction_type: {found.prediction_type}")
+    architecture = FAMILIES[found.family].architecture(args.path, revision=args.revision)
+    if architecture:
+        print(f"architecture: {architecture}")
     return 0
 
 

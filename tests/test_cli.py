@@ -82,5 +82,8 @@ def test_info(tiny_path, capsys):
     assert capsys.readouterr().out.split() == ["family:", "sd", "prediction_type:", "v_prediction"]
     assert main(["info", str(tiny_path("flux"))]) == 0
     assert capsys.readouterr().out.split() == ["family:", "flux", "prediction_type:", "flow"]
+    assert main(["info", str(tiny_path("sd35"))]) == 0
+    assert capsys.readouterr().out.splitlines() == [
+        "family: sd3", "prediction_type: flow", "architecture: SD3.5 (MMDiT-X: dual attention in 1 of 2 blocks, QK norm rms_norm)"]
     assert main(["info", str(tiny_path("sd21") / "unet")]) == 1
     assert "no model_index.json" in capsys.readouterr().err

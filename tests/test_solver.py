@@ -111,7 +111,7 @@ def test_eta_zero_at_flow_is_the_euler_step(tiny_path):
     torch.testing.assert_close(out, x + (0.6 - 0.9) * v.unflatten(0, (B, K)), rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("kind", ["sd15", "sd3"])
+@pytest.mark.parametrize("kind", ["sd15", "sd3", "sd35"])
 def test_eta_zero_reproduces_the_diffusers_pipeline_image(kind, tiny_path):
     """The same start noise, prompts, steps and guidance: our deterministic sampler and the
     pipeline (SD1.5 with diffusers' DDIMScheduler, SD3 with its own Euler) give the same image."""

@@ -168,6 +168,12 @@ class ModelFamily(Loading, LatentOperations, PromptOperations, NoiseOperations, 
     def _predict_flat(self, model, noisy: Tensor, t: Tensor, cond: Conditioning) -> Tensor:
         raise NotImplementedError
 
+    @classmethod
+    def architecture(cls, path, revision: str | None = None) -> str | None:
+        """Which of the family's architectures the checkpoint at ``path`` is, in words (``diffalign
+        info``), read from its config files; ``None`` where the family has one."""
+        return None
+
     def kohya_state_dict(self, peft_state: dict[str, Tensor], alpha: float) -> dict[str, Tensor]:
         """The denoiser's peft adapters in kohya's keys, for a family whose :attr:`kohya_lora` is true."""
         raise FamilyError(f"the {self.name} family has no kohya LoRA layout; keep lora.formats=[diffusers]")

@@ -186,6 +186,10 @@ class FamilyInterface(Protocol):
     def predict(self, model, noisy: Tensor, t: Tensor, cond: Conditioning) -> Tensor:
         """``model`` on ``noisy [B, K, *latent]`` at ``t [B]`` in one forward: ``[B, K, *latent]``."""
 
+    @classmethod
+    def architecture(cls, path, revision: str | None = None) -> str | None:
+        """The checkpoint's architecture within the family, in words (SD3.5's MMDiT-X), or ``None``."""
+
     def kohya_state_dict(self, peft_state: dict[str, Tensor], alpha: float) -> dict[str, Tensor]:
         """The peft adapters ``{"….lora_A.weight": [r, in], "….lora_B.weight": [out, r]}`` in
         kohya's keys (``lora_unet_….lora_down.weight``, ``….lora_up.weight``, ``….alpha``)."""

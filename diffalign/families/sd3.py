@@ -1,5 +1,10 @@
-"""Stable Diffusion 3: an MM-DiT (``SD3Transformer2DModel``) trained by rectified flow
+"""Stable Diffusion 3 and 3.5: an MM-DiT (``SD3Transformer2DModel``) trained by rectified flow
 (Esser et al., 2024). Two CLIP encoders plus an optional T5; VAE latents are shifted then scaled.
+SD3.5 is the same pipeline with two transformer changes, both read from its config and run by
+diffusers' model, so nothing here branches on them: RMS-normalised queries and keys
+(``qk_norm: "rms_norm"``, Medium and Large) and, in Medium's MMDiT-X, a second self-attention over
+the image tokens alone in its first 13 blocks (``dual_attention_layers``; LoRA on ``to_q`` etc.
+adapts both attentions). :meth:`architecture` names which one a checkpoint is.
 
 The flow maths is :class:`~diffalign.families.flow.FlowMatching`'s; σ is drawn as in diffusers'
 SD3 scripts: ``u`` logit-normal(0, 1) by default, then the scheduler's shifted ``sigmas[floor(u·N)]``.
@@ -33,7 +38,7 @@ class SD3Family(FlowMatching, ModelFamily):
     repeated_blocks = ("JointTransformerBlock",)  # diffusers' SD3 transformer names none
     text_components = ("text_encoder", "text_encoder_2", "text_encoder_3")
     default_time_sampling = "logit_normal"
-    tiny_kinds = ("sd3",)
+    tiny_kinds = ("sd3", "sd35")
     real_sizes = ("real",)
     real_size_resolution = 1024
 
@@ -59,6 +64,19 @@ class SD3Family(FlowMatching, ModelFamily):
 
         patch = SD3Transformer2DModel.load_config(str(path), subfolder="transformer", revision=revision)["patch_size"]
         return super().pixel_multiple(path, revision) * patch
+
+    @classmethod
+    def architecture(cls, path, revision: str | None = None) -> str | None:
+        """``SD3.5 (MMDiT-X: …)`` or ``SD3.5 (QK RMS norm)`` from the transformer's config; ``None``
+        for SD3 itself."""
+        from diffusers import SD3Transformer2DModel
+
+        config = SD3Transformer2DModel.load_config(str(path), subfolder="transformer", revision=revision)
+        dual, qk = tuple(config.get("dual_attention_layers") or ()), config.get("qk_norm")
+        if dual:
+            return (f"SD3.5 (MMDiT-X: dual attention in {len(dual)} of {config['num_layers']} blocks, "
+                    f"QK norm {qk or 'none'})")
+        return f"SD3.5 (QK norm {qk})" if qk else None
 
     @classmethod
     def _skipped_components(cls, options: dict) -> dict:
@@ -89,7 +107,7 @@ class SD3Family(FlowMatching, ModelFamily):
 
         scheduler = cls.tiny_scheduler(kind)
         return dict(
-            transformer=tiny_transformer(seed=seed),
+            transformer=tiny_transformer(seed=seed, mmdit_x=kind == "sd35"),
             vae=tiny_vae(shift_factor=0.0609, seed=seed), scheduler=scheduler,
             # CLIP hidden states (16 + 16) are padded to the T5 width (32); pooled = 16 + 16.
             text_encoder=tiny_clip_text_encoder(hidden=16, projection=16, seed=seed),
@@ -121,13 +139,15 @@ class SD3Family(FlowMatching, ModelFamily):
             tokenizer_3=tiny_t5_tokenizer() if use_t5 else None)
 
 
-def tiny_transformer(seed: int = 0) -> torch.nn.Module:
-    """A 1-layer ``SD3Transformer2DModel`` over 4-channel latents, patch size 1 (joint dim 32)."""
+def tiny_transformer(seed: int = 0, mmdit_x: bool = False) -> torch.nn.Module:
+    """A 1-layer ``SD3Transformer2DModel`` over 4-channel latents, patch size 1 (joint dim 32);
+    ``mmdit_x``: SD3.5 Medium's blocks instead, two of them, the first with the dual attention,
+    both with RMS-normalised queries and keys."""
     from diffusers import SD3Transformer2DModel
 
     torch.manual_seed(seed)
+    sd35 = dict(num_layers=2, dual_attention_layers=(0,), qk_norm="rms_norm") if mmdit_x else dict(num_layers=1)
     return SD3Transformer2DModel(
-        sample_size=16, patch_size=1, in_channels=4, out_channels=4, num_layers=1,
-        attention_head_dim=8, num_attention_heads=4, joint_attention_dim=32,
-        caption_projection_dim=32, pooled_projection_dim=32, pos_embed_max_size=32,
+        sample_size=16, patch_size=1, in_channels=4, out_channels=4, attention_head_dim=8, num_attention_heads=4,
+        joint_attention_dim=32, caption_projection_dim=32, pooled_projection_dim=32, pos_embed_max_size=32, **sd35,
     )

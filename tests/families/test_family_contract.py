@@ -19,7 +19,7 @@ def _alphas_cumprod():
 
 
 FRAMES = pytest.mark.parametrize("frames", [None, 3], ids=["image", "video"])
-FLOW = ("sd3", "flux", "wan")
+FLOW = ("sd3", "sd35", "flux", "wan")
 
 
 def _latent_shape(family, frames=None):
@@ -83,7 +83,7 @@ def test_add_noise_and_target_identities(tiny_family, tiny_kind, frames):
 
 
 def test_prediction_types(tiny_family, tiny_kind):
-    expected = {"sd15": "epsilon", "sd21": "v_prediction", "sdxl": "epsilon", "sd3": "flow", "flux": "flow",
+    expected = {"sd15": "epsilon", "sd21": "v_prediction", "sdxl": "epsilon", "sd3": "flow", "sd35": "flow", "flux": "flow",
                 "wan": "flow"}[tiny_kind]
     assert tiny_family.prediction_type == expected
 
@@ -195,7 +195,7 @@ def test_images_encode_and_decode(tiny_family, tiny_kind):
     # By hand: (posterior sample − shift) × scale, with SD3's and FLUX's shifts and SD's none.
     vae = tiny_family.pipe.vae
     raw = vae.encode(pixels.flatten(0, 1)).latent_dist.sample(torch.Generator().manual_seed(1))
-    shift = {"sd3": 0.0609, "flux": 0.1159}.get(tiny_kind, 0.0)
+    shift = {"sd3": 0.0609, "sd35": 0.0609, "flux": 0.1159}.get(tiny_kind, 0.0)
     torch.testing.assert_close(latents.flatten(0, 1), (raw - shift) * 0.5)
     assert tiny_family.decode(latents).shape == pixels.shape
 

@@ -15,7 +15,7 @@ ONLINE = sorted(p for p in ROOT.rglob("*.yaml") if p.stem in ONLINE_NAMES and p.
 
 
 def _family(path: Path) -> str:
-    """The family folder a config lives under (``sd3`` for ``sd3/multi_reward/diffusion_nft.yaml``)."""
+    """The family folder a config lives under (``sd35`` for ``sd35/multi_reward/diffusion_nft.yaml``)."""
     return path.relative_to(ROOT).parts[0]
 TINY_GRPO = ROOT / "tiny" / "grpo.yaml"
 TOY_REWARD = '[{name: "diffalign.toy.reward:ToyReward"}]'
@@ -38,13 +38,13 @@ def tiny_pickscore(tmp_path_factory):
 
 
 def test_every_real_family_has_each_online_config():
-    assert {(_family(p), p.stem) for p in ONLINE} == {(f, o) for f in ("sd15", "sdxl", "sd3", "flux", "wan")
+    assert {(_family(p), p.stem) for p in ONLINE} == {(f, o) for f in ("sd15", "sdxl", "sd35", "flux", "wan")
                                                       for o in ONLINE_NAMES}
-    assert (ROOT / "sd3" / "multi_reward" / "diffusion_nft.yaml") in ONLINE  # the paper's multi-reward run
-    assert {ROOT / "sd3" / "fast" / "grpo.yaml", ROOT / "sd3" / "mixgrpo" / "dance_grpo.yaml"} <= set(ONLINE)  # the windows
+    assert (ROOT / "sd35" / "multi_reward" / "diffusion_nft.yaml") in ONLINE  # the paper's multi-reward run
+    assert {ROOT / "sd35" / "fast" / "grpo.yaml", ROOT / "sd35" / "mixgrpo" / "dance_grpo.yaml"} <= set(ONLINE)  # the windows
 
 
-DEFAULT_SUITE = {"sd3/grpo", "sd3/dance_grpo", "sd3/diffusion_nft"}
+DEFAULT_SUITE = {"sd35/grpo", "sd35/dance_grpo", "sd35/diffusion_nft"}
 """Three of the eighteen in the default suite (each objective once; the UNet's online configs train in
 ``tests/toy/test_starter.py``, the tiny ones); the others with ``-m slow`` (the suite's time budget)."""
 

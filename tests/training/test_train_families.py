@@ -1,5 +1,5 @@
 """Every objective that takes preference data, 3 steps on each family added after the first four
-(FLUX so far), LoRA and full, through `diffalign train` and the tiny configs; cached = uncached.
+(FLUX, SD3.5's MMDiT-X), LoRA and full, through `diffalign train` and the tiny configs; cached = uncached.
 
 The first four families' runs are tests/training/test_trainer.py's (with the golden record), Wan's
 tests/training/test_train_wan.py's, the online objectives' tests/training/test_online_configs.py's.
@@ -17,7 +17,7 @@ from diffalign.cli import main
 from diffalign.objectives import OBJECTIVES
 
 CONFIGS = Path(__file__).resolve().parents[2] / "training" / "configs" / "tiny"
-NEW_KINDS = ("flux",)
+NEW_KINDS = ("flux", "sd35")
 DEFAULT_SUITE = {("diffusion_dpo", "lora"), ("diffusion_dpo", "full")}
 """Runs kept in the default suite (CI budget); the rest are slow: every family's maths under them is
 the contract suite's and the sampler's, tested on each family in the default suite."""
@@ -75,11 +75,12 @@ def test_cached_training_equals_uncached(kind, tiny_path, tmp_path, capsys):
     assert cached == pytest.approx(uncached, rel=1e-5, abs=1e-5)
 
 
-@pytest.mark.parametrize("kind", NEW_KINDS)
+@pytest.mark.parametrize("kind", ["flux"])
 def test_a_half_precision_cache_keeps_the_golden_losses(kind, tiny_path, tmp_path):
     """``diffalign cache --dtype fp16`` halves the cache (T5's 512 × 4096 states dominate FLUX's) and
     keeps the golden runs' losses (β = 50) within 1e-5 of encoding every step: measured 2.3e-6 on
-    tiny FLUX (bf16: 4.5e-6; both grow with β, 2.2e-5 and 4.4e-5 at β = 500)."""
+    tiny FLUX (bf16: 4.5e-6; both grow with β, 2.2e-5 and 4.4e-5 at β = 500). Not on every family:
+    tiny SD3.5's moved by 1.2e-5, which is why fp32 stays the default."""
     from diffalign.testing import write_random_pairs
 
     pairs = write_random_pairs(tmp_path / "pairs", pairs=4, resolution=32)
