@@ -26,6 +26,8 @@ Time sampling defaults to uniform (the FLUX scripts' ``--weighting_scheme none``
 
 from __future__ import annotations
 
+from itertools import accumulate
+
 import numpy as np
 import torch
 from torch import Tensor
@@ -102,9 +104,8 @@ class FluxFamily(FlowMatching, ModelFamily):
     def _predict_flat(self, model, noisy: Tensor, t: Tensor, cond: Conditioning) -> Tensor:
         dtype = input_dtype(model, self.denoiser)
         n, _, h, w = noisy.shape
-        config = self.denoiser.config
         guidance = (torch.full((n,), self.embedded_guidance, device=noisy.device, dtype=torch.float32)
-                    if config.guidance_embeds else None)
+                    if self.denoiser.config.guidance_embeds else None)
         tokens = cond.prompt_embeds.shape[1]
         out = model(hidden_states=pack(noisy.to(dtype)), timestep=t.to(dtype), guidance=guidance,
                     pooled_projections=cond.pooled.to(dtype), encoder_hidden_states=cond.prompt_embeds.to(dtype),
@@ -158,30 +159,27 @@ class FluxFamily(FlowMatching, ModelFamily):
         """
         downs = {k.removesuffix(".lora_A.weight"): v for k, v in peft_state.items() if k.endswith(".lora_A.weight")}
         ups = {k.removesuffix(".lora_B.weight"): v for k, v in peft_state.items() if k.endswith(".lora_B.weight")}
-        out = {}
-        for bfl, parts in bfl_modules(self.denoiser.config).items():
+        names, out = bfl_modules(self.denoiser.config), {}
+        missing = set(downs) - {p for parts in names.values() for p in parts}
+        if missing:
+            raise FamilyError(f"lora.formats: kohya has no FLUX key for the adapted layers {sorted(missing)}; "
+                              "drop them from lora.target_modules or write the diffusers format only")
+        for bfl, parts in names.items():
             adapted = [p for p in parts if p in downs]
             if not adapted:
                 continue
-            rows = [self.denoiser.get_submodule(p).out_features for p in parts]
+            starts = [0, *accumulate(self.denoiser.get_submodule(p).out_features for p in parts)]
             rank = downs[adapted[0]].shape[0]
-            up = torch.zeros(sum(rows), rank * len(adapted), dtype=ups[adapted[0]].dtype)
-            start = 0
-            for part, n_rows in zip(parts, rows):
-                if part in adapted:
-                    j = adapted.index(part)
-                    up[start:start + n_rows, j * rank:(j + 1) * rank] = ups[part]
-                start += n_rows
+            up = torch.zeros(starts[-1], rank * len(adapted), dtype=ups[adapted[0]].dtype)
+            for j, part in enumerate(adapted):
+                i = parts.index(part)
+                up[starts[i]:starts[i + 1], j * rank:(j + 1) * rank] = ups[part]
             if bfl == "final_layer.adaLN_modulation.1":
                 up = torch.cat(up.chunk(2)[::-1])  # diffusers' (scale, shift) rows to BFL's (shift, scale)
             key = "lora_unet_" + bfl.replace(".", "_")
             out[f"{key}.lora_down.weight"] = torch.cat([downs[p] for p in adapted]).contiguous()
             out[f"{key}.lora_up.weight"] = up
             out[f"{key}.alpha"] = torch.tensor(float(alpha) * len(adapted))
-        missing = set(downs) - {p for parts in bfl_modules(self.denoiser.config).values() for p in parts}
-        if missing:
-            raise FamilyError(f"lora.formats: kohya has no FLUX key for the adapted layers {sorted(missing)}; "
-                              "drop them from lora.target_modules or write the diffusers format only")
         return out
 
     # ----------------------------------------------------------------------------- builds
