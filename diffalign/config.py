@@ -86,6 +86,11 @@ class ModelConfig:
     embedded_guidance: float = 3.5
     """FLUX.1 [dev] only: the guidance scale its guidance-distilled transformer takes as an input
     (the pipeline's default), in training and sampling."""
+    experts: list[Literal["high_noise", "low_noise"]] | None = None
+    """Wan 2.2 A14B only: the experts a run trains (``None``: both). The high-noise expert
+    (``transformer``) denoises timesteps ≥ ``boundary_ratio``·N, the low-noise one
+    (``transformer_2``) those below; a one-expert run draws its training times in its expert's
+    range only and leaves the other expert's weights untouched."""
 
     def family_options(self) -> dict[str, Any]:
         """Keyword arguments for :func:`diffalign.families.load`, which drops the
@@ -96,7 +101,7 @@ class ModelConfig:
             attention=self.attention, time_sampling=self.time_sampling, logit_mean=self.logit_mean,
             logit_std=self.logit_std, mode_scale=self.mode_scale, loss_weighting=self.loss_weighting,
             snr_gamma=self.snr_gamma, use_t5=self.use_t5, max_sequence_length=self.max_sequence_length,
-            embedded_guidance=self.embedded_guidance,
+            embedded_guidance=self.embedded_guidance, experts=self.experts,
         )
 
 

@@ -25,7 +25,7 @@ from diffalign.families.interface import FamilyInterface
 from diffalign.families.sd import SDFamily
 from diffalign.families.sd3 import SD3Family
 from diffalign.families.sdxl import SDXLFamily
-from diffalign.families.wan import WanFamily, refuse_wan22
+from diffalign.families.wan import WanFamily
 
 FAMILIES: dict[str, type[ModelFamily]] = {"sd": SDFamily, "sdxl": SDXLFamily, "sd3": SD3Family, "flux": FluxFamily,
                                           "wan": WanFamily}
@@ -86,8 +86,6 @@ def detect_family(path: str | Path, revision: str | None = None) -> Detected:
 
     scheduler = DDPMScheduler.load_config(str(path), subfolder="scheduler", revision=revision)
     scheduler_class = scheduler.get("_class_name", "")
-    if name == "wan":
-        refuse_wan22(index, path)
     if issubclass(FAMILIES[name], FlowMatching):
         flow = "FlowMatch" in scheduler_class or (scheduler.get("use_flow_sigmas") and
                                                   scheduler.get("prediction_type") == "flow_prediction")
@@ -120,7 +118,8 @@ def load(path: str | Path, family: str | None = None, **kwargs) -> ModelFamily:
 
 # Options that only some families take, with their defaults: a config may carry them for any
 # model, so they are dropped where they do not apply, unless the user changed them.
-_FAMILY_SPECIFIC = {"snr_gamma": 5.0, "use_t5": True, "max_sequence_length": None, "embedded_guidance": 3.5}
+_FAMILY_SPECIFIC = {"snr_gamma": 5.0, "use_t5": True, "max_sequence_length": None, "embedded_guidance": 3.5,
+                    "experts": None}
 
 
 def _drop_inapplicable(cls: type[ModelFamily], kwargs: dict) -> dict:

@@ -13,8 +13,15 @@ How Wan differs from the image families, all of it here:
   zero-padded to ``max_sequence_length`` (512, the pipeline's ``__call__`` default; the
   transformer gets no mask, so the pad length must match what inference uses).
 
-Wan 2.2's two-expert A14B (``transformer_2`` + ``boundary_ratio``) and TI2V-5B
-(``expand_timesteps``) are recognised and refused by name (:func:`refuse_wan22`).
+Wan 2.2, the same pipeline class, in two forms (:meth:`WanFamily.architecture` names them):
+- A14B: two experts, ``transformer`` for timesteps ``≥ boundary_ratio·N`` (high noise) and
+  ``transformer_2`` below; the family's denoiser is then their :class:`~diffalign.families.experts.ExpertPair`,
+  which routes each sample by its time, and ``model.experts`` picks the experts a run trains
+  (one expert: training times drawn in its range only);
+- TI2V-5B: a 48-channel VAE compressing 16×16 pixels (``scale_factor_spatial``) and
+  ``expand_timesteps`` (a timestep per latent token, for its image conditioning); for
+  text-to-video every token has the step's time, which the transformer's one-per-sample path
+  computes alike, so the family passes that (tested against the pipeline's own sampling).
 Time sampling defaults to uniform over the shifted training sigmas.
 """
 
@@ -24,31 +31,13 @@ import torch
 from torch import Tensor
 
 from diffalign.families.base import FamilyError, ModelFamily
+from diffalign.families.experts import EXPERTS, ExpertPair
 from diffalign.families.flow import FlowMatching
 from diffalign.families.loading import vae_temporal_factor
 
 
-def refuse_wan22(index: dict, path) -> None:
-    """Raise :class:`FamilyError` naming the Wan 2.2 variant at ``path`` (from its
-    ``model_index.json``): the two-expert A14B or the TI2V-5B. Wan 2.1 passes."""
-    experts = (index.get("transformer_2") or [None])[0] is not None or index.get("boundary_ratio") is not None
-    if experts:
-        raise FamilyError(
-            f"{path} is a two-expert Wan 2.2 (A14B: `transformer` denoises t ≥ boundary_ratio·N, "
-            f"`transformer_2` below, boundary_ratio={index.get('boundary_ratio')}). diffalign trains one "
-            "denoiser per run and does not yet train either expert of it; use a Wan 2.1 checkpoint "
-            "(Wan-AI/Wan2.1-T2V-1.3B-Diffusers or Wan2.1-T2V-14B-Diffusers)."
-        )
-    if index.get("expand_timesteps"):
-        raise FamilyError(
-            f"{path} is Wan 2.2 TI2V-5B (expand_timesteps: a timestep per latent token, a 48-channel "
-            "VAE), which diffalign does not yet train; use a Wan 2.1 checkpoint "
-            "(Wan-AI/Wan2.1-T2V-1.3B-Diffusers)."
-        )
-
-
 class WanFamily(FlowMatching, ModelFamily):
-    """Wan 2.1 text-to-video pipelines (``WanPipeline``)."""
+    """Wan 2.1 and 2.2 text-to-video pipelines (``WanPipeline``)."""
 
     name = "wan"
     pipeline_class = "WanPipeline"
@@ -57,21 +46,60 @@ class WanFamily(FlowMatching, ModelFamily):
     default_time_sampling = "uniform"
     media = "video"
     pixel_ndim = 4  # a video is [3, F, H, W]
-    tiny_kinds = ("wan",)
+    tiny_kinds = ("wan", "wan22", "wan22_ti2v")
 
-    def __init__(self, pipe, path: str | None = None, *, max_sequence_length: int | None = None, **options):
+    def __init__(self, pipe, path: str | None = None, *, max_sequence_length: int | None = None,
+                 experts: list[str] | None = None, **options):
         """
         Args:
             max_sequence_length: UMT5 tokens; ``None`` = 512, what ``WanPipeline.__call__`` uses.
+            experts: Wan 2.2 A14B only: the experts to train, ``"high_noise"`` and/or ``"low_noise"``
+                (``None``: both).
             options: see :class:`~diffalign.families.base.ModelFamily`; ``loss_weighting`` may be
                 ``"sigma_sqrt"`` or ``"cosmap"``.
         """
-        if getattr(pipe, "transformer_2", None) is not None or pipe.config.get("boundary_ratio") is not None \
-                or pipe.config.get("expand_timesteps"):
-            refuse_wan22(dict(pipe.config), path)
         super().__init__(pipe, path, **options)
         self.max_sequence_length = max_sequence_length or 512
+        two = getattr(pipe, "transformer_2", None) is not None and pipe.config.get("boundary_ratio") is not None
+        if experts is not None and not two:
+            raise FamilyError(f"model.experts applies to a two-expert Wan 2.2 (A14B); {path} has one denoiser")
+        unknown = set(experts or ()) - set(EXPERTS)
+        if unknown or experts == []:
+            raise FamilyError(f"model.experts: expected a non-empty list of {sorted(EXPERTS)}, got {experts}")
+        self._pair = None
+        if two:
+            boundary = pipe.config["boundary_ratio"] * pipe.scheduler.config.num_train_timesteps
+            self._pair = ExpertPair(pipe.transformer, pipe.transformer_2, boundary, experts or tuple(EXPERTS))
         self._init_flow()
+
+    @property
+    def denoiser(self) -> torch.nn.Module:
+        """The transformer, or A14B's two as one :class:`~diffalign.families.experts.ExpertPair`."""
+        return self._pair if self._pair is not None else self.pipe.transformer
+
+    @classmethod
+    def architecture(cls, path, revision: str | None = None) -> str | None:
+        """Wan 2.2's A14B or TI2V-5B from ``model_index.json``; ``None`` for Wan 2.1."""
+        from diffalign.families.loading import read_model_index
+
+        index = read_model_index(path, revision)
+        if (index.get("transformer_2") or [None])[0] is not None and index.get("boundary_ratio") is not None:
+            return (f"Wan 2.2 A14B (two experts: transformer for timesteps ≥ {index['boundary_ratio']}·N, "
+                    "transformer_2 below)")
+        if index.get("expand_timesteps"):
+            return "Wan 2.2 TI2V-5B (per-token timesteps; trained text-to-video)"
+        return None
+
+    def _time_from_index(self, index: Tensor) -> Tensor:
+        """A one-expert A14B run draws its training times in that expert's range: the index into
+        the N falling training sigmas is mapped linearly onto the expert's part of them."""
+        sigmas = self.train_sigmas.to(index.device)
+        if self._pair is None or len(self._pair.trained) == 2:
+            return sigmas[index]
+        n = len(sigmas)
+        first_low = int((sigmas * self.num_train_timesteps >= self._pair.boundary).sum())  # sigmas fall
+        low, high = (0, first_low) if self._pair.trained == ("high_noise",) else (first_low, n)
+        return sigmas[low + index * (high - low) // n]
 
     def flow_shift(self) -> float:
         config = self.pipe.scheduler.config
@@ -157,10 +185,14 @@ class WanFamily(FlowMatching, ModelFamily):
         from diffalign.families.tiny_parts import tiny_t5_tokenizer, tiny_umt5_encoder
 
         scheduler = cls.tiny_scheduler(kind)
-        return dict(
-            transformer=tiny_transformer(seed=seed), vae=tiny_vae(seed=seed), scheduler=scheduler,
-            text_encoder=tiny_umt5_encoder(seed=seed), tokenizer=tiny_t5_tokenizer(),
-        )
+        common = dict(scheduler=scheduler, text_encoder=tiny_umt5_encoder(seed=seed), tokenizer=tiny_t5_tokenizer())
+        if kind == "wan22":  # A14B: two experts of one architecture, the released T2V boundary
+            return dict(common, transformer=tiny_transformer(seed=seed), transformer_2=tiny_transformer(seed=seed + 1),
+                        vae=tiny_vae(seed=seed), boundary_ratio=0.875)
+        if kind == "wan22_ti2v":  # TI2V-5B: the 48-channel, 16x VAE and per-token timesteps
+            return dict(common, transformer=tiny_transformer(seed=seed, channels=48), vae=tiny_vae_22(seed=seed),
+                        expand_timesteps=True)
+        return dict(common, transformer=tiny_transformer(seed=seed), vae=tiny_vae(seed=seed))
 
 
 def frames_problem(frames: int, factor: int = 4) -> str | None:
@@ -183,13 +215,29 @@ def tiny_vae(seed: int = 0) -> torch.nn.Module:
                             temperal_downsample=[False, True, True]).eval()
 
 
-def tiny_transformer(seed: int = 0) -> torch.nn.Module:
-    """A 2-layer ``WanTransformer3DModel`` (diffusers' test configuration: 2 heads × 12, text width 32)."""
+def tiny_vae_22(seed: int = 0) -> torch.nn.Module:
+    """A tiny Wan 2.2 ``AutoencoderKLWan`` as TI2V-5B's is shaped: 48 latent channels, 2×2 pixel
+    patches in (12 channels) and residual blocks, ×16 spatial and ×4 temporal compression, a
+    per-channel normalisation (values of our own, spread so a wrong channel order shows)."""
+    from diffusers import AutoencoderKLWan
+
+    torch.manual_seed(seed)
+    return AutoencoderKLWan(
+        base_dim=4, z_dim=48, in_channels=12, out_channels=12, is_residual=True, patch_size=2,
+        dim_mult=[1, 1, 1, 1], num_res_blocks=1, temperal_downsample=[False, True, True],
+        scale_factor_spatial=16, scale_factor_temporal=4,
+        latents_mean=[round(-0.2 + 0.4 * i / 47, 4) for i in range(48)],
+        latents_std=[round(0.5 + 1.5 * i / 47, 4) for i in range(48)]).eval()
+
+
+def tiny_transformer(seed: int = 0, channels: int = 16) -> torch.nn.Module:
+    """A 2-layer ``WanTransformer3DModel`` (diffusers' test configuration: 2 heads × 12, text width
+    32) over ``channels`` latent channels (16: Wan 2.1 and A14B; 48: TI2V-5B)."""
     from diffusers import WanTransformer3DModel
 
     torch.manual_seed(seed)
     return WanTransformer3DModel(
-        patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=12, in_channels=16, out_channels=16,
+        patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=12, in_channels=channels, out_channels=channels,
         text_dim=32, freq_dim=256, ffn_dim=32, num_layers=2, cross_attn_norm=True,
         qk_norm="rms_norm_across_heads", rope_max_seq_len=32,
     )

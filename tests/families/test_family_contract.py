@@ -19,7 +19,7 @@ def _alphas_cumprod():
 
 
 FRAMES = pytest.mark.parametrize("frames", [None, 3], ids=["image", "video"])
-FLOW = ("sd3", "sd35", "flux", "wan")
+FLOW = ("sd3", "sd35", "flux", "wan", "wan22", "wan22_ti2v")
 
 
 def _latent_shape(family, frames=None):
@@ -83,8 +83,8 @@ def test_add_noise_and_target_identities(tiny_family, tiny_kind, frames):
 
 
 def test_prediction_types(tiny_family, tiny_kind):
-    expected = {"sd15": "epsilon", "sd21": "v_prediction", "sdxl": "epsilon", "sd3": "flow", "sd35": "flow", "flux": "flow",
-                "wan": "flow"}[tiny_kind]
+    expected = {"sd15": "epsilon", "sd21": "v_prediction", "sdxl": "epsilon", "sd3": "flow", "sd35": "flow",
+                "flux": "flow", "wan": "flow", "wan22": "flow", "wan22_ti2v": "flow"}[tiny_kind]
     assert tiny_family.prediction_type == expected
 
 
@@ -169,7 +169,7 @@ def test_encode_prompts_shapes(tiny_family, tiny_kind):
     cond = tiny_family.encode_prompts([["a", "b"], ["c", "d"], ["e", "f"]])
     assert cond.group_shape == (B, K)
     assert cond.prompt_embeds.ndim == 4
-    assert (cond.pooled is None) == (tiny_kind in ("sd15", "sd21", "wan"))
+    assert (cond.pooled is None) == (tiny_kind in ("sd15", "sd21", "wan", "wan22", "wan22_ti2v"))
     assert (cond.time_ids is None) == (tiny_kind != "sdxl")
     # Deduplication must not change the result: "a" alone equals "a" encoded next to others.
     alone = tiny_family.encode_prompts(["a"])
@@ -210,12 +210,14 @@ def test_videos_encode_and_decode(tiny_family, tiny_kind):
         pytest.skip("images: test_images_encode_and_decode")
     pixels = torch.rand(1, K, 3, 5, 32, 32) * 2 - 1
     latents = tiny_family.encode_images(pixels, generator=torch.Generator().manual_seed(1))
-    assert latents.shape == (1, K, 16, 2, 4, 4)
+    # Wan 2.1 and A14B: 16 channels, 8x; TI2V-5B: 48 channels, 16x (its tiny normalisation is ours).
+    c, side, first = (48, 2, (-0.2, 0.5)) if tiny_kind == "wan22_ti2v" else (16, 4, (-0.7571, 2.8184))
+    assert latents.shape == (1, K, c, 2, side, side)
     vae = tiny_family.pipe.vae
     raw = vae.encode(pixels.flatten(0, 1)).latent_dist.sample(torch.Generator().manual_seed(1))
-    mean = torch.tensor(vae.config.latents_mean).view(1, 16, 1, 1, 1)
-    std = torch.tensor(vae.config.latents_std).view(1, 16, 1, 1, 1)
-    assert mean.flatten()[0] == pytest.approx(-0.7571) and std.flatten()[0] == pytest.approx(2.8184)
+    mean = torch.tensor(vae.config.latents_mean).view(1, c, 1, 1, 1)
+    std = torch.tensor(vae.config.latents_std).view(1, c, 1, 1, 1)
+    assert (mean.flatten()[0], std.flatten()[0]) == pytest.approx(first)
     torch.testing.assert_close(latents.flatten(0, 1), (raw - mean) / std)
     assert tiny_family.decode(latents).shape == pixels.shape
     with pytest.raises(FamilyError, match="6 frames cannot be encoded.*5 or 9"):

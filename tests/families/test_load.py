@@ -10,7 +10,7 @@ from diffalign.families import FAMILIES, FamilyError, detect_family, load
 from diffalign.testing import tiny_components
 
 FAMILY_OF = {"sd15": ("sd", "epsilon"), "sd21": ("sd", "v_prediction"), "sdxl": ("sdxl", "epsilon"), "sd3": ("sd3", "flow"),
-             "sd35": ("sd3", "flow"), "flux": ("flux", "flow"), "wan": ("wan", "flow")}
+             "sd35": ("sd3", "flow"), "wan22": ("wan", "flow"), "wan22_ti2v": ("wan", "flow"), "flux": ("flux", "flow"), "wan": ("wan", "flow")}
 
 
 def test_detect(tiny_kind, tiny_path):
@@ -88,23 +88,13 @@ def test_missing_hub_id_offline():
         detect_family("no-such-org/no-such-model-for-diffalign")
 
 
-def _edited_wan(tiny_path, tmp_path, **index_changes):
-    folder = shutil.copytree(tiny_path("wan"), tmp_path / "wan-edited")
-    index = json.loads((folder / "model_index.json").read_text())
-    index.update(index_changes)
-    (folder / "model_index.json").write_text(json.dumps(index))
-    return folder
+def test_wan22_is_the_wan_family_and_info_names_which(tiny_path):
+    """Both Wan 2.2 forms load as the wan family (no longer refused); ``architecture`` says which."""
+    from diffalign.families import WanFamily
 
-
-def test_wan22_two_experts_are_refused_by_name(tiny_path, tmp_path):
-    folder = _edited_wan(tiny_path, tmp_path, transformer_2=["diffusers", "WanTransformer3DModel"], boundary_ratio=0.875)
-    with pytest.raises(FamilyError, match="two-expert Wan 2.2 .*boundary_ratio=0.875.*Wan2.1-T2V-1.3B"):
-        detect_family(folder)
-
-
-def test_wan22_ti2v_is_refused_by_name(tiny_path, tmp_path):
-    with pytest.raises(FamilyError, match="TI2V-5B .*expand_timesteps"):
-        detect_family(_edited_wan(tiny_path, tmp_path, expand_timesteps=True))
+    assert WanFamily.architecture(tiny_path("wan")) is None
+    assert WanFamily.architecture(tiny_path("wan22")).startswith("Wan 2.2 A14B (two experts: transformer for timesteps ≥ 0.875")
+    assert WanFamily.architecture(tiny_path("wan22_ti2v")).startswith("Wan 2.2 TI2V-5B")
 
 
 def test_wan_shift_comes_from_the_shipped_unipc_scheduler(tiny_path):

@@ -19,7 +19,7 @@ def test_there_is_a_config_per_family_and_objective():
             if family == "sd3" and OBJECTIVES[objective].min_group_size == 0:
                 continue  # the online methods' published runs are SD3.5's: training/configs/sd35/
             assert (family, objective) in names, f"training/configs/{family}/{objective}.yaml is missing"
-    for video in ("wan", "video"):  # training/configs/wan/ and training/configs/tiny/video/
+    for video in ("wan", "wan22", "video"):  # training/configs/wan/, wan22/ and tiny/video/
         for objective in ("diffusion_dpo", "mapo"):
             assert (video, objective) in names, f"the {video} config of {objective} is missing"
 

@@ -38,14 +38,14 @@ def tiny_pickscore(tmp_path_factory):
 
 
 def test_every_real_family_has_each_online_config():
-    assert {(_family(p), p.stem) for p in ONLINE} == {(f, o) for f in ("sd15", "sdxl", "sd35", "flux", "wan")
+    assert {(_family(p), p.stem) for p in ONLINE} == {(f, o) for f in ("sd15", "sdxl", "sd35", "flux", "wan", "wan22")
                                                       for o in ONLINE_NAMES}
     assert (ROOT / "sd35" / "multi_reward" / "diffusion_nft.yaml") in ONLINE  # the paper's multi-reward run
     assert {ROOT / "sd35" / "fast" / "grpo.yaml", ROOT / "sd35" / "mixgrpo" / "dance_grpo.yaml"} <= set(ONLINE)  # the windows
 
 
 DEFAULT_SUITE = {"sd35/grpo", "sd35/dance_grpo", "sd35/diffusion_nft"}
-"""Three of the eighteen in the default suite (each objective once; the UNet's online configs train in
+"""Three of the twenty-one in the default suite (each objective once; the UNet's online configs train in
 ``tests/toy/test_starter.py``, the tiny ones); the others with ``-m slow`` (the suite's time budget)."""
 
 
@@ -56,7 +56,7 @@ def test_each_online_config_trains_three_updates_on_its_tiny_family(path, tiny_p
                                                                      capsys):
     """As shipped but for the sizes (tiny pipeline, 32 px, 3 steps, 2 images per prompt), the
     toy reward (a video: the tiny PickScore over its frames; no reward weights offline), fp32 on the CPU."""
-    kind = _family(path)
+    kind = {"wan22": "wan22_ti2v"}.get(_family(path), _family(path))  # wan22/'s online configs are TI2V-5B's
     overrides = [f"model.path={tiny_path(kind)}", f"data.path={prompts}", "data.resolution=32",
                  "rollout.steps=3", "rollout.images_per_prompt=2", "rollout.micro_batch=1",
                  "rollout.updates_per_collection=1", f"rollout.rewards={TOY_REWARD}", "mixed_precision='no'",
@@ -64,7 +64,7 @@ def test_each_online_config_trains_three_updates_on_its_tiny_family(path, tiny_p
                  "lora.rank=4", "validation.every=0", "logging.report_to=none", f"output_dir={tmp_path / 'run'}"]
     if "sde_window" in path.read_text():  # a window that fits the 3 steps
         overrides += ["rollout.sde_window=1", "rollout.sde_window_range=null"]
-    if kind == "wan":
+    if kind.startswith("wan"):
         overrides += [f"data.frames={TINY_FRAMES}", "rollout.width=32",
                       f"rollout.rewards=[{{name: pickscore, path: {tiny_pickscore}, frames: all}}]"]
     assert main(["train", "--config", str(path), *overrides]) == 0, capsys.readouterr().err

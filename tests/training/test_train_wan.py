@@ -21,8 +21,8 @@ def video_pairs(tmp_path_factory):
     return write_random_video_pairs(tmp_path_factory.mktemp("video") / "pairs", pairs=4, resolution=32)
 
 
-def _train(tiny_path, data, out, objective, *overrides, expect=0):
-    args = ["train", "--config", str(CONFIGS / f"{objective}.yaml"), f"model.path={tiny_path('wan')}",
+def _train(tiny_path, data, out, objective, *overrides, expect=0, kind="wan"):
+    args = ["train", "--config", str(CONFIGS / f"{objective}.yaml"), f"model.path={tiny_path(kind)}",
             f"data.path={data}", f"output_dir={out}", *overrides]
     assert main(args) == expect
     return out
@@ -32,11 +32,17 @@ def _losses(out):
     return [json.loads(line)["train/loss"] for line in (Path(out) / "metrics.jsonl").read_text().splitlines()]
 
 
+WAN22 = [pytest.param("wan22", marks=pytest.mark.slow), pytest.param("wan22_ti2v", marks=pytest.mark.slow)]
+"""Wan 2.2's tiny pipelines (A14B's two experts, TI2V-5B): their default-suite runs are
+tests/families/test_wan22.py's and :func:`test_wan22_trains_every_video_objective`'s."""
+
+
+@pytest.mark.parametrize("kind", ["wan", *WAN22])
 @pytest.mark.parametrize("mode", ["lora", "full"])
 @pytest.mark.parametrize("objective", ["diffusion_dpo", "mapo"])
-def test_three_steps_on_video_pairs(objective, mode, tiny_path, video_pairs, tmp_path):
+def test_three_steps_on_video_pairs(objective, mode, kind, tiny_path, video_pairs, tmp_path):
     extra = ["data.cache=false"] + (["lora=null", "optim.lr=1e-3"] if mode == "full" else [])
-    out = _train(tiny_path, video_pairs, tmp_path / "run", objective, *extra)
+    out = _train(tiny_path, video_pairs, tmp_path / "run", objective, *extra, kind=kind)
     losses = _losses(out)
     assert len(losses) == 3 and all(torch.isfinite(torch.tensor(losses)))
     if mode == "lora":
@@ -44,9 +50,36 @@ def test_three_steps_on_video_pairs(objective, mode, tiny_path, video_pairs, tmp
         assert any(("lora_B" in k or "lora.up" in k) and v.abs().max() > 0 for k, v in lora.items())  # B starts at 0
         assert all(k.startswith("transformer.") for k in lora)
     else:
-        trained = load_file(str(next((out / "final" / "transformer").glob("*.safetensors"))))
-        base = load_file(str(next((tiny_path("wan") / "transformer").glob("*.safetensors"))))
-        assert trained.keys() == base.keys() and any(not torch.equal(trained[k], base[k]) for k in base)
+        for component in ("transformer", "transformer_2") if kind == "wan22" else ("transformer",):
+            trained = load_file(str(next((out / "final" / component).glob("*.safetensors"))))
+            base = load_file(str(next((tiny_path(kind) / component).glob("*.safetensors"))))
+            assert trained.keys() == base.keys() and any(not torch.equal(trained[k], base[k]) for k in base)
+
+
+@pytest.mark.parametrize("kind", ["wan22", "wan22_ti2v"])
+def test_wan22_trains_every_video_objective(kind, tiny_path, video_pairs, tmp_path):
+    """Wan 2.2 (both experts of A14B; TI2V-5B) under each step kind, LoRA: the denoising
+    objectives, InPO's inversion and Diffusion-DRO's rollouts (its expert clips: the preferred
+    clip of each pair); and Diffusion-DPO with full fine-tuning. 3 steps each, finite losses."""
+    from diffalign.data import PreferenceDataset
+    from diffalign.data.writer import ShardWriter
+
+    experts = tmp_path / "experts"
+    writer = ShardWriter(experts, builder="test", options={}, overwrite=True)
+    for i, row in enumerate(PreferenceDataset.open(video_pairs)):
+        writer.add({**row, "images": row["images"][:1], "scores": None, "ranks": None})
+        writer.advance(i + 1)
+    writer.finish({"group_size": 1, "media": "video"})
+    runs = [("diffusion_dpo", CONFIGS / "diffusion_dpo.yaml", video_pairs, ["lora=null", "optim.lr=1e-3"]),
+            ("sft", CONFIGS.parent / "sft.yaml", video_pairs, []),
+            ("inpo", CONFIGS.parent / "inpo.yaml", video_pairs, []),
+            ("diffusion_dro", CONFIGS.parent / "diffusion_dro.yaml", experts, [])]
+    for objective, config, data, extra in runs:
+        out = tmp_path / objective
+        assert main(["train", "--config", str(config), f"model.path={tiny_path(kind)}", f"data.path={data}",
+                     f"data.frames={TINY_FRAMES}", "data.cache=false", f"output_dir={out}", *extra]) == 0, objective
+        losses = _losses(out)
+        assert len(losses) == 3 and all(torch.isfinite(torch.tensor(losses))), objective
 
 
 @pytest.mark.parametrize("objective", ["inpo", "smpo"])
@@ -107,15 +140,17 @@ def test_saved_lora_loads_into_the_wan_pipeline(tiny_path, video_pairs, tmp_path
     assert (after - before).abs().max() > 1e-4
 
 
-def test_cached_training_equals_uncached(tiny_path, tmp_path, capsys):
+@pytest.mark.parametrize("kind", ["wan", "wan22", "wan22_ti2v"])
+def test_cached_training_equals_uncached(kind, tiny_path, tmp_path, capsys):
     """The latent cache of clips serves the same training: the same losses to 1e-5. With oneDNN they
     are bit-identical; PyTorch's own 3-D convolutions (oneDNN off) round the cache's batches of
     clips differently from training's, which β/2 amplifies: at the tiny config's β = 500 the losses
     differed by 2.1e-5 relative, at β = 50 by 2.2e-6 (1 and 2 threads alike)."""
     video_pairs = write_random_video_pairs(tmp_path / "pairs", pairs=4, resolution=32, seed=3)
     beta = "objective.beta=50"
-    uncached = _losses(_train(tiny_path, video_pairs, tmp_path / "uncached", "diffusion_dpo", "data.cache=false", beta))
-    cached_run = _train(tiny_path, video_pairs, tmp_path / "cached", "diffusion_dpo", "data.cache=auto", beta)
+    uncached = _losses(_train(tiny_path, video_pairs, tmp_path / "uncached", "diffusion_dpo", "data.cache=false", beta,
+                              kind=kind))
+    cached_run = _train(tiny_path, video_pairs, tmp_path / "cached", "diffusion_dpo", "data.cache=auto", beta, kind=kind)
     assert "latent cache: building" in capsys.readouterr().out
     assert (video_pairs / "cache" / f"wan-32-{TINY_FRAMES}f" / "cache.json").is_file()
     assert _losses(cached_run) == pytest.approx(uncached, rel=1e-5, abs=1e-5)
