@@ -99,7 +99,7 @@ def sampling_grid(family, steps: int, batch: int, latent_size: tuple[int, int] |
 def guided(family, model, x: Tensor, t: Tensor, cond, uncond=None, guidance: float = 1.0,
            detach_uncond: bool = False) -> Tensor:
     """The model's prediction at ``x`` (``[B, K, *latent]``), with classifier-free guidance
-    ``pred_u + w·(pred_c − pred_u)`` when ``guidance != 1`` (``uncond`` shaped like ``cond``; both
+    ``pred_u + w·(pred_c − pred_u)`` (the family's :meth:`combine_guidance`) when ``guidance != 1`` (``uncond`` shaped like ``cond``; both
     predictions in one forward, as the pipelines do). In float32; differentiable unless called
     under ``no_grad``; ``detach_uncond`` lets the gradient through the conditional half only
     (Flow-GRPO's SD3 training, ``scripts/train_sd3.py`` L189–190)."""
@@ -112,7 +112,7 @@ def guided(family, model, x: Tensor, t: Tensor, cond, uncond=None, guidance: flo
     pred, pred_uncond = both[:, :k], both[:, k:]
     if detach_uncond:
         pred_uncond = pred_uncond.detach()
-    return pred_uncond + guidance * (pred - pred_uncond)
+    return family.combine_guidance(pred, pred_uncond, guidance)
 
 
 def level_scales(family, t: Tensor, like: Tensor) -> tuple[Tensor, Tensor]:

@@ -141,7 +141,7 @@ def test_eta_zero_reproduces_the_flux_pipeline_image(tiny_path):
     and its size-dependent shift: our deterministic sampler gives the FluxPipeline's image, at two
     sizes (the shift differs) and an unsquare one."""
     from diffalign.families import load
-    from diffalign.families.flux import pack
+    from diffalign.families.packed import pack
 
     family = load(tiny_path("flux"))
     prompts, steps = ["a red cat", "a blue dog"], 4

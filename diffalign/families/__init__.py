@@ -22,13 +22,14 @@ from diffalign.families.base import Conditioning, FamilyError, ModelFamily, read
 from diffalign.families.flow import FlowMatching
 from diffalign.families.flux import FluxFamily
 from diffalign.families.interface import FamilyInterface
+from diffalign.families.qwen_image import QwenImageFamily
 from diffalign.families.sd import SDFamily
 from diffalign.families.sd3 import SD3Family
 from diffalign.families.sdxl import SDXLFamily
 from diffalign.families.wan import WanFamily
 
 FAMILIES: dict[str, type[ModelFamily]] = {"sd": SDFamily, "sdxl": SDXLFamily, "sd3": SD3Family, "flux": FluxFamily,
-                                          "wan": WanFamily}
+                                          "qwen_image": QwenImageFamily, "wan": WanFamily}
 
 BENCHMARK_FAMILY = "sdxl"
 """The family the speed benchmarks measure unless told otherwise: the peer they are measured
@@ -62,6 +63,8 @@ def _family_from_index(index: dict) -> str | None:
         return "sd3"
     if _component_class(index, "transformer") == "FluxTransformer2DModel":
         return "flux"
+    if _component_class(index, "transformer") == "QwenImageTransformer2DModel":
+        return "qwen_image"
     if _component_class(index, "transformer") == "WanTransformer3DModel":
         return "wan"
     if _component_class(index, "unet") == "UNet2DConditionModel" and _component_class(index, "text_encoder"):
@@ -134,5 +137,5 @@ def _drop_inapplicable(cls: type[ModelFamily], kwargs: dict) -> dict:
 
 __all__ = [
     "BENCHMARK_FAMILY", "FAMILIES", "Conditioning", "Detected", "FamilyError", "FamilyInterface", "FluxFamily",
-    "ModelFamily", "SDFamily", "SDXLFamily", "SD3Family", "WanFamily", "detect_family", "load",
+    "ModelFamily", "QwenImageFamily", "SDFamily", "SDXLFamily", "SD3Family", "WanFamily", "detect_family", "load",
 ]

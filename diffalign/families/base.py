@@ -168,6 +168,11 @@ class ModelFamily(Loading, LatentOperations, PromptOperations, NoiseOperations, 
     def _predict_flat(self, model, noisy: Tensor, t: Tensor, cond: Conditioning) -> Tensor:
         raise NotImplementedError
 
+    def combine_guidance(self, pred: Tensor, pred_uncond: Tensor, guidance: float) -> Tensor:
+        """Classifier-free guidance of two predictions ``[B, K, *latent]``: ``u + w·(c − u)``, as
+        the pipelines combine them (Qwen-Image rescales the result)."""
+        return pred_uncond + guidance * (pred - pred_uncond)
+
     @classmethod
     def architecture(cls, path, revision: str | None = None) -> str | None:
         """Which of the family's architectures the checkpoint at ``path`` is, in words (``diffalign

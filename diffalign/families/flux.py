@@ -2,23 +2,15 @@
 (``FluxTransformer2DModel``) over 16-channel VAE latents, conditioned on T5 token states and
 the CLIP text encoder's pooled output (``FluxPipeline``).
 
-How FLUX differs from SD3, all of it here:
-- the transformer takes the latent **packed**: each 2×2 patch of ``[C, h, w]`` becomes one token
-  of ``4·C`` features (``FluxPipeline._pack_latents``), with the patch's row and column as its
-  ``img_ids`` and zeros as the text's ``txt_ids``; diffalign keeps latents unpacked
-  (``[C, h, w]``, as every other family and the latent cache do) and packs inside the forward;
+How FLUX differs from SD3, all of it here (the packed tokens and the size-dependent shift, which
+Qwen-Image shares, in :mod:`~diffalign.families.packed`):
+- the packed tokens' row and column are their ``img_ids``, zeros the text's ``txt_ids``;
 - [dev] is guidance-**distilled**: the guidance scale is an input of the transformer
   (``guidance_embeds``), not a second forward. The family passes :attr:`embedded_guidance` (3.5,
   the pipeline's ``guidance_scale`` default and diffusers' ``train_dreambooth_lora_flux.py``
   ``--guidance_scale``) in training and sampling alike. There is no true classifier-free
   guidance: the configs sample with ``guidance: 1`` (one forward), as Flow-GRPO, DanceGRPO and
   MixGRPO do on FLUX (MixGRPO ``train_grpo_flux.py``: ``guidance=3.5``, ``--cfg 0.0``);
-- its sampler's shift depends on the image size (``use_dynamic_shifting``): ``μ`` grows
-  linearly in the number of image tokens from ``base_shift`` at ``base_image_seq_len`` to
-  ``max_shift`` at ``max_image_seq_len`` (``calculate_shift``), so :meth:`sampling_times`
-  takes the latent size. Training draws from the scheduler's unshifted sigmas, as diffusers'
-  FLUX scripts do (``noise_scheduler_copy.sigmas``: a dynamically shifted scheduler stores them
-  unshifted);
 - the VAE shifts then scales (``shift_factor`` 0.1159, ``scaling_factor`` 0.3611), like SD3's.
 
 Time sampling defaults to uniform (the FLUX scripts' ``--weighting_scheme none``).
@@ -28,26 +20,12 @@ from __future__ import annotations
 
 from itertools import accumulate
 
-import numpy as np
 import torch
 from torch import Tensor
 
 from diffalign.families.base import Conditioning, FamilyError, ModelFamily, input_dtype
 from diffalign.families.flow import FlowMatching
-
-
-def pack(latents: Tensor) -> Tensor:
-    """``[N, C, h, w]`` → ``[N, (h/2)·(w/2), 4·C]``: each 2×2 patch a token, channels outermost
-    within it (``FluxPipeline._pack_latents``)."""
-    n, c, h, w = latents.shape
-    return latents.view(n, c, h // 2, 2, w // 2, 2).permute(0, 2, 4, 1, 3, 5).reshape(n, (h // 2) * (w // 2), 4 * c)
-
-
-def unpack(tokens: Tensor, h: int, w: int) -> Tensor:
-    """Inverse of :func:`pack`: ``[N, (h/2)·(w/2), 4·C]`` → ``[N, C, h, w]``."""
-    n, _, features = tokens.shape
-    c = features // 4
-    return tokens.view(n, h // 2, w // 2, c, 2, 2).permute(0, 3, 1, 4, 2, 5).reshape(n, c, h, w)
+from diffalign.families.packed import PackedLatents, pack, unpack
 
 
 def image_ids(h: int, w: int, device, dtype) -> Tensor:
@@ -56,7 +34,7 @@ def image_ids(h: int, w: int, device, dtype) -> Tensor:
     return torch.stack([torch.zeros_like(rows), rows, cols], dim=-1).reshape(-1, 3).to(device=device, dtype=dtype)
 
 
-class FluxFamily(FlowMatching, ModelFamily):
+class FluxFamily(PackedLatents, FlowMatching, ModelFamily):
     """FLUX.1 pipelines (``FluxPipeline``)."""
 
     name = "flux"
@@ -82,16 +60,6 @@ class FluxFamily(FlowMatching, ModelFamily):
         self.max_sequence_length = max_sequence_length or 512
         self._init_flow()
 
-    @property
-    def latent_channels(self) -> int:
-        """The VAE's channels: the transformer takes 4 per packed token."""
-        return self.denoiser.config.in_channels // 4
-
-    @classmethod
-    def pixel_multiple(cls, path, revision: str | None = None) -> int:
-        """The VAE's downsampling times 2: the transformer packs 2×2 latent patches (FLUX.1: 16 pixels)."""
-        return super().pixel_multiple(path, revision) * 2
-
     # ----------------------------------------------------------------------------- text
     def _encode_text(self, prompts: list[str]) -> tuple[Tensor, Tensor | None]:
         self._require("text_encoder", "encode_prompts")
@@ -112,32 +80,6 @@ class FluxFamily(FlowMatching, ModelFamily):
                     txt_ids=torch.zeros(tokens, 3, device=noisy.device, dtype=dtype),
                     img_ids=image_ids(h, w, noisy.device, dtype), return_dict=False)[0]
         return unpack(out, h, w)
-
-    def denoiser_layout(self, values: Tensor) -> Tensor:
-        """``[N, C, h, w]`` → the transformer's packed ``[N, (h/2)·(w/2), 4·C]``."""
-        return pack(values)
-
-    # ----------------------------------------------------------------------------- sampling
-    def sampling_times(self, steps: int, latent_size: tuple[int, int] | None = None) -> Tensor:
-        """``[steps + 1]`` the FLUX pipeline's sigmas for ``steps`` steps of a latent of
-        ``latent_size = (h, w)`` (the dynamic shift depends on it), ending at 0."""
-        scheduler = self._flow_scheduler()
-        if not scheduler.config.get("use_dynamic_shifting"):
-            return super().sampling_times(steps)
-        if latent_size is None:
-            raise FamilyError("FLUX's sampling schedule depends on the image size (use_dynamic_shifting): "
-                              "pass latent_size")
-        h, w = latent_size
-        sigmas = np.linspace(1.0, 1 / steps, steps)  # FluxPipeline.__call__, step 5
-        scheduler.set_timesteps(sigmas=sigmas, mu=self.shift_mu((h // 2) * (w // 2)))
-        return scheduler.sigmas.float()
-
-    def shift_mu(self, image_tokens: int) -> float:
-        """``μ`` of the dynamic shift for ``image_tokens`` packed tokens (``calculate_shift``)."""
-        c = self.pipe.scheduler.config
-        base, top = c.get("base_image_seq_len", 256), c.get("max_image_seq_len", 4096)
-        low, high = c.get("base_shift", 0.5), c.get("max_shift", 1.15)
-        return low + (high - low) * (image_tokens - base) / (top - base)
 
     # ----------------------------------------------------------------------------- LoRA files
     def kohya_state_dict(self, peft_state: dict[str, Tensor], alpha: float) -> dict[str, Tensor]:
@@ -247,4 +189,4 @@ def tiny_transformer(seed: int = 0) -> torch.nn.Module:
         axes_dims_rope=(2, 2, 4))
 
 
-__all__ = ["FluxFamily", "bfl_modules", "image_ids", "pack", "tiny_transformer", "unpack"]
+__all__ = ["FluxFamily", "bfl_modules", "image_ids", "tiny_transformer"]

@@ -186,6 +186,9 @@ class FamilyInterface(Protocol):
     def predict(self, model, noisy: Tensor, t: Tensor, cond: Conditioning) -> Tensor:
         """``model`` on ``noisy [B, K, *latent]`` at ``t [B]`` in one forward: ``[B, K, *latent]``."""
 
+    def combine_guidance(self, pred: Tensor, pred_uncond: Tensor, guidance: float) -> Tensor:
+        """Classifier-free guidance of the conditional and unconditional predictions ``[B, K, *latent]``."""
+
     @classmethod
     def architecture(cls, path, revision: str | None = None) -> str | None:
         """The checkpoint's architecture within the family, in words (SD3.5's MMDiT-X), or ``None``."""

@@ -120,6 +120,40 @@ def tiny_umt5_encoder(d_model: int = 32, seed: int = 0):
     return tiny_t5_encoder(d_model, seed, umt5=True)
 
 
+QWEN_SPECIALS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")
+
+
+def tiny_qwen2_tokenizer():
+    """A byte-level ``Qwen2Tokenizer``: the 256 byte symbols, no merges, and the chat template's
+    special tokens (Qwen-Image wraps each prompt in ``<|im_start|>…<|im_end|>``)."""
+    from transformers import Qwen2Tokenizer
+
+    vocab = {tok: i for i, tok in enumerate([*_bytes_to_unicode().values(), *QWEN_SPECIALS])}
+    tokenizer = Qwen2Tokenizer(vocab=vocab, merges=[], unk_token="<|endoftext|>", eos_token="<|im_end|>",
+                               pad_token="<|endoftext|>", model_max_length=2048)
+    tokenizer.add_special_tokens({"additional_special_tokens": list(QWEN_SPECIALS[1:])})
+    return tokenizer
+
+
+def tiny_qwen25_vl(hidden: int = 16, seed: int = 0):
+    """A 2-layer ``Qwen2_5_VLForConditionalGeneration`` (a 1-block vision tower it never uses for
+    text) over :func:`tiny_qwen2_tokenizer`'s ids; its hidden width is the tiny Qwen-Image
+    transformer's ``joint_attention_dim``."""
+    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+
+    vocab = 256 + len(QWEN_SPECIALS) + 5  # room for the vision tokens' ids, which text never uses
+    text = dict(hidden_size=hidden, intermediate_size=hidden, num_hidden_layers=2, num_attention_heads=2,
+                num_key_value_heads=2, vocab_size=vocab, rope_theta=1e6, bos_token_id=None, eos_token_id=258,
+                pad_token_id=256, rope_scaling={"mrope_section": [1, 1, 2], "rope_type": "default", "type": "default"})
+    config = Qwen2_5_VLConfig(text_config=text, vision_config=dict(depth=1, hidden_size=hidden, intermediate_size=hidden,
+                                                                   num_heads=2, out_hidden_size=hidden),
+                              vocab_size=vocab, bos_token_id=None, eos_token_id=258, pad_token_id=256,
+                              image_token_id=vocab - 5, video_token_id=vocab - 4, vision_start_token_id=vocab - 3,
+                              vision_end_token_id=vocab - 2, vision_token_id=vocab - 1)
+    _seeded(seed)
+    return Qwen2_5_VLForConditionalGeneration(config).eval()
+
+
 def tiny_vae(latent_channels: int = 4, shift_factor: float | None = None, seed: int = 0):
     """A 2-block ``AutoencoderKL`` (downsamples ×2), the SD-style families' tiny VAE; SD3 passes
     its ``shift_factor``."""

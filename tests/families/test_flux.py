@@ -12,7 +12,8 @@ from diffalign.families import FamilyError, load
 def test_packing_is_the_pipelines_and_unpacks_back():
     from diffusers import FluxPipeline
 
-    from diffalign.families.flux import image_ids, pack, unpack
+    from diffalign.families.flux import image_ids
+    from diffalign.families.packed import pack, unpack
 
     x = torch.randn(3, 4, 6, 8)
     tokens = pack(x)

@@ -111,7 +111,7 @@ def test_a_changed_loss_fails_the_golden_check():
     assert record["diffusion_dpo/sd15/full"]["losses"][0] == golden.LOG_2 == 0.6931471824645996
 
 
-@pytest.mark.parametrize("kind", (*KINDS, "sd35", "flux"))
+@pytest.mark.parametrize("kind", (*KINDS, "sd35", "flux", "qwen_image"))
 def test_saved_lora_loads_in_the_pipeline(kind, tiny_path, pair_data, tmp_path):
     """The diffusers-format LoRA loads with ``load_lora_weights``; for the UNet families the kohya
     copy (ComfyUI/A1111 keys) loads too and gives the same images: the alpha (8, not the rank 4)
