@@ -56,17 +56,17 @@ def tiny_path(tmp_path_factory):
     return get
 
 
-SLOW_KINDS = ("sd35", "qwen_image", "wan22", "wan22_ti2v")
+SLOW_KINDS = ("sd35", "flux2", "qwen_image", "wan22", "wan22_ti2v")
 """Tiny pipelines whose pass through every family-wide test is slow-marked (CI budget): SD3.5 differs
 from SD3 only inside diffusers' transformer, Wan 2.2 from Wan 2.1 in its experts and VAE, Qwen-Image
-shares FLUX's packing, and their
+and FLUX.2 FLUX's packed tokens, and their
 own tests (detection, sampling against their pipelines, training) are in the default suite."""
 
 
 @pytest.fixture(scope="session", params=[pytest.param(k, marks=pytest.mark.slow) if k in SLOW_KINDS else k
                                          for k in TINY_FAMILIES])
 def tiny_kind(request):
-    """Each tiny pipeline in turn: sd15 (epsilon), sd21 (v), sdxl, sd3, sd35, flux, qwen_image (flow), wan, wan22, wan22_ti2v (video)."""
+    """Each tiny pipeline in turn: sd15 (epsilon), sd21 (v), sdxl, sd3, sd35, flux, flux2, qwen_image (flow), wan, wan22, wan22_ti2v (video)."""
     return request.param
 
 

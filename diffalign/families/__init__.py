@@ -21,6 +21,7 @@ from pathlib import Path
 from diffalign.families.base import Conditioning, FamilyError, ModelFamily, read_model_index
 from diffalign.families.flow import FlowMatching
 from diffalign.families.flux import FluxFamily
+from diffalign.families.flux2 import Flux2Family
 from diffalign.families.interface import FamilyInterface
 from diffalign.families.qwen_image import QwenImageFamily
 from diffalign.families.sd import SDFamily
@@ -29,7 +30,7 @@ from diffalign.families.sdxl import SDXLFamily
 from diffalign.families.wan import WanFamily
 
 FAMILIES: dict[str, type[ModelFamily]] = {"sd": SDFamily, "sdxl": SDXLFamily, "sd3": SD3Family, "flux": FluxFamily,
-                                          "qwen_image": QwenImageFamily, "wan": WanFamily}
+                                          "flux2": Flux2Family, "qwen_image": QwenImageFamily, "wan": WanFamily}
 
 BENCHMARK_FAMILY = "sdxl"
 """The family the speed benchmarks measure unless told otherwise: the peer they are measured
@@ -63,6 +64,8 @@ def _family_from_index(index: dict) -> str | None:
         return "sd3"
     if _component_class(index, "transformer") == "FluxTransformer2DModel":
         return "flux"
+    if _component_class(index, "transformer") == "Flux2Transformer2DModel":
+        return "flux2"
     if _component_class(index, "transformer") == "QwenImageTransformer2DModel":
         return "qwen_image"
     if _component_class(index, "transformer") == "WanTransformer3DModel":
@@ -136,6 +139,6 @@ def _drop_inapplicable(cls: type[ModelFamily], kwargs: dict) -> dict:
 
 
 __all__ = [
-    "BENCHMARK_FAMILY", "FAMILIES", "Conditioning", "Detected", "FamilyError", "FamilyInterface", "FluxFamily",
+    "BENCHMARK_FAMILY", "FAMILIES", "Conditioning", "Detected", "FamilyError", "FamilyInterface", "Flux2Family", "FluxFamily",
     "ModelFamily", "QwenImageFamily", "SDFamily", "SDXLFamily", "SD3Family", "WanFamily", "detect_family", "load",
 ]

@@ -132,7 +132,22 @@ def tiny_qwen2_tokenizer():
     tokenizer = Qwen2Tokenizer(vocab=vocab, merges=[], unk_token="<|endoftext|>", eos_token="<|im_end|>",
                                pad_token="<|endoftext|>", model_max_length=2048)
     tokenizer.add_special_tokens({"additional_special_tokens": list(QWEN_SPECIALS[1:])})
+    # The chat layout Qwen's templates produce, for pipelines that apply it (FLUX.2 [klein]).
+    tokenizer.chat_template = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
+                               "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
     return tokenizer
+
+
+def tiny_qwen3(hidden: int = 16, layers: int = 2, seed: int = 0):
+    """A ``Qwen3ForCausalLM`` of ``layers`` layers of width ``hidden`` over :func:`tiny_qwen2_tokenizer`'s ids
+    (FLUX.2 [klein] reads its layers 9, 18 and 27: 28 of them)."""
+    from transformers import Qwen3Config, Qwen3ForCausalLM
+
+    config = Qwen3Config(hidden_size=hidden, intermediate_size=hidden, num_hidden_layers=layers, num_attention_heads=2,
+                         num_key_value_heads=2, head_dim=8, vocab_size=256 + len(QWEN_SPECIALS), max_position_embeddings=1024,
+                         bos_token_id=None, eos_token_id=258, pad_token_id=256)
+    _seeded(seed)
+    return Qwen3ForCausalLM(config).eval()
 
 
 def tiny_qwen25_vl(hidden: int = 16, seed: int = 0):

@@ -19,7 +19,7 @@ def _alphas_cumprod():
 
 
 FRAMES = pytest.mark.parametrize("frames", [None, 3], ids=["image", "video"])
-FLOW = ("sd3", "sd35", "flux", "qwen_image", "wan", "wan22", "wan22_ti2v")
+FLOW = ("sd3", "sd35", "flux", "flux2", "qwen_image", "wan", "wan22", "wan22_ti2v")
 
 
 def _latent_shape(family, frames=None):
@@ -43,7 +43,7 @@ def _oracle(family, value):
     return lambda *args, **kwargs: (family.denoiser_layout(value),)
 
 
-PACKED = ("flux", "qwen_image")
+PACKED = ("flux", "flux2", "qwen_image")
 """Families whose denoiser packs 2×2 patches of an image latent: their denoiser takes no frame
 axis, so the video-rank variant of a test that calls it does not apply (the noise maths still does)."""
 
@@ -84,7 +84,7 @@ def test_add_noise_and_target_identities(tiny_family, tiny_kind, frames):
 
 def test_prediction_types(tiny_family, tiny_kind):
     expected = {"sd15": "epsilon", "sd21": "v_prediction", "sdxl": "epsilon", "sd3": "flow", "sd35": "flow",
-                "flux": "flow", "qwen_image": "flow", "wan": "flow", "wan22": "flow", "wan22_ti2v": "flow"}[tiny_kind]
+                "flux": "flow", "flux2": "flow", "qwen_image": "flow", "wan": "flow", "wan22": "flow", "wan22_ti2v": "flow"}[tiny_kind]
     assert tiny_family.prediction_type == expected
 
 
@@ -169,7 +169,7 @@ def test_encode_prompts_shapes(tiny_family, tiny_kind):
     cond = tiny_family.encode_prompts([["a", "b"], ["c", "d"], ["e", "f"]])
     assert cond.group_shape == (B, K)
     assert cond.prompt_embeds.ndim == 4
-    assert (cond.pooled is None) == (tiny_kind in ("sd15", "sd21", "qwen_image", "wan", "wan22", "wan22_ti2v"))
+    assert (cond.pooled is None) == (tiny_kind in ("sd15", "sd21", "flux2", "qwen_image", "wan", "wan22", "wan22_ti2v"))
     assert (cond.time_ids is None) == (tiny_kind != "sdxl")
     # Deduplication must not change the result: "a" alone equals "a" encoded next to others.
     alone = tiny_family.encode_prompts(["a"])
@@ -191,10 +191,18 @@ def test_images_encode_and_decode(tiny_family, tiny_kind):
     pixels = torch.rand(2, K, 3, 32, 32) * 2 - 1
     latents = tiny_family.encode_images(pixels, generator=torch.Generator().manual_seed(1))
     f = tiny_family.vae_scale_factor
-    assert latents.shape == (2, K, 4, 32 // f, 32 // f)
+    assert latents.shape == (2, K, tiny_family.latent_channels, 32 // f, 32 // f)
     # By hand: (posterior sample − shift) × scale, with SD3's and FLUX's shifts and SD's none.
     vae = tiny_family.pipe.vae
-    if tiny_kind == "qwen_image":  # a 3-D VAE run on one frame, normalised per channel (the tiny's own values)
+    if tiny_kind == "flux2":  # patchified 2x2, normalised by the VAE's batch-norm statistics; ε drawn in that shape
+        from diffalign.families.flux2 import patchify
+
+        post = vae.encode(pixels.flatten(0, 1)).latent_dist
+        bn_std = torch.sqrt(vae.bn.running_var + vae.config.batch_norm_eps).view(-1, 1, 1)
+        mean = (patchify(post.mean) - vae.bn.running_mean.view(-1, 1, 1)) / bn_std
+        eps = torch.randn(mean.shape, generator=torch.Generator().manual_seed(1))
+        torch.testing.assert_close(latents.flatten(0, 1), mean + patchify(post.std) / bn_std * eps, rtol=1e-5, atol=1e-5)
+    elif tiny_kind == "qwen_image":  # a 3-D VAE run on one frame, normalised per channel (the tiny's own values)
         raw = vae.encode(pixels.flatten(0, 1)[:, :, None]).latent_dist.sample(torch.Generator().manual_seed(1))[:, :, 0]
         mean, std = torch.tensor([-0.3, 0.1, 0.4, -0.05]).view(4, 1, 1), torch.tensor([1.8, 0.7, 1.2, 2.5]).view(4, 1, 1)
         torch.testing.assert_close(latents.flatten(0, 1), (raw - mean) / std)

@@ -134,14 +134,14 @@ def test_family_facts_outside_the_package_come_from_the_registry():
     from diffalign.testing import TINY_FAMILIES
     from diffalign.typed_config import ConfigError, from_dict
 
-    assert TINY_FAMILIES == ("sd15", "sd21", "sdxl", "sd3", "sd35", "flux", "qwen_image", "wan", "wan22",
+    assert TINY_FAMILIES == ("sd15", "sd21", "sdxl", "sd3", "sd35", "flux", "flux2", "qwen_image", "wan", "wan22",
                              "wan22_ti2v")
     assert real_size.TINY_KIND == {"sd": "sd15", "sdxl": "sdxl", "sd3": "sd3"}
     assert real_size.DEFAULT_RESOLUTION == {"sd": 512, "sdxl": 1024, "sd3": 1024}
     assert [n for n, cls in FAMILIES.items() if cls.kohya_lora] == ["sd", "sdxl", "flux"]  # lora.formats: kohya
     assert from_dict(ModelConfig, {"path": "org/model", "family": "sdxl"}).family == "sdxl"
     assert from_dict(ModelConfig, {"path": "org/model", "family": "flux"}).family == "flux"
-    with pytest.raises(ConfigError, match="family: expected one of 'sd', 'sdxl', 'sd3', 'flux', 'qwen_image', 'wan', got 'qwen'"):
+    with pytest.raises(ConfigError, match="family: expected one of 'sd', 'sdxl', 'sd3', 'flux', 'flux2', 'qwen_image', 'wan', got 'qwen'"):
         from_dict(ModelConfig, {"path": "org/model", "family": "qwen"}, source="model")
 
 

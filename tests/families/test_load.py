@@ -10,7 +10,7 @@ from diffalign.families import FAMILIES, FamilyError, detect_family, load
 from diffalign.testing import tiny_components
 
 FAMILY_OF = {"sd15": ("sd", "epsilon"), "sd21": ("sd", "v_prediction"), "sdxl": ("sdxl", "epsilon"), "sd3": ("sd3", "flow"),
-             "sd35": ("sd3", "flow"), "wan22": ("wan", "flow"), "wan22_ti2v": ("wan", "flow"), "flux": ("flux", "flow"), "qwen_image": ("qwen_image", "flow"), "wan": ("wan", "flow")}
+             "sd35": ("sd3", "flow"), "wan22": ("wan", "flow"), "wan22_ti2v": ("wan", "flow"), "flux": ("flux", "flow"), "flux2": ("flux2", "flow"), "qwen_image": ("qwen_image", "flow"), "wan": ("wan", "flow")}
 
 
 def test_detect(tiny_kind, tiny_path):

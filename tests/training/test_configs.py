@@ -14,7 +14,7 @@ TRAIN_CONFIGS = sorted((ROOT / "configs").rglob("*.yaml"))
 
 def test_there_is_a_config_per_family_and_objective():
     names = {(p.parent.name, p.stem) for p in TRAIN_CONFIGS}
-    for family in ("sd15", "sdxl", "sd3", "sd35", "flux", "qwen_image", "tiny"):
+    for family in ("sd15", "sdxl", "sd3", "sd35", "flux", "flux2", "qwen_image", "tiny"):
         for objective in OBJECTIVES:
             if family == "sd3" and OBJECTIVES[objective].min_group_size == 0:
                 continue  # the online methods' published runs are SD3.5's: training/configs/sd35/

@@ -38,14 +38,14 @@ def tiny_pickscore(tmp_path_factory):
 
 
 def test_every_real_family_has_each_online_config():
-    assert {(_family(p), p.stem) for p in ONLINE} == {(f, o) for f in ("sd15", "sdxl", "sd35", "flux", "qwen_image", "wan", "wan22")
+    assert {(_family(p), p.stem) for p in ONLINE} == {(f, o) for f in ("sd15", "sdxl", "sd35", "flux", "flux2", "qwen_image", "wan", "wan22")
                                                       for o in ONLINE_NAMES}
     assert (ROOT / "sd35" / "multi_reward" / "diffusion_nft.yaml") in ONLINE  # the paper's multi-reward run
     assert {ROOT / "sd35" / "fast" / "grpo.yaml", ROOT / "sd35" / "mixgrpo" / "dance_grpo.yaml"} <= set(ONLINE)  # the windows
 
 
 DEFAULT_SUITE = {"sd35/grpo", "sd35/dance_grpo", "sd35/diffusion_nft"}
-"""Three of the twenty-four in the default suite (each objective once; the UNet's online configs train in
+"""Three of the twenty-seven in the default suite (each objective once; the UNet's online configs train in
 ``tests/toy/test_starter.py``, the tiny ones); the others with ``-m slow`` (the suite's time budget)."""
 
 

@@ -1,5 +1,5 @@
 """Every objective that takes preference data, 3 steps on each family added after the first four
-(FLUX, Qwen-Image, SD3.5's MMDiT-X), LoRA and full, through `diffalign train` and the tiny configs; cached = uncached.
+(FLUX.1 and .2, Qwen-Image, SD3.5's MMDiT-X), LoRA and full, through `diffalign train` and the tiny configs; cached = uncached.
 
 The first four families' runs are tests/training/test_trainer.py's (with the golden record), Wan's
 tests/training/test_train_wan.py's, the online objectives' tests/training/test_online_configs.py's.
@@ -17,7 +17,7 @@ from diffalign.cli import main
 from diffalign.objectives import OBJECTIVES
 
 CONFIGS = Path(__file__).resolve().parents[2] / "training" / "configs" / "tiny"
-NEW_KINDS = ("flux", "qwen_image", "sd35")
+NEW_KINDS = ("flux", "flux2", "qwen_image", "sd35")
 DEFAULT_SUITE = {("diffusion_dpo", "lora"), ("diffusion_dpo", "full")}
 """Runs kept in the default suite (CI budget); the rest are slow: every family's maths under them is
 the contract suite's and the sampler's, tested on each family in the default suite."""

@@ -111,7 +111,7 @@ def test_a_changed_loss_fails_the_golden_check():
     assert record["diffusion_dpo/sd15/full"]["losses"][0] == golden.LOG_2 == 0.6931471824645996
 
 
-@pytest.mark.parametrize("kind", (*KINDS, "sd35", "flux", "qwen_image"))
+@pytest.mark.parametrize("kind", (*KINDS, "sd35", "flux", "flux2", "qwen_image"))
 def test_saved_lora_loads_in_the_pipeline(kind, tiny_path, pair_data, tmp_path):
     """The diffusers-format LoRA loads with ``load_lora_weights``; for the UNet families the kohya
     copy (ComfyUI/A1111 keys) loads too and gives the same images: the alpha (8, not the rank 4)
@@ -134,7 +134,7 @@ def test_saved_lora_loads_in_the_pipeline(kind, tiny_path, pair_data, tmp_path):
             scales = {scale for m in denoiser.modules() if isinstance(getattr(m, "scaling", None), dict)
                       for scale in m.scaling.values()}
             assert scales == {2.0}, scales  # alpha / rank = 8 / 4, as trained
-        return pipe("a red cat", num_inference_steps=2, height=32, width=32, output_type="pt",
+        return pipe(prompt="a red cat", num_inference_steps=2, height=32, width=32, output_type="pt",
                     generator=torch.Generator().manual_seed(0)).images
 
     before, after = sample(), sample(out / "lora")

@@ -1,0 +1,60 @@
+"""What only FLUX.2 [klein] has (diffalign.families.flux2): patchified, batch-normalised latents,
+4-D positions, three Qwen3 layers as text, a shift that depends on the step count."""
+
+import pytest
+import torch
+
+from diffalign.families import load
+from diffalign.families.flux2 import patchify, positions, unpatchify
+from diffalign.solver import DDIM, initial_noise, sampling_grid, solve
+
+
+@pytest.fixture(scope="module")
+def family(tiny_path):
+    return load(tiny_path("flux2"))
+
+
+def test_patchify_and_positions_are_the_pipelines(family):
+    pipe = type(family.pipe)
+    x = torch.randn(2, 4, 6, 8)
+    torch.testing.assert_close(patchify(x), pipe._patchify_latents(x), rtol=0, atol=0)
+    torch.testing.assert_close(unpatchify(patchify(x)), x, rtol=0, atol=0)
+    image, text = positions(2, 3, 4, 5, "cpu", torch.float32)
+    torch.testing.assert_close(image, pipe._prepare_latent_ids(torch.zeros(2, 16, 3, 4)).float())
+    torch.testing.assert_close(text, pipe._prepare_text_ids(torch.zeros(2, 5, 48)).float())
+
+
+def test_the_latent_is_the_pipelines_normalised_patchified_posterior(family):
+    """The posterior mean equals what the pipeline makes of an image (its ``_encode_vae_image``: the
+    mode, patchified, minus the batch-norm mean, over its std), for the tiny VAE's spread statistics."""
+    pixels = torch.rand(2, 3, 32, 32) * 2 - 1
+    mean, std = family.encode_posterior(pixels)
+    torch.testing.assert_close(mean, family.pipe._encode_vae_image(pixels, generator=None), rtol=1e-5, atol=1e-5)
+    bn_std = torch.sqrt(family.pipe.vae.bn.running_var + family.pipe.vae.config.batch_norm_eps).view(-1, 1, 1)
+    raw_std = family.pipe.vae.encode(pixels).latent_dist.std
+    torch.testing.assert_close(std, patchify(raw_std) / bn_std)
+    torch.testing.assert_close(family.decode(mean[:, None])[:, 0], family.pipe.vae.decode(unpatchify(
+        mean * bn_std + family.pipe.vae.bn.running_mean.view(-1, 1, 1))).sample.clamp(-1, 1))
+
+
+def test_the_shift_depends_on_the_step_count(family):
+    four, eight = family.sampling_times(4, (8, 8)), family.sampling_times(8, (8, 8))
+    assert four.shape == (5,) and eight.shape == (9,)
+    assert not torch.allclose(four[1], eight[2])  # the same unshifted σ = 0.75, shifted by another μ
+
+
+@pytest.mark.parametrize("guidance", [1.0, 4.0])
+def test_eta_zero_reproduces_the_flux2_klein_pipeline(family, guidance):
+    """The same start noise, prompts, steps and (true) guidance: ``Flux2KleinPipeline``'s image at
+    two sizes (the shift differs), through our sampler."""
+    prompts, steps = ["a red cat", "a blue dog with a hat"], 4
+    for height, width in ((32, 32), (64, 32)):
+        noise = initial_noise(family, 2, 1, (height, width), generator=torch.Generator().manual_seed(3))
+        expected = family.pipe(prompt=prompts, num_inference_steps=steps, guidance_scale=guidance, height=height,
+                               width=width, latents=noise[:, 0].clone(), output_type="pt").images
+        cond = family.encode_prompts(prompts, group_size=1)
+        uncond = family.encode_prompts([""] * 2, group_size=1)
+        grid = sampling_grid(family, steps, 2, noise.shape[-2:])
+        traj = solve(family, family.denoiser, noise, cond, grid, DDIM(0.0), guidance=guidance, uncond=uncond)
+        images = (family.decode(traj.final)[:, 0] / 2 + 0.5).clamp(0, 1)
+        torch.testing.assert_close(images, expected.float(), rtol=1e-4, atol=1e-4)
