@@ -117,15 +117,17 @@ def test_spo_is_refused_for_wan(tiny_path, video_pairs, tmp_path, capsys):
     assert "spo does not support the wan family" in capsys.readouterr().err
 
 
-def test_saved_lora_loads_into_the_wan_pipeline(tiny_path, video_pairs, tmp_path):
-    """diffusers' ``WanPipeline.load_lora_weights`` reads the LoRA (alpha/rank kept) and its videos change."""
+@pytest.mark.parametrize("kind", ["wan", "wan22_ti2v"])
+def test_saved_lora_loads_into_the_wan_pipeline(kind, tiny_path, video_pairs, tmp_path):
+    """diffusers' ``WanPipeline.load_lora_weights`` reads the LoRA (alpha/rank kept) and its videos
+    change (Wan 2.1, and TI2V-5B's one transformer; A14B's two are tests/families/test_wan22.py's)."""
     from diffusers import WanPipeline
 
     out = _train(tiny_path, video_pairs, tmp_path / "run", "diffusion_dpo", "optim.lr=5e-2", "max_steps=4",
-                 "lora.rank=4", "lora.alpha=8")
+                 "lora.rank=4", "lora.alpha=8", "data.cache=false", kind=kind)  # one cache per family and size
 
     def sample(lora=None):
-        pipe = WanPipeline.from_pretrained(str(tiny_path("wan")))
+        pipe = WanPipeline.from_pretrained(str(tiny_path(kind)))
         pipe.set_progress_bar_config(disable=True)
         if lora is not None:
             pipe.load_lora_weights(str(lora))
