@@ -118,6 +118,25 @@ class LatentOperations:
         config = vae.config if vae is not None else self._vae_config
         return config.get("shift_factor", None) or 0.0
 
+    @property
+    def _vae_settings(self) -> dict:
+        """The VAE's config: the loaded VAE's, else its config file's (under the latent cache)."""
+        vae = getattr(self.pipe, "vae", None)
+        return vae.config if vae is not None else self._vae_config
+
+    def _per_channel(self, key: str, dims: int) -> Tensor:
+        """The VAE config's per-channel list ``key`` (``latents_mean``, ``latents_std``: VAEs that
+        normalise per channel, Wan's and Qwen-Image's) shaped ``[C, 1, …]`` to broadcast over ``dims``
+        trailing dimensions after ``C``; kept once, as the cached-latent path scales at every step."""
+        cached = self.__dict__.setdefault("_per_channel_tensors", {})
+        if key not in cached:
+            values = self._vae_settings.get(key)
+            if values is None:
+                raise FamilyError(f"the VAE of {self.path} has no {key} in its config; the {self.name} family's VAE "
+                                  "normalises per channel")
+            cached[key] = torch.tensor(values, dtype=torch.float32).view(-1, *[1] * dims)
+        return cached[key]
+
     @functools.cached_property
     def _vae_config(self) -> dict:
         """The VAE's config file, read once: the cached-latent path asks for it at every step."""

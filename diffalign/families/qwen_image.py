@@ -108,16 +108,11 @@ class QwenImageFamily(PackedLatents, FlowMatching, ModelFamily):
     @property
     def latent_scale(self) -> Tensor:
         """``1 / latents_std`` per channel, ``[C, 1, 1]``."""
-        return 1.0 / self._channel("latents_std")
+        return 1.0 / self._per_channel("latents_std", 2)
 
     @property
     def _vae_shift(self) -> Tensor:
-        return self._channel("latents_mean")
-
-    def _channel(self, key: str) -> Tensor:
-        vae = getattr(self.pipe, "vae", None)
-        values = (vae.config if vae is not None else self._vae_config)[key]
-        return torch.tensor(values, dtype=torch.float32).view(-1, 1, 1)
+        return self._per_channel("latents_mean", 2)
 
     # ----------------------------------------------------------------------------- builds
     @classmethod

@@ -132,26 +132,11 @@ class WanFamily(FlowMatching, ModelFamily):
     @property
     def latent_scale(self) -> Tensor:
         """``1 / latents_std`` per channel, shaped ``[C, 1, 1, 1]`` to broadcast over ``[..., C, f, h, w]``."""
-        return 1.0 / self._channel_tensor("latents_std")
+        return 1.0 / self._per_channel("latents_std", 3)
 
     @property
     def _vae_shift(self) -> Tensor:
-        return self._channel_tensor("latents_mean")
-
-    @property
-    def _vae_settings(self) -> dict:
-        vae = getattr(self.pipe, "vae", None)
-        return vae.config if vae is not None else self._vae_config
-
-    def _channel_tensor(self, key: str) -> Tensor:
-        # Kept once: the cached-latent path scales at every step.
-        cached = self.__dict__.setdefault("_channel_tensors", {})
-        if key not in cached:
-            values = self._vae_settings.get(key)
-            if values is None:
-                raise FamilyError(f"the VAE of {self.path} has no {key} in its config; a Wan VAE normalises per channel")
-            cached[key] = torch.tensor(values, dtype=torch.float32).view(-1, 1, 1, 1)
-        return cached[key]
+        return self._per_channel("latents_mean", 3)
 
     # ----------------------------------------------------------------------------- text
     def _encode_text(self, prompts: list[str]) -> tuple[Tensor, Tensor | None]:

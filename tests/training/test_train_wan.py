@@ -56,23 +56,42 @@ def test_three_steps_on_video_pairs(objective, mode, kind, tiny_path, video_pair
             assert trained.keys() == base.keys() and any(not torch.equal(trained[k], base[k]) for k in base)
 
 
-@pytest.mark.parametrize("kind", ["wan22", "wan22_ti2v"])
-def test_wan22_trains_every_video_objective(kind, tiny_path, video_pairs, tmp_path):
-    """Wan 2.2 (both experts of A14B; TI2V-5B) under each step kind, LoRA: the denoising
-    objectives, InPO's inversion and Diffusion-DRO's rollouts (its expert clips: the preferred
-    clip of each pair); and Diffusion-DPO with full fine-tuning. 3 steps each, finite losses."""
+def _rewritten(source, folder, rows):
+    """A copy of the video dataset ``source`` with each row passed through ``rows(row) -> row``."""
     from diffalign.data import PreferenceDataset
     from diffalign.data.writer import ShardWriter
 
-    experts = tmp_path / "experts"
-    writer = ShardWriter(experts, builder="test", options={}, overwrite=True)
-    for i, row in enumerate(PreferenceDataset.open(video_pairs)):
-        writer.add({**row, "images": row["images"][:1], "scores": None, "ranks": None})
+    writer = ShardWriter(folder, builder="test", options={}, overwrite=True)
+    k = None
+    for i, row in enumerate(PreferenceDataset.open(source)):
+        row = rows(row)
+        k = len(row["images"])
+        writer.add(row)
         writer.advance(i + 1)
-    writer.finish({"group_size": 1, "media": "video"})
+    writer.finish({"group_size": k, "media": "video"})
+    return folder
+
+
+@pytest.mark.parametrize("kind", ["wan22", pytest.param("wan22_ti2v", marks=pytest.mark.slow)])
+def test_wan22_trains_every_video_objective(kind, tiny_path, video_pairs, tmp_path):
+    """Wan 2.2 (both experts of A14B; TI2V-5B) under each objective that takes video preference
+    data, LoRA, 3 steps: the denoising ones (DCPO on captioned clips, RankDPO on groups of three),
+    InPO's and SmPO's inversion, Diffusion-DRO's rollouts (the preferred clip of each pair as its
+    expert); and Diffusion-DPO and MaPO under full fine-tuning (tests/training/test_train_wan.py's
+    three-step runs). SPO is refused for video (its step-aware model scores images)."""
+    experts = _rewritten(video_pairs, tmp_path / "experts",
+                         lambda row: {**row, "images": row["images"][:1], "scores": None, "ranks": None})
+    captioned = _rewritten(video_pairs, tmp_path / "captioned", lambda row: {
+        **row, "captions": [f"{row['prompt']}, bright", f"{row['prompt']}, dim"]})
+    ranked = _rewritten(video_pairs, tmp_path / "ranked", lambda row: {
+        **row, "images": [row["images"][0], row["images"][1], row["images"][0]], "scores": [1.0, 0.0, 0.5],
+        "ranks": [0, 2, 1]})
     runs = [("diffusion_dpo", CONFIGS / "diffusion_dpo.yaml", video_pairs, ["lora=null", "optim.lr=1e-3"]),
             ("sft", CONFIGS.parent / "sft.yaml", video_pairs, []),
+            ("dcpo", CONFIGS.parent / "dcpo.yaml", captioned, []),
+            ("rank_dpo", CONFIGS.parent / "rank_dpo.yaml", ranked, []),
             ("inpo", CONFIGS.parent / "inpo.yaml", video_pairs, []),
+            ("smpo", CONFIGS.parent / "smpo.yaml", video_pairs, []),
             ("diffusion_dro", CONFIGS.parent / "diffusion_dro.yaml", experts, [])]
     for objective, config, data, extra in runs:
         out = tmp_path / objective
