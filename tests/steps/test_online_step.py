@@ -192,10 +192,16 @@ def test_detach_uncond_lets_the_gradient_through_the_conditional_half_only():
         def join(self, other):
             return Cond(torch.cat([self.e, other.e], dim=1))
 
+    from diffalign.families.base import ModelFamily
+
     class Family:
         @staticmethod
         def predict(model, x, t, cond):
             return model * x * cond.e
+
+        @staticmethod
+        def combine_guidance(pred, pred_uncond, guidance):  # the families' default u + w·(c − u)
+            return ModelFamily.combine_guidance(None, pred, pred_uncond, guidance)
 
     for detach, expected in ((True, 12.0), (False, 6.0)):
         p = torch.tensor(1.0, requires_grad=True)
