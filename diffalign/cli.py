@@ -24,9 +24,7 @@ _STOPPABLE = ("train", "cache", "build")
 
 
 def _info(args: argparse.Namespace) -> int:
-    from diffalign.families import detect_family
-
-    from diffalign.families import FAMILIES
+    from diffalign.families import FAMILIES, detect_family
 
     found = detect_family(args.path, revision=args.revision)
     print(f"family: {found.family}\nprediction_type: {found.prediction_type}")

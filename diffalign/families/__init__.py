@@ -1,4 +1,5 @@
-"""Model families: the only code that knows how SD1.5/2.1, SDXL, SD3, FLUX.1 and Wan differ.
+"""Model families: the only code that knows how SD1.5/2.1, SDXL, SD3/3.5, FLUX.1, FLUX.2, Qwen-Image and
+Wan 2.1/2.2 differ.
 
 ``FAMILIES`` maps the config name to its class; :func:`load` detects the family of a checkpoint
 from its ``model_index.json`` and scheduler config. What a family offers the rest of diffalign is

@@ -1,10 +1,11 @@
-"""Rectified-flow maths shared by the flow-matching families (SD3, Wan).
+"""Rectified-flow maths shared by the flow-matching families (SD3/3.5, FLUX.1, FLUX.2, Qwen-Image, Wan).
 
 With σ ∈ (0, 1] the noise level (our normalised time ``t`` is σ itself):
     x_σ = (1 − σ)·x0 + σ·ε,   target v = ε − x0,   denoiser timestep = σ · N.
 Training σ are the N shifted sigmas of a ``FlowMatchEulerDiscreteScheduler`` with the
 checkpoint's shift; ``u`` from ``compute_density_for_timestep_sampling`` picks one of them, as
-diffusers' SD3 scripts do. A family says where its shift lives (:meth:`FlowMatching.flow_shift`).
+diffusers' SD3 scripts do (a dynamically shifted scheduler, FLUX's and Qwen-Image's, stores them
+unshifted). A family says where its shift lives (:meth:`FlowMatching.flow_shift`).
 """
 
 from __future__ import annotations

@@ -45,7 +45,7 @@ class LatentOperations:
     @property
     def latent_channels(self) -> int:
         """``C`` of one item's latent (what the VAE makes and the noise has): the denoiser's input
-        channels (FLUX packs 2×2 patches and overrides it)."""
+        channels (FLUX.1 and Qwen-Image pack 2×2 patches: :mod:`~diffalign.families.packed` overrides it)."""
         return self.denoiser.config.in_channels
 
     @property

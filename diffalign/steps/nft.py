@@ -120,19 +120,18 @@ class NFTStep(OnlineStep):
         b = len(batch["prompts"])
         seeds = [g.initial_seed() for g in (generators if isinstance(generators, (list, tuple)) else [generators])]
         cond, uncond = self._conditioning(batch["prompts"], k)
-        latent_size = tuple(side // family.vae_scale_factor for side in settings.size)
-        grid = sampling_grid(family, settings.steps, b, latent_size).to(family.device)
 
         def sample_part(part, part_generators, groups):
+            noise = start_noise(self, len(groups), part_generators)
+            grid = sampling_grid(family, settings.steps, len(groups), noise.shape[-2:]).to(family.device)
             with self.old.active() as old:
-                x0 = solve(family, old, start_noise(self, len(groups), part_generators), cond.groups(groups),
-                           grid[groups.to(grid.device)], ode_rule(settings.ode), guidance=settings.guidance,
-                           uncond=None if uncond is None else uncond.groups(groups),
+                x0 = solve(family, old, noise, cond.groups(groups), grid, ode_rule(settings.ode),
+                           guidance=settings.guidance, uncond=None if uncond is None else uncond.groups(groups),
                            generator=part_generators).final.flatten(0, 1)
-            return x0, x0
+            return (x0, grid), x0
 
         outputs, scores = sample_and_score(self, batch, generators, sample_part)
-        x0 = torch.cat(outputs)
+        x0, grid = (torch.cat(parts) for parts in zip(*outputs))
         advantages, _ = self._weigh(x0, scores)
         n = b * k
         steps = torch.stack([torch.randperm(settings.steps, generator=image_generator(seeds[i // k], i % k, 0))
