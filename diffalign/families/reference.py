@@ -56,8 +56,14 @@ class Reference:
     def release(self) -> None:
         """Let a full fine-tuning run's frozen copy go (its errors are stored: the reference pass);
         under LoRA there is no copy to free."""
-        if not self.lora:
+        if not self.lora and self.module is not None:
+            import weakref
+
+            from diffalign.resources import collect_if_kept
+
+            gone = weakref.ref(self.module)
             self.module = None
+            collect_if_kept(gone)
 
     @contextmanager
     def paired(self):

@@ -13,6 +13,7 @@ import torch
 
 from diffalign.config import TrainConfig, torch_dtype
 from diffalign.families.reference import Reference
+from diffalign.resources import collect_if_kept
 from diffalign.steps import STEPS
 from diffalign.step_settings import prompt_dropout
 from diffalign.training.lean_layers import lean_layers
@@ -62,7 +63,7 @@ def prepare_cache(config: TrainConfig, plan, family_name: str, accelerator) -> N
         accelerator.print(f"latent cache: reading {plan.folder}")
     if plan.action != "build":
         return
-    import gc
+    import weakref
 
     from diffalign.data.cache import build_cache
     from diffalign.families import load
@@ -75,8 +76,9 @@ def prepare_cache(config: TrainConfig, plan, family_name: str, accelerator) -> N
     # An unfinished cache (a killed build, or one `diffalign cache` began) continues in its layout.
     build_cache(config.data.path, family, resolution=config.data.resolution, progress=config.logging.progress_bar,
                 frames=config.data.frames, frame_stride=config.data.frame_stride)
+    gone = weakref.ref(family)
     del family
-    gc.collect()
+    collect_if_kept(gone)
 
 
 def load_model(config: TrainConfig, start, accelerator):
@@ -189,14 +191,16 @@ def keep_compile_cache() -> None:
 def _empty_prompt(family, keep_encoders: bool):
     """The empty prompt's conditioning ``[1, 1, ...]`` for a cached run's prompt dropout; the text
     encoders, loaded for it alone, are let go afterwards."""
-    import gc
+    import weakref
 
     with torch.no_grad():
         empty = family.encode_prompts([""], group_size=1)
     if not keep_encoders:
+        gone = [weakref.ref(getattr(family.pipe, name)) for name in family.text_components
+                if getattr(family.pipe, name, None) is not None]
         for name in family.text_components:
             setattr(family.pipe, name, None)
-        gc.collect()
+        collect_if_kept(*gone)
     return empty
 
 

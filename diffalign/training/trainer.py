@@ -84,10 +84,7 @@ class Trainer:
 
         self.step.reference_table = reference_pass.prepare(self)
         if self.step.reference_table is not None and self.reference is not None:
-            import gc
-
             self.reference.release()  # full fine-tuning: the frozen copy is not needed while training
-            gc.collect()
         settings = UpdateSettings(config.max_steps, config.optim.max_grad_norm, config.max_nonfinite_steps,
                                   config.checkpoint_every, config.keep_checkpoints)
         self.loop = UpdateLoop(self.accelerator, self.model, self.optimizer, self.scheduler, self.out / "checkpoints",
