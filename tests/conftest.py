@@ -8,15 +8,23 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["HF_DATASETS_OFFLINE"] = "1"
 os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-# diffalign's own cache (toy models, weight digests) goes to a folder of this session, not ~/.cache.
+# diffalign's own cache (toy models, weight digests) goes to a folder of this session, not ~/.cache;
+# under pytest-xdist (the default, `-n auto` in pyproject.toml) each worker gets its own subfolder, so
+# no test sees another worker's entries.
+WORKER = os.environ.get("PYTEST_XDIST_WORKER")
 os.environ.setdefault("DIFFALIGN_CACHE", tempfile.mkdtemp(prefix="diffalign-cache-"))
+if WORKER:
+    os.environ["DIFFALIGN_CACHE"] = os.path.join(os.environ["DIFFALIGN_CACHE"], WORKER)
+    os.makedirs(os.environ["DIFFALIGN_CACHE"], exist_ok=True)
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
 from diffalign.testing import TINY_FAMILIES, save_tiny_pipeline  # noqa: E402
 
-torch.set_num_threads(min(2, torch.get_num_threads()))
+# One thread per xdist worker (the workers fill the cores; two threads each would oversubscribe
+# them), at most two without xdist. Child processes get the same count (`diffalign_child`).
+torch.set_num_threads(1 if WORKER else min(2, torch.get_num_threads()))
 # `DIFFALIGN_TEST_ONEDNN=0 python -m pytest`: the suite with oneDNN's kernels off, one of the kernel
 # settings every test must pass under (with OMP_NUM_THREADS=1 and =2).
 if os.environ.get("DIFFALIGN_TEST_ONEDNN") == "0":

@@ -182,7 +182,7 @@ def test_two_processes_give_the_same_dataset(generators, tmp_path):
     reward_dir = save_tiny_clip(tmp_path / "pickscore")
     args = _cli(tmp_path / "prompts.txt", generators, reward_dir, tmp_path / "two")
     subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-                    "-m", "diffalign", *args], check=True, env={**os.environ, "CUDA_VISIBLE_DEVICES": ""})
+                    "--main_process_port", "0", "-m", "diffalign", *args], check=True, env={**os.environ, "CUDA_VISIBLE_DEVICES": ""})
     assert main(_cli(tmp_path / "prompts.txt", generators, reward_dir, tmp_path / "one")) == 0
     two = PreferenceDataset.open(tmp_path / "two")
     # Each process runs other batches on one thread, so pixels may differ by float rounding, no more.

@@ -24,8 +24,8 @@ def test_two_processes_write_the_same_cache(tiny_path, tmp_path):
 
     accelerate = shutil.which("accelerate")
     subprocess.run(
-        [accelerate, "launch", "--multi_gpu", "--num_processes", "2", "-m", "diffalign", "cache",
-         str(tmp_path / "prefs"), "--model", str(model), "--resolution", "32", "--shard-size", "1", "--no-progress"],
+        [accelerate, "launch", "--multi_gpu", "--num_processes", "2", "--main_process_port", "0", "-m", "diffalign",
+         "cache", str(tmp_path / "prefs"), "--model", str(model), "--resolution", "32", "--shard-size", "1", "--no-progress"],
         check=True, timeout=300,
     )
     shards = sorted(single.glob("shard-*.safetensors"))

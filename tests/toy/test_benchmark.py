@@ -11,15 +11,22 @@ from diffalign.toy.pretrain import PretrainConfig, base_model
 TINY = PretrainConfig(images=64, vae_steps=2, unet_steps=2, batch_size=8)
 
 
-def test_pretraining_is_cached_and_deterministic(tmp_path):
-    first = base_model(TINY, cache=tmp_path / "a", progress=False)
-    again = base_model(TINY, cache=tmp_path / "a", progress=False)
+@pytest.fixture(scope="module")
+def toy_cache(tmp_path_factory):
+    """One pretraining cache for the module's runs: pretraining is deterministic and cached (the
+    first test checks both), so each run need not pretrain its own copy (CI budget)."""
+    return tmp_path_factory.mktemp("toy-cache")
+
+
+def test_pretraining_is_cached_and_deterministic(tmp_path, toy_cache):
+    first = base_model(TINY, cache=toy_cache, progress=False)
+    again = base_model(TINY, cache=toy_cache, progress=False)
     assert first == again and (first / "model_index.json").exists()
     other = base_model(TINY, cache=tmp_path / "b", progress=False)
     a = (first / "unet" / "diffusion_pytorch_model.safetensors").read_bytes()
     b = (other / "unet" / "diffusion_pytorch_model.safetensors").read_bytes()
     assert a == b  # same seed, same weights
-    assert not list((tmp_path / "a" / "toy").glob(".*.tmp"))
+    assert not list((toy_cache / "toy").glob(".*.tmp"))
 
 
 def test_the_default_config_uses_the_shipped_base_model(tmp_path, monkeypatch):
@@ -62,7 +69,7 @@ def test_every_objective_is_in_the_benchmark():
     assert set(DEFAULT_OBJECTIVES) == set(OBJECTIVES)
 
 
-def test_reduced_benchmark_writes_every_field(tmp_path):
+def test_reduced_benchmark_writes_every_field(tmp_path, toy_cache):
     # One objective per kind of data and step: pairs, ranked groups, captions, inverted latents with
     # scores, rollouts with a step-aware model, experts.
     config = BenchmarkConfig(
@@ -70,7 +77,7 @@ def test_reduced_benchmark_writes_every_field(tmp_path):
         pretrain=TINY, samples_per_prompt=4, group_size=4, inference_steps=2, train_steps=2, batch_size=2,
         eval_seeds_per_prompt=1, curve_every=1, curve_seeds_per_prompt=1, step_aware_steps=2, equal_time=False,
     )
-    results = run_benchmark(tmp_path / "run", config, cache=tmp_path / "cache", progress=False)
+    results = run_benchmark(tmp_path / "run", config, cache=toy_cache, progress=False)
     saved = json.loads((tmp_path / "run" / "results.json").read_text())
     assert saved == json.loads(json.dumps(results))
     assert set(saved["objectives"]) == set(config.objectives)
@@ -135,7 +142,7 @@ def test_a_variant_is_its_objective_with_its_settings_merged_block_by_block():
         check_runs(("grpo", "grpo_slow"))
 
 
-def test_equal_time_runs_train_for_diffusion_dpos_time_and_are_reported(tmp_path):
+def test_equal_time_runs_train_for_diffusion_dpos_time_and_are_reported(tmp_path, toy_cache):
     """Asked for after it, Diffusion-DPO still runs first; the fast variant then trains once more per
     seed for ⌊DPO's training seconds / its own seconds per update⌋ updates (at least 1), evaluated
     on the held-out seeds, and the report's equal-time table has both rows."""
@@ -143,7 +150,7 @@ def test_equal_time_runs_train_for_diffusion_dpos_time_and_are_reported(tmp_path
         objectives=("grpo_fast", "diffusion_dpo"), pretrain=TINY, samples_per_prompt=4, group_size=4,
         inference_steps=2, train_steps=2, batch_size=2, eval_seeds_per_prompt=1, curve_every=1,
         curve_seeds_per_prompt=1, train_seeds=2)
-    results = run_benchmark(tmp_path / "run", config, cache=tmp_path / "cache", progress=False)
+    results = run_benchmark(tmp_path / "run", config, cache=toy_cache, progress=False)
     assert list(results["objectives"]) == ["diffusion_dpo", "grpo_fast"]
     dpo, fast = results["objectives"]["diffusion_dpo"], results["objectives"]["grpo_fast"]
     budget = 2 * dpo["seconds_per_step"]
@@ -170,13 +177,13 @@ def test_the_rate_is_chosen_on_the_curve_among_those_that_keep_prompt_following(
     assert choose_lr({1e-3: sweep[1e-3]}, base_following=0.98) == 1e-3  # none keeps it: the highest
 
 
-def test_the_protocol_sweeps_then_trains_more_seeds_at_the_chosen_rate(tmp_path):
+def test_the_protocol_sweeps_then_trains_more_seeds_at_the_chosen_rate(tmp_path, toy_cache):
     config = BenchmarkConfig(
         objectives=("diffusion_dpo", ORACLE), pretrain=TINY, samples_per_prompt=4, group_size=4, inference_steps=2,
         train_steps=2, batch_size=2, eval_seeds_per_prompt=1, curve_every=1, curve_seeds_per_prompt=1,
         step_aware_steps=2, lr_sweep=(1e-4, 1e-3), train_seeds=2, equal_time=False,
     )
-    results = run_benchmark(tmp_path / "run", config, cache=tmp_path / "cache", progress=False)
+    results = run_benchmark(tmp_path / "run", config, cache=toy_cache, progress=False)
     for name in ("diffusion_dpo", ORACLE):
         r = results["objectives"][name]
         assert set(r["sweep"]) == {"0.0001", "0.001"} and r["lr"] in (1e-4, 1e-3)

@@ -93,7 +93,8 @@ def test_two_processes_give_the_losses_and_weights_of_one(objective, tiny_path, 
     4 images per prompt, so one process's 2 micro-batches hold what the two processes' 1 each do."""
     common = ["max_steps=3", "rollout.updates_per_collection=1", "rollout.micro_batch=4"]
     assert main(_args(tiny_path, toy_prompts, tmp_path / "one", *common, "batch_size=2", objective=objective)) == 0
-    two = [shutil.which("accelerate"), "launch", "--multi_gpu", "--num_processes", "2", "-m", "diffalign",
+    two = [shutil.which("accelerate"), "launch", "--multi_gpu", "--num_processes", "2", "--main_process_port", "0",
+           "-m", "diffalign",
            *_args(tiny_path, toy_prompts, tmp_path / "two", *common, "batch_size=1", objective=objective)[0:]]
     run = subprocess.run(two, capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr[-3000:]

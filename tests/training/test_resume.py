@@ -55,9 +55,9 @@ def toy_prompts(tmp_path_factory):
 
 
 # Slow: the online objectives (the default suite has their SIGTERM test), and the objectives whose
-# step and state another default case already resumes (rank_dpo: Diffusion-DPO's denoising step;
-# smpo: InPO's inversion step) — suite budget.
-_SLOW_RESUME = {"rank_dpo", "smpo"}
+# step and state another default case already resumes (rank_dpo, dcpo, mapo, sft: Diffusion-DPO's
+# denoising step, which keeps no state of its own; smpo: InPO's inversion step) — suite budget.
+_SLOW_RESUME = {"rank_dpo", "dcpo", "mapo", "sft", "smpo"}
 
 
 @pytest.mark.parametrize("objective", [pytest.param(o, marks=pytest.mark.slow)

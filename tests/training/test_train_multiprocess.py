@@ -17,10 +17,10 @@ CONFIG = Path(__file__).resolve().parents[2] / "training" / "configs" / "tiny" /
 
 ACCELERATE = Path(__file__).resolve().parents[2] / "training" / "accelerate"
 LAUNCHES = {
-    "ddp": ["--multi_gpu", "--num_processes", "2"],
+    "ddp": ["--multi_gpu", "--num_processes", "2", "--main_process_port", "0"],
     # The shipped FSDP config, on CPUs: accelerate (1.15) turns FSDP on only for GPUs, so this is the
     # same data-parallel run, and the trainer says so.
-    "fsdp-config": ["--config_file", str(ACCELERATE / "fsdp.yaml"), "--num_processes", "2"],
+    "fsdp-config": ["--config_file", str(ACCELERATE / "fsdp.yaml"), "--num_processes", "2", "--main_process_port", "0"],
 }
 
 
@@ -99,8 +99,9 @@ def test_two_processes_build_the_cache_together_and_train_from_it(tiny_path, tmp
 
     data = write_groups(tmp_path / "prefs", k=2, rows=4, captions=False)
     common = [f"model.path={tiny_path('sd15')}", f"data.path={data}", "max_steps=2"]
-    run = _launch(["--multi_gpu", "--num_processes", "2", "-m", "diffalign", "train", "--config", str(CONFIG), *common,
-                   f"output_dir={tmp_path / 'two'}", "batch_size=1"], capture_output=True, text=True)
+    run = _launch(["--multi_gpu", "--num_processes", "2", "--main_process_port", "0", "-m", "diffalign", "train",
+                   "--config", str(CONFIG), *common, f"output_dir={tmp_path / 'two'}", "batch_size=1"],
+                  capture_output=True, text=True)
     assert run.stdout.count("latent cache: building") == 1  # printed by the main process
     meta = json.loads((data / "cache" / "sd-32" / "cache.json").read_text())
     assert meta["complete"] and meta["shards"] == 1

@@ -228,9 +228,9 @@ def test_two_processes_train_video_pairs_as_one(tiny_path, video_pairs, tmp_path
     common = ["--config", str(CONFIGS / "diffusion_dpo.yaml"), f"model.path={tiny_path('wan')}",
               f"data.path={video_pairs}", "data.cache=false", "lora=null", "max_steps=2"]
     assert main(["train", *common, f"output_dir={tmp_path / 'one'}", "batch_size=2"]) == 0
-    subprocess.run([shutil.which("accelerate"), "launch", "--multi_gpu", "--num_processes", "2", "-m", "diffalign",
-                    "train", *common, f"output_dir={tmp_path / 'two'}", "batch_size=1"], check=True, timeout=600,
-                   capture_output=True)
+    subprocess.run([shutil.which("accelerate"), "launch", "--multi_gpu", "--num_processes", "2", "--main_process_port",
+                    "0", "-m", "diffalign", "train", *common, f"output_dir={tmp_path / 'two'}", "batch_size=1"],
+                   check=True, timeout=600, capture_output=True)
     one, two = _losses(tmp_path / "one"), _losses(tmp_path / "two")
     assert len(two) == 2 and two == pytest.approx(one, abs=2e-4)
     wa = load_file(str(next((tmp_path / "one" / "final" / "transformer").glob("*.safetensors"))))

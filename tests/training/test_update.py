@@ -38,7 +38,7 @@ def test_one_process(tmp_path):
 def test_two_processes(tmp_path):
     for names in (["straight", "stopped"], ["resumed"]):  # the stopped run ends its launch's process group
         command = [shutil.which("accelerate"), "launch", "--multi_gpu", "--num_processes", "2",
-                   str(Path(toy_updates.__file__)), str(tmp_path), *names]
+                   "--main_process_port", "0", str(Path(toy_updates.__file__)), str(tmp_path), *names]
         run = subprocess.run(command, capture_output=True, text=True, timeout=300)
         assert run.returncode == 0, run.stderr[-3000:]
     ranks = [{name: torch.load(tmp_path / f"{name}-{rank}.pt", weights_only=False) for name in toy_updates.RUNS}
