@@ -53,6 +53,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import warnings
 from dataclasses import dataclass
 from typing import Callable, Literal, Protocol
 
@@ -102,7 +103,13 @@ def guided(family, model, x: Tensor, t: Tensor, cond, uncond=None, guidance: flo
     ``pred_u + w·(pred_c − pred_u)`` (the family's :meth:`combine_guidance`) when ``guidance != 1`` (``uncond`` shaped like ``cond``; both
     predictions in one forward, as the pipelines do). In float32; differentiable unless called
     under ``no_grad``; ``detach_uncond`` lets the gradient through the conditional half only
-    (Flow-GRPO's SD3 training, ``scripts/train_sd3.py`` L189–190)."""
+    (Flow-GRPO's SD3 training, ``scripts/train_sd3.py`` L189–190). A family that takes no guidance
+    (:attr:`takes_guidance` false: a step-distilled checkpoint) predicts once, as its pipeline does."""
+    if guidance != 1 and not family.takes_guidance:
+        warnings.warn(f"guidance {guidance} is ignored: this {family.name} checkpoint is step-distilled and takes "
+                      "no classifier-free guidance (its pipeline ignores guidance_scale too); set guidance: 1 to "
+                      "silence this", stacklevel=2)
+        guidance = 1.0
     if guidance == 1:
         return family.predict(model, x, t, cond).float()
     if uncond is None:

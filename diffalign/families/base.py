@@ -44,6 +44,8 @@ class ModelFamily(Loading, LatentOperations, PromptOperations, NoiseOperations, 
     """The denoiser's repeated block classes, for regional compilation where diffusers' model
     class names none in its ``_repeated_blocks``."""
     kohya_lora: ClassVar[bool] = False
+    takes_guidance: bool = True
+    """Whether the checkpoint takes classifier-free guidance (a step-distilled one does not)."""
     """Whether ``lora.formats: [kohya]`` may write this family's adapters (:meth:`kohya_state_dict`):
     kohya's key names, which ComfyUI, AUTOMATIC1111 and diffusers read, are settled for the UNet
     families and FLUX only."""

@@ -17,7 +17,8 @@ How FLUX.2 differs from FLUX.1, all of it here:
 - **the shift** is ``compute_empirical_mu(image tokens, steps)``: it depends on the number of
   sampling steps as well as the size;
 - **guidance**: [klein] base takes true classifier-free guidance (two forwards); the distilled
-  [klein] (``is_distilled``) none: sample it with ``guidance: 1``.
+  [klein] (``is_distilled``) none: its :attr:`takes_guidance` is false, so a ``guidance`` other
+  than 1 is ignored with a warning, as the pipeline ignores its ``guidance_scale``.
 
 Time sampling defaults to uniform on the unshifted sigmas, as for FLUX.1.
 """
@@ -75,6 +76,8 @@ class Flux2Family(FlowMatching, ModelFamily):
         """
         super().__init__(pipe, path, **options)
         self.max_sequence_length = max_sequence_length or 512
+        # A step-distilled [klein] takes no CFG: its pipeline ignores guidance_scale, and so do we.
+        self.takes_guidance = not getattr(pipe.config, "is_distilled", False)
         self._init_flow()
 
     @property

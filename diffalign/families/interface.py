@@ -189,6 +189,10 @@ class FamilyInterface(Protocol):
     def combine_guidance(self, pred: Tensor, pred_uncond: Tensor, guidance: float) -> Tensor:
         """Classifier-free guidance of the conditional and unconditional predictions ``[B, K, *latent]``."""
 
+    takes_guidance: bool
+    """Whether the checkpoint takes classifier-free guidance; ``False`` (a step-distilled FLUX.2
+    [klein]): :func:`~diffalign.solver.guided` ignores ``guidance``, as its pipeline does, and warns."""
+
     @classmethod
     def architecture(cls, path, revision: str | None = None) -> str | None:
         """The checkpoint's architecture within the family, in words (SD3.5's MMDiT-X), or ``None``."""

@@ -58,3 +58,29 @@ def test_eta_zero_reproduces_the_flux2_klein_pipeline(family, guidance):
         traj = solve(family, family.denoiser, noise, cond, grid, DDIM(0.0), guidance=guidance, uncond=uncond)
         images = (family.decode(traj.final)[:, 0] / 2 + 0.5).clamp(0, 1)
         torch.testing.assert_close(images, expected.float(), rtol=1e-4, atol=1e-4)
+
+
+def test_a_step_distilled_klein_ignores_guidance_as_its_pipeline_does(tiny_path, tmp_path):
+    """``is_distilled``: ``Flux2KleinPipeline`` ignores ``guidance_scale`` (one forward a step), and
+    our sampler does too, with a warning; the base [klein] keeps true CFG (the test above)."""
+    from diffusers import Flux2KleinPipeline
+
+    folder = tiny_path("flux2")
+    pipe = Flux2KleinPipeline.from_pretrained(folder)
+    pipe.register_to_config(is_distilled=True)
+    pipe.save_pretrained(tmp_path / "distilled")
+    family = load(tmp_path / "distilled")
+    assert family.takes_guidance is False and load(folder).takes_guidance is True
+    prompts, steps = ["a red cat", "a blue dog with a hat"], 4
+    noise = initial_noise(family, 2, 1, (32, 32), generator=torch.Generator().manual_seed(3))
+    expected = family.pipe(prompt=prompts, num_inference_steps=steps, guidance_scale=4.0, height=32, width=32,
+                           latents=noise[:, 0].clone(), output_type="pt").images
+    cond = family.encode_prompts(prompts, group_size=1)
+    uncond = family.encode_prompts([""] * 2, group_size=1)
+    grid = sampling_grid(family, steps, 2, noise.shape[-2:])
+    with pytest.warns(UserWarning, match="guidance 4.0 is ignored: this flux2 checkpoint is step-distilled"):
+        traj = solve(family, family.denoiser, noise, cond, grid, DDIM(0.0), guidance=4.0, uncond=uncond)
+    plain = solve(family, family.denoiser, noise, cond, grid, DDIM(0.0), guidance=1.0)
+    assert torch.equal(traj.final, plain.final)
+    images = (family.decode(traj.final)[:, 0] / 2 + 0.5).clamp(0, 1)
+    torch.testing.assert_close(images, expected.float(), rtol=1e-4, atol=1e-4)
