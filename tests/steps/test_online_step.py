@@ -195,6 +195,8 @@ def test_detach_uncond_lets_the_gradient_through_the_conditional_half_only():
     from diffalign.families.base import ModelFamily
 
     class Family:
+        takes_guidance = True
+
         @staticmethod
         def predict(model, x, t, cond):
             return model * x * cond.e
