@@ -82,9 +82,12 @@ class ExpertPair(nn.Module):
             expert.requires_grad_(requires_grad and name in self.trained)
         return self
 
-    def save_pretrained(self, folder, **kwargs) -> None:
+    def save_pretrained(self, folder, **kwargs) -> Path:
         """Each trained expert in the pipeline's layout: ``folder`` is the ``transformer`` folder,
-        ``transformer_2`` its sibling."""
+        ``transformer_2`` its sibling. Returns where the weights are: the one trained expert's
+        folder, or the parent of both (a low-noise-only run writes no ``transformer``)."""
         folder = Path(folder)
-        for component, expert in self.experts().items():
-            expert.save_pretrained(str(folder.parent / component), **kwargs)
+        written = [folder.parent / component for component in self.experts()]
+        for path, expert in zip(written, self.experts().values()):
+            expert.save_pretrained(str(path), **kwargs)
+        return written[0] if len(written) == 1 else folder.parent

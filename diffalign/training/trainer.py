@@ -250,7 +250,8 @@ class Trainer:
         else:
             target = self.out / "final" / self.family.denoiser_name
             if accelerator.is_main_process:
-                denoiser.save_pretrained(str(target), safe_serialization=True)
+                # Wan 2.2's expert pair says where it wrote (diffusers' models return None).
+                target = denoiser.save_pretrained(str(target), safe_serialization=True) or target
         if self.config.validation.prompts and accelerator.is_main_process:
             self._validate(self.state["step"])
         accelerator.wait_for_everyone()

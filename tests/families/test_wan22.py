@@ -105,7 +105,8 @@ def test_a_one_expert_full_run_leaves_the_other_bit_identical(tiny_path, video_p
     trainer = Trainer(config)
     high_before = {k: v.clone() for k, v in trainer.family.pipe.transformer.state_dict().items()}
     low_before = {k: v.clone() for k, v in trainer.family.pipe.transformer_2.state_dict().items()}
-    trainer.run()
+    result = trainer.run()
+    assert result.weights == tmp_path / "run" / "final" / "transformer_2"  # what `diffalign train` prints
     high_after = trainer.family.pipe.transformer.state_dict()
     assert all(torch.equal(high_after[k], v) for k, v in high_before.items())
     low_after = trainer.family.pipe.transformer_2.state_dict()
