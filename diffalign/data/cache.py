@@ -41,6 +41,7 @@ from diffalign.data.cache_layout import (  # noqa: F401  (re-exported: training 
     check_version,
     is_complete,
     model_fingerprint,
+    trim_texts,
 )
 from diffalign.data.cache_reader import LatentCache  # noqa: F401  (re-exported)
 from diffalign.data.dataset import PreferenceDataset
@@ -61,7 +62,8 @@ def _encode_shard(family, groups: GroupDataset, rows: range, batch_size: int, dt
         Tensors ``valid [n]``, ``latent_mean``/``latent_std [n, K, C, h, w]``,
         ``original_size``/``crop_top_left [n, K, 2]``, ``text_embeds [U, L, D]`` (+ ``text_pooled
         [U, P]``) of the shard's distinct texts, ``prompt_index [n]`` (+ ``caption_index [n, K]``)
-        into them; metadata ``ids``, the rows' ids (JSON).
+        into them, ``text_length [1]``, the texts' token count before
+        :func:`~diffalign.data.cache_layout.trim_texts`; metadata ``ids``, the rows' ids (JSON).
     """
     items = [groups[i] for i in rows]
     valid = torch.tensor([item is not None for item in items])
@@ -75,6 +77,7 @@ def _encode_shard(family, groups: GroupDataset, rows: range, batch_size: int, dt
         means.append(mean.float().cpu())
         stds.append(std.float().cpu())
     embeds, pooled = _encode_texts(family, unique, batch_size)
+    embeds, text_length = trim_texts(embeds)
     tensors = {
         "valid": valid.to(torch.uint8),
         "prompt_index": prompt_index,
@@ -83,6 +86,9 @@ def _encode_shard(family, groups: GroupDataset, rows: range, batch_size: int, dt
         "original_size": _scatter([torch.stack([i["original_size"] for i in present])] if present else [], valid, torch.long),
         "crop_top_left": _scatter([torch.stack([i["crop_top_left"] for i in present])] if present else [], valid, torch.long),
         "text_embeds": embeds,
+        # A tensor, not metadata: safetensors writes a metadata dict in no fixed order, and a
+        # rebuilt shard must be the same bytes.
+        "text_length": torch.tensor([text_length]),
     }
     if captions:
         tensors["caption_index"] = caption_index

@@ -7,8 +7,10 @@ Layout, beside the dataset's ``data/``::
       cache.json              family, model, revision, fingerprint, resolution, dtype, shards
       shard-00000.safetensors rows [0, S): latent_mean/latent_std [n, K, C, h, w],
                               original_size/crop_top_left [n, K, 2], valid [n],
-                              text_embeds [U, L, D] (+ text_pooled [U, P]): the shard's U
-                              distinct texts, each row's prompt and captions, encoded once;
+                              text_embeds [U, L', D] (+ text_pooled [U, P]): the shard's U
+                              distinct texts, each row's prompt and captions, encoded once,
+                              without the trailing token positions that are zero in all of
+                              them (L' ≤ L; text_length [1] holds L: see trim_texts);
                               prompt_index [n] into them: each row's prompt;
                               caption_index [n, K] into them: each image's caption (the
                               prompt for a row without), only in a captioned dataset's cache
@@ -37,6 +39,31 @@ a version-1 cache of a captioned dataset holds only the captions', so it is rebu
 META = "cache.json"
 # What the cache depends on: everything that turns images and prompts into tensors.
 FINGERPRINTED = ("vae", "text_encoder", "text_encoder_2", "text_encoder_3", "tokenizer", "tokenizer_2", "tokenizer_3")
+
+
+def trim_texts(embeds):
+    """``(embeds[:, :L'], L)``: the text states ``[U, L, D]`` without the trailing token positions
+    that are zero in every text, and their full length ``L``, for :func:`pad_texts` to restore.
+
+    Qwen-Image's states are zero-padded to 512 tokens (so prompts batch): its prompts of 20–80
+    tokens stored padded are 7.3 MB each in fp32, 14 KB a token kept. CLIP's, T5's and Qwen3's
+    padding states are not zero, so nothing of theirs is trimmed.
+    """
+    if embeds.dim() != 3:  # a shard without texts: ``[0]``
+        return embeds, 0
+    used = embeds.ne(0).any(dim=2).any(dim=0).nonzero()
+    keep = int(used.max()) + 1 if len(used) else 1
+    return embeds[:, :keep], embeds.shape[1]
+
+
+def pad_texts(embeds, length: int):
+    """:func:`trim_texts` undone: ``embeds [U, L', D]`` zero-padded to ``[U, length, D]``, bit for bit
+    the states the family encoded."""
+    import torch
+
+    if embeds.dim() != 3 or embeds.shape[1] >= length:
+        return embeds
+    return torch.cat([embeds, embeds.new_zeros(embeds.shape[0], length - embeds.shape[1], embeds.shape[2])], dim=1)
 
 
 class CacheMismatchError(DiffalignError, ValueError):

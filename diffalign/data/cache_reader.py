@@ -14,6 +14,7 @@ from diffalign.data.cache_layout import (
     cache_dir,
     check_version,
     model_fingerprint,
+    pad_texts,
 )
 
 
@@ -85,7 +86,10 @@ class LatentCache:
 
             with safe_open(str(path), "pt") as handle:
                 ids = json.loads(handle.metadata()["ids"])
-            self._shard = (shard, load_file(str(path)), ids)
+            tensors = load_file(str(path))
+            if "text_length" in tensors:  # shards written before the trimming have their full length
+                tensors["text_embeds"] = pad_texts(tensors["text_embeds"], int(tensors["text_length"][0]))
+            self._shard = (shard, tensors, ids)
         _, tensors, ids = self._shard
         if not tensors["valid"][offset]:
             return None

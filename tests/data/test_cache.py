@@ -263,3 +263,33 @@ def test_a_cache_of_an_older_layout_is_neither_read_nor_continued(tiny_path, pre
     with pytest.raises(CacheMismatchError) as built:
         build_cache(prefs, family, resolution=RES, shard_size=4, progress=False)
     assert str(built.value) == expected
+
+
+def test_zero_padded_text_states_are_stored_up_to_the_longest_prompt_and_read_back_whole(tiny_path, tmp_path):
+    """Qwen-Image's prompt states are zero after each prompt (padded to 512 tokens so prompts
+    batch): a shard keeps the token positions up to its longest prompt's last, and the reader
+    gives back all 512, equal to the family's own encoding. CLIP's padding states are not zero:
+    an SD1.5 shard keeps every position."""
+    prompts = ["a cat", "a red cat on a mat in the sun, with a small hat and a blue ball", "a dog"]
+    writer = ShardWriter(tmp_path / "prefs", builder="test", options={}, shard_size=4)
+    for i, prompt in enumerate(prompts):
+        images = [jpeg((40 * i, 100, 30), (32, 32)), jpeg((200, 20 * i, 90), (32, 32))]
+        writer.add({"id": f"p{i}", "prompt": prompt, "images": [{"bytes": b, "path": None} for b in images],
+                    "scores": None, "ranks": [0, 1], "captions": None, "source": "test", "meta": None})
+        writer.advance(i + 1)
+    writer.finish({"group_size": 2})
+    for kind in ("qwen_image", "sd15"):
+        family = load(tiny_path(kind))
+        with torch.no_grad():  # in one batch, as the cache encodes a shard's texts
+            encoded = family.encode_prompts(prompts, group_size=1).prompt_embeds[:, 0]
+        full = encoded.shape[1]
+        longest = max(int(e.ne(0).any(dim=1).nonzero().max()) + 1 for e in encoded)
+        folder = build_cache(tmp_path / "prefs", family, resolution=RES, shard_size=4, progress=False)
+        stored = load_file(folder / "shard-00000.safetensors")["text_embeds"]
+        if kind == "qwen_image":
+            assert full == 512 and stored.shape[1] == longest < full  # up to the long prompt's last token
+        else:
+            assert stored.shape[1] == full  # nothing is zero: nothing trimmed
+        cache = LatentCache.open(tmp_path / "prefs", load(tiny_path(kind), load_vae=False, load_text_encoders=False), RES)
+        for i, want in enumerate(encoded):
+            assert torch.equal(cache.get(i)["prompt_embeds"], want.float()), (kind, i)
