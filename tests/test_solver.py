@@ -15,6 +15,17 @@ from diffalign.solver import DDIM, gaussian_log_prob, initial_noise, sampling_gr
 B, K = 2, 2
 
 
+def eta_zero_images(family, prompts, noise, steps, guidance=1.0):
+    """Our deterministic sampler from ``noise [B, 1, *latent]`` (the prompts, with the empty
+    prompt as the unconditional one where ``guidance != 1``): ``(pictures in [0, 1] [B, 3, (F,) H, W],
+    the trajectory)``, what each family's test compares with its pipeline's output."""
+    cond = family.encode_prompts(prompts, group_size=1)
+    uncond = family.encode_prompts([""] * len(prompts), group_size=1) if guidance != 1 else None
+    grid = sampling_grid(family, steps, len(prompts), noise.shape[-2:])
+    traj = solve(family, family.denoiser, noise, cond, grid, DDIM(0.0), guidance=guidance, uncond=uncond)
+    return (family.decode(traj.final)[:, 0] / 2 + 0.5).clamp(0, 1), traj
+
+
 def _alphas_cumprod():
     betas = torch.linspace(0.00085**0.5, 0.012**0.5, 1000, dtype=torch.float64) ** 2
     return torch.cumprod(1 - betas, dim=0)
@@ -127,11 +138,7 @@ def test_eta_zero_reproduces_the_diffusers_pipeline_image(kind, tiny_path):
     noise = initial_noise(family, len(prompts), 1, 32, generator=torch.Generator().manual_seed(3))
     expected = pipe(prompt=prompts, num_inference_steps=steps, guidance_scale=guidance, latents=noise[:, 0].clone(),
                     height=32, width=32, output_type="pt").images
-    cond = family.encode_prompts(prompts, group_size=1)
-    uncond = family.encode_prompts([""] * len(prompts), group_size=1)
-    traj = solve(family, family.denoiser, noise, cond, sampling_grid(family, steps, len(prompts)), DDIM(0.0),
-                  guidance=guidance, uncond=uncond)
-    images = (family.decode(traj.final)[:, 0] / 2 + 0.5).clamp(0, 1)
+    images, traj = eta_zero_images(family, prompts, noise, steps, guidance)
     torch.testing.assert_close(images, expected.float(), rtol=1e-4, atol=1e-4)
     assert traj.latents.shape == (steps + 1, len(prompts), 1, *noise.shape[2:])
 
@@ -150,10 +157,7 @@ def test_eta_zero_reproduces_the_flux_pipeline_image(tiny_path):
         expected = family.pipe(prompt=prompts, num_inference_steps=steps, guidance_scale=family.embedded_guidance,
                                latents=pack(noise[:, 0].clone()), height=height, width=width,
                                output_type="pt").images
-        cond = family.encode_prompts(prompts, group_size=1)
-        grid = sampling_grid(family, steps, len(prompts), noise.shape[-2:])
-        traj = solve(family, family.denoiser, noise, cond, grid, DDIM(0.0))
-        images = (family.decode(traj.final)[:, 0] / 2 + 0.5).clamp(0, 1)
+        images, _ = eta_zero_images(family, prompts, noise, steps)
         torch.testing.assert_close(images, expected.float(), rtol=1e-4, atol=1e-4)
 
 

@@ -6,7 +6,8 @@ import torch
 
 from diffalign.families import load
 from diffalign.families.flux2 import patchify, positions, unpatchify
-from diffalign.solver import DDIM, initial_noise, sampling_grid, solve
+from diffalign.solver import initial_noise
+from test_solver import eta_zero_images
 
 
 @pytest.fixture(scope="module")
@@ -52,11 +53,7 @@ def test_eta_zero_reproduces_the_flux2_klein_pipeline(family, guidance):
         noise = initial_noise(family, 2, 1, (height, width), generator=torch.Generator().manual_seed(3))
         expected = family.pipe(prompt=prompts, num_inference_steps=steps, guidance_scale=guidance, height=height,
                                width=width, latents=noise[:, 0].clone(), output_type="pt").images
-        cond = family.encode_prompts(prompts, group_size=1)
-        uncond = family.encode_prompts([""] * 2, group_size=1)
-        grid = sampling_grid(family, steps, 2, noise.shape[-2:])
-        traj = solve(family, family.denoiser, noise, cond, grid, DDIM(0.0), guidance=guidance, uncond=uncond)
-        images = (family.decode(traj.final)[:, 0] / 2 + 0.5).clamp(0, 1)
+        images, _ = eta_zero_images(family, prompts, noise, steps, guidance)
         torch.testing.assert_close(images, expected.float(), rtol=1e-4, atol=1e-4)
 
 
@@ -75,12 +72,8 @@ def test_a_step_distilled_klein_ignores_guidance_as_its_pipeline_does(tiny_path,
     noise = initial_noise(family, 2, 1, (32, 32), generator=torch.Generator().manual_seed(3))
     expected = family.pipe(prompt=prompts, num_inference_steps=steps, guidance_scale=4.0, height=32, width=32,
                            latents=noise[:, 0].clone(), output_type="pt").images
-    cond = family.encode_prompts(prompts, group_size=1)
-    uncond = family.encode_prompts([""] * 2, group_size=1)
-    grid = sampling_grid(family, steps, 2, noise.shape[-2:])
     with pytest.warns(UserWarning, match="guidance 4.0 is ignored: this flux2 checkpoint is step-distilled"):
-        traj = solve(family, family.denoiser, noise, cond, grid, DDIM(0.0), guidance=4.0, uncond=uncond)
-    plain = solve(family, family.denoiser, noise, cond, grid, DDIM(0.0), guidance=1.0)
+        images, traj = eta_zero_images(family, prompts, noise, steps, guidance=4.0)
+    _, plain = eta_zero_images(family, prompts, noise, steps, guidance=1.0)
     assert torch.equal(traj.final, plain.final)
-    images = (family.decode(traj.final)[:, 0] / 2 + 0.5).clamp(0, 1)
     torch.testing.assert_close(images, expected.float(), rtol=1e-4, atol=1e-4)

@@ -6,7 +6,8 @@ import torch
 
 from diffalign.families import load
 from diffalign.families.packed import pack
-from diffalign.solver import DDIM, initial_noise, sampling_grid, solve
+from diffalign.solver import initial_noise
+from test_solver import eta_zero_images
 
 
 @pytest.fixture(scope="module")
@@ -50,9 +51,5 @@ def test_eta_zero_reproduces_the_qwen_image_pipeline(family, guidance):
         cfg = dict(negative_prompt=[""] * 2) if guidance > 1 else {}
         expected = family.pipe(prompt=prompts, num_inference_steps=steps, true_cfg_scale=guidance, height=height,
                                width=width, latents=pack(noise[:, 0].clone()), output_type="pt", **cfg).images
-        cond = family.encode_prompts(prompts, group_size=1)
-        uncond = family.encode_prompts([""] * 2, group_size=1)
-        grid = sampling_grid(family, steps, 2, noise.shape[-2:])
-        traj = solve(family, family.denoiser, noise, cond, grid, DDIM(0.0), guidance=guidance, uncond=uncond)
-        images = (family.decode(traj.final)[:, 0] / 2 + 0.5).clamp(0, 1)
+        images, _ = eta_zero_images(family, prompts, noise, steps, guidance)
         torch.testing.assert_close(images, expected.float(), rtol=1e-4, atol=1e-4)

@@ -9,7 +9,8 @@ from safetensors.torch import load_file
 
 from diffalign.cli import main
 from diffalign.families import FamilyError, load
-from diffalign.solver import DDIM, initial_noise, sampling_grid, solve
+from diffalign.solver import initial_noise, sampling_grid
+from test_solver import eta_zero_images
 from diffalign.testing import TINY_FRAMES, write_random_video_pairs
 
 pytest.importorskip("av")
@@ -37,12 +38,9 @@ def test_eta_zero_reproduces_the_wan_pipeline_video(kind, guidance, tiny_path):
     noise = initial_noise(family, 2, 1, 32, generator=torch.Generator().manual_seed(3), frames=TINY_FRAMES)
     expected = family.pipe(prompt=prompts, num_inference_steps=steps, guidance_scale=guidance, height=32, width=32,
                            num_frames=TINY_FRAMES, latents=noise[:, 0].clone(), output_type="pt").frames
-    cond = family.encode_prompts(prompts, group_size=1)
-    uncond = family.encode_prompts([""] * 2, group_size=1)
     grid = sampling_grid(family, steps, 2)
     assert (grid[0, 0] >= BOUNDARY) and (grid[0, 1] < BOUNDARY)
-    traj = solve(family, family.denoiser, noise, cond, grid, DDIM(0.0), guidance=guidance, uncond=uncond)
-    clips = (family.decode(traj.final)[:, 0] / 2 + 0.5).clamp(0, 1).transpose(1, 2)  # [B, F, 3, H, W] as the pipeline
+    clips = eta_zero_images(family, prompts, noise, steps, guidance)[0].transpose(1, 2)  # [B, F, 3, H, W] as the pipeline
     torch.testing.assert_close(clips, expected.float(), rtol=1e-4, atol=1e-4)
 
 
